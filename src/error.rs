@@ -1,0 +1,72 @@
+//! The one error type of the pure cores, shaped like redis-rs's: a kind plus a message.
+//! `bindings::errors` turns it into a Python exception, in one place.
+
+use std::fmt;
+
+/// What went wrong, coarse enough for callers to decide on a policy (retry, miss, raise).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A key a backend must refuse (too long, control characters, ...).
+    InvalidKey,
+    /// A key that is not in the store (Django's `incr` on a missing key).
+    NotFound,
+    /// A socket or file operation failed.
+    Io,
+    /// A deadline passed.
+    Timeout,
+    /// A peer answered something the protocol does not allow.
+    Protocol,
+    /// A peer answered with an error of its own.
+    Server,
+}
+
+/// An error of the pure cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind` with a human-readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind of the error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether a deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
+        };
+        Self::new(kind, e.to_string())
+    }
+}

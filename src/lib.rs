@@ -1,0 +1,28 @@
+//! django-rustcache's native core. The pure modules (`keys`, `lru`) hold no pyo3 code;
+//! `bindings` is the only place Python types appear.
+
+pub mod bindings;
+pub mod error;
+pub mod keys;
+pub mod lru;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _core {
+    #[pymodule_export]
+    use crate::bindings::lru::PyLruStore;
+
+    #[pymodule_export]
+    use crate::bindings::errors::CacheError;
+
+    #[pymodule_export]
+    use crate::bindings::keys::check_key;
+
+    use pyo3::prelude::*;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}
