@@ -325,7 +325,8 @@ impl<V> LruStore<V> {
     /// Django's cull: with `cull_frequency == 0` empty the store; otherwise remove
     /// `len / cull_frequency` entries, least recently used first. Expired entries are removed
     /// first, and when that alone brings the store under `max_entries` nothing live is culled.
-    /// A negative frequency culls nothing (as in Django, where the count comes out negative).
+    /// Unlike Django, it always removes at least enough to make room for one more entry, so
+    /// `max_entries` holds even when it shrinks at run time or is below `cull_frequency`.
     pub fn cull(&mut self, now: f64, max_entries: i64, cull_frequency: i64, garbage: &mut Vec<V>) {
         if cull_frequency == 0 {
             let before = self.stats.evictions;
@@ -335,10 +336,17 @@ impl<V> LruStore<V> {
             return;
         }
         self.purge_expired(now, garbage);
-        if (self.map.len() as i64) < max_entries || cull_frequency < 0 {
+        let len = self.map.len() as i64;
+        if len < max_entries {
             return;
         }
-        let count = self.map.len() / cull_frequency as usize;
+        // A negative frequency culls nothing in Django (its count comes out negative).
+        let djangos = if cull_frequency > 0 {
+            len / cull_frequency
+        } else {
+            0
+        };
+        let count = djangos.max(len + 1 - max_entries.max(0)).min(len);
         for _ in 0..count {
             match self.map.pop_lru() {
                 Some((_, e)) => {
@@ -500,6 +508,22 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s.stats().evictions, 0);
         assert_eq!(s.stats().expirations, 1);
+    }
+
+    #[test]
+    fn shrinking_max_entries_is_honoured_at_once() {
+        let mut s = LruStore::new();
+        for i in 0..20 {
+            put(&mut s, &i.to_string(), i, 1000, 3);
+        }
+        put(&mut s, "new", 99, 10, 3);
+        assert_eq!(s.len(), 10);
+        // A limit below the frequency still holds (Django would cull 2 / 3 = 0 entries).
+        let mut s = LruStore::new();
+        for i in 0..10 {
+            put(&mut s, &i.to_string(), i, 2, 3);
+            assert!(s.len() <= 2);
+        }
     }
 
     #[test]

@@ -1,0 +1,77 @@
+"""Run Django's own cache test suite (tests/cache/tests.py) against our backends.
+
+Django's test tree is not copied into this repository: this script downloads the source
+distribution of the Django version that is installed (with pip), unpacks its ``tests/``
+directory under ``.django-src/`` (ignored by git), drops ``rustcache_suite.py`` into its
+``cache`` test app, and runs it with Django's own ``tests/runtests.py``.
+
+    python django_tests/run.py                 # object mode and pickled mode
+    python django_tests/run.py --mode pickled  # one mode
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SUITE = HERE / "rustcache_suite.py"
+
+
+def django_tests_dir(version: str) -> Path:
+    """The ``tests/`` directory of Django ``version``'s sdist, fetched once."""
+    dest = Path(os.environ.get("RUSTCACHE_DJANGO_SRC", ROOT / ".django-src")) / version
+    tests = dest / "tests"
+    if (tests / "runtests.py").exists():
+        return tests
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+             "--dest", tmp, f"django=={version}"],
+            check=True,
+        )
+        sdist = next(Path(tmp).glob("*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            top = tar.getmembers()[0].name.split("/")[0]
+            members = [m for m in tar.getmembers() if m.name.startswith(f"{top}/tests/")]
+            tar.extractall(tmp, members=members, filter="data")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tests, ignore_errors=True)
+        shutil.move(str(Path(tmp) / top / "tests"), tests)
+    return tests
+
+
+def main() -> int:
+    import django
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["object", "pickled", "both"], default="both")
+    parser.add_argument("-v", "--verbosity", default="2")
+    args = parser.parse_args()
+
+    tests = django_tests_dir(django.get_version())
+    shutil.copy(SUITE, tests / "cache" / "test_rustcache.py")
+    modes = ["object", "pickled"] if args.mode == "both" else [args.mode]
+    failed = False
+    for mode in modes:
+        print(f"=== Django {django.get_version()} cache suite, LRUObjectCache, {mode} mode ===", flush=True)
+        env = {**os.environ, "RUSTCACHE_MODE": mode, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        proc = subprocess.run(
+            [sys.executable, "runtests.py", "cache.test_rustcache", "--settings=test_sqlite", "--parallel=1",
+             f"--verbosity={args.verbosity}", "--noinput"],
+            cwd=tests,
+            env=env,
+        )
+        failed |= proc.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

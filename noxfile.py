@@ -1,0 +1,112 @@
+"""Sessions: lint, rust, tests, django (5.2 on 3.11, 6.1 on 3.12), bench, demo.
+
+``nox`` alone runs lint, rust, tests and django: the whole test suite that CI runs.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+nox.options.sessions = ["lint", "rust", "tests", "django"]
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+# Reuse one cargo target dir across sessions and interpreters, so each build is incremental.
+BUILD_ENV = {"CARGO_TARGET_DIR": str(ROOT / "target")}
+DEV_BUILD = {**BUILD_ENV, "MATURIN_PEP517_ARGS": "--profile=dev"}
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter for ``version``: on PATH, or under pyenv (whose shims hide all but one)."""
+    exe = shutil.which(f"python{version}")
+    if exe:
+        try:
+            subprocess.run([exe, "--version"], check=True, capture_output=True)
+            return exe
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    roots = [os.environ.get("PYENV_ROOT", ""), os.path.expanduser("~/.pyenv")]
+    for root in filter(None, roots):
+        found = sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
+        if found:
+            return found[-1]
+    return None
+
+
+PY311 = find_python("3.11") or "3.11"
+PY312 = find_python("3.12")
+
+# (python, Django) pairs: Django 6.1 needs Python 3.12+.
+DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
+
+
+def install_package(session: nox.Session, *extras: str, release: bool = False) -> None:
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install(target, env=BUILD_ENV if release else DEV_BUILD)
+
+
+@nox.session(python=PY311)
+def lint(session: nox.Session) -> None:
+    """rustfmt, clippy (pedantic, -D warnings), no pyo3 outside src/bindings, ruff, stubtest."""
+    session.run("cargo", "fmt", "--check", external=True)
+    session.run("cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True, env=BUILD_ENV)
+    leaks = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "src").rglob("*.rs")
+        if "pyo3" in p.read_text() and p.parent.name != "bindings" and p.name != "lib.rs"
+    ]
+    if leaks:
+        session.error(f"pyo3 used outside src/bindings (DESIGN.md keeps the cores pure): {leaks}")
+    install_package(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("python", "-m", "mypy.stubtest", "django_rustcache._core", "--allowlist", ".stubtest-allowlist")
+
+
+@nox.session(python=False)
+def rust(session: nox.Session) -> None:
+    """The pure cores' unit tests."""
+    session.run("cargo", "test", "--lib", env=BUILD_ENV)
+
+
+@nox.session(python=PY311)
+def tests(session: nox.Session) -> None:
+    """Build the package and run our pytest suite."""
+    install_package(session, "test")
+    session.run("pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session
+@nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
+def django(session: nox.Session, django: str) -> None:
+    """Django's own cache test suite against our backends, both storage modes."""
+    if session.python == "3.12" and PY312 is None:
+        session.error(
+            "Django 6.1 needs Python 3.12, and none was found on PATH or under pyenv "
+            "(install one, e.g. `pyenv install 3.12`): this session does not skip it silently."
+        )
+    install_package(session)
+    session.install(f"Django~={django}.0")
+    session.run("python", "-c", "import django; print('Django', django.get_version())")
+    session.run("python", "django_tests/run.py", *session.posargs)
+
+
+@nox.session(python=PY311)
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmark against the peers (release build)."""
+    install_package(session, "bench", release=True)
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PY311)
+def demo(session: nox.Session) -> None:
+    """A small Django site on LRUObjectCache, exercised through every caching layer."""
+    install_package(session, release=True)
+    session.run("python", "demo/demo.py", *session.posargs)

@@ -1,0 +1,40 @@
+"""Django settings for our tests, and fixtures that make fresh, isolated backends."""
+
+from __future__ import annotations
+
+import itertools
+
+import django
+import pytest
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        INSTALLED_APPS=["django_rustcache"],
+        CACHES={"default": {"BACKEND": "django_rustcache.lru.LRUObjectCache", "LOCATION": "tests-default"}},
+        USE_TZ=True,
+    )
+    django.setup()
+
+_locations = itertools.count()
+
+MODES = {"object": {}, "pickled": {"PICKLE": True}}
+
+
+def make_lru(mode: str = "object", **params):
+    """A backend on a store of its own (a LOCATION no other test uses)."""
+    from django_rustcache.lru import LRUObjectCache
+
+    options = {**MODES[mode], **params.pop("OPTIONS", {})}
+    location = params.pop("LOCATION", f"test-{next(_locations)}")
+    return LRUObjectCache(location, {"OPTIONS": options, **params})
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request):
+    return request.param
+
+
+@pytest.fixture
+def cache(mode):
+    return make_lru(mode)
