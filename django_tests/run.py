@@ -33,8 +33,19 @@ def django_tests_dir(version: str) -> Path:
         return tests
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             "--dest", tmp, f"django=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--dest",
+                tmp,
+                f"django=={version}",
+            ],
             check=True,
         )
         sdist = next(Path(tmp).glob("*.tar.gz"))
@@ -64,8 +75,15 @@ def main() -> int:
         print(f"=== Django {django.get_version()} cache suite, LRUObjectCache, {mode} mode ===", flush=True)
         env = {**os.environ, "RUSTCACHE_MODE": mode, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
         proc = subprocess.run(
-            [sys.executable, "runtests.py", "cache.test_rustcache", "--settings=test_sqlite", "--parallel=1",
-             f"--verbosity={args.verbosity}", "--noinput"],
+            [
+                sys.executable,
+                "runtests.py",
+                "cache.test_rustcache",
+                "--settings=test_sqlite",
+                "--parallel=1",
+                f"--verbosity={args.verbosity}",
+                "--noinput",
+            ],
             cwd=tests,
             env=env,
         )

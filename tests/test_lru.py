@@ -176,7 +176,7 @@ def test_subclass_make_key_is_honoured(mode):
         def make_key(self, key, version=None):
             return f"UP:{key}".upper()
 
-    c = Upper("subclassed", {"OPTIONS": dict(mode == "pickled" and {"PICKLE": True} or {})})
+    c = Upper("subclassed", {"OPTIONS": {"PICKLE": mode == "pickled"}})
     c.set("abc", 1)
     assert c._cache.expiry("UP:ABC") is not None
     assert c.get("abc") == 1
@@ -252,8 +252,8 @@ def test_modes_do_not_share_a_store():
     assert make_lru("object", LOCATION="same-place")._cache is obj._cache
 
 
-def test_lru_order_get_promotes_has_key_does_not(cache):
-    small = make_lru("object", OPTIONS={"MAX_ENTRIES": 3, "CULL_FREQUENCY": 3})
+def test_lru_order_get_promotes_has_key_does_not(mode):
+    small = make_lru(mode, OPTIONS={"MAX_ENTRIES": 3, "CULL_FREQUENCY": 3})
     for k in "abc":
         small.set(k, k)
     assert small.has_key("a") is True  # no promotion: "a" is still the oldest
@@ -265,7 +265,6 @@ def test_lru_order_get_promotes_has_key_does_not(cache):
     small.set("e", "e")
     assert small.has_key("c") is False
     assert small.has_key("b") is True
-    del cache
 
 
 def test_max_entries_held_exactly_after_many_writes(mode):
@@ -355,7 +354,6 @@ def test_close_keeps_the_store(cache):
 
 def test_unknown_option_is_reported_by_system_check():
     from django.test.utils import override_settings
-
     from django_rustcache.checks import check_cache_options
 
     with override_settings(

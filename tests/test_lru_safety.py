@@ -76,6 +76,7 @@ def test_threads_hammering_shared_keys_see_only_values_written(mode):
     assert len(cache._cache) <= 50
     for k, v in cache.get_many(keys).items():
         assert v[0] == k
+
     # Per-key final state: every thread writes, then nobody else touches the key.
     def final(i):
         cache.set(f"own{i}", i)

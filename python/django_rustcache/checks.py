@@ -20,7 +20,9 @@ def check_cache_options(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         try:
             cls = import_string(backend)
         except ImportError as e:
-            messages.append(checks.Error(f"CACHES[{alias!r}]: cannot import {backend!r}: {e}", id="django_rustcache.E002"))
+            messages.append(
+                checks.Error(f"CACHES[{alias!r}]: cannot import {backend!r}: {e}", id="django_rustcache.E002")
+            )
             continue
         known = getattr(cls, "known_options", None)
         if known is None:

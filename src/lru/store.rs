@@ -493,7 +493,7 @@ mod tests {
         assert!(!has(&mut s, "k"));
         assert!(s.delete("k2", 100.0, &mut g));
         assert!(!s.delete("k2", 100.0, &mut g));
-        assert!(s.touch("gone", Expiry::Never, 0.0, &mut g) == false);
+        assert!(!s.touch("gone", Expiry::Never, 0.0, &mut g));
     }
 
     #[test]
