@@ -1,4 +1,4 @@
-//! The in-process store behind `LRUObjectCache`: generic over the value, free of pyo3.
+//! The in-process store behind `LRUObjectCache`: generic over the value, no Python types.
 
 mod store;
 
