@@ -42,6 +42,18 @@ def find_python(version: str) -> str | None:
 
 PY311 = find_python("3.11") or "3.11"
 PY312 = find_python("3.12")
+PY313 = find_python("3.13")
+FOUND = {"3.11": PY311, "3.12": PY312, "3.13": PY313}
+
+
+def require_python(session: nox.Session, version: str) -> None:
+    """Fail, saying so, when a supported interpreter is missing: never a silent skip."""
+    if FOUND[version] is None:
+        session.error(
+            f"Python {version} was not found on PATH or under pyenv; install it "
+            f"(e.g. `pyenv install {version}`) to run this session."
+        )
+
 
 # (python, Django) pairs: Django 6.1 needs Python 3.12+.
 DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
@@ -76,9 +88,11 @@ def rust(session: nox.Session) -> None:
     session.run("cargo", "test", "--lib", env=BUILD_ENV)
 
 
-@nox.session(python=PY311)
+@nox.session
+@nox.parametrize("python", [PY311, PY312 or "3.12", PY313 or "3.13"], ids=["3.11", "3.12", "3.13"])
 def tests(session: nox.Session) -> None:
-    """Build the package and run our pytest suite."""
+    """Build the package and run our pytest suite, on every supported Python."""
+    require_python(session, next(v for v, exe in FOUND.items() if session.python in (v, exe)))
     install_package(session, "test")
     session.run("pytest", *(session.posargs or ["tests"]))
 
@@ -87,11 +101,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
 def django(session: nox.Session, django: str) -> None:
     """Django's own cache test suite against our backends, both storage modes."""
-    if session.python == "3.12" and PY312 is None:
-        session.error(
-            "Django 6.1 needs Python 3.12, and none was found on PATH or under pyenv "
-            "(install one, e.g. `pyenv install 3.12`): this session does not skip it silently."
-        )
+    require_python(session, "3.12" if django == "6.1" else "3.11")
     install_package(session)
     session.install(f"Django~={django}.0")
     session.run("python", "-c", "import django; print('Django', django.get_version())")

@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -51,6 +52,37 @@ def test_threads_hammering_incr_lose_no_update(mode, start):
 
     run_threads(work)
     assert cache.get("counter") == start + THREADS * per_thread
+
+
+class SlowNumber:
+    """A number whose addition yields the interpreter to other threads half-way, so concurrent
+    incr() calls really overlap in the window between reading and writing the value."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __add__(self, delta):
+        n = self.n
+        time.sleep(0)  # lets the other threads run (and incr) right here
+        return SlowNumber(n + delta)
+
+    def __eq__(self, other):
+        return isinstance(other, SlowNumber) and other.n == self.n
+
+    __hash__ = None
+
+
+def test_incr_of_a_value_whose_add_yields_loses_no_update(mode):
+    cache = make_lru(mode)
+    cache.set("slow", SlowNumber(0))
+    per_thread = 50
+
+    def work(i):
+        for _ in range(per_thread):
+            cache.incr("slow")
+
+    run_threads(work, n=8)
+    assert cache.get("slow").n == 8 * per_thread
 
 
 def test_threads_hammering_shared_keys_see_only_values_written(mode):
