@@ -169,7 +169,11 @@ def report(suite: Suite, samples: dict) -> tuple[list[str], list[str]]:
     lines = [
         f"## suite: {suite.name} (Python {sys.version.split()[0]}, Django {django.get_version()})",
         "",
-        "| op | " + " | ".join(b.label for b in suite.backends) + " | " + " | ".join(f"ratio vs {p}" for p in peers),
+        "| op | "
+        + " | ".join(b.label for b in suite.backends)
+        + " | "
+        + " | ".join(f"ratio vs {p}" for p in peers)
+        + " |",
         "|---" * (1 + len(suite.backends) + len(peers)) + "|",
     ]
     misses = []
