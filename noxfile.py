@@ -59,6 +59,23 @@ def require_python(session: nox.Session, version: str) -> None:
 DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
 
 
+# Server binaries the tests start themselves, and the Debian packages that bring them.
+SERVERS = {"memcached": "memcached", "saslpasswd2": "sasl2-bin"}
+
+
+def ensure_servers(session: nox.Session) -> None:
+    """Install the servers the tests run (as root, with apt-get), or say exactly what to install."""
+    missing = sorted({pkg for exe, pkg in SERVERS.items() if shutil.which(exe) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error(f"the tests start real servers; install them first: sudo apt-get install -y {' '.join(missing)}")
+    session.log(f"installing {', '.join(missing)} with apt-get")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
+
+
 def install_package(session: nox.Session, *extras: str, release: bool = False) -> None:
     target = f".[{','.join(extras)}]" if extras else "."
     session.install(target, env=BUILD_ENV if release else DEV_BUILD)
@@ -93,6 +110,7 @@ def rust(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Build the package and run our pytest suite, on every supported Python."""
     require_python(session, next(v for v, exe in FOUND.items() if session.python in (v, exe)))
+    ensure_servers(session)
     install_package(session, "test")
     session.run("pytest", *(session.posargs or ["tests"]))
 
@@ -102,6 +120,7 @@ def tests(session: nox.Session) -> None:
 def django(session: nox.Session, django: str) -> None:
     """Django's own cache test suite against our backends, both storage modes."""
     require_python(session, "3.12" if django == "6.1" else "3.11")
+    ensure_servers(session)
     install_package(session)
     session.install(f"Django~={django}.0")
     session.run("python", "-c", "import django; print('Django', django.get_version())")

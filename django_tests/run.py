@@ -5,8 +5,11 @@ distribution of the Django version that is installed (with pip), unpacks its ``t
 directory under ``.django-src/`` (ignored by git), drops ``rustcache_suite.py`` into its
 ``cache`` test app, and runs it with Django's own ``tests/runtests.py``.
 
-    python django_tests/run.py                 # object mode and pickled mode
-    python django_tests/run.py --mode pickled  # one mode
+    python django_tests/run.py                          # every backend and variant
+    python django_tests/run.py --only lru-pickled       # one of them
+
+memcached runs come with their own memcached processes (a TCP port and a unix socket), started
+here and stopped by PID.
 """
 
 from __future__ import annotations
@@ -23,6 +26,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SUITE = HERE / "rustcache_suite.py"
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import MemcachedServer  # noqa: E402
+
+# name -> environment for rustcache_suite.py; "{memcached}" is filled with a live server's LOCATION.
+VARIANTS = {
+    "lru-object": {"RUSTCACHE_SUITE": "lru", "RUSTCACHE_MODE": "object"},
+    "lru-pickled": {"RUSTCACHE_SUITE": "lru", "RUSTCACHE_MODE": "pickled"},
+    "memcached-tcp": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "tcp"},
+    "memcached-unix": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "unix"},
+}
 
 
 def django_tests_dir(version: str) -> Path:
@@ -63,31 +77,40 @@ def main() -> int:
     import django
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=["object", "pickled", "both"], default="both")
+    parser.add_argument("--only", choices=sorted(VARIANTS), action="append")
     parser.add_argument("-v", "--verbosity", default="2")
     args = parser.parse_args()
 
     tests = django_tests_dir(django.get_version())
     shutil.copy(SUITE, tests / "cache" / "test_rustcache.py")
-    modes = ["object", "pickled"] if args.mode == "both" else [args.mode]
-    failed = False
-    for mode in modes:
-        print(f"=== Django {django.get_version()} cache suite, LRUObjectCache, {mode} mode ===", flush=True)
-        env = {**os.environ, "RUSTCACHE_MODE": mode, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "runtests.py",
-                "cache.test_rustcache",
-                "--settings=test_sqlite",
-                "--parallel=1",
-                f"--verbosity={args.verbosity}",
-                "--noinput",
-            ],
-            cwd=tests,
-            env=env,
-        )
-        failed |= proc.returncode != 0
+    failed = []
+    for name in args.only or list(VARIANTS):
+        print(f"=== Django {django.get_version()} cache suite: {name} ===", flush=True)
+        env = {**os.environ, **VARIANTS[name], "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        server = None
+        if env.get("RUSTCACHE_MEMCACHED"):
+            server = MemcachedServer(unix=env["RUSTCACHE_MEMCACHED"] == "unix")
+            env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
+        try:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "runtests.py",
+                    "cache.test_rustcache",
+                    "--settings=test_sqlite",
+                    "--parallel=1",
+                    f"--verbosity={args.verbosity}",
+                    "--noinput",
+                ],
+                cwd=tests,
+                env=env,
+            )
+        finally:
+            if server:
+                server.close()
+        if proc.returncode != 0:
+            failed.append(name)
+    print(f"=== failed: {', '.join(failed)} ===" if failed else "=== every variant passed ===")
     return 1 if failed else 0
 
 

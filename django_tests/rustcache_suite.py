@@ -1,9 +1,16 @@
 """Django's own cache tests, run against django_rustcache's backends.
 
 ``run.py`` copies this file into the ``cache`` app of Django's test tree, so ``tests`` below is
-Django's ``tests/cache/tests.py``. Only mixins and the LocMemCache test class are reused; no test
-of Django's is copied. ``RUSTCACHE_MODE`` picks the storage mode: ``object`` (live objects, the
-default) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
+Django's ``tests/cache/tests.py``. Only its mixins and test classes are reused; no test of
+Django's is copied. The environment picks what runs:
+
+* ``RUSTCACHE_SUITE=lru``: LRUObjectCache with BaseCacheTests + LocMemCacheTests;
+  ``RUSTCACHE_MODE`` is ``object`` (live objects) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
+* ``RUSTCACHE_SUITE=memcached``: MemcachedCache with BaseMemcachedTests, against the server at
+  ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one).
+
+Tests that cannot apply are listed in ``NOT_APPLICABLE`` with the reason, and reported as skipped
+with that reason; nothing is skipped silently.
 """
 
 import inspect
@@ -15,32 +22,26 @@ from django.test import TestCase, override_settings
 from . import tests as django_tests
 
 LRU = "django_rustcache.lru.LRUObjectCache"
+MEMCACHED = "django_rustcache.memcached.MemcachedCache"
+SUITE = os.environ.get("RUSTCACHE_SUITE", "lru")
 MODE = os.environ.get("RUSTCACHE_MODE", "object")
 
+NOT_PICKLED = (
+    "object mode stores live objects and never pickles; OPTIONS={'PICKLE': True} raises "
+    "PickleError as LocMemCache does (run in pickled mode)"
+)
 
-def lru_caches(**params):
-    """Django's test CACHES, pointing every alias at our backend in the chosen mode."""
-    setting = django_tests.caches_setting_for_tests(BACKEND=LRU, **params)
-    if MODE == "pickled":
-        for alias in setting.values():
-            alias["OPTIONS"] = {**alias.get("OPTIONS", {}), "PICKLE": True}
-    return setting
-
-
-# Tests that cannot apply, with the reason. Each is reported as skipped with this reason.
+# (suite, mode) -> {test name: reason}
 NOT_APPLICABLE = {
-    "object": {
-        "test_add_fail_on_pickleerror": "object mode stores live objects and never pickles; "
-        "OPTIONS={'PICKLE': True} raises PickleError as LocMemCache does (run in pickled mode)",
-        "test_set_fail_on_pickleerror": "object mode stores live objects and never pickles; "
-        "OPTIONS={'PICKLE': True} raises PickleError as LocMemCache does (run in pickled mode)",
+    ("lru", "object"): {
+        "test_add_fail_on_pickleerror": NOT_PICKLED,
+        "test_set_fail_on_pickleerror": NOT_PICKLED,
     },
-    "pickled": {},
 }
 
 
 def _not_applicable(cls):
-    for name, reason in NOT_APPLICABLE[MODE].items():
+    for name, reason in NOT_APPLICABLE.get((SUITE, MODE), {}).items():
         setattr(cls, name, unittest.skip(reason)(getattr(cls, name)))
     return cls
 
@@ -50,29 +51,65 @@ def _with_caches(test, caches):
     return override_settings(CACHES=caches)(inspect.unwrap(test))
 
 
-@_not_applicable
-@override_settings(CACHES=lru_caches())
-class LRUObjectCacheTests(django_tests.LocMemCacheTests):
-    """BaseCacheTests plus LocMemCacheTests (LRU order, culling, locking, expiry info)."""
-
-    _limited = lru_caches(OPTIONS={"MAX_ENTRIES": 9, **({"PICKLE": True} if MODE == "pickled" else {})})
-    test_lru_get = _with_caches(django_tests.LocMemCacheTests.test_lru_get, _limited)
-    test_lru_set = _with_caches(django_tests.LocMemCacheTests.test_lru_set, _limited)
-    test_lru_incr = _with_caches(django_tests.LocMemCacheTests.test_lru_incr, _limited)
-    test_multiple_caches = _with_caches(
-        django_tests.LocMemCacheTests.test_multiple_caches,
-        {"default": {"BACKEND": LRU}, "other": {"BACKEND": LRU, "LOCATION": "other"}},
-    )
+def lru_caches(**params):
+    """Django's test CACHES, pointing every alias at our LRU backend in the chosen mode."""
+    setting = django_tests.caches_setting_for_tests(BACKEND=LRU, **params)
+    if MODE == "pickled":
+        for alias in setting.values():
+            alias["OPTIONS"] = {**alias.get("OPTIONS", {}), "PICKLE": True}
+    return setting
 
 
-class SuiteIsOurs(TestCase):
-    """Guard: the suite above really runs against our backend, not Django's LocMemCache."""
+if SUITE == "lru":
+    _LIMITED = lru_caches(OPTIONS={"MAX_ENTRIES": 9, **({"PICKLE": True} if MODE == "pickled" else {})})
 
+    @_not_applicable
     @override_settings(CACHES=lru_caches())
-    def test_backend_in_use(self):
-        from django.core.cache import caches
+    class LRUObjectCacheTests(django_tests.LocMemCacheTests):
+        """BaseCacheTests plus LocMemCacheTests (LRU order, culling, locking, expiry info)."""
 
-        cache = caches["default"]
-        self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", LRU)
-        self.assertEqual(type(cache._cache).__name__, "LruStore")
-        self.assertEqual(cache.stats()["pickled"], MODE == "pickled")
+        test_lru_get = _with_caches(django_tests.LocMemCacheTests.test_lru_get, _LIMITED)
+        test_lru_set = _with_caches(django_tests.LocMemCacheTests.test_lru_set, _LIMITED)
+        test_lru_incr = _with_caches(django_tests.LocMemCacheTests.test_lru_incr, _LIMITED)
+        test_multiple_caches = _with_caches(
+            django_tests.LocMemCacheTests.test_multiple_caches,
+            {"default": {"BACKEND": LRU}, "other": {"BACKEND": LRU, "LOCATION": "other"}},
+        )
+
+    class SuiteIsOurs(TestCase):
+        """Guard: the suite above really runs against our backend, not Django's LocMemCache."""
+
+        @override_settings(CACHES=lru_caches())
+        def test_backend_in_use(self):
+            from django.core.cache import caches
+
+            cache = caches["default"]
+            self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", LRU)
+            self.assertEqual(type(cache._cache).__name__, "LruStore")
+            self.assertEqual(cache.stats()["pickled"], MODE == "pickled")
+
+
+if SUITE == "memcached":
+    MEMCACHED_PARAMS = {"BACKEND": MEMCACHED, "LOCATION": os.environ["RUSTCACHE_MEMCACHED_LOCATION"]}
+
+    @_not_applicable
+    @override_settings(
+        CACHES=django_tests.caches_setting_for_tests(
+            base=MEMCACHED_PARAMS, exclude=django_tests.memcached_excluded_caches
+        )
+    )
+    class MemcachedCacheTests(django_tests.BaseMemcachedTests, TestCase):
+        """BaseCacheTests plus BaseMemcachedTests (key rules, far timeouts, failed sets, ...)."""
+
+        base_params = MEMCACHED_PARAMS
+        # Our client keeps its pooled connections at request end (Django's memcached backends
+        # reconnect per request); test_close checks disconnect_all is *not* called.
+        should_disconnect_on_close = False
+
+        def test_backend_in_use(self):
+            from django.core.cache import caches
+
+            cache = caches["default"]
+            self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", MEMCACHED)
+            self.assertEqual(type(cache._cache).__mro__[1].__name__, "MemcachedClient")
+            self.assertEqual(cache.client_servers, [MEMCACHED_PARAMS["LOCATION"].removeprefix("unix:")])

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Protocol,
     /// A peer answered with an error of its own.
     Server,
+    /// A server is marked down after a failure: the call was not attempted.
+    ServerDown,
 }
 
 /// An error of the pure cores.
@@ -31,10 +33,7 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with a human-readable `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 
     /// The kind of the error.

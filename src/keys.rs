@@ -26,12 +26,8 @@ pub fn check(key: &str) -> KeyProblems {
     // Non-ASCII bytes are all >= 0x80, so the forbidden set can be tested byte by byte.
     let bad_chars = bytes.iter().any(|&b| b <= 0x20 || b == 0x7f);
     // Fewer bytes than the limit means fewer characters too; only longer keys are counted.
-    let too_long =
-        bytes.len() > MEMCACHE_MAX_KEY_LENGTH && key.chars().count() > MEMCACHE_MAX_KEY_LENGTH;
-    KeyProblems {
-        too_long,
-        bad_chars,
-    }
+    let too_long = bytes.len() > MEMCACHE_MAX_KEY_LENGTH && key.chars().count() > MEMCACHE_MAX_KEY_LENGTH;
+    KeyProblems { too_long, bad_chars }
 }
 
 /// Append Django's default key, `"{prefix}:{version}:{key}"`, to `out`.

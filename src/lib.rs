@@ -2,9 +2,11 @@
 //! `bindings` is the only place Python types appear.
 
 pub mod bindings;
+pub mod codec;
 pub mod error;
 pub mod keys;
 pub mod lru;
+pub mod memcached;
 
 use pyo3::prelude::*;
 
@@ -14,7 +16,10 @@ mod _core {
     use crate::bindings::lru::PyLruStore;
 
     #[pymodule_export]
-    use crate::bindings::errors::CacheError;
+    use crate::bindings::errors::{CacheError, ProtocolError, ServerDown, ServerError};
+
+    #[pymodule_export]
+    use crate::bindings::memcached::PyMemcachedClient;
 
     #[pymodule_export]
     use crate::bindings::keys::check_key;

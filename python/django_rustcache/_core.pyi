@@ -10,13 +10,33 @@ or holding whitespace or control characters) raise Django's ``CacheKeyWarning`` 
 from collections.abc import Iterable, Mapping
 from typing import Any, final
 
-__all__ = ["CacheError", "LruStore", "__version__", "check_key"]
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "CacheError",
+    "LruStore",
+    "MemcachedClient",
+    "ProtocolError",
+    "ServerDown",
+    "ServerError",
+    "__version__",
+    "check_key",
+]
 __version__: str
 
 class CacheError(Exception):
     """Base class of every error django-rustcache raises on its own account."""
 
-def check_key(key: str) -> None:
+class ServerDown(CacheError):
+    """A cache server cannot be reached, did not answer in time, or is marked down after a failure."""
+
+class ServerError(CacheError):
+    """A cache server answered with an error."""
+
+class ProtocolError(CacheError):
+    """A cache server answered something its protocol does not allow."""
+
+def check_key(key: str, raise_error: bool = False) -> None:
     """Warn (``CacheKeyWarning``) about a made key memcached would refuse, as Django's
     ``BaseCache.validate_key`` does."""
 
@@ -125,3 +145,98 @@ class LruStore:
 
     def reset_stats(self) -> None:
         """Zero the counters."""
+
+@disjoint_base
+class MemcachedClient:
+    """A memcached client (text protocol), shared by every backend instance of one configuration.
+
+    ``servers`` are ``(host, port, weight)`` tuples; port 0 means ``host`` is a unix socket path.
+    Keys go to servers as libmemcached (and so pylibmc) sends them: ``distribution`` is
+    ``"modula"``, ``"ketama"`` or ``"ketama_weighted"``, ``hash`` is ``"default"``
+    (one-at-a-time) or ``"md5"``. Values are stored with pylibmc's flags (bytes 0, pickle 1,
+    int 4, str 16, zlib 8), compressed when at least ``min_compress_len`` bytes (0: never).
+
+    Every round trip runs with the GIL released, within its deadlines (seconds). A server that
+    fails is not contacted again for ``retry_timeout`` seconds (calls to it raise ``ServerDown``
+    at once); with ``remove_failed=N`` it leaves the ring after N failures in a row, for
+    ``dead_timeout`` seconds. A connection that failed or timed out is dropped, never reused.
+    """
+
+    def __new__(
+        cls,
+        servers: list[tuple[str, int, int]],
+        *,
+        distribution: str = "modula",
+        hash: str = "default",
+        connect_timeout: float = 1.0,
+        send_timeout: float = 3.0,
+        receive_timeout: float = 3.0,
+        retry_timeout: float = 2.0,
+        remove_failed: int = 0,
+        dead_timeout: float = 10.0,
+        max_idle: int = 32,
+        min_compress_len: int = 0,
+        compress_level: int = 6,
+        pickle_protocol: int | None = None,
+        behaviors: dict[str, Any] | None = None,
+        binary: bool = False,
+    ) -> MemcachedClient: ...
+    @property
+    def behaviors(self) -> dict[str, Any]:
+        """The behaviors this client was configured with (pylibmc's ``Client.behaviors``)."""
+
+    @property
+    def binary(self) -> bool:
+        """Whether the binary protocol was asked for (pylibmc's ``Client.binary``)."""
+
+    def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
+        """The value under the key, or ``default``."""
+
+    def get_multi(self, prefix: str | None, version: Any, keys: Iterable[Any], partial: bool = False) -> dict[Any, Any]:
+        """The found keys (as given) and their values: one ``get`` per server, all servers at
+        once. A failing server raises ``ServerDown``, or with ``partial`` reads as misses."""
+
+    def set(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> bool:
+        """Store; on a refusal (too large) the old value is deleted, as Django does."""
+
+    def add(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> bool:
+        """Store only if nothing is stored under the key."""
+
+    def replace(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> bool:
+        """Store only if something is stored under the key."""
+
+    def set_multi(
+        self, mapping: Mapping[Any, Any], exptime: int = 0, prefix: str | None = None, version: Any = None
+    ) -> list[Any]:
+        """Store every item, pipelined per server; the keys (as given) that were not stored."""
+
+    def delete(self, prefix: str | None, version: Any, key: Any) -> bool:
+        """Delete; whether the key was there."""
+
+    def delete_multi(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> None:
+        """Delete every key, pipelined per server."""
+
+    def incr(self, prefix: str | None, version: Any, key: Any, delta: int) -> int:
+        """Add ``delta`` (negative: subtract) atomically on the server. ValueError when the key
+        is missing; TypeError when its value is not a number."""
+
+    def touch(self, prefix: str | None, version: Any, key: Any, exptime: int) -> bool:
+        """Give the key a new expiry; whether it was there."""
+
+    def flush_all(self) -> None:
+        """``flush_all`` on every server."""
+
+    def disconnect_all(self) -> None:
+        """Drop every pooled connection (they are made again on demand)."""
+
+    def versions(self) -> dict[str, str | None]:
+        """Each server's version (None when it failed)."""
+
+    def server_stats(self) -> dict[str, dict[str, str] | None]:
+        """Each server's ``stats`` (None when it failed)."""
+
+    def servers(self) -> list[dict[str, Any]]:
+        """Each server's health: address, up, removed, errors, last_error, idle_connections."""
+
+    def server_index(self, key: str) -> int:
+        """The index of the configured server a made key goes to."""

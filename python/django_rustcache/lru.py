@@ -11,10 +11,11 @@ import pickle
 import threading
 from typing import Any
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_key_func
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import LruStore, check_key
+from django_rustcache._keys import NativeKeys
 
 __all__ = ["LRUObjectCache"]
 
@@ -69,13 +70,12 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-class LRUObjectCache(BaseCache):
+class LRUObjectCache(NativeKeys, BaseCache):
     """In-process LRU cache; the store, key making and key checks are in Rust."""
 
     known_options = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY", "PICKLE", "PICKLE_PROTOCOL"})
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
-        self._native_keys = True
         super().__init__(params)
         self._options = params.get("OPTIONS") or {}
         protocol: int | None = None
@@ -85,17 +85,6 @@ class LRUObjectCache(BaseCache):
         self._cache = _store(name, protocol)
         self._expire_info = _ExpireInfo(self._cache)
         self._lock = _StoreLock(self._cache)
-
-    # Django's default key function is applied in Rust, in the same call that reads or writes.
-    # Assigning another key function (or subclassing make_key) moves key making back to Python.
-    @property
-    def key_func(self) -> Any:
-        return self._key_func
-
-    @key_func.setter
-    def key_func(self, func: Any) -> None:
-        self._key_func = func
-        self._native_keys = func is default_key_func and type(self).make_key is BaseCache.make_key
 
     def validate_key(self, key: str) -> None:
         check_key(key)

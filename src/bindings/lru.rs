@@ -22,9 +22,7 @@ static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Django's timeout (already resolved from `DEFAULT_TIMEOUT`) as an expiry.
@@ -89,10 +87,7 @@ impl PyLruStore {
     #[new]
     #[pyo3(signature = (pickle_protocol=None))]
     fn new(pickle_protocol: Option<i32>) -> Self {
-        Self {
-            inner: Mutex::new(Store::new()),
-            pickle_protocol,
-        }
+        Self { inner: Mutex::new(Store::new()), pickle_protocol }
     }
 
     /// The pickle protocol values are stored with, or None when live objects are stored.
@@ -122,9 +117,7 @@ impl PyLruStore {
         let key = make_key(py, prefix, version, key)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
-        let found = store
-            .get(key.as_str(), now(), &mut garbage)
-            .map(|v| v.clone_ref(py));
+        let found = store.get(key.as_str(), now(), &mut garbage).map(|v| v.clone_ref(py));
         drop(store);
         drop(garbage);
         match found {
@@ -151,15 +144,7 @@ impl PyLruStore {
         let expiry = expiry(timeout, now)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
-        store.set(
-            key,
-            value,
-            expiry,
-            now,
-            max_entries,
-            cull_frequency,
-            &mut garbage,
-        );
+        store.set(key, value, expiry, now, max_entries, cull_frequency, &mut garbage);
         drop(store);
         drop(garbage);
         Ok(())
@@ -183,15 +168,7 @@ impl PyLruStore {
         let expiry = expiry(timeout, now)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
-        let added = store.add(
-            key,
-            value,
-            expiry,
-            now,
-            max_entries,
-            cull_frequency,
-            &mut garbage,
-        );
+        let added = store.add(key, value, expiry, now, max_entries, cull_frequency, &mut garbage);
         drop(store);
         drop(garbage);
         Ok(added)
@@ -400,26 +377,12 @@ impl PyLruStore {
 
     /// Move the live entry under made key `old` to made key `new`, keeping its expiry (for
     /// `incr_version`); false when there is none.
-    fn rename(
-        &self,
-        py: Python<'_>,
-        old: &str,
-        new: &str,
-        max_entries: i64,
-        cull_frequency: i64,
-    ) -> PyResult<bool> {
+    fn rename(&self, py: Python<'_>, old: &str, new: &str, max_entries: i64, cull_frequency: i64) -> PyResult<bool> {
         warn_if_invalid(py, old)?;
         warn_if_invalid(py, new)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
-        let moved = store.rename(
-            old,
-            new.to_owned(),
-            now(),
-            max_entries,
-            cull_frequency,
-            &mut garbage,
-        );
+        let moved = store.rename(old, new.to_owned(), now(), max_entries, cull_frequency, &mut garbage);
         drop(store);
         drop(garbage);
         Ok(moved)

@@ -4,3 +4,4 @@
 pub mod errors;
 pub mod keys;
 pub mod lru;
+pub mod memcached;

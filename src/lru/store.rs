@@ -79,10 +79,7 @@ impl<V> LruStore<V> {
     /// An empty store. The size limit is given with each write, not fixed here, because Django
     /// lets a backend's `_max_entries` change at run time.
     pub fn new() -> Self {
-        Self {
-            map: LruCache::unbounded(),
-            stats: Stats::default(),
-        }
+        Self { map: LruCache::unbounded(), stats: Stats::default() }
     }
 
     /// Number of entries, expired ones not yet removed included.
@@ -146,11 +143,7 @@ impl<V> LruStore<V> {
         String: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if self.live(key, now, garbage) {
-            self.map.get_mut(key)
-        } else {
-            None
-        }
+        if self.live(key, now, garbage) { self.map.get_mut(key) } else { None }
     }
 
     /// Whether a live entry is under `key`, without changing its recency.
@@ -168,10 +161,7 @@ impl<V> LruStore<V> {
         String: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map
-            .peek(key)
-            .filter(|e| e.alive(now))
-            .map(|e| e.expires)
+        self.map.peek(key).filter(|e| e.alive(now)).map(|e| e.expires)
     }
 
     /// Store `value` under `key`, most recently used. When a new key finds the store full
@@ -228,15 +218,7 @@ impl<V> LruStore<V> {
             garbage.push(value);
             return false;
         }
-        self.set(
-            key,
-            value,
-            expiry,
-            now,
-            max_entries,
-            cull_frequency,
-            garbage,
-        );
+        self.set(key, value, expiry, now, max_entries, cull_frequency, garbage);
         true
     }
 
@@ -302,15 +284,7 @@ impl<V> LruStore<V> {
             return false;
         };
         let expiry = entry.expires.map_or(Expiry::Never, Expiry::At);
-        self.set(
-            to,
-            entry.value,
-            expiry,
-            now,
-            max_entries,
-            cull_frequency,
-            garbage,
-        );
+        self.set(to, entry.value, expiry, now, max_entries, cull_frequency, garbage);
         true
     }
 
@@ -341,11 +315,7 @@ impl<V> LruStore<V> {
             return;
         }
         // A negative frequency culls nothing in Django (its count comes out negative).
-        let djangos = if cull_frequency > 0 {
-            len / cull_frequency
-        } else {
-            0
-        };
+        let djangos = if cull_frequency > 0 { len / cull_frequency } else { 0 };
         let count = djangos.max(len + 1 - max_entries.max(0)).min(len);
         for _ in 0..count {
             match self.map.pop_lru() {
@@ -360,12 +330,7 @@ impl<V> LruStore<V> {
 
     /// Remove every expired entry.
     pub fn purge_expired(&mut self, now: f64, garbage: &mut Vec<V>) {
-        let dead: Vec<String> = self
-            .map
-            .iter()
-            .filter(|(_, e)| !e.alive(now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let dead: Vec<String> = self.map.iter().filter(|(_, e)| !e.alive(now)).map(|(k, _)| k.clone()).collect();
         for key in dead {
             if let Some(e) = self.map.pop(&key) {
                 garbage.push(e.value);
@@ -441,30 +406,14 @@ mod tests {
     fn expiry_and_zero_timeout() {
         let mut s = LruStore::new();
         let mut g = Vec::new();
-        s.set(
-            "k".into(),
-            1,
-            Expiry::after(Some(10.0), 100.0),
-            100.0,
-            BIG,
-            3,
-            &mut g,
-        );
+        s.set("k".into(), 1, Expiry::after(Some(10.0), 100.0), 100.0, BIG, 3, &mut g);
         assert_eq!(s.get("k", 109.9, &mut g), Some(&1));
         assert_eq!(s.get("k", 110.0, &mut g), None);
         assert_eq!(s.stats().expirations, 1);
         assert_eq!(g, vec![1]);
         // timeout <= 0 removes what was there and stores nothing
         put(&mut s, "z", 5, BIG, 3);
-        s.set(
-            "z".into(),
-            6,
-            Expiry::after(Some(0.0), 0.0),
-            0.0,
-            BIG,
-            3,
-            &mut g,
-        );
+        s.set("z".into(), 6, Expiry::after(Some(0.0), 0.0), 0.0, BIG, 3, &mut g);
         assert!(!has(&mut s, "z"));
         assert!(s.add("z".into(), 7, Expiry::Immediately, 0.0, BIG, 3, &mut g));
         assert!(!has(&mut s, "z"));

@@ -1,0 +1,517 @@
+//! `MemcachedClient`: the memcached core as Python sees it. Keys are made and checked and
+//! values encoded while attached to the interpreter; every round trip, and compression, runs
+//! detached (the GIL released), with only bytes crossing.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
+
+use super::errors::ServerDown;
+use super::keys::{OnInvalid, make_key_checked};
+use crate::codec;
+use crate::error::ErrorKind;
+use crate::memcached::client::{Client, Config, Item, ServerSpec, Stored};
+use crate::memcached::conn::{Address, Timeouts};
+use crate::memcached::protocol::Store;
+use crate::memcached::ring::{Distribution, KeyHash};
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn seconds(s: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("{what} must be a non-negative number of seconds")))
+}
+
+/// How values become bytes, and back.
+struct Codec {
+    pickle_protocol: i32,
+    min_compress_len: usize,
+    compress_level: u32,
+}
+
+impl Codec {
+    /// pylibmc's layout: exact bytes, str and int types are stored as they are (ints as
+    /// digits, so the server's incr works); everything else, bools included, is pickled (a bool
+    /// then reads back as a bool here and in pylibmc alike).
+    fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<(u32, Vec<u8>)> {
+        if let Ok(b) = value.cast_exact::<PyBytes>() {
+            return Ok((codec::FLAG_BYTES, b.as_bytes().to_vec()));
+        }
+        if let Ok(s) = value.cast_exact::<PyString>()
+            && let Ok(text) = s.to_str()
+        {
+            return Ok((codec::FLAG_TEXT, text.as_bytes().to_vec()));
+        }
+        if let Ok(i) = value.cast_exact::<PyInt>() {
+            let digits = match i.extract::<i64>() {
+                Ok(n) => n.to_string(),
+                Err(_) => i.str()?.to_str()?.to_owned(),
+            };
+            return Ok((codec::FLAG_LONG, digits.into_bytes()));
+        }
+        let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
+        let pickled = dumps.call1((value, self.pickle_protocol))?;
+        let pickled = pickled.cast::<PyBytes>()?;
+        Ok((codec::FLAG_PICKLE, pickled.as_bytes().to_vec()))
+    }
+
+    fn decode<'py>(py: Python<'py>, flags: u32, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        match flags & codec::TYPE_MASK {
+            codec::FLAG_PICKLE => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),)),
+            codec::FLAG_INTEGER | codec::FLAG_LONG => {
+                let text = std::str::from_utf8(data).map_err(|_| PyValueError::new_err("a stored int is not ASCII"))?;
+                let text = text.trim();
+                match text.parse::<i64>() {
+                    Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
+                    Err(_) => py.get_type::<PyInt>().call1((text,)),
+                }
+            }
+            codec::FLAG_TEXT => Ok(PyString::from_bytes(py, data)?.into_any()),
+            // Raw bytes, and flags no client we know writes: hand the bytes over as pylibmc does.
+            _ => Ok(PyBytes::new(py, data).into_any()),
+        }
+    }
+}
+
+/// Compress for the wire (runs detached).
+fn pack(codec: &Codec, (flags, data): (u32, Vec<u8>)) -> (u32, Vec<u8>) {
+    let (data, flags) = codec::maybe_compress(data, flags, codec.min_compress_len, codec.compress_level);
+    (flags, data)
+}
+
+fn unpack(item: Item) -> Result<(u32, Vec<u8>), crate::error::Error> {
+    let (data, flags) = codec::inflate_if_needed(item.data, item.flags)?;
+    Ok((flags, data))
+}
+
+/// A memcached client shared by every backend instance of one configuration.
+#[pyclass(frozen, subclass, name = "MemcachedClient", module = "django_rustcache._core")]
+pub struct PyMemcachedClient {
+    client: Client,
+    codec: Codec,
+    behaviors: Py<PyDict>,
+    binary: bool,
+}
+
+impl PyMemcachedClient {
+    fn key(
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        make_key_checked(py, prefix, version, key, OnInvalid::Raise)
+    }
+
+    fn store_one(
+        &self,
+        py: Python<'_>,
+        cmd: Store,
+        key: String,
+        value: &Bound<'_, PyAny>,
+        exptime: i64,
+        delete_on_refusal: bool,
+    ) -> PyResult<bool> {
+        let encoded = self.codec.encode(py, value)?;
+        let (client, codec) = (&self.client, &self.codec);
+        let stored = py.detach(|| -> Result<Stored, crate::error::Error> {
+            let (flags, data) = pack(codec, encoded);
+            let stored = client.store(cmd, key.as_bytes(), flags, exptime, &data)?;
+            if delete_on_refusal && matches!(stored, Stored::Refused(_)) {
+                // Django: make sure the key does not keep its old value (memcached's 1 MB limit).
+                client.delete(key.as_bytes())?;
+            }
+            Ok(stored)
+        })?;
+        Ok(stored == Stored::Yes)
+    }
+}
+
+#[pymethods]
+impl PyMemcachedClient {
+    /// `servers`: `(host, port, weight)` tuples; port 0 means `host` is a unix socket path.
+    #[new]
+    #[pyo3(signature = (
+        servers, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
+        receive_timeout=3.0, retry_timeout=2.0, remove_failed=0, dead_timeout=10.0, max_idle=32,
+        min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        servers: Vec<(String, u16, u32)>,
+        distribution: &str,
+        hash: &str,
+        connect_timeout: f64,
+        send_timeout: f64,
+        receive_timeout: f64,
+        retry_timeout: f64,
+        remove_failed: u32,
+        dead_timeout: f64,
+        max_idle: usize,
+        min_compress_len: usize,
+        compress_level: u32,
+        pickle_protocol: Option<i32>,
+        behaviors: Option<Bound<'_, PyDict>>,
+        binary: bool,
+    ) -> PyResult<Self> {
+        let distribution = match distribution {
+            "modula" => Distribution::Modula,
+            "ketama" | "consistent" | "consistent_ketama" => Distribution::Ketama,
+            "ketama_weighted" | "consistent_weighted" => Distribution::KetamaWeighted,
+            other => {
+                return Err(PyValueError::new_err(format!("unknown distribution {other:?}")));
+            }
+        };
+        let hash = match hash {
+            "default" | "one_at_a_time" => KeyHash::OneAtATime,
+            "md5" => KeyHash::Md5,
+            other => {
+                return Err(PyValueError::new_err(format!("unsupported hash {other:?} (use 'default' or 'md5')")));
+            }
+        };
+        if compress_level > 9 {
+            return Err(PyValueError::new_err("compress_level must be between 0 and 9"));
+        }
+        let servers = servers
+            .into_iter()
+            .map(|(host, port, weight)| ServerSpec {
+                addr: if port == 0 { Address::Unix(host.into()) } else { Address::Tcp(host, port) },
+                weight: weight.max(1),
+            })
+            .collect();
+        let config = Config {
+            servers,
+            distribution,
+            hash,
+            timeouts: Timeouts {
+                connect: seconds(connect_timeout, "connect_timeout")?,
+                send: seconds(send_timeout, "send_timeout")?,
+                receive: seconds(receive_timeout, "receive_timeout")?,
+            },
+            retry_timeout: seconds(retry_timeout, "retry_timeout")?,
+            remove_failed,
+            dead_timeout: seconds(dead_timeout, "dead_timeout")?,
+            max_idle,
+        };
+        let pickle_protocol = pickle_protocol.filter(|p| *p >= 0).unwrap_or(5);
+        Ok(Self {
+            client: Client::new(config)?,
+            codec: Codec { pickle_protocol, min_compress_len, compress_level },
+            behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
+            binary,
+        })
+    }
+
+    /// The behaviors this client was configured with (pylibmc's ``Client.behaviors``).
+    #[getter]
+    fn behaviors<'py>(&self, py: Python<'py>) -> Bound<'py, PyDict> {
+        self.behaviors.bind(py).clone()
+    }
+
+    /// Whether the binary protocol was asked for (pylibmc's ``Client.binary``). Without SASL
+    /// credentials the text protocol serves the same commands with the same results.
+    #[getter]
+    fn binary(&self) -> bool {
+        self.binary
+    }
+
+    #[pyo3(signature = (prefix, version, key, default=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        let client = &self.client;
+        let found = py.detach(|| client.get(key.as_bytes())?.map(unpack).transpose())?;
+        match found {
+            Some((flags, data)) => Codec::decode(py, flags, &data),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    /// The found keys (as given) and their values. Servers that fail are raised as
+    /// `ServerDown` unless `partial` is set; then their keys read as misses.
+    #[pyo3(signature = (prefix, version, keys, partial=false))]
+    fn get_multi<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+        partial: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut originals = Vec::new();
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            made.push(Self::key(py, prefix, version, &key)?);
+            originals.push(key);
+        }
+        let client = &self.client;
+        let (found, errors) = py.detach(|| -> Result<_, crate::error::Error> {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            let (items, errors) = client.get_multi(&refs)?;
+            let items = items.into_iter().map(|item| item.map(unpack).transpose()).collect::<Result<Vec<_>, _>>()?;
+            Ok((items, errors))
+        })?;
+        if !partial && let Some(e) = errors.into_iter().next() {
+            return Err(e.into());
+        }
+        let out = PyDict::new(py);
+        for (original, item) in originals.iter().zip(found) {
+            if let Some((flags, data)) = item {
+                out.set_item(original, Codec::decode(py, flags, &data)?)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store unconditionally; on a refusal (too large) the old value is deleted, as Django
+    /// does. Whether it was stored.
+    fn set(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        exptime: i64,
+    ) -> PyResult<bool> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.store_one(py, Store::Set, key, value, exptime, true)
+    }
+
+    /// Store only if nothing is stored under the key.
+    fn add(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        exptime: i64,
+    ) -> PyResult<bool> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.store_one(py, Store::Add, key, value, exptime, false)
+    }
+
+    /// Store only if something is stored under the key.
+    fn replace(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        exptime: i64,
+    ) -> PyResult<bool> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.store_one(py, Store::Replace, key, value, exptime, false)
+    }
+
+    /// Store every item, pipelined per server; returns the keys (as given) that were not
+    /// stored. A refused item also loses its old value, as with `set`.
+    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None))]
+    fn set_multi<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        exptime: i64,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let none = py.None().into_bound(py);
+        let prefix = prefix.unwrap_or_else(|| none.clone());
+        let version = version.unwrap_or_else(|| none.clone());
+        let mut originals = Vec::new();
+        let mut entries = Vec::new();
+        let items = match mapping.cast::<PyDict>() {
+            Ok(d) => d.items(),
+            Err(_) => mapping
+                .call_method0("items")?
+                .try_iter()?
+                .collect::<PyResult<Vec<_>>>()
+                .map(|v| PyList::new(py, v))??,
+        };
+        for item in items.iter() {
+            let (k, v) = item.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()?;
+            let made = Self::key(py, &prefix, &version, &k)?;
+            entries.push((made, self.codec.encode(py, &v)?));
+            originals.push(k);
+        }
+        let (client, codec) = (&self.client, &self.codec);
+        let outcome = py.detach(|| -> Result<Vec<bool>, crate::error::Error> {
+            let packed: Vec<(String, (u32, Vec<u8>))> = entries.into_iter().map(|(k, e)| (k, pack(codec, e))).collect();
+            let items: Vec<(&[u8], u32, &[u8])> =
+                packed.iter().map(|(k, (f, d))| (k.as_bytes(), *f, d.as_slice())).collect();
+            let results = client.store_multi(Store::Set, &items, exptime)?;
+            let refused: Vec<&[u8]> = items
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| matches!(r, Ok(Stored::Refused(_))))
+                .map(|((k, _, _), _)| *k)
+                .collect();
+            if !refused.is_empty() {
+                client.delete_multi(&refused)?;
+            }
+            Ok(results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect())
+        })?;
+        let failed = PyList::empty(py);
+        for (original, ok) in originals.iter().zip(outcome) {
+            if !ok {
+                failed.append(original)?;
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Delete; whether the key was there.
+    fn delete(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let key = Self::key(py, prefix, version, key)?;
+        let client = &self.client;
+        Ok(py.detach(|| client.delete(key.as_bytes()))?)
+    }
+
+    /// Delete every key, pipelined per server.
+    fn delete_multi(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            made.push(Self::key(py, prefix, version, &key?)?);
+        }
+        let client = &self.client;
+        let errors = py.detach(|| {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            client.delete_multi(&refs)
+        })?;
+        match errors.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Add `delta` (negative: subtract) on the server, atomically. ValueError when the key is
+    /// missing (Django's contract), TypeError when its value is not a number.
+    fn incr(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        delta: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let key = Self::key(py, prefix, version, key)?;
+        let delta: i128 = delta.extract().map_err(|_| PyTypeError::new_err("delta must be an int"))?;
+        let (decr, magnitude) = (delta < 0, delta.unsigned_abs());
+        let magnitude = u64::try_from(magnitude).map_err(|_| PyValueError::new_err("delta does not fit in 64 bits"))?;
+        let client = &self.client;
+        match py.detach(|| client.incr(key.as_bytes(), magnitude, decr)) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(PyValueError::new_err(format!("Key '{key}' not found"))),
+            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("non-numeric") => {
+                Err(PyTypeError::new_err(format!("cannot increment or decrement the non-numeric value of '{key}'")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Give the key a new expiry; whether it was there.
+    fn touch(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        exptime: i64,
+    ) -> PyResult<bool> {
+        let key = Self::key(py, prefix, version, key)?;
+        let client = &self.client;
+        Ok(py.detach(|| client.touch(key.as_bytes(), exptime))?)
+    }
+
+    /// `flush_all` on every server.
+    fn flush_all(&self, py: Python<'_>) -> PyResult<()> {
+        let client = &self.client;
+        match py.detach(|| client.flush_all()).into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Drop every pooled connection (they are made again on demand).
+    fn disconnect_all(&self) {
+        self.client.disconnect_all();
+    }
+
+    /// `{address: version}`; a server that fails maps to None.
+    fn versions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let client = &self.client;
+        let versions = py.detach(|| client.versions());
+        let out = PyDict::new(py);
+        for (addr, v) in versions {
+            out.set_item(addr, v.ok())?;
+        }
+        Ok(out)
+    }
+
+    /// `{address: {stat: value}}` from each server's `stats`; a server that fails maps to None.
+    fn server_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let client = &self.client;
+        let stats = py.detach(|| client.stats());
+        let out = PyDict::new(py);
+        for (addr, s) in stats {
+            match s {
+                Ok(pairs) => {
+                    let d = PyDict::new(py);
+                    for (k, v) in pairs {
+                        d.set_item(k, v)?;
+                    }
+                    out.set_item(addr, d)?;
+                }
+                Err(_) => out.set_item(addr, py.None())?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each server's health: address, up, removed, errors, last_error, idle connections.
+    fn servers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for s in self.client.servers() {
+            let d = PyDict::new(py);
+            d.set_item("address", s.address)?;
+            d.set_item("up", PyBool::new(py, s.up))?;
+            d.set_item("removed", s.removed)?;
+            d.set_item("errors", s.errors)?;
+            d.set_item("last_error", s.last_error)?;
+            d.set_item("idle_connections", s.idle)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// Which configured server (index) a made key goes to.
+    fn server_index(&self, key: &str) -> PyResult<usize> {
+        self.client.route(key.as_bytes()).map_err(|e| ServerDown::new_err(e.to_string()))
+    }
+}

@@ -1,0 +1,109 @@
+//! pylibmc's value flags and zlib compression, shared by the network clients, so values
+//! pylibmc wrote read back here and the reverse.
+//!
+//! pylibmc 1.6 writes: bytes 0, pickle 1, bool 2 (as `1`/`0`, and reads flag 2 back as an
+//! int), int 4 (decimal digits, so the server's `incr` works), str 16 (UTF-8), and ORs in
+//! zlib 8 when it compressed the bytes.
+
+use std::io::{Read as _, Write as _};
+
+use flate2::Compression;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+
+use crate::error::{Error, ErrorKind};
+
+/// Raw bytes.
+pub const FLAG_BYTES: u32 = 0;
+/// A pickle.
+pub const FLAG_PICKLE: u32 = 1;
+/// pylibmc's bool (`1`/`0`); python-memcached's and pymemcache's int.
+pub const FLAG_INTEGER: u32 = 2;
+/// An int as decimal digits.
+pub const FLAG_LONG: u32 = 4;
+/// The bytes are zlib-compressed (combined with a type flag).
+pub const FLAG_ZLIB: u32 = 8;
+/// UTF-8 text.
+pub const FLAG_TEXT: u32 = 16;
+/// The bits that say the type.
+pub const TYPE_MASK: u32 = FLAG_PICKLE | FLAG_INTEGER | FLAG_LONG | FLAG_TEXT;
+
+/// A decompressed value may be at most this large (a guard against zlib bombs).
+pub const MAX_INFLATED: usize = 1 << 30;
+
+/// Compress `data` at `level` (0-9) into a zlib stream, as pylibmc and Python's `zlib` do.
+pub fn compress(data: &[u8], level: u32) -> Vec<u8> {
+    let mut encoder = ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::new(level.min(9)));
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Inflate a zlib stream.
+pub fn decompress(data: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(data.len() * 3);
+    let mut decoder = ZlibDecoder::new(data).take(MAX_INFLATED as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot decompress a stored value: {e}")))?;
+    if out.len() > MAX_INFLATED {
+        return Err(Error::new(ErrorKind::Protocol, "a stored value inflates past 1 GiB"));
+    }
+    Ok(out)
+}
+
+/// Compress when `min_len > 0`, the data is at least that long, and compression helps.
+pub fn maybe_compress(data: Vec<u8>, flags: u32, min_len: usize, level: u32) -> (Vec<u8>, u32) {
+    if min_len == 0 || data.len() < min_len {
+        return (data, flags);
+    }
+    let packed = compress(&data, level);
+    if packed.len() < data.len() { (packed, flags | FLAG_ZLIB) } else { (data, flags) }
+}
+
+/// Undo [`maybe_compress`]: the bytes and the type flags.
+pub fn inflate_if_needed(data: Vec<u8>, flags: u32) -> Result<(Vec<u8>, u32), Error> {
+    if flags & FLAG_ZLIB == 0 {
+        return Ok((data, flags));
+    }
+    Ok((decompress(&data)?, flags & !FLAG_ZLIB))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_threshold() {
+        let data = b"abc".repeat(1000);
+        let (packed, flags) = maybe_compress(data.clone(), FLAG_TEXT, 100, 6);
+        assert_eq!(flags, FLAG_TEXT | FLAG_ZLIB);
+        assert!(packed.len() < data.len());
+        assert_eq!(inflate_if_needed(packed, flags).unwrap(), (data.clone(), FLAG_TEXT));
+        assert_eq!(maybe_compress(data.clone(), 0, 0, 6).1, 0, "0 disables compression");
+        assert_eq!(maybe_compress(b"short".to_vec(), 0, 100, 6).1, 0);
+        // Incompressible data is kept as is.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert_eq!(maybe_compress(noise.clone(), 0, 10, 9), (noise, 0));
+    }
+
+    #[test]
+    fn reads_pythons_zlib() {
+        // zlib.compress(b"hello hello hello hello")
+        let py = [120, 156, 203, 72, 205, 201, 201, 87, 200, 64, 39, 1, 104, 3, 8, 177];
+        assert_eq!(decompress(&py).unwrap(), b"hello hello hello hello");
+    }
+
+    #[test]
+    fn corrupt_data_is_an_error() {
+        assert_eq!(decompress(b"not zlib").unwrap_err().kind(), ErrorKind::Protocol);
+    }
+}

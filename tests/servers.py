@@ -1,0 +1,134 @@
+"""Real server processes for tests: started on free loopback ports (and unix sockets), stopped
+by PID. Used by pytest's fixtures and by django_tests/run.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float = 10.0, what: str = "server") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not come up within {timeout}s")
+
+
+class MemcachedServer:
+    """A memcached process on 127.0.0.1:<free port>, or on a unix socket."""
+
+    def __init__(self, *, unix: bool = False, args: tuple[str, ...] = (), env: dict | None = None) -> None:
+        exe = shutil.which("memcached")
+        if exe is None:
+            raise RuntimeError("memcached is not installed (Debian: apt-get install memcached)")
+        self.exe = exe
+        self.unix = unix
+        self.args = args
+        self.env = env
+        self.dir = Path(tempfile.mkdtemp(prefix="rustcache-mc-"))
+        self.port = 0 if unix else free_port()
+        self.socket_path = str(self.dir / "memcached.sock") if unix else None
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def location(self) -> str:
+        return f"unix:{self.socket_path}" if self.unix else f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.exe, "-U", "0", "-t", "2", "-m", "64"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "root"]
+        if self.unix:
+            cmd += ["-s", self.socket_path, "-a", "0700"]
+        else:
+            cmd += ["-l", "127.0.0.1", "-p", str(self.port)]
+        return cmd + list(self.args)
+
+    def _connect(self) -> socket.socket:
+        if self.unix:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(self.socket_path)
+            return s
+        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
+
+    def start(self) -> None:
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"memcached exited: {self.proc.stderr.read().decode(errors='replace')}")
+            with self._connect():
+                return True
+
+        wait_until(up, what=f"memcached at {self.location}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server does."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def raw(self, command: bytes) -> bytes:
+        """Send a text-protocol command, return the reply up to END/STORED/... (for tests)."""
+        with self._connect() as s:
+            s.sendall(command)
+            data = b""
+            ends = (b"END\r\n", b"STORED\r\n", b"NOT_STORED\r\n", b"DELETED\r\n", b"NOT_FOUND\r\n", b"OK\r\n")
+            while not data.endswith(ends) and not data.startswith((b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hung server."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.location = f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.sock.close()
