@@ -38,3 +38,44 @@ def mode(request):
 @pytest.fixture
 def cache(mode):
     return make_lru(mode)
+
+
+# --- memcached -------------------------------------------------------------------------------
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def memcached_server():
+    from tests.servers import MemcachedServer
+
+    server = MemcachedServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_unix_server():
+    from tests.servers import MemcachedServer
+
+    server = MemcachedServer(unix=True)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def memcached_trio():
+    from tests.servers import MemcachedServer
+
+    servers = [MemcachedServer() for _ in range(3)]
+    yield servers
+    for s in servers:
+        s.close()
+
+
+def make_memcached(location, backend="MemcachedCache", **params):
+    """A memcached backend with a key prefix no other test uses."""
+    from django_rustcache import memcached
+
+    params.setdefault("KEY_PREFIX", f"t{next(_prefixes)}")
+    return getattr(memcached, backend)(location, params)

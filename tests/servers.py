@@ -65,17 +65,23 @@ class MemcachedServer:
     def _connect(self) -> socket.socket:
         if self.unix:
             s = socket.socket(socket.AF_UNIX)
-            s.connect(self.socket_path)
+            try:
+                s.connect(self.socket_path)
+            except OSError:
+                s.close()
+                raise
             return s
         return socket.create_connection(("127.0.0.1", self.port), timeout=1)
 
     def start(self) -> None:
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        log = self.dir / "stderr.log"
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err, env=env)
 
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"memcached exited: {self.proc.stderr.read().decode(errors='replace')}")
+                raise RuntimeError(f"memcached exited: {log.read_text(errors='replace')}")
             with self._connect():
                 return True
 
@@ -89,8 +95,6 @@ class MemcachedServer:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
 
     def kill(self) -> None:
         """Die at once, as a crashed server does."""

@@ -354,6 +354,7 @@ def test_close_keeps_the_store(cache):
 
 def test_unknown_option_is_reported_by_system_check():
     from django.test.utils import override_settings
+
     from django_rustcache.checks import check_cache_options
 
     with override_settings(
