@@ -6,7 +6,8 @@ time per operation over a batch; rounds interleave the backends in a shuffled or
 neighbour slows every backend alike. The table gives the median and p99 of the samples and each
 peer's median as a ratio to ours (ours / peer: below 1 means we are faster).
 
-    python bench/run.py                # the in-process suite (LRU vs LocMem vs django-lrucache-backend)
+    python bench/run.py                # every suite: lru, memcached (it starts its own memcached)
+    python bench/run.py --suite memcached
     python bench/run.py --quick        # fewer rounds
     python bench/run.py --json out.json
 """
@@ -43,6 +44,14 @@ class Suite:
     backends: list[Backend]
     # op name -> (ratio target vs peer label), checked against ours / peer.
     targets: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Clients outside Django (the raw-socket floor): label -> factory of an object with the
+    # same get/set/get_many/set_many methods.
+    floors: dict[str, Callable[[], object]] = field(default_factory=dict)
+    # Extra ops for this suite: name -> (make call from cache, batch size, samples per round).
+    extra_ops: dict[str, tuple[Callable[[object], Callable[[], object]], int, int]] = field(default_factory=dict)
+    # Absolute limits on p99 (us): op -> limit, checked for ours.
+    p99_limits: dict[str, float] = field(default_factory=dict)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
 def lru_suite() -> Suite:
@@ -76,7 +85,119 @@ def lru_suite() -> Suite:
     )
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"lru": lru_suite}
+class RawSocketFloor:
+    """The least any client called from Python can do: pre-encoded commands on one socket, the
+    reply read until its terminator. The floor the memcached clients are measured against."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.prefix = prefix
+        self.local = threading.local()
+
+    def _conn(self):
+        conn = getattr(self.local, "sock", None)
+        if conn is None:
+            import socket
+
+            conn = socket.create_connection(self.sock.getpeername())
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.local.sock = conn
+        return conn
+
+    def _until(self, conn, terminator: bytes) -> bytes:
+        data = conn.recv(65536)
+        while not data.endswith(terminator):
+            data += conn.recv(65536)
+        return data
+
+    def get(self, key):
+        conn = self._conn()
+        conn.sendall(b"get %s:1:%s\r\n" % (self.prefix.encode(), key.encode()))
+        return self._until(conn, b"END\r\n")
+
+    def set(self, key, value, timeout=None):
+        conn = self._conn()
+        data = value.encode() if isinstance(value, str) else value
+        conn.sendall(b"set %s:1:%s 16 0 %d\r\n%s\r\n" % (self.prefix.encode(), key.encode(), len(data), data))
+        return self._until(conn, b"\r\n")
+
+    def get_many(self, keys):
+        conn = self._conn()
+        conn.sendall(b"get " + b" ".join(b"%s:1:%s" % (self.prefix.encode(), k.encode()) for k in keys) + b"\r\n")
+        return self._until(conn, b"END\r\n")
+
+    def set_many(self, data, timeout=None):
+        conn = self._conn()
+        out = []
+        for k, v in data.items():
+            v = v.encode() if isinstance(v, str) else v
+            out.append(b"set %s:1:%s 16 0 %d noreply\r\n%s\r\n" % (self.prefix.encode(), k.encode(), len(v), v))
+        conn.sendall(b"".join(out) + b"mn\r\n")
+        return self._until(conn, b"MN\r\n")
+
+
+def memcached_suite() -> Suite:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import MemcachedServer
+
+    server = MemcachedServer(args=("-m", "512"))
+    loc = server.location
+    ours = "django_rustcache MemcachedCache"
+    backends = [Backend("rust_mc", ours, {"BACKEND": "django_rustcache.memcached.MemcachedCache"}, True)]
+    try:
+        import pylibmc  # noqa: F401
+
+        lib = "django.core.cache.backends.memcached.PyLibMCCache"
+        backends += [
+            Backend("pylibmc", "pylibmc", {"BACKEND": lib}),
+            Backend(
+                "pylibmc_nodelay",
+                "pylibmc tcp_nodelay",
+                {"BACKEND": lib, "OPTIONS": {"behaviors": {"tcp_nodelay": True}}},
+            ),
+            Backend("pylibmc_binary", "pylibmc binary", {"BACKEND": lib, "OPTIONS": {"binary": True}}),
+            Backend(
+                "pylibmc_binary_nodelay",
+                "pylibmc binary tcp_nodelay",
+                {"BACKEND": lib, "OPTIONS": {"binary": True, "behaviors": {"tcp_nodelay": True}}},
+            ),
+        ]
+    except ImportError:
+        print("pylibmc is not installed: its columns are left out", file=sys.stderr)
+    try:
+        import pymemcache  # noqa: F401
+
+        backends.append(
+            Backend("pymemcache", "pymemcache", {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache"})
+        )
+    except ImportError:
+        print("pymemcache is not installed: its column is left out", file=sys.stderr)
+    for b in backends:
+        b.params = {**b.params, "LOCATION": loc, "KEY_PREFIX": f"bench-{b.alias}"}
+    big = b"x" * 500_000
+    single = {"pylibmc": 0.95, "raw socket floor": 1.15}
+    return Suite(
+        "memcached",
+        backends,
+        targets={
+            "get hit": single,
+            "get miss": single,
+            "set": single,
+            "get_many(100)": {"pylibmc": 0.5},
+            "set_many(100)": {"pylibmc": 0.25},
+            "8 threads 80/20 (ops/s)": {"pylibmc": 1.3},
+        },
+        floors={"raw socket floor": lambda: RawSocketFloor(server.port, "bench-raw")},
+        extra_ops={"set 500 KB": (lambda cache: lambda: cache.set("big", big), 1, 10)},
+        p99_limits={"set 500 KB": 2000.0},
+        cleanup=[server.close],
+    )
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"lru": lru_suite, "memcached": memcached_suite}
 
 
 def ops(cache) -> dict[str, tuple[Callable[[], object], int]]:
@@ -102,16 +223,14 @@ def sample(call: Callable[[], object], n: int) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
-def threaded_throughput(alias: str, seconds: float, threads: int = 8) -> float:
+def threaded_throughput(get_cache: Callable[[], object], seconds: float, threads: int = 8) -> float:
     """Operations per second of `threads` threads doing 80 % get / 20 % set on 1,000 keys."""
-    from django.core.cache import caches
-
     stop = threading.Event()
     counts = [0] * threads
     barrier = threading.Barrier(threads + 1)
 
     def work(i: int) -> None:
-        cache = caches[alias]
+        cache = get_cache()  # caches[alias] in this thread: Django's per-thread instance
         rng = random.Random(i)
         keys = [f"t{k}" for k in range(1000)]
         plan = [(rng.choice(keys), rng.random() < 0.2) for _ in range(4096)]
@@ -147,41 +266,45 @@ def percentile(values: list[float], p: float) -> float:
 def run_suite(suite: Suite, rounds: int, thread_rounds: int, thread_seconds: float) -> dict:
     from django.core.cache import caches
 
+    floors = {label: make() for label, make in suite.floors.items()}
+    targets: list[tuple[str, Callable[[], object]]] = [(b.label, lambda a=b.alias: caches[a]) for b in suite.backends]
+    targets += [(label, lambda f=f: f) for label, f in floors.items()]
     samples: dict[str, dict[str, list[float]]] = {}
-    order = list(suite.backends)
     for _ in range(rounds):
-        random.shuffle(order)
-        for b in order:
-            cache = caches[b.alias]
+        random.shuffle(targets)
+        for label, get_cache in targets:
+            cache = get_cache()
             for op, (call, n) in ops(cache).items():
-                samples.setdefault(op, {}).setdefault(b.label, []).append(sample(call, n))
+                samples.setdefault(op, {}).setdefault(label, []).append(sample(call, n))
+            for op, (make_call, n, repeat) in suite.extra_ops.items():
+                call = make_call(cache)
+                for _ in range(repeat):
+                    samples.setdefault(op, {}).setdefault(label, []).append(sample(call, n))
     op = "8 threads 80/20 (ops/s)"
     for _ in range(thread_rounds):
-        random.shuffle(order)
-        for b in order:
-            samples.setdefault(op, {}).setdefault(b.label, []).append(threaded_throughput(b.alias, thread_seconds))
+        random.shuffle(targets)
+        for label, get_cache in targets:
+            throughput = threaded_throughput(get_cache, thread_seconds)
+            samples.setdefault(op, {}).setdefault(label, []).append(throughput)
     return samples
 
 
 def report(suite: Suite, samples: dict) -> tuple[list[str], list[str]]:
     ours = next(b.label for b in suite.backends if b.ours)
-    peers = [b.label for b in suite.backends if not b.ours]
+    peers = [b.label for b in suite.backends if not b.ours] + list(suite.floors)
+    labels = [b.label for b in suite.backends] + list(suite.floors)
     lines = [
         f"## suite: {suite.name} (Python {sys.version.split()[0]}, Django {django.get_version()})",
         "",
-        "| op | "
-        + " | ".join(b.label for b in suite.backends)
-        + " | "
-        + " | ".join(f"ratio vs {p}" for p in peers)
-        + " |",
-        "|---" * (1 + len(suite.backends) + len(peers)) + "|",
+        "| op | " + " | ".join(labels) + " | " + " | ".join(f"ratio vs {p}" for p in peers) + " |",
+        "|---" * (1 + len(labels) + len(peers)) + "|",
     ]
     misses = []
     for op, by_backend in samples.items():
         throughput = "ops/s" in op
         cells = []
-        for b in suite.backends:
-            vals = by_backend[b.label]
+        for label in labels:
+            vals = by_backend[label]
             if throughput:
                 cells.append(f"{statistics.median(vals):,.0f}")
             else:
@@ -201,6 +324,14 @@ def report(suite: Suite, samples: dict) -> tuple[list[str], list[str]]:
                     misses.append(f"{op} vs {p}: {ratio:.2f}x, target {target}x")
             ratios.append(f"{ratio:.2f}x{mark}")
         lines.append(f"| {op} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        limit = suite.p99_limits.get(op)
+        if limit is not None:
+            p99 = percentile(by_backend[ours], 99)
+            if p99 > limit:
+                misses.append(f"{op}: p99 {p99:.0f} us, limit {limit:.0f} us")
+            lines.append(
+                f"|  | p99 of ours {p99:.0f} us: {'ok' if p99 <= limit else 'MISSED'} (limit {limit:.0f} us) |"
+            )
     return lines, misses
 
 
@@ -223,7 +354,11 @@ def main() -> int:
 
     all_misses, raw = [], {}
     for suite in suites:
-        samples = run_suite(suite, args.rounds, args.thread_rounds, args.thread_seconds)
+        try:
+            samples = run_suite(suite, args.rounds, args.thread_rounds, args.thread_seconds)
+        finally:
+            for cleanup in suite.cleanup:
+                cleanup()
         raw[suite.name] = samples
         lines, misses = report(suite, samples)
         all_misses += misses

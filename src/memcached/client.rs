@@ -308,11 +308,32 @@ impl Client {
         si: usize,
         request: &[u8],
         retry: bool,
+        read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.exchange_inner(si, &[request], retry, read)
+    }
+
+    /// [`Client::exchange`] for a request in several pieces (retried on a stale connection).
+    fn exchange_parts<T>(
+        &self,
+        si: usize,
+        parts: &[&[u8]],
+        read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.exchange_inner(si, parts, true, read)
+    }
+
+    fn exchange_inner<T>(
+        &self,
+        si: usize,
+        parts: &[&[u8]],
+        retry: bool,
         mut read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let (mut conn, mut pooled) = self.checkout(si)?;
         loop {
-            let result = conn.send(request).and_then(|()| {
+            let sent = if let [one] = parts { conn.send(one) } else { conn.send_parts(parts) };
+            let result = sent.and_then(|()| {
                 let deadline = conn.deadline();
                 read(&mut conn, deadline)
             });
@@ -481,12 +502,19 @@ impl Client {
         }
     }
 
-    /// One storage command.
+    /// One storage command. Large values go out with a vectored write, not copied.
     pub fn store(&self, cmd: Store, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Result<Stored, Error> {
         let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + data.len() + 48);
-        protocol::encode_store(&mut request, cmd, key, flags, exptime, data)?;
-        self.exchange(si, &request, true, |conn, deadline| {
+        let mut header = Vec::with_capacity(key.len() + 48);
+        if data.len() < 16 * 1024 {
+            protocol::encode_store(&mut header, cmd, key, flags, exptime, data)?;
+            return self.exchange(si, &header, true, |conn, deadline| {
+                let reply = conn.read_reply(deadline)?;
+                Self::stored(conn.addr(), reply)
+            });
+        }
+        protocol::encode_store_header(&mut header, cmd, key, flags, exptime, data.len())?;
+        self.exchange_parts(si, &[&header, data, b"\r\n"], |conn, deadline| {
             let reply = conn.read_reply(deadline)?;
             Self::stored(conn.addr(), reply)
         })

@@ -1,7 +1,7 @@
 //! One connection to one server: TCP (with TCP_NODELAY) or a unix socket, buffered reads, and a
 //! deadline on every exchange.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -84,6 +84,13 @@ impl Write for Stream {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -151,6 +158,26 @@ impl Conn {
         self.stream.write_all(buf).map_err(|e| io_error(&self.addr, "send", &e))
     }
 
+    /// Write all of `parts`, in order, with vectored writes (no copy into one buffer).
+    pub fn send_parts(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.stream.write_vectored(rest) {
+                Ok(0) => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("memcached {}: connection closed while sending", self.addr),
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(&self.addr, "send", &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The deadline for a reply to a request sent now.
     pub fn deadline(&self) -> Instant {
         Instant::now() + self.timeouts.receive
@@ -175,7 +202,25 @@ impl Conn {
                     format!("memcached {}: no complete reply in time", self.addr),
                 ));
             }
+            if let Some(total) = protocol::value_frame_len(&self.rbuf[self.rstart..self.rend]) {
+                self.reserve_frame(total);
+            }
             self.fill()?;
+        }
+    }
+
+    /// Make room for a frame of `total` bytes starting at `rstart`, in one step.
+    fn reserve_frame(&mut self, total: usize) {
+        if self.rbuf.len() - self.rstart >= total + 8 * 1024 {
+            return;
+        }
+        if self.rstart > 0 {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        if self.rbuf.len() < total + 8 * 1024 {
+            self.rbuf.resize(total + 16 * 1024, 0);
         }
     }
 
@@ -215,7 +260,7 @@ impl Conn {
 
     /// Shrink a read buffer that grew for a large value, so idle connections stay small.
     pub fn trim(&mut self) {
-        if self.rbuf.len() > 256 * 1024 && !self.has_pending_input() {
+        if self.rbuf.len() > 2 * 1024 * 1024 && !self.has_pending_input() {
             self.rbuf = vec![0; 16 * 1024];
             self.rstart = 0;
             self.rend = 0;

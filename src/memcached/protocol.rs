@@ -78,14 +78,15 @@ pub fn encode_get(buf: &mut Vec<u8>, keys: &[&[u8]], with_cas: bool) -> Result<(
     Ok(())
 }
 
-/// A storage command and its data block.
-pub fn encode_store(
+/// The command line of a storage command, without its data block (which follows it on the
+/// wire, then `\r\n`): for sending large values without copying them.
+pub fn encode_store_header(
     buf: &mut Vec<u8>,
     cmd: Store,
     key: &[u8],
     flags: u32,
     exptime: i64,
-    data: &[u8],
+    len: usize,
 ) -> Result<(), Error> {
     check_key(key)?;
     let name: &[u8] = match cmd {
@@ -96,12 +97,35 @@ pub fn encode_store(
     };
     buf.extend_from_slice(name);
     buf.extend_from_slice(key);
-    // Writing into a Vec cannot fail.
-    let _ = write!(buf, " {flags} {exptime} {}", data.len());
+    let _ = write!(buf, " {flags} {exptime} {len}");
     if let Store::Cas(id) = cmd {
         let _ = write!(buf, " {id}");
     }
     buf.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// How many bytes the reply at the start of `buf` takes in all, when it is a `VALUE` whose
+/// header line has arrived: lets a reader size its buffer once for a large value.
+pub fn value_frame_len(buf: &[u8]) -> Option<usize> {
+    if !buf.starts_with(b"VALUE ") {
+        return None;
+    }
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(buf[..eol].split(|&b| b == b' ').nth(3)?).ok()?.parse().ok()?;
+    eol.checked_add(2)?.checked_add(len)?.checked_add(2)
+}
+
+/// A storage command and its data block.
+pub fn encode_store(
+    buf: &mut Vec<u8>,
+    cmd: Store,
+    key: &[u8],
+    flags: u32,
+    exptime: i64,
+    data: &[u8],
+) -> Result<(), Error> {
+    encode_store_header(buf, cmd, key, flags, exptime, data.len())?;
     buf.extend_from_slice(data);
     buf.extend_from_slice(b"\r\n");
     Ok(())
@@ -254,6 +278,13 @@ mod tests {
         let (reply, used) = one(full);
         assert_eq!(reply, Reply::Value { key: b"k".to_vec(), flags: 4, data: b"he\r\nl".to_vec(), cas: Some(99) });
         assert_eq!(one(&full[used..]), (Reply::End, 5));
+    }
+
+    #[test]
+    fn frame_length_of_a_value() {
+        assert_eq!(value_frame_len(b"VALUE k 0 5\r\nhe"), Some(13 + 5 + 2));
+        assert_eq!(value_frame_len(b"VALUE k 0 5"), None);
+        assert_eq!(value_frame_len(b"END\r\n"), None);
     }
 
     #[test]
