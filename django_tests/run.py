@@ -36,6 +36,16 @@ VARIANTS = {
     "lru-pickled": {"RUSTCACHE_SUITE": "lru", "RUSTCACHE_MODE": "pickled"},
     "memcached-tcp": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "tcp"},
     "memcached-unix": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "unix"},
+    "memcached-binary": {
+        "RUSTCACHE_SUITE": "memcached",
+        "RUSTCACHE_MEMCACHED": "tcp",
+        "RUSTCACHE_MEMCACHED_OPTIONS": '{"binary": true}',
+    },
+    "memcached-sasl": {
+        "RUSTCACHE_SUITE": "memcached",
+        "RUSTCACHE_MEMCACHED": "sasl",
+        "RUSTCACHE_MEMCACHED_OPTIONS": '{"username": "django", "password": "suite-secret"}',
+    },
 }
 
 
@@ -89,7 +99,9 @@ def main() -> int:
         env = {**os.environ, **VARIANTS[name], "PYTHONWARNINGS": "ignore::DeprecationWarning"}
         server = None
         if env.get("RUSTCACHE_MEMCACHED"):
-            server = MemcachedServer(unix=env["RUSTCACHE_MEMCACHED"] == "unix")
+            kind = env["RUSTCACHE_MEMCACHED"]
+            sasl = ("django", "suite-secret") if kind == "sasl" else None
+            server = MemcachedServer(unix=kind == "unix", sasl=sasl)
             env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
         try:
             proc = subprocess.run(

@@ -7,13 +7,15 @@ Django's is copied. The environment picks what runs:
 * ``RUSTCACHE_SUITE=lru``: LRUObjectCache with BaseCacheTests + LocMemCacheTests;
   ``RUSTCACHE_MODE`` is ``object`` (live objects) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
 * ``RUSTCACHE_SUITE=memcached``: MemcachedCache with BaseMemcachedTests, against the server at
-  ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one).
+  ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one), with ``RUSTCACHE_MEMCACHED_OPTIONS``
+  (JSON): the text protocol over TCP or a unix socket, the binary protocol, or SASL.
 
 Tests that cannot apply are listed in ``NOT_APPLICABLE`` with the reason, and reported as skipped
 with that reason; nothing is skipped silently.
 """
 
 import inspect
+import json
 import os
 import unittest
 
@@ -90,7 +92,11 @@ if SUITE == "lru":
 
 
 if SUITE == "memcached":
-    MEMCACHED_PARAMS = {"BACKEND": MEMCACHED, "LOCATION": os.environ["RUSTCACHE_MEMCACHED_LOCATION"]}
+    MEMCACHED_PARAMS = {
+        "BACKEND": MEMCACHED,
+        "LOCATION": os.environ["RUSTCACHE_MEMCACHED_LOCATION"],
+        "OPTIONS": json.loads(os.environ.get("RUSTCACHE_MEMCACHED_OPTIONS", "{}")),
+    }
 
     @_not_applicable
     @override_settings(
@@ -112,4 +118,6 @@ if SUITE == "memcached":
             cache = caches["default"]
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", MEMCACHED)
             self.assertEqual(type(cache._cache).__mro__[1].__name__, "MemcachedClient")
+            options = MEMCACHED_PARAMS["OPTIONS"]
+            self.assertIs(cache._cache.binary, bool(options.get("binary") or options.get("username")))
             self.assertEqual(cache.client_servers, [MEMCACHED_PARAMS["LOCATION"].removeprefix("unix:")])

@@ -34,19 +34,42 @@ def wait_until(check, timeout: float = 10.0, what: str = "server") -> None:
 class MemcachedServer:
     """A memcached process on 127.0.0.1:<free port>, or on a unix socket."""
 
-    def __init__(self, *, unix: bool = False, args: tuple[str, ...] = (), env: dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        unix: bool = False,
+        args: tuple[str, ...] = (),
+        env: dict | None = None,
+        sasl: tuple[str, str] | None = None,
+    ) -> None:
         exe = shutil.which("memcached")
         if exe is None:
             raise RuntimeError("memcached is not installed (Debian: apt-get install memcached)")
         self.exe = exe
         self.unix = unix
         self.args = args
-        self.env = env
+        self.env = dict(env or {})
         self.dir = Path(tempfile.mkdtemp(prefix="rustcache-mc-"))
+        self.sasl = sasl
+        if sasl:
+            self._make_sasldb(*sasl)
         self.port = 0 if unix else free_port()
         self.socket_path = str(self.dir / "memcached.sock") if unix else None
         self.proc: subprocess.Popen | None = None
         self.start()
+
+    def _make_sasldb(self, username: str, password: str) -> None:
+        """A SASL database with one user, and the config memcached -S reads (SASL_CONF_PATH)."""
+        tool = shutil.which("saslpasswd2")
+        if tool is None:
+            raise RuntimeError("saslpasswd2 is not installed (Debian: apt-get install sasl2-bin)")
+        db = self.dir / "sasldb2"
+        subprocess.run(
+            [tool, "-a", "memcached", "-c", "-p", "-f", str(db), username], input=password.encode(), check=True
+        )
+        (self.dir / "memcached.conf").write_text(f"mech_list: plain\nsasldb_path: {db}\n")
+        self.env["SASL_CONF_PATH"] = str(self.dir)
+        self.args = (*self.args, "-S")
 
     @property
     def location(self) -> str:

@@ -236,12 +236,6 @@ def test_environment_variables(monkeypatch, memcached_server):
     assert make_memcached("")._servers == [memcached_server.location]
 
 
-def test_sasl_credentials_are_refused_clearly_until_supported(memcached_server):
-    cache = make_memcached(memcached_server.location, OPTIONS={"username": "u", "password": "p"})
-    with pytest.raises(ImproperlyConfigured, match="SASL"):
-        cache.get("k")
-
-
 def test_unknown_behavior_is_an_error_at_start_up():
     with pytest.raises(ImproperlyConfigured, match="ketamma"):
         make_memcached("127.0.0.1:1", OPTIONS={"behaviors": {"ketamma": True}})
@@ -535,3 +529,96 @@ def test_pylibmc_flavour_reads_options_as_behaviors_and_top_level_params(memcach
     for i in range(50):
         made = cache.make_key(f"k{i}")
         assert cache._cache.server_index(made) == ketama._cache.server_index(made)
+
+
+# --- binary protocol and SASL -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sasl_server():
+    server = MemcachedServer(sasl=("alice", "s3cret"))
+    yield server
+    server.close()
+
+
+def _exercise(cache):
+    cache.clear()
+    cache.set("k", {"v": 1})
+    assert cache.get("k") == {"v": 1}
+    assert cache.get("missing", "dflt") == "dflt"
+    assert cache.add("k", 2) is False
+    assert cache.add("new", 2) is True
+    assert cache.set_many({"a": 1, "b": "two", "c": b"3"}) == []
+    assert cache.get_many(["a", "b", "c", "nope", "a"]) == {"a": 1, "b": "two", "c": b"3"}
+    assert cache.incr("a", 5) == 6
+    assert cache.decr("a", 2) == 4
+    with pytest.raises(ValueError):
+        cache.incr("nope")
+    with pytest.raises(TypeError):
+        cache.incr("b")
+    assert cache.touch("a", 100) is True
+    assert cache.touch("nope") is False
+    cache.set("zero", 1, timeout=0)
+    assert cache.get("zero") is None
+    assert cache.add("zero-add", 1, timeout=0) is True
+    assert cache.get("zero-add") is None
+    assert cache.delete("a") is True
+    assert cache.delete("a") is False
+    cache.delete_many(["b", "c"])
+    assert cache.get_many(["b", "c"]) == {}
+    big = os.urandom(600 * 1024)
+    cache.set("big", big)
+    assert cache.get("big") == big
+    cache.set("big", b"x" * (2 * 1024 * 1024))
+    assert cache.get("big") is None  # refused as too large, and the old value is gone
+    cache.clear()
+    assert cache.get("k") is None
+
+
+def test_binary_protocol_serves_the_whole_api(memcached_server):
+    cache = make_memcached(memcached_server.location, OPTIONS={"binary": True})
+    assert cache._cache.binary is True
+    _exercise(cache)
+
+
+def test_sasl_authentication(sasl_server):
+    cache = make_memcached(sasl_server.location, OPTIONS={"username": "alice", "password": "s3cret"})
+    assert cache._cache.binary is True  # SASL needs the binary protocol
+    _exercise(cache)
+    assert cache.server_stats()[sasl_server.location]["pid"] == str(sasl_server.proc.pid)
+
+
+def test_sasl_from_the_environment(sasl_server, monkeypatch):
+    monkeypatch.setenv("MEMCACHE_USERNAME", "alice")
+    monkeypatch.setenv("MEMCACHE_PASSWORD", "s3cret")
+    cache = make_memcached(sasl_server.location)
+    cache.set("env", 1)
+    assert cache.get("env") == 1
+
+
+def test_sasl_wrong_password_is_a_clear_error(sasl_server):
+    cache = make_memcached(sasl_server.location, OPTIONS={"username": "alice", "password": "wrong"})
+    with pytest.raises(
+        CacheError, match="SASL authentication as 'alice' failed|SASL authentication as \"alice\" failed"
+    ):
+        cache.get("k")
+
+
+def test_sasl_server_without_credentials_refuses(sasl_server):
+    cache = make_memcached(sasl_server.location)
+    with pytest.raises(CacheError):
+        cache.set("k", 1)
+
+
+def test_half_credentials_are_a_configuration_error(memcached_server):
+    cache = make_memcached(memcached_server.location, OPTIONS={"username": "alice"})
+    with pytest.raises(ImproperlyConfigured, match="username and a password"):
+        cache.get("k")
+
+
+def test_pylibmc_flavour_takes_django_pylibmc_credentials(sasl_server):
+    cache = make_memcached(
+        sasl_server.location, backend="PyLibMCCache", BINARY=True, USERNAME="alice", PASSWORD="s3cret"
+    )
+    cache.set("k", "v")
+    assert cache.get("k") == "v"

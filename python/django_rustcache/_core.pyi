@@ -180,6 +180,8 @@ class MemcachedClient:
         pickle_protocol: int | None = None,
         behaviors: dict[str, Any] | None = None,
         binary: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> MemcachedClient: ...
     @property
     def behaviors(self) -> dict[str, Any]:
@@ -187,7 +189,8 @@ class MemcachedClient:
 
     @property
     def binary(self) -> bool:
-        """Whether the binary protocol was asked for (pylibmc's ``Client.binary``)."""
+        """Whether the binary protocol is spoken: asked for, or needed for SASL (``username``
+        and ``password`` set, authenticated with SASL PLAIN on every new connection)."""
 
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """The value under the key, or ``default``."""

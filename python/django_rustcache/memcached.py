@@ -242,11 +242,8 @@ class MemcachedCache(NativeKeys, BaseCache):
             if client is None:
                 (servers, distribution, hash_, connect, send, receive, retry, remove_failed, dead, max_idle,
                  min_compress, level, protocol, _, username, password, binary) = key  # fmt: skip
-                if username or password:
-                    raise ImproperlyConfigured(
-                        "memcached SASL authentication (username/password) needs the binary protocol, "
-                        "which django-rustcache does not implement yet"
-                    )
+                if bool(username) != bool(password):
+                    raise ImproperlyConfigured("memcached SASL authentication needs both a username and a password")
                 client = _clients[key] = self._class(
                     list(servers),
                     distribution=distribution,
@@ -263,6 +260,8 @@ class MemcachedCache(NativeKeys, BaseCache):
                     pickle_protocol=protocol,
                     behaviors=self._behaviors(),
                     binary=binary,
+                    username=username or None,
+                    password=password or None,
                 )
             return client
 

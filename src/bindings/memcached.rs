@@ -94,7 +94,6 @@ pub struct PyMemcachedClient {
     client: Client,
     codec: Codec,
     behaviors: Py<PyDict>,
-    binary: bool,
 }
 
 impl PyMemcachedClient {
@@ -138,7 +137,8 @@ impl PyMemcachedClient {
     #[pyo3(signature = (
         servers, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
         receive_timeout=3.0, retry_timeout=2.0, remove_failed=0, dead_timeout=10.0, max_idle=32,
-        min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false
+        min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false,
+        username=None, password=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -158,7 +158,14 @@ impl PyMemcachedClient {
         pickle_protocol: Option<i32>,
         behaviors: Option<Bound<'_, PyDict>>,
         binary: bool,
+        username: Option<String>,
+        password: Option<String>,
     ) -> PyResult<Self> {
+        let credentials = match (username, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => return Err(PyValueError::new_err("SASL needs both a username and a password")),
+        };
         let distribution = match distribution {
             "modula" => Distribution::Modula,
             "ketama" | "consistent" | "consistent_ketama" => Distribution::Ketama,
@@ -197,13 +204,14 @@ impl PyMemcachedClient {
             remove_failed,
             dead_timeout: seconds(dead_timeout, "dead_timeout")?,
             max_idle,
+            binary: binary || credentials.is_some(),
+            credentials,
         };
         let pickle_protocol = pickle_protocol.filter(|p| *p >= 0).unwrap_or(5);
         Ok(Self {
             client: Client::new(config)?,
             codec: Codec { pickle_protocol, min_compress_len, compress_level },
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
-            binary,
         })
     }
 
@@ -213,11 +221,10 @@ impl PyMemcachedClient {
         self.behaviors.bind(py).clone()
     }
 
-    /// Whether the binary protocol was asked for (pylibmc's ``Client.binary``). Without SASL
-    /// credentials the text protocol serves the same commands with the same results.
+    /// Whether the binary protocol is spoken (asked for, or needed for SASL).
     #[getter]
     fn binary(&self) -> bool {
-        self.binary
+        self.client.config().binary
     }
 
     #[pyo3(signature = (prefix, version, key, default=None))]

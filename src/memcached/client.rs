@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use super::binary::{self, Op, Packet, status};
 use super::conn::{Address, Conn, Timeouts};
 use super::protocol::{self, Reply, Store};
 use super::ring::{Distribution, KeyHash, Node, Ring};
@@ -42,6 +43,10 @@ pub struct Config {
     pub dead_timeout: Duration,
     /// Idle connections kept per server.
     pub max_idle: usize,
+    /// Speak the binary protocol (needed for SASL; otherwise the text protocol is used).
+    pub binary: bool,
+    /// SASL PLAIN credentials (implies the binary protocol).
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -55,6 +60,8 @@ impl Default for Config {
             remove_failed: 0,
             dead_timeout: Duration::from_secs(10),
             max_idle: 32,
+            binary: false,
+            credentials: None,
         }
     }
 }
@@ -145,7 +152,8 @@ fn unexpected(addr: &Address, reply: &Reply) -> Error {
 
 impl Client {
     /// A client for `config`. Connections are made on first use.
-    pub fn new(config: Config) -> Result<Self, Error> {
+    pub fn new(mut config: Config) -> Result<Self, Error> {
+        config.binary |= config.credentials.is_some();
         if config.servers.is_empty() {
             return Err(Error::new(ErrorKind::InvalidKey, "no memcached server configured"));
         }
@@ -279,13 +287,24 @@ impl Client {
         if let Some(conn) = self.servers[si].idle.lock().pop() {
             return Ok((conn, true));
         }
-        match Conn::connect(&self.servers[si].addr, &self.config.timeouts) {
+        match self.connect(si) {
             Ok(conn) => Ok((conn, false)),
             Err(e) => {
-                self.record_failure(si, &e);
+                if is_connection_failure(&e) {
+                    self.record_failure(si, &e);
+                }
                 Err(e)
             }
         }
+    }
+
+    /// A new connection to server `si`, authenticated when credentials are configured.
+    fn connect(&self, si: usize) -> Result<Conn, Error> {
+        let mut conn = Conn::connect(&self.servers[si].addr, &self.config.timeouts)?;
+        if let Some((username, password)) = &self.config.credentials {
+            conn.authenticate(username, password)?;
+        }
+        Ok(conn)
     }
 
     fn checkin(&self, si: usize, mut conn: Conn) {
@@ -352,7 +371,7 @@ impl Client {
                     drop(conn);
                     if retry && pooled && e.kind() == ErrorKind::Io {
                         drop(std::mem::take(&mut *self.servers[si].idle.lock()));
-                        match Conn::connect(&self.servers[si].addr, &self.config.timeouts) {
+                        match self.connect(si) {
                             Ok(fresh) => {
                                 conn = fresh;
                                 pooled = false;
@@ -373,6 +392,9 @@ impl Client {
 
     /// Fetch one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
+        if self.config.binary {
+            return self.bin_get(key);
+        }
         let si = self.route(key)?;
         let mut request = Vec::with_capacity(key.len() + 6);
         protocol::encode_get(&mut request, &[key], false)?;
@@ -446,6 +468,9 @@ impl Client {
     /// Fetch several keys: one `get` per server, all servers at once. Returns the items in the
     /// order of `keys`, and the errors of the servers that failed (their keys read as misses).
     pub fn get_multi(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
+        if self.config.binary {
+            return self.bin_get_multi(keys);
+        }
         let mut found: Vec<Option<Item>> = vec![None; keys.len()];
         if keys.is_empty() {
             return Ok((found, Vec::new()));
@@ -504,6 +529,9 @@ impl Client {
 
     /// One storage command. Large values go out with a vectored write, not copied.
     pub fn store(&self, cmd: Store, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Result<Stored, Error> {
+        if self.config.binary {
+            return self.bin_store(cmd, key, flags, exptime, data);
+        }
         let si = self.route(key)?;
         let mut header = Vec::with_capacity(key.len() + 48);
         if data.len() < 16 * 1024 {
@@ -528,6 +556,9 @@ impl Client {
         items: &[(&[u8], u32, &[u8])],
         exptime: i64,
     ) -> Result<Vec<Result<Stored, Error>>, Error> {
+        if self.config.binary {
+            return self.bin_store_multi(cmd, items, exptime);
+        }
         let groups = self.group(items.iter().map(|(k, _, _)| *k))?;
         let mut requests = Vec::new();
         for (si, group) in groups.iter().enumerate() {
@@ -570,6 +601,9 @@ impl Client {
 
     /// Delete one key; whether it was there.
     pub fn delete(&self, key: &[u8]) -> Result<bool, Error> {
+        if self.config.binary {
+            return self.bin_delete(key);
+        }
         let si = self.route(key)?;
         let mut request = Vec::with_capacity(key.len() + 9);
         protocol::encode_delete(&mut request, key)?;
@@ -582,6 +616,9 @@ impl Client {
 
     /// Delete several keys, pipelined per server. Errors of the servers that failed.
     pub fn delete_multi(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
+        if self.config.binary {
+            return self.bin_delete_multi(keys);
+        }
         let groups = self.group(keys.iter().copied())?;
         let mut requests = Vec::new();
         for (si, group) in groups.iter().enumerate() {
@@ -609,6 +646,9 @@ impl Client {
     /// `incr`/`decr` by `delta`; the new value, or None when the key is missing. Not retried
     /// on a stale connection: the first attempt may have been applied.
     pub fn incr(&self, key: &[u8], delta: u64, decr: bool) -> Result<Option<u64>, Error> {
+        if self.config.binary {
+            return self.bin_incr(key, delta, decr);
+        }
         let si = self.route(key)?;
         let mut request = Vec::with_capacity(key.len() + 32);
         protocol::encode_incr(&mut request, key, delta, decr)?;
@@ -621,6 +661,9 @@ impl Client {
 
     /// Give a key a new expiry; whether it was there.
     pub fn touch(&self, key: &[u8], exptime: i64) -> Result<bool, Error> {
+        if self.config.binary {
+            return self.bin_touch(key, exptime);
+        }
         let si = self.route(key)?;
         let mut request = Vec::with_capacity(key.len() + 24);
         protocol::encode_touch(&mut request, key, exptime)?;
@@ -646,6 +689,9 @@ impl Client {
 
     /// `flush_all` on every server. Errors of the servers that failed.
     pub fn flush_all(&self) -> Vec<Error> {
+        if self.config.binary {
+            return self.bin_all(Op::Flush).into_iter().filter_map(|(_, r)| r.err()).collect();
+        }
         self.all_servers("flush_all", |_, conn, deadline| match conn.read_reply(deadline)? {
             Reply::Ok => Ok(()),
             other => Err(unexpected(conn.addr(), &other)),
@@ -657,6 +703,15 @@ impl Client {
 
     /// `version` of every server.
     pub fn versions(&self) -> Vec<(String, Result<String, Error>)> {
+        if self.config.binary {
+            return self
+                .bin_all(Op::Version)
+                .into_iter()
+                .map(|(si, r)| {
+                    (self.servers[si].addr.to_string(), r.map(|p| String::from_utf8_lossy(&p.value).into_owned()))
+                })
+                .collect();
+        }
         self.all_servers("version", |_, conn, deadline| match conn.read_reply(deadline)? {
             Reply::Version(v) => Ok(v),
             other => Err(unexpected(conn.addr(), &other)),
@@ -668,6 +723,31 @@ impl Client {
 
     /// `stats` of every server.
     pub fn stats(&self) -> ServerStats {
+        if self.config.binary {
+            let mut request = Vec::new();
+            if binary::encode(&mut request, Op::Stat, b"", b"", b"", 0, 0).is_err() {
+                return Vec::new();
+            }
+            let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
+            let mut results = self.fan_out(requests, |_, conn, deadline| {
+                let mut stats = Vec::new();
+                loop {
+                    let p = conn.read_packet(deadline)?;
+                    if p.status != status::OK {
+                        return Err(bin_error(conn.addr(), &p));
+                    }
+                    if p.key.is_empty() {
+                        return Ok(stats);
+                    }
+                    stats.push((
+                        String::from_utf8_lossy(&p.key).into_owned(),
+                        String::from_utf8_lossy(&p.value).into_owned(),
+                    ));
+                }
+            });
+            results.sort_by_key(|(si, _)| *si);
+            return results.into_iter().map(|(si, r)| (self.servers[si].addr.to_string(), r)).collect();
+        }
         self.all_servers("stats", |_, conn, deadline| {
             let mut stats = Vec::new();
             loop {
@@ -707,5 +787,254 @@ impl Client {
         for s in &self.servers {
             drop(std::mem::take(&mut *s.idle.lock()));
         }
+    }
+}
+
+fn bin_error(addr: &Address, packet: &Packet) -> Error {
+    Error::new(ErrorKind::Server, format!("memcached {addr}: {}", packet.status_text()))
+}
+
+fn bin_stored(addr: &Address, packet: &Packet) -> Result<Stored, Error> {
+    match packet.status {
+        status::OK => Ok(Stored::Yes),
+        status::NOT_FOUND | status::EXISTS | status::NOT_STORED => Ok(Stored::No),
+        status::TOO_LARGE => Ok(Stored::Refused(packet.status_text())),
+        _ => Err(bin_error(addr, packet)),
+    }
+}
+
+fn store_op(cmd: Store) -> (Op, u64) {
+    match cmd {
+        Store::Set => (Op::Set, 0),
+        Store::Add => (Op::Add, 0),
+        Store::Replace => (Op::Replace, 0),
+        Store::Cas(id) => (Op::Set, id),
+    }
+}
+
+/// The binary protocol (used where SASL is configured): the same commands, the same results.
+impl Client {
+    fn bin_get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
+        let si = self.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 24);
+        binary::encode(&mut request, Op::Get, key, b"", b"", 0, 0)?;
+        self.exchange(si, &request, true, |conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            match p.status {
+                status::OK => Ok(Some(Item { flags: p.flags(), cas: Some(p.cas), data: p.value })),
+                status::NOT_FOUND => Ok(None),
+                _ => Err(bin_error(conn.addr(), &p)),
+            }
+        })
+    }
+
+    fn bin_get_multi(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
+        let mut found: Vec<Option<Item>> = vec![None; keys.len()];
+        if keys.is_empty() {
+            return Ok((found, Vec::new()));
+        }
+        let groups = self.group(keys.iter().copied())?;
+        let mut requests = Vec::new();
+        for (si, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut request = Vec::new();
+            for &i in group {
+                // The opaque carries the key's position; quiet gets answer hits only.
+                let opaque = u32::try_from(i).map_err(|_| Error::new(ErrorKind::InvalidKey, "too many keys"))?;
+                binary::encode(&mut request, Op::GetKQ, keys[i], b"", b"", opaque, 0)?;
+            }
+            binary::encode(&mut request, Op::Noop, b"", b"", b"", u32::MAX, 0)?;
+            requests.push((si, request));
+        }
+        let mut errors = Vec::new();
+        let results = self.fan_out(requests, |_, conn, deadline| {
+            let mut hits = Vec::new();
+            loop {
+                let p = conn.read_packet(deadline)?;
+                if p.opcode == Op::Noop as u8 {
+                    return Ok(hits);
+                }
+                if p.status == status::OK {
+                    hits.push(p);
+                }
+            }
+        });
+        for (_, result) in results {
+            match result {
+                Ok(hits) => {
+                    for p in hits {
+                        if let Some(i) = usize::try_from(p.opaque).ok().filter(|&i| i < keys.len() && keys[i] == p.key)
+                        {
+                            found[i] = Some(Item { flags: p.flags(), cas: Some(p.cas), data: p.value });
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        // A key asked for twice is answered once: copy the answer to its other positions.
+        let mut first: HashMap<&[u8], usize> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            if found[i].is_some() {
+                first.entry(*key).or_insert(i);
+            }
+        }
+        for i in 0..keys.len() {
+            if found[i].is_none()
+                && let Some(&j) = first.get(keys[i])
+            {
+                let copy = found[j].clone();
+                found[i] = copy;
+            }
+        }
+        Ok((found, errors))
+    }
+
+    fn bin_store(&self, cmd: Store, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Result<Stored, Error> {
+        let si = self.route(key)?;
+        let (op, cas) = store_op(cmd);
+        let mut request = Vec::with_capacity(key.len() + data.len() + 32);
+        binary::encode_store(&mut request, op, key, flags, exptime, data, cas)?;
+        self.exchange(si, &request, true, |conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            bin_stored(conn.addr(), &p)
+        })
+    }
+
+    fn bin_store_multi(
+        &self,
+        cmd: Store,
+        items: &[(&[u8], u32, &[u8])],
+        exptime: i64,
+    ) -> Result<Vec<Result<Stored, Error>>, Error> {
+        let groups = self.group(items.iter().map(|(k, _, _)| *k))?;
+        let (op, cas) = store_op(cmd);
+        let mut requests = Vec::new();
+        for (si, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut request = Vec::new();
+            for &i in group {
+                let (key, flags, data) = items[i];
+                binary::encode_store(&mut request, op, key, flags, exptime, data, cas)?;
+            }
+            requests.push((si, request));
+        }
+        let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
+        let results = self.fan_out(requests, |si, conn, deadline| {
+            let mut replies = Vec::with_capacity(groups[si].len());
+            for _ in &groups[si] {
+                let p = conn.read_packet(deadline)?;
+                replies.push(bin_stored(conn.addr(), &p)?);
+            }
+            Ok(replies)
+        });
+        for (si, result) in results {
+            match result {
+                Ok(replies) => {
+                    for (&i, reply) in groups[si].iter().zip(replies) {
+                        out[i] = Ok(reply);
+                    }
+                }
+                Err(e) => {
+                    for &i in &groups[si] {
+                        out[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn bin_delete(&self, key: &[u8]) -> Result<bool, Error> {
+        let si = self.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 24);
+        binary::encode(&mut request, Op::Delete, key, b"", b"", 0, 0)?;
+        self.exchange(si, &request, true, |conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            match p.status {
+                status::OK => Ok(true),
+                status::NOT_FOUND => Ok(false),
+                _ => Err(bin_error(conn.addr(), &p)),
+            }
+        })
+    }
+
+    fn bin_delete_multi(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
+        let groups = self.group(keys.iter().copied())?;
+        let mut requests = Vec::new();
+        for (si, group) in groups.iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let mut request = Vec::new();
+            for &i in group {
+                binary::encode(&mut request, Op::Delete, keys[i], b"", b"", 0, 0)?;
+            }
+            requests.push((si, request));
+        }
+        let results = self.fan_out(requests, |si, conn, deadline| {
+            for _ in &groups[si] {
+                let p = conn.read_packet(deadline)?;
+                if p.status != status::OK && p.status != status::NOT_FOUND {
+                    return Err(bin_error(conn.addr(), &p));
+                }
+            }
+            Ok(())
+        });
+        Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
+    }
+
+    fn bin_incr(&self, key: &[u8], delta: u64, decr: bool) -> Result<Option<u64>, Error> {
+        let si = self.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 48);
+        binary::encode_incr(&mut request, key, delta, decr)?;
+        self.exchange(si, &request, false, |conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            match p.status {
+                status::OK => match p.value.get(..8) {
+                    Some(b) => Ok(Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))),
+                    None => Err(Error::new(ErrorKind::Protocol, "memcached sent a short incr reply")),
+                },
+                status::NOT_FOUND => Ok(None),
+                status::NON_NUMERIC => Err(Error::new(
+                    ErrorKind::Server,
+                    format!("memcached {}: cannot increment or decrement non-numeric value", conn.addr()),
+                )),
+                _ => Err(bin_error(conn.addr(), &p)),
+            }
+        })
+    }
+
+    fn bin_touch(&self, key: &[u8], exptime: i64) -> Result<bool, Error> {
+        let si = self.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 28);
+        binary::encode_touch(&mut request, key, exptime)?;
+        self.exchange(si, &request, true, |conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            match p.status {
+                status::OK => Ok(true),
+                status::NOT_FOUND => Ok(false),
+                _ => Err(bin_error(conn.addr(), &p)),
+            }
+        })
+    }
+
+    fn bin_all(&self, op: Op) -> Vec<(usize, Result<Packet, Error>)> {
+        let mut request = Vec::new();
+        // Keyless commands carry no key to check.
+        if binary::encode(&mut request, op, b"", b"", b"", 0, 0).is_err() {
+            return Vec::new();
+        }
+        let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
+        let mut results = self.fan_out(requests, |_, conn, deadline| {
+            let p = conn.read_packet(deadline)?;
+            if p.status == status::OK { Ok(p) } else { Err(bin_error(conn.addr(), &p)) }
+        });
+        results.sort_by_key(|(si, _)| *si);
+        results
     }
 }

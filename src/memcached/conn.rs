@@ -7,8 +7,12 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::binary::{self, Packet};
 use super::protocol::{self, Reply};
 use crate::error::{Error, ErrorKind};
+
+/// A reply parser: the reply and the bytes it took, or `None` until it has all arrived.
+type Parser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, Error>;
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -183,11 +187,25 @@ impl Conn {
         Instant::now() + self.timeouts.receive
     }
 
-    /// Read one reply, failing with a timeout once `deadline` has passed.
+    /// Read one text-protocol reply, failing with a timeout once `deadline` has passed.
     pub fn read_reply(&mut self, deadline: Instant) -> Result<Reply, Error> {
+        self.read_with(deadline, protocol::parse, protocol::value_frame_len)
+    }
+
+    /// Read one binary-protocol packet, failing with a timeout once `deadline` has passed.
+    pub fn read_packet(&mut self, deadline: Instant) -> Result<Packet, Error> {
+        self.read_with(deadline, binary::parse, binary::frame_len)
+    }
+
+    fn read_with<T>(
+        &mut self,
+        deadline: Instant,
+        parse: Parser<T>,
+        frame_len: fn(&[u8]) -> Option<usize>,
+    ) -> Result<T, Error> {
         loop {
             if self.rend > self.rstart
-                && let Some((reply, used)) = protocol::parse(&self.rbuf[self.rstart..self.rend])?
+                && let Some((reply, used)) = parse(&self.rbuf[self.rstart..self.rend])?
             {
                 self.rstart += used;
                 if self.rstart == self.rend {
@@ -202,11 +220,27 @@ impl Conn {
                     format!("memcached {}: no complete reply in time", self.addr),
                 ));
             }
-            if let Some(total) = protocol::value_frame_len(&self.rbuf[self.rstart..self.rend]) {
+            if let Some(total) = frame_len(&self.rbuf[self.rstart..self.rend]) {
                 self.reserve_frame(total);
             }
             self.fill()?;
         }
+    }
+
+    /// SASL PLAIN authentication on the binary protocol, right after connecting.
+    pub fn authenticate(&mut self, username: &str, password: &str) -> Result<(), Error> {
+        let mut request = Vec::new();
+        binary::encode_sasl_plain(&mut request, username, password)?;
+        self.send(&request)?;
+        let deadline = self.deadline();
+        let packet = self.read_packet(deadline)?;
+        if packet.status == binary::status::OK {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Server,
+            format!("memcached {}: SASL authentication as {username:?} failed ({})", self.addr, packet.status_text()),
+        ))
     }
 
     /// Make room for a frame of `total` bytes starting at `rstart`, in one step.
