@@ -598,9 +598,7 @@ def test_sasl_from_the_environment(sasl_server, monkeypatch):
 
 def test_sasl_wrong_password_is_a_clear_error(sasl_server):
     cache = make_memcached(sasl_server.location, OPTIONS={"username": "alice", "password": "wrong"})
-    with pytest.raises(
-        CacheError, match="SASL authentication as 'alice' failed|SASL authentication as \"alice\" failed"
-    ):
+    with pytest.raises(CacheError, match=r'SASL authentication as "alice" failed'):
         cache.get("k")
 
 
