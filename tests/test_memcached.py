@@ -237,7 +237,7 @@ def test_environment_variables(monkeypatch, memcached_server):
 
 
 def test_unknown_behavior_is_an_error_at_start_up():
-    with pytest.raises(ImproperlyConfigured, match="ketamma"):
+    with pytest.raises(ImproperlyConfigured, match="'ketamma': Did you mean 'ketama'"):
         make_memcached("127.0.0.1:1", OPTIONS={"behaviors": {"ketamma": True}})
 
 
@@ -249,11 +249,24 @@ def test_system_check_names_the_nearest_option():
     caches = {
         "a": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "OPTIONS": {"behavior": {}}},
         "b": {"BACKEND": "django_rustcache.memcached.PyLibMCCache", "OPTIONS": {"tcp_nodelay": True, "ketama": 1}},
+        "c": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "OPTIONS": {"behaviors": {"tcp_nodelai": 1}}},
     }
     with override_settings(CACHES=caches):
         errors = check_cache_options()
-    assert len(errors) == 1
-    assert errors[0].hint == "Did you mean 'behaviors'?"
+    assert [e.hint for e in errors] == ["Did you mean 'behaviors'?", "Did you mean 'tcp_nodelay'?"]
+    assert "['OPTIONS']['behaviors'] has 'tcp_nodelai'" in errors[1].msg
+
+
+def test_stats_count_hits_misses_and_sets(memcached_server):
+    cache = make_memcached(memcached_server.location, OPTIONS={"min_compress_len": 7})  # a client of its own
+    cache.set("a", 1)
+    cache.set_many({"b": 2, "c": 3})
+    cache.get("a")
+    cache.get("missing")
+    cache.get_many(["b", "c", "nope"])
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["sets"], stats["failures"]) == (3, 2, 3, 0)
+    assert stats["servers"][0]["up"] is True
 
 
 def test_close_keeps_pooled_connections(cache):

@@ -241,5 +241,8 @@ class MemcachedClient:
     def servers(self) -> list[dict[str, Any]]:
         """Each server's health: address, up, removed, errors, last_error, idle_connections."""
 
+    def client_stats(self) -> dict[str, int]:
+        """Client-side counters since the client was made: hits, misses, sets, failures."""
+
     def server_index(self, key: str) -> int:
         """The index of the configured server a made key goes to."""

@@ -27,17 +27,27 @@ def check_cache_options(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         known = getattr(cls, "known_options", None)
         if known is None:
             continue
-        for name in params.get("OPTIONS") or {}:
-            if name in known:
-                continue
-            nearest = difflib.get_close_matches(str(name), sorted(known), n=1)
-            hint = f"Did you mean {nearest[0]!r}?" if nearest else f"Known options: {', '.join(sorted(known))}."
-            messages.append(
-                checks.Error(
-                    f"CACHES[{alias!r}]['OPTIONS'] has {name!r}, which {cls.__name__} does not know.",
-                    hint=hint,
-                    obj=alias,
-                    id="django_rustcache.E001",
+        options = params.get("OPTIONS") or {}
+        places = [("['OPTIONS']", options, known)]
+        for name, nested_known in getattr(cls, "nested_options", {}).items():
+            if isinstance(options.get(name), dict):
+                places.append((f"['OPTIONS'][{name!r}]", options[name], nested_known))
+        for where, given, allowed in places:
+            for name in given:
+                if name in allowed:
+                    continue
+                messages.append(
+                    checks.Error(
+                        f"CACHES[{alias!r}]{where} has {name!r}, which {cls.__name__} does not know.",
+                        hint=nearest_hint(name, allowed),
+                        obj=alias,
+                        id="django_rustcache.E001",
+                    )
                 )
-            )
     return messages
+
+
+def nearest_hint(name: object, known: frozenset[str] | set[str]) -> str:
+    """'Did you mean ...?' with the closest known name, or the list of known names."""
+    nearest = difflib.get_close_matches(str(name), sorted(known), n=1)
+    return f"Did you mean {nearest[0]!r}?" if nearest else f"Known: {', '.join(sorted(known))}."

@@ -31,6 +31,7 @@ from django.utils.functional import cached_property
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import CacheError, MemcachedClient, check_key
 from django_rustcache._keys import NativeKeys
+from django_rustcache.checks import nearest_hint
 
 __all__ = ["MemcachedCache", "PyLibMCCache", "parse_server"]
 
@@ -155,6 +156,7 @@ class MemcachedCache(NativeKeys, BaseCache):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
+    nested_options = {"behaviors": BEHAVIORS | ACCEPTED_BEHAVIORS}
     # The failure logger, and whether failures are logged and answered instead of raised.
     _failure_logger = logger
     _env_overrides_location = False
@@ -189,9 +191,10 @@ class MemcachedCache(NativeKeys, BaseCache):
     def _client_settings(self) -> tuple:
         """Everything the client is made from, as a hashable key (one client per distinct key)."""
         o, b = self._options, self._behaviors()
-        unknown = set(b) - BEHAVIORS - ACCEPTED_BEHAVIORS
+        unknown = sorted(set(b) - BEHAVIORS - ACCEPTED_BEHAVIORS)
         if unknown:
-            raise ImproperlyConfigured(f"Unknown memcached behaviors: {', '.join(sorted(unknown))}")
+            hints = "; ".join(f"{name!r}: {nearest_hint(name, BEHAVIORS | ACCEPTED_BEHAVIORS)}" for name in unknown)
+            raise ImproperlyConfigured(f"Unknown memcached behaviors ({hints})")
         if b.get("ketama_weighted") or b.get("distribution") == "consistent_weighted":
             distribution = "ketama_weighted"
         elif b.get("ketama") or b.get("distribution") in {"consistent", "consistent_ketama"}:
@@ -402,8 +405,9 @@ class MemcachedCache(NativeKeys, BaseCache):
         """Keep the pool: reconnecting at every request end is what this backend avoids."""
 
     def stats(self) -> dict[str, Any]:
-        """The client's view of each server (up, errors, idle connections) and its settings."""
-        return {"servers": self._cache.servers(), "location": self._servers}
+        """Client-side counters (hits, misses, sets, failures, shared by every backend instance on
+        this client) and each server's state (up, removed, errors, last error, idle connections)."""
+        return {**self._cache.client_stats(), "servers": self._cache.servers(), "location": self._servers}
 
     def server_stats(self) -> dict[str, Any]:
         """Each server's own ``stats`` output."""
@@ -420,6 +424,7 @@ class PyLibMCCache(MemcachedCache):
     OPTIONS taken as pylibmc behaviors."""
 
     known_options = BEHAVIORS | ACCEPTED_BEHAVIORS | OPTIONS
+    nested_options: dict[str, frozenset[str]] = {}
     _failure_logger = logging.getLogger("django.pylibmc")
     _env_overrides_location = True
     _set_returns_bool = True

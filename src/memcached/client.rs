@@ -3,7 +3,7 @@
 //! server involved is sent its batch before any reply is read, so servers work in parallel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -137,6 +137,29 @@ pub struct Client {
     routing: RwLock<Routing>,
     /// Whether some server is out of the ring (so routing must check for its return).
     any_removed: AtomicBool,
+    counters: Counters,
+}
+
+/// Client-side counters since the client was made.
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    sets: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A snapshot of the client-side counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Keys found by get/get_multi.
+    pub hits: u64,
+    /// Keys not found.
+    pub misses: u64,
+    /// Values stored.
+    pub sets: u64,
+    /// Calls that failed on a server (unreachable, timed out, marked down).
+    pub failures: u64,
 }
 
 fn is_connection_failure(e: &Error) -> bool {
@@ -182,12 +205,39 @@ impl Client {
             nodes,
             routing: RwLock::new(Routing { ring, members }),
             any_removed: AtomicBool::new(false),
+            counters: Counters::default(),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Count lookups: `hits` found, `misses` not found.
+    pub fn count_lookups(&self, hits: usize, misses: usize) {
+        self.counters.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        self.counters.misses.fetch_add(misses as u64, Ordering::Relaxed);
+    }
+
+    /// Count values stored.
+    pub fn count_sets(&self, n: usize) {
+        self.counters.sets.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Count a call that failed on a server.
+    pub fn count_failure(&self) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client-side counters.
+    pub fn client_stats(&self) -> ClientStats {
+        ClientStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            sets: self.counters.sets.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// The index of the server that holds `key`.
@@ -249,6 +299,7 @@ impl Client {
     }
 
     fn record_failure(&self, si: usize, e: &Error) {
+        self.count_failure();
         let server = &self.servers[si];
         // Pooled connections to a failing server are likely dead too.
         let stale = std::mem::take(&mut *server.idle.lock());
