@@ -136,6 +136,7 @@ def django(session: nox.Session, django: str) -> None:
 @nox.session(python=PY311)
 def bench(session: nox.Session) -> None:
     """Side-by-side benchmark against the peers (release build)."""
+    ensure_servers(session)
     install_package(session, "bench", release=True)
     session.run("python", "bench/run.py", *session.posargs)
 
