@@ -159,3 +159,55 @@ class SilentServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ScriptedServer:
+    """A hostile peer on a real socket: the first connection gets an error reply followed, a
+    moment later, by a stray reply nobody asked for; later connections get ``fresh`` for every
+    request. A client that pools the first connection reads the stray reply as an answer."""
+
+    def __init__(self, stray: bytes, fresh: bytes) -> None:
+        import threading
+
+        self.stray, self.fresh = stray, fresh
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.location = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            first = self.connections == 1
+            threading.Thread(target=self._talk, args=(conn, first), daemon=True).start()
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                while conn.recv(65536):
+                    if first:
+                        conn.sendall(b"SERVER_ERROR boom\r\n")
+                        time.sleep(0.05)
+                        conn.sendall(self.stray)
+                    else:
+                        conn.sendall(self.fresh)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(2)

@@ -633,3 +633,23 @@ def test_pylibmc_flavour_takes_django_pylibmc_credentials(sasl_server):
     )
     cache.set("k", "v")
     assert cache.get("k") == "v"
+
+
+def test_a_connection_that_answered_with_an_error_is_never_reused():
+    from tests.servers import ScriptedServer
+
+    cache = make_memcached("127.0.0.1:1", KEY_PREFIX="p")  # only for make_key
+    key = cache.make_key("k").encode()
+    server = ScriptedServer(
+        stray=b"VALUE " + key + b" 16 5\r\nSTALE\r\nEND\r\n",
+        fresh=b"VALUE " + key + b" 16 5\r\nFRESH\r\nEND\r\n",
+    )
+    try:
+        cache = make_memcached(server.location, KEY_PREFIX="p")
+        with pytest.raises(CacheError, match="boom"):
+            cache.get("k")
+        time.sleep(0.1)  # the stray reply has arrived on the first connection by now
+        assert cache.get("k") == "FRESH"
+        assert server.connections == 2
+    finally:
+        server.close()

@@ -414,8 +414,10 @@ impl Client {
                     return Ok(v);
                 }
                 Err(e) if !is_connection_failure(&e) => {
-                    // A server-side error reply: the connection is still in step.
-                    self.checkin(si, conn);
+                    // The server answered with an error. Replies may still be on their way (the
+                    // read stopped early), so the connection is dropped, never pooled: a late
+                    // reply must never be read as the answer to another request.
+                    drop(conn);
                     return Err(e);
                 }
                 Err(e) => {
@@ -504,10 +506,10 @@ impl Client {
                     out.push((si, Ok(v)));
                 }
                 Err(e) => {
+                    // Dropped either way: replies may still be on their way (see `exchange`).
+                    drop(conn);
                     if is_connection_failure(&e) {
                         self.record_failure(si, &e);
-                    } else {
-                        self.checkin(si, conn);
                     }
                     out.push((si, Err(e)));
                 }
