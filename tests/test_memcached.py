@@ -236,6 +236,12 @@ def test_environment_variables(monkeypatch, memcached_server):
     assert make_memcached("")._servers == [memcached_server.location]
 
 
+@pytest.mark.parametrize("behaviors", [{"hash": "crc"}, {"distribution": "random"}])
+def test_unsupported_routing_is_an_error_at_start_up(behaviors):
+    with pytest.raises(ImproperlyConfigured, match="not supported"):
+        make_memcached("127.0.0.1:1", OPTIONS={"behaviors": behaviors})
+
+
 def test_unknown_behavior_is_an_error_at_start_up():
     with pytest.raises(ImproperlyConfigured, match="'ketamma': Did you mean 'ketama'"):
         make_memcached("127.0.0.1:1", OPTIONS={"behaviors": {"ketamma": True}})

@@ -201,6 +201,17 @@ class MemcachedCache(NativeKeys, BaseCache):
             distribution = "ketama"
         else:
             distribution = str(b.get("distribution", "modula"))
+        hash_ = str(b.get("hash", "md5" if distribution == "ketama_weighted" else "default"))
+        if distribution not in {"modula", "ketama", "ketama_weighted"}:
+            raise ImproperlyConfigured(
+                f"memcached distribution {distribution!r} is not supported (modula, consistent, consistent_ketama, "
+                "consistent_weighted, or the ketama / ketama_weighted behaviors)"
+            )
+        if hash_ not in {"default", "md5"}:
+            raise ImproperlyConfigured(
+                f"memcached hash {hash_!r} is not supported: 'default' (one-at-a-time, libmemcached's default) "
+                "or 'md5' route keys as pylibmc does"
+            )
         # pylibmc's units: connect_timeout in ms, send/receive_timeout in microseconds; the
         # top-level (pymemcache-style) connect_timeout/timeout are seconds.
         connect = b["connect_timeout"] / 1000 if "connect_timeout" in b else o.get("connect_timeout", 1.0)
@@ -220,7 +231,7 @@ class MemcachedCache(NativeKeys, BaseCache):
         return (
             tuple(parse_server(s) for s in self._servers),
             distribution,
-            str(b.get("hash", "md5" if distribution == "ketama_weighted" else "default")),
+            hash_,
             float(connect),
             float(send),
             float(receive),
