@@ -60,7 +60,7 @@ DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
 
 
 # Server binaries the tests start themselves, and the Debian packages that bring them.
-SERVERS = {"memcached": "memcached", "saslpasswd2": "sasl2-bin"}
+SERVERS = {"memcached": "memcached", "saslpasswd2": "sasl2-bin", "redis-server": "redis-server"}
 
 
 def ensure_servers(session: nox.Session) -> None:

@@ -28,7 +28,7 @@ ROOT = HERE.parent
 SUITE = HERE / "rustcache_suite.py"
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import MemcachedServer  # noqa: E402
+from tests.servers import MemcachedServer, RedisServer  # noqa: E402
 
 # name -> environment for rustcache_suite.py; "{memcached}" is filled with a live server's LOCATION.
 VARIANTS = {
@@ -36,6 +36,8 @@ VARIANTS = {
     "lru-pickled": {"RUSTCACHE_SUITE": "lru", "RUSTCACHE_MODE": "pickled"},
     "memcached-tcp": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "tcp"},
     "memcached-unix": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "unix"},
+    "redis-tcp": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp"},
+    "redis-unix": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "unix"},
     "memcached-binary": {
         "RUSTCACHE_SUITE": "memcached",
         "RUSTCACHE_MEMCACHED": "tcp",
@@ -103,6 +105,9 @@ def main() -> int:
             sasl = ("django", "suite-secret") if kind == "sasl" else None
             server = MemcachedServer(unix=kind == "unix", sasl=sasl)
             env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
+        if env.get("RUSTCACHE_REDIS"):
+            server = RedisServer(unix=env["RUSTCACHE_REDIS"] == "unix")
+            env["RUSTCACHE_REDIS_LOCATION"] = server.location
         try:
             proc = subprocess.run(
                 [

@@ -6,6 +6,8 @@ Django's is copied. The environment picks what runs:
 
 * ``RUSTCACHE_SUITE=lru``: LRUObjectCache with BaseCacheTests + LocMemCacheTests;
   ``RUSTCACHE_MODE`` is ``object`` (live objects) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
+* ``RUSTCACHE_SUITE=redis``: RedisCache with BaseCacheTests and the RedisCacheTests that apply,
+  against ``RUSTCACHE_REDIS_LOCATION``.
 * ``RUSTCACHE_SUITE=memcached``: MemcachedCache with BaseMemcachedTests, against the server at
   ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one), with ``RUSTCACHE_MEMCACHED_OPTIONS``
   (JSON): the text protocol over TCP or a unix socket, the binary protocol, or SASL.
@@ -25,6 +27,7 @@ from . import tests as django_tests
 
 LRU = "django_rustcache.lru.LRUObjectCache"
 MEMCACHED = "django_rustcache.memcached.MemcachedCache"
+REDIS = "django_rustcache.redis.RedisCache"
 SUITE = os.environ.get("RUSTCACHE_SUITE", "lru")
 MODE = os.environ.get("RUSTCACHE_MODE", "object")
 
@@ -121,3 +124,39 @@ if SUITE == "memcached":
             options = MEMCACHED_PARAMS["OPTIONS"]
             self.assertIs(cache._cache.binary, bool(options.get("binary") or options.get("username")))
             self.assertEqual(cache.client_servers, [MEMCACHED_PARAMS["LOCATION"].removeprefix("unix:")])
+
+
+# RedisCacheTests that test Django's own redis-py client class rather than the cache contract.
+REDIS_CLIENT_INTERNALS = {
+    "test_incr_write_connection": "patches RedisCacheClient.get_client, a method of Django's redis-py client",
+    "test_cache_client_class": "asserts cache._class is Django's RedisCacheClient",
+    "test_get_connection_pool_index": "calls RedisCacheClient._get_connection_pool_index (redis-py pools)",
+    "test_get_connection_pool": "asserts a redis-py ConnectionPool",
+    "test_get_client": "asserts a redis-py Redis client",
+    "test_serializer_dumps": "reads RedisCacheClient._serializer (ours serializes in Rust, in the same format)",
+    "test_redis_pool_options": "reads redis-py pool connection_kwargs",
+    "test_client_driver_info": "reads redis-py's CLIENT SETINFO lib-name",
+}
+
+if SUITE == "redis":
+    REDIS_PARAMS = {"BACKEND": REDIS, "LOCATION": os.environ["RUSTCACHE_REDIS_LOCATION"]}
+
+    @override_settings(
+        CACHES=django_tests.caches_setting_for_tests(base=REDIS_PARAMS, exclude=django_tests.redis_excluded_caches)
+    )
+    class RedisCacheTests(django_tests.BaseCacheTests, TestCase):
+        """BaseCacheTests plus the RedisCacheTests about the cache contract."""
+
+        base_params = REDIS_PARAMS
+        test_get_backend_timeout_method = django_tests.RedisCacheTests.test_get_backend_timeout_method
+
+        def test_backend_in_use(self):
+            from django.core.cache import caches
+
+            cache = caches["default"]
+            self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", REDIS)
+            self.assertEqual(type(cache._cache).__name__, "RedisClient")
+
+    for _name, _reason in REDIS_CLIENT_INTERNALS.items():
+        if hasattr(django_tests.RedisCacheTests, _name):
+            setattr(RedisCacheTests, _name, unittest.skip(_reason)(getattr(django_tests.RedisCacheTests, _name)))

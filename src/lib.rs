@@ -7,6 +7,7 @@ pub mod error;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
+pub mod redis;
 
 use pyo3::prelude::*;
 
@@ -20,6 +21,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::memcached::PyMemcachedClient;
+
+    #[pymodule_export]
+    use crate::bindings::redis::PyRedisClient;
 
     #[pymodule_export]
     use crate::bindings::keys::check_key;

@@ -79,3 +79,32 @@ def make_memcached(location, backend="MemcachedCache", **params):
 
     params.setdefault("KEY_PREFIX", f"t{next(_prefixes)}")
     return getattr(memcached, backend)(location, params)
+
+
+# --- redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_unix_server():
+    from tests.servers import RedisServer
+
+    server = RedisServer(unix=True)
+    yield server
+    server.close()
+
+
+def make_redis(location, **params):
+    """A redis backend with a key prefix no other test uses."""
+    from django_rustcache.redis import RedisCache
+
+    params.setdefault("KEY_PREFIX", f"r{next(_prefixes)}")
+    return RedisCache(location, params)

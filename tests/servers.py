@@ -211,3 +211,81 @@ class ScriptedServer:
         self.stop.set()
         self.sock.close()
         self.thread.join(2)
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1:<free port> (or a unix socket), without persistence."""
+
+    def __init__(self, *, unix: bool = False, password: str | None = None, args: tuple[str, ...] = ()) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.exe = exe
+        self.unix = unix
+        self.password = password
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="rustcache-redis-"))
+        self.port = 0 if unix else free_port()
+        self.socket_path = str(self.dir / "redis.sock") if unix else None
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def location(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.unix:
+            return f"unix://{auth}{self.socket_path}"
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.exe, "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--bind", "127.0.0.1"]
+        cmd += ["--port", "0", "--unixsocket", self.socket_path] if self.unix else ["--port", str(self.port)]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        return cmd + list(self.args)
+
+    def _connect(self) -> socket.socket:
+        if self.unix:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(self.socket_path)
+            except OSError:
+                s.close()
+                raise
+            return s
+        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
+
+    def start(self) -> None:
+        log = self.dir / "stderr.log"
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(self.command(), stdout=err, stderr=err)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')}")
+            with self._connect() as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+
+        wait_until(up, what=f"redis-server at {self.location}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

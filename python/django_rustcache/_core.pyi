@@ -17,6 +17,7 @@ __all__ = [
     "LruStore",
     "MemcachedClient",
     "ProtocolError",
+    "RedisClient",
     "ServerDown",
     "ServerError",
     "__version__",
@@ -246,3 +247,64 @@ class MemcachedClient:
 
     def server_index(self, key: str) -> int:
         """The index of the configured server a made key goes to."""
+
+@disjoint_base
+class RedisClient:
+    """A redis client over a leader and its read replicas (the first of ``servers`` takes every
+    write; reads go to a random one of the others). One bounded pool per server; every round trip
+    runs with the GIL released, within ``socket_timeout``. Values are stored as Django's
+    RedisCache stores them: an exact ``int`` as digits, anything else pickled."""
+
+    def __new__(
+        cls,
+        servers: list[str],
+        *,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 1.0,
+        socket_timeout: float = 3.0,
+        max_connections: int = 64,
+        pickle_protocol: int | None = None,
+    ) -> RedisClient: ...
+    def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
+        """GET: the value, or ``default``."""
+
+    def get_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> dict[Any, Any]:
+        """One MGET: the found keys (as given) and their values."""
+
+    def set(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None) -> None:
+        """SET with EX; ``timeout=0`` deletes the key, None never expires."""
+
+    def add(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None) -> bool:
+        """SET NX; whether it was stored."""
+
+    def touch(self, prefix: str | None, version: Any, key: Any, timeout: int | None) -> bool:
+        """EXPIRE, or PERSIST for None; whether the key exists."""
+
+    def delete(self, prefix: str | None, version: Any, key: Any) -> bool:
+        """DEL; whether the key was there."""
+
+    def has_key(self, prefix: str | None, version: Any, key: Any) -> bool:
+        """EXISTS."""
+
+    def incr(self, prefix: str | None, version: Any, key: Any, delta: int) -> int:
+        """INCRBY on an existing key only, atomically, keeping its TTL. ValueError when the key
+        is missing; TypeError when its value is not an integer."""
+
+    def set_many(
+        self, mapping: dict[Any, Any], timeout: int | None, prefix: Any = None, version: Any = None
+    ) -> list[Any]:
+        """One pipeline of SET ... EX; ``timeout=0`` deletes the keys. Returns []."""
+
+    def delete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> None:
+        """One DEL."""
+
+    def clear(self) -> bool:
+        """FLUSHDB on the leader."""
+
+    def servers(self) -> list[dict[str, Any]]:
+        """Each server's pool: address, idle and open connections."""
+
+    def server_for(self, write: bool = False) -> int:
+        """The index of the server a read (or a write) goes to."""

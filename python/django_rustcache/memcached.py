@@ -30,6 +30,7 @@ from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import CacheError, MemcachedClient, check_key
+from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
 from django_rustcache.checks import nearest_hint
 
@@ -152,7 +153,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class MemcachedCache(NativeKeys, BaseCache):
+class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
@@ -176,7 +177,6 @@ class MemcachedCache(NativeKeys, BaseCache):
             self._servers = ["127.0.0.1:11211"]
         self._options = dict(params.get("OPTIONS") or {})
         self._ignore_exc = bool(self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)))
-        self._failing_since: float | None = None
         self._settings_key = self._client_settings()
         _backends.add(self)
 
@@ -307,24 +307,6 @@ class MemcachedCache(NativeKeys, BaseCache):
         if timeout > 2592000:
             timeout += int(time.time())
         return int(timeout)
-
-    # --- failure policy -------------------------------------------------------------------
-
-    def _failed(self, error: CacheError, answer: Any) -> Any:
-        """Log a server failure and give `answer`, or raise when failures are not ignored. One
-        error line per burst of failures, not one per call."""
-        if not self._ignore_exc:
-            raise error
-        now = time.monotonic()
-        if self._failing_since is None or now - self._failing_since > 60:
-            self._failure_logger.error("memcached failure (answered as a miss): %s", error)
-            self._failing_since = now
-        return answer
-
-    def _recovered(self) -> None:
-        if self._failing_since is not None:
-            self._failure_logger.warning("memcached is answering again")
-            self._failing_since = None
 
     # --- Django's API ---------------------------------------------------------------------
 

@@ -5,3 +5,4 @@ pub mod errors;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
+pub mod redis;

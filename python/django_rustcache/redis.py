@@ -1,0 +1,222 @@
+"""Redis backend on the Rust core (the ``redis`` crate under our own pool).
+
+A drop-in for Django's RedisCache: the same LOCATION forms (a list means the first server takes
+every write and reads go to a random one of the others), the same timeout rules, and the same
+data format (ints as digits, everything else pickled), so a site switching keeps its cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import weakref
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import cached_property
+
+from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
+from django_rustcache._core import CacheError, RedisClient
+from django_rustcache._failures import FailurePolicy
+from django_rustcache._keys import NativeKeys
+
+__all__ = ["RedisCache", "location_url"]
+
+logger = logging.getLogger("django_rustcache.redis")
+
+# Options of Django's RedisCache, django-redis and django-redis-cache that we act on.
+OPTIONS = frozenset(
+    {
+        "db", "DB", "password", "PASSWORD", "username", "USERNAME",
+        "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
+        "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
+        "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc",
+    }
+)  # fmt: skip
+# Options that name the predecessors' own machinery: accepted, with nothing to do.
+NO_MEANING = frozenset(
+    {"CLIENT_CLASS", "PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS", "retry_on_timeout"}
+)
+
+_clients: dict[tuple, RedisClient] = {}
+_clients_lock = threading.Lock()
+_backends: weakref.WeakSet[RedisCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not share its parent's sockets.
+    _clients.clear()
+    for backend in list(_backends):
+        backend.__dict__.pop("_cache", None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def location_url(server: str) -> str:
+    """A LOCATION entry as a URL the core understands: a bare socket path becomes unix://."""
+    server = server.strip()
+    if server.startswith("/"):
+        return f"unix://{server}"
+    if "://" not in server:
+        return f"redis://{server}"
+    return server
+
+
+class RedisCache(NativeKeys, FailurePolicy, BaseCache):
+    """Redis backend with Django's RedisCache semantics."""
+
+    known_options = OPTIONS | NO_MEANING
+    _failure_logger = logger
+
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        if isinstance(server, str):
+            self._servers = [s for s in re.split("[;,]", server) if s.strip()]
+        else:
+            self._servers = list(server)
+        if not self._servers:
+            raise ImproperlyConfigured("RedisCache needs a LOCATION")
+        self._options = dict(params.get("OPTIONS") or {})
+        self._ignore_exc = bool(self._options.get("IGNORE_EXCEPTIONS", self._options.get("ignore_exc", False)))
+        self._settings_key = self._client_settings()
+        _backends.add(self)
+
+    def _client_settings(self) -> tuple:
+        o = self._options
+        pool_kwargs = o.get("CONNECTION_POOL_KWARGS") or {}
+        db = o.get("db", o.get("DB"))
+        max_connections = o.get("max_connections", o.get("MAX_CONNECTIONS", pool_kwargs.get("max_connections", 64)))
+        protocol = o.get("pickle_version", o.get("PICKLE_VERSION", -1))
+        return (
+            tuple(location_url(s) for s in self._servers),
+            None if db is None else int(db),
+            o.get("username", o.get("USERNAME")),
+            o.get("password", o.get("PASSWORD")),
+            float(o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)) or 1.0),
+            float(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)) or 3.0),
+            int(max_connections or 64),
+            None if protocol is None or int(protocol) < 0 else int(protocol),
+        )
+
+    @cached_property
+    def _cache(self) -> RedisClient:
+        key = self._settings_key
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                servers, db, username, password, connect, timeout, max_connections, protocol = key
+                client = _clients[key] = RedisClient(
+                    list(servers),
+                    db=db,
+                    username=username,
+                    password=password,
+                    connect_timeout=connect,
+                    socket_timeout=timeout,
+                    max_connections=max_connections,
+                    pickle_protocol=protocol,
+                )
+            return client
+
+    def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]:
+        if self._native_keys:
+            return self.key_prefix, self.version if version is None else version, key
+        return None, None, self.make_key(key, version)
+
+    def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
+        """Django's rules: None makes the key persistent; non-positive values delete it."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        return None if timeout is None else max(0, int(timeout))
+
+    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        try:
+            if self._native_keys:
+                return self._cache.get(self.key_prefix, self.version if version is None else version, key, default)
+            return self._cache.get(None, None, self.make_key(key, version), default)
+        except CacheError as e:
+            return self._failed(e, default)
+
+    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> None:
+        try:
+            self._cache.set(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+        except CacheError as e:
+            self._failed(e, None)
+
+    def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        try:
+            return self._cache.add(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+        except CacheError as e:
+            return self._failed(e, False)
+
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        try:
+            return self._cache.touch(*self._parts(key, version), self.get_backend_timeout(timeout))
+        except CacheError as e:
+            return self._failed(e, False)
+
+    def delete(self, key: Any, version: Any = None) -> bool:
+        try:
+            return self._cache.delete(*self._parts(key, version))
+        except CacheError as e:
+            return self._failed(e, False)
+
+    def has_key(self, key: Any, version: Any = None) -> bool:
+        try:
+            return self._cache.has_key(*self._parts(key, version))
+        except CacheError as e:
+            return self._failed(e, False)
+
+    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return self._cache.incr(*self._parts(key, version), delta)
+
+    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return self._cache.incr(*self._parts(key, version), -delta)
+
+    def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
+        try:
+            if self._native_keys:
+                return self._cache.get_many(self.key_prefix, self.version if version is None else version, keys)
+            made = {self.make_key(k, version): k for k in keys}
+            found = self._cache.get_many(None, None, list(made))
+            return {made[k]: v for k, v in found.items()}
+        except CacheError as e:
+            return self._failed(e, {})
+
+    def set_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> list[Any]:
+        if not data:
+            return []
+        timeout = self.get_backend_timeout(timeout)
+        try:
+            if self._native_keys:
+                prefix, version = self.key_prefix, self.version if version is None else version
+                return list(self._cache.set_many(dict(data), timeout, prefix, version))
+            return list(self._cache.set_many({self.make_key(k, version): v for k, v in data.items()}, timeout))
+        except CacheError as e:
+            return self._failed(e, list(data))
+
+    def delete_many(self, keys: Any, version: Any = None) -> None:
+        try:
+            if self._native_keys:
+                self._cache.delete_many(self.key_prefix, self.version if version is None else version, keys)
+            else:
+                self._cache.delete_many(None, None, [self.make_key(k, version) for k in keys])
+        except CacheError as e:
+            self._failed(e, None)
+
+    def clear(self) -> bool:
+        try:
+            return self._cache.clear()
+        except CacheError as e:
+            return self._failed(e, False)
+
+    def close(self, **kwargs: Any) -> None:
+        """Keep the pool: connections are reused across requests."""
+
+    def stats(self) -> dict[str, Any]:
+        """Each server's pool: address, idle and open connections."""
+        return {"servers": self._cache.servers(), "location": self._servers}

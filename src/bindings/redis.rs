@@ -1,0 +1,332 @@
+//! `RedisClient`: the redis core as Python sees it. Keys are made and checked and values
+//! encoded while attached; every round trip runs detached (the GIL released).
+//!
+//! Values are stored as Django's RedisCache (and django-redis) store them: an exact `int` as its
+//! decimal digits (so INCR works on it and other clients read it), anything else pickled.
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
+
+use super::keys::make_key;
+use crate::error::ErrorKind;
+use crate::redis::client::Client;
+use crate::redis::pool::{Pool, PoolConfig};
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn seconds(s: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("{what} must be a non-negative number of seconds")))
+}
+
+/// A redis client shared by every backend instance of one configuration.
+#[pyclass(frozen, subclass, name = "RedisClient", module = "django_rustcache._core")]
+pub struct PyRedisClient {
+    client: Client,
+    pickle_protocol: i32,
+}
+
+impl PyRedisClient {
+    fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        if let Ok(i) = value.cast_exact::<PyInt>() {
+            return Ok(match i.extract::<i64>() {
+                Ok(n) => n.to_string().into_bytes(),
+                Err(_) => i.str()?.to_str()?.as_bytes().to_vec(),
+            });
+        }
+        let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
+        Ok(dumps.call1((value, self.pickle_protocol))?.cast::<PyBytes>()?.as_bytes().to_vec())
+    }
+
+    /// Django's `RedisSerializer.loads`: `int(data)`, else `pickle.loads(data)`.
+    fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        // A pickle (protocol 2 and up) starts with 0x80, which int() never accepts.
+        if data.first() != Some(&0x80) {
+            if let Some(n) = std::str::from_utf8(data).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+                return Ok(n.into_pyobject(py)?.into_any());
+            }
+            match py.get_type::<PyInt>().call1((PyBytes::new(py, data),)) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.is_instance_of::<PyValueError>(py) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),))
+    }
+}
+
+#[pymethods]
+impl PyRedisClient {
+    /// `servers`: URLs, the leader first (``redis://``, ``unix://``); `db`, `username` and
+    /// `password` override what the URLs say.
+    #[new]
+    #[pyo3(signature = (
+        servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
+        max_connections=64, pickle_protocol=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        servers: Vec<String>,
+        db: Option<i64>,
+        username: Option<String>,
+        password: Option<String>,
+        connect_timeout: f64,
+        socket_timeout: f64,
+        max_connections: usize,
+        pickle_protocol: Option<i32>,
+    ) -> PyResult<Self> {
+        let config = PoolConfig {
+            connect_timeout: seconds(connect_timeout, "connect_timeout")?,
+            socket_timeout: seconds(socket_timeout, "socket_timeout")?,
+            max_connections: max_connections.max(1),
+        };
+        let pools = servers
+            .iter()
+            .map(|url| Pool::new(url, db, username.as_deref(), password.as_deref(), config))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(Self { client: Client::new(pools)?, pickle_protocol: pickle_protocol.filter(|p| *p >= 0).unwrap_or(5) })
+    }
+
+    #[pyo3(signature = (prefix, version, key, default=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = &self.client;
+        match py.detach(|| client.get(key.as_bytes()))? {
+            Some(data) => Self::decode(py, &data),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    /// The found keys (as given) and their values: one MGET.
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut originals = Vec::new();
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            made.push(make_key(py, prefix, version, &key)?);
+            originals.push(key);
+        }
+        let client = &self.client;
+        let values = py.detach(|| {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            client.mget(&refs)
+        })?;
+        let out = PyDict::new(py);
+        for (original, value) in originals.iter().zip(values) {
+            if let Some(data) = value {
+                out.set_item(original, Self::decode(py, &data)?)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Django's set: a timeout of 0 deletes the key; None never expires.
+    fn set(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<()> {
+        let key = make_key(py, prefix, version, key)?;
+        let data = self.encode(py, value)?;
+        let client = &self.client;
+        py.detach(|| {
+            if timeout == Some(0) {
+                client.delete(&[key.as_bytes()]).map(|_| ())
+            } else {
+                client.set(key.as_bytes(), &data, timeout, false, false).map(|_| ())
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Django's add: store only if absent; with a timeout of 0, report whether it would have
+    /// been stored and keep nothing.
+    fn add(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<bool> {
+        let key = make_key(py, prefix, version, key)?;
+        let data = self.encode(py, value)?;
+        let client = &self.client;
+        Ok(py.detach(|| {
+            if timeout == Some(0) {
+                let stored = client.set(key.as_bytes(), &data, None, true, false)?;
+                if stored {
+                    client.delete(&[key.as_bytes()])?;
+                }
+                Ok::<bool, crate::error::Error>(stored)
+            } else {
+                client.set(key.as_bytes(), &data, timeout, true, false)
+            }
+        })?)
+    }
+
+    /// EXPIRE, or PERSIST for None; whether the key exists.
+    fn touch(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<bool> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = &self.client;
+        Ok(py.detach(|| match timeout {
+            None => client.persist(key.as_bytes()),
+            Some(t) => client.expire(key.as_bytes(), t),
+        })?)
+    }
+
+    fn delete(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = &self.client;
+        Ok(py.detach(|| client.delete(&[key.as_bytes()]))? > 0)
+    }
+
+    fn has_key(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = &self.client;
+        Ok(py.detach(|| client.exists(key.as_bytes()))?)
+    }
+
+    /// Atomic INCRBY on an existing key (its TTL kept); ValueError when it is missing, TypeError
+    /// when its value is not an integer.
+    fn incr(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+    ) -> PyResult<i64> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = &self.client;
+        match py.detach(|| client.incr(key.as_bytes(), delta)) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err(PyValueError::new_err(format!("Key '{key}' not found."))),
+            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("not an integer") => {
+                Err(PyTypeError::new_err(format!("cannot increment or decrement the non-integer value of '{key}'")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Store every item with one pipeline; a timeout of 0 deletes them. Returns [] as Django's
+    /// RedisCache does.
+    #[pyo3(signature = (mapping, timeout, prefix=None, version=None))]
+    fn set_many<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyDict>,
+        timeout: Option<u64>,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let none = py.None().into_bound(py);
+        let prefix = prefix.unwrap_or_else(|| none.clone());
+        let version = version.unwrap_or_else(|| none.clone());
+        let mut items = Vec::with_capacity(mapping.len());
+        for (k, v) in mapping.iter() {
+            items.push((make_key(py, &prefix, &version, &k)?, self.encode(py, &v)?));
+        }
+        let client = &self.client;
+        py.detach(|| {
+            if timeout == Some(0) {
+                let keys: Vec<&[u8]> = items.iter().map(|(k, _)| k.as_bytes()).collect();
+                client.delete(&keys).map(|_| ())
+            } else {
+                let refs: Vec<(&[u8], &[u8])> = items.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+                client.set_many(&refs, timeout)
+            }
+        })?;
+        Ok(PyList::empty(py))
+    }
+
+    /// One DEL for every key.
+    fn delete_many(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            made.push(make_key(py, prefix, version, &key?)?);
+        }
+        let client = &self.client;
+        py.detach(|| {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            client.delete(&refs)
+        })?;
+        Ok(())
+    }
+
+    /// FLUSHDB on the leader.
+    fn clear(&self, py: Python<'_>) -> PyResult<bool> {
+        let client = &self.client;
+        py.detach(|| client.flushdb())?;
+        Ok(true)
+    }
+
+    /// Each server's pool: address, idle and open connections.
+    fn servers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for pool in self.client.pools() {
+            let (idle, open) = pool.counts();
+            let d = PyDict::new(py);
+            d.set_item("address", pool.name())?;
+            d.set_item("idle_connections", idle)?;
+            d.set_item("open_connections", open)?;
+            out.append(d)?;
+        }
+        Ok(out)
+    }
+
+    /// The index of the server a read (or a write) goes to.
+    #[pyo3(signature = (write=false))]
+    fn server_for(&self, write: bool) -> usize {
+        self.client.server_for(write)
+    }
+}

@@ -1,0 +1,281 @@
+"""RedisCache against real redis-server processes the fixtures start."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+
+import pytest
+from django.core.cache import CacheKeyWarning
+
+from django_rustcache import CacheError
+from django_rustcache._core import ServerDown
+from tests.conftest import make_redis
+from tests.servers import RedisServer, SilentServer
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def cache(request, redis_server, redis_unix_server):
+    server = redis_server if request.param == "tcp" else redis_unix_server
+    return make_redis(server.location)
+
+
+def redis_py(server):
+    redis = pytest.importorskip("redis")
+    if server.unix:
+        return redis.Redis(unix_socket_path=server.socket_path)
+    return redis.Redis(port=server.port)
+
+
+def test_return_values_are_djangos(cache):
+    assert cache.set("k", "v") is None
+    assert cache.get("k") == "v"
+    assert cache.add("k", "other") is False
+    assert cache.add("new", 1) is True
+    assert cache.touch("k") is True
+    assert cache.touch("missing") is False
+    assert cache.delete("k") is True
+    assert cache.delete("k") is False
+    assert cache.has_key("new") is True
+    assert cache.has_key("k") is False
+    assert cache.set_many({"a": 1, "b": 2}) == []
+    assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+    assert cache.delete_many(["a", "b"]) is None
+    assert cache.get_many(["a", "b"]) == {}
+
+
+def test_timeouts(redis_server):
+    cache = make_redis(redis_server.location)
+    raw = redis_py(redis_server)
+    cache.set("forever", 1, timeout=None)
+    assert raw.ttl(cache.make_key("forever")) == -1
+    cache.set("five", 1, timeout=5)
+    assert 0 < raw.ttl(cache.make_key("five")) <= 5
+    cache.set("five", 1, timeout=0)
+    assert cache.get("five") is None
+    cache.set("neg", 1, timeout=-3)
+    assert cache.get("neg") is None
+    assert cache.add("zero", 1, timeout=0) is True
+    assert cache.get("zero") is None
+    cache.set("t", 1, timeout=5)
+    assert cache.touch("t", None) is True
+    assert raw.ttl(cache.make_key("t")) == -1
+    assert cache.touch("t", 0) is True
+    assert cache.get("t") is None
+    cache.set_many({"m": 1}, timeout=0)
+    assert cache.get("m") is None
+
+
+def test_incr_is_atomic_keeps_ttl_and_never_creates(redis_server):
+    cache = make_redis(redis_server.location)
+    raw = redis_py(redis_server)
+    cache.set("n", 10, timeout=100)
+    assert cache.incr("n", 5) == 15
+    assert cache.decr("n", 20) == -5
+    assert 0 < raw.ttl(cache.make_key("n")) <= 100
+    with pytest.raises(ValueError, match="not found"):
+        cache.incr("missing")
+    assert raw.exists(cache.make_key("missing")) == 0
+    cache.set("s", "text")
+    with pytest.raises(TypeError):
+        cache.incr("s")
+
+    cache.set("counter", 0)
+
+    def work():
+        for _ in range(100):
+            cache.incr("counter")
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert cache.get("counter") == 1600
+
+
+def test_values_round_trip(cache):
+    values = {"int": 7, "big": 2**70, "neg": -3, "bool": True, "str": "é", "bytes": b"\x00", "none": None, "list": [1]}
+    cache.set_many(values)
+    got = cache.get_many(list(values))
+    assert got == values
+    assert all(type(got[k]) is type(v) for k, v in values.items())
+
+
+def test_keys_are_never_split_into_commands(cache):
+    keys = ["with space", "crlf\r\nFLUSHALL", "清水", "k" * 10_240]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheKeyWarning)
+        cache.set("sentinel", "still here")
+        for i, key in enumerate(keys):
+            cache.set(key, i)
+        assert [cache.get(key) for key in keys] == list(range(len(keys)))
+        assert cache.get_many(keys) == {k: i for i, k in enumerate(keys)}
+    assert cache.get("sentinel") == "still here"
+
+
+def test_invalid_keys_warn_like_django(cache):
+    with pytest.raises(CacheKeyWarning):
+        cache.set("bad key", 1)
+    assert cache.get_many([]) == {}
+
+
+def test_reads_what_djangos_redis_cache_wrote_and_the_reverse(redis_server):
+    pytest.importorskip("redis")
+    from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+
+    theirs = DjangoRedisCache(redis_server.location, {"KEY_PREFIX": "compat"})
+    ours = make_redis(redis_server.location, KEY_PREFIX="compat")
+    values = {"int": 42, "str": "text", "dict": {"a": [1, 2]}, "bool": False, "big": 2**80}
+    theirs.set_many(values)
+    assert ours.get_many(list(values)) == values
+    assert ours.incr("int") == 43
+    ours.set_many({f"o-{k}": v for k, v in values.items()})
+    assert theirs.get_many([f"o-{k}" for k in values]) == {f"o-{k}": v for k, v in values.items()}
+    assert theirs.incr("o-int") == 43
+
+
+def test_reads_what_django_redis_wrote_and_the_reverse(redis_server):
+    pytest.importorskip("django_redis")
+    from django_redis.cache import RedisCache as DjangoRedis
+
+    theirs = DjangoRedis(redis_server.location, {"KEY_PREFIX": "dr"})
+    ours = make_redis(redis_server.location, KEY_PREFIX="dr")
+    values = {"int": 42, "str": "text", "dict": {"a": [1, 2]}, "float": 1.5}
+    theirs.set_many(values)
+    assert ours.get_many(list(values)) == values
+    ours.set_many({f"o-{k}": v for k, v in values.items()})
+    assert theirs.get_many([f"o-{k}" for k in values]) == {f"o-{k}": v for k, v in values.items()}
+
+
+def test_password_and_db():
+    server = RedisServer(password="pa ss")
+    try:
+        url = f"redis://:pa%20ss@127.0.0.1:{server.port}/2"
+        cache = make_redis(url, KEY_PREFIX="pw")
+        cache.set("k", 1)
+        assert cache.get("k") == 1
+        other_db = make_redis(
+            f"redis://127.0.0.1:{server.port}", KEY_PREFIX="pw", OPTIONS={"PASSWORD": "pa ss", "db": 3}
+        )
+        assert other_db.get("k") is None
+        same_db = make_redis(
+            f"redis://127.0.0.1:{server.port}", KEY_PREFIX="pw", OPTIONS={"password": "pa ss", "DB": 2}
+        )
+        assert same_db.get("k") == 1
+        wrong = make_redis(f"redis://:nope@127.0.0.1:{server.port}")
+        with pytest.raises(CacheError):
+            wrong.get("k")
+    finally:
+        server.close()
+
+
+def test_location_forms(redis_unix_server):
+    from django_rustcache.redis import location_url
+
+    assert location_url("127.0.0.1:6379") == "redis://127.0.0.1:6379"
+    assert location_url("/run/redis.sock") == "unix:///run/redis.sock"
+    assert location_url("rediss://h:1/0") == "rediss://h:1/0"
+    cache = make_redis(redis_unix_server.socket_path)
+    cache.set("bare-path", 1)
+    assert cache.get("bare-path") == 1
+    assert make_redis("redis://a:1,redis://b:2")._servers == ["redis://a:1", "redis://b:2"]
+
+
+def test_dead_server_raises_within_the_deadline_and_recovers():
+    server = RedisServer()
+    cache = make_redis(server.location, OPTIONS={"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 0.5})
+    try:
+        cache.set("k", 1)
+        server.kill()
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            cache.get("k")
+        assert time.monotonic() - start < 1.5
+        server.start()
+        # The pooled connections went stale with the restart: no error reaches the caller.
+        assert cache.get("k") is None
+        cache.set("k", 2)
+        assert cache.get("k") == 2
+    finally:
+        server.close()
+
+
+def test_restart_costs_no_error_on_reads():
+    server = RedisServer()
+    cache = make_redis(server.location)
+    try:
+        for i in range(5):
+            cache.set(f"k{i}", i)
+        server.restart()
+        assert [cache.get(f"k{i}") for i in range(5)] == [None] * 5
+    finally:
+        server.close()
+
+
+def test_silent_server_fails_within_socket_timeout():
+    silent = SilentServer()
+    try:
+        cache = make_redis(f"redis://{silent.location}", OPTIONS={"SOCKET_TIMEOUT": 0.5, "SOCKET_CONNECT_TIMEOUT": 0.5})
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            cache.get("k")
+        assert time.monotonic() - start < 2.0
+    finally:
+        silent.close()
+
+
+def test_ignore_exceptions(caplog):
+    server = RedisServer()
+    cache = make_redis(server.location, OPTIONS={"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 0.2})
+    cache.set("k", 1)
+    server.close()
+    with caplog.at_level(logging.ERROR, logger="django_rustcache.redis"):
+        for _ in range(5):
+            assert cache.get("k", "dflt") == "dflt"
+            assert cache.add("k", 1) is False
+            assert cache.get_many(["k"]) == {}
+            assert cache.set_many({"a": 1}) == ["a"]
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+
+def test_fork_child_uses_its_own_connections(redis_server):
+    cache = make_redis(redis_server.location)
+    cache.set("before", "fork")
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if cache.get("before") != "fork":
+                code = 2
+            cache.set("child", "yes")
+        except BaseException:
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache.get("child") == "yes"
+
+
+def test_pool_is_bounded(redis_server):
+    cache = make_redis(redis_server.location, OPTIONS={"MAX_CONNECTIONS": 2})
+    errors = []
+
+    def work():
+        try:
+            for i in range(50):
+                cache.set(f"b{i}", i)
+                assert cache.get(f"b{i}") == i
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert cache.stats()["servers"][0]["open_connections"] <= 2
