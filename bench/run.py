@@ -197,7 +197,133 @@ def memcached_suite() -> Suite:
     )
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"lru": lru_suite, "memcached": memcached_suite}
+class RawRedisFloor:
+    """The least a redis client called from Python can do: pre-encoded RESP on one socket per
+    thread, the reply read until it is complete."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        self.port = port
+        self.prefix = prefix.encode()
+        self.local = threading.local()
+
+    def _conn(self):
+        conn = getattr(self.local, "sock", None)
+        if conn is None:
+            import socket
+
+            conn = socket.create_connection(("127.0.0.1", self.port))
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.local.sock = conn
+        return conn
+
+    @staticmethod
+    def _resp(*parts: bytes) -> bytes:
+        return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+    def _key(self, key: str) -> bytes:
+        return b"%s:1:%s" % (self.prefix, key.encode())
+
+    def _read_replies(self, conn, count: int) -> bytes:
+        # Enough of a RESP reader for this floor: count top-level replies of known shapes.
+        data = b""
+        while True:
+            data += conn.recv(1 << 20)
+            if self._complete(data, count):
+                return data
+
+    @staticmethod
+    def _complete(data: bytes, count: int) -> bool:
+        pos = 0
+        for _ in range(count):
+            pos = RawRedisFloor._skip(data, pos)
+            if pos < 0:
+                return False
+        return True
+
+    @staticmethod
+    def _skip(data: bytes, pos: int) -> int:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            return -1
+        kind, rest = data[pos : pos + 1], data[pos + 1 : end]
+        if kind == b"$":
+            n = int(rest)
+            return end + 2 if n < 0 else (end + 2 + n + 2 if len(data) >= end + 2 + n + 2 else -1)
+        if kind == b"*":
+            pos = end + 2
+            for _ in range(max(int(rest), 0)):
+                pos = RawRedisFloor._skip(data, pos)
+                if pos < 0:
+                    return -1
+            return pos
+        return end + 2
+
+    def get(self, key):
+        conn = self._conn()
+        conn.sendall(self._resp(b"GET", self._key(key)))
+        return self._read_replies(conn, 1)
+
+    def set(self, key, value, timeout=None):
+        conn = self._conn()
+        conn.sendall(self._resp(b"SET", self._key(key), value.encode(), b"EX", b"300"))
+        return self._read_replies(conn, 1)
+
+    def get_many(self, keys):
+        conn = self._conn()
+        conn.sendall(self._resp(b"MGET", *(self._key(k) for k in keys)))
+        return self._read_replies(conn, 1)
+
+    def set_many(self, data, timeout=None):
+        conn = self._conn()
+        conn.sendall(b"".join(self._resp(b"SET", self._key(k), v.encode(), b"EX", b"300") for k, v in data.items()))
+        return self._read_replies(conn, len(data))
+
+
+def redis_suite() -> Suite:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    loc = server.location
+    ours = "django_rustcache RedisCache"
+    backends = [Backend("rust_redis", ours, {"BACKEND": "django_rustcache.redis.RedisCache"}, True)]
+    try:
+        import redis  # noqa: F401
+
+        backends.append(
+            Backend(
+                "django_redis_cache", "Django RedisCache", {"BACKEND": "django.core.cache.backends.redis.RedisCache"}
+            )
+        )
+    except ImportError:
+        print("redis-py is not installed: Django's RedisCache is left out", file=sys.stderr)
+    try:
+        import django_redis  # noqa: F401
+
+        backends.append(Backend("django_redis", "django-redis", {"BACKEND": "django_redis.cache.RedisCache"}))
+    except ImportError:
+        print("django-redis is not installed: its column is left out", file=sys.stderr)
+    for b in backends:
+        b.params = {**b.params, "LOCATION": loc, "KEY_PREFIX": f"bench-{b.alias}"}
+    single = {"django-redis": 0.35, "Django RedisCache": 0.12, "raw socket floor": 1.15}
+    many = {"django-redis": 0.5}
+    return Suite(
+        "redis",
+        backends,
+        targets={
+            "get hit": single,
+            "get miss": single,
+            "set": single,
+            "get_many(100)": many,
+            "set_many(100)": many,
+            "8 threads 80/20 (ops/s)": {"django-redis": 3.0},
+        },
+        floors={"raw socket floor": lambda: RawRedisFloor(server.port, "bench-raw")},
+        cleanup=[server.close],
+    )
+
+
+SUITES: dict[str, Callable[[], Suite]] = {"lru": lru_suite, "memcached": memcached_suite, "redis": redis_suite}
 
 
 def ops(cache) -> dict[str, tuple[Callable[[], object], int]]:

@@ -279,3 +279,105 @@ def test_pool_is_bounded(redis_server):
         t.join(30)
     assert not errors
     assert cache.stats()["servers"][0]["open_connections"] <= 2
+
+
+def test_tls_locations_are_refused_clearly_for_now():
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match="TLS"):
+        make_redis("rediss://cache.example:6380/0")
+
+
+def test_writes_go_to_the_leader_and_reads_are_spread_over_replicas():
+    leader = RedisServer()
+    replicas = [RedisServer(args=("--replicaof", "127.0.0.1", str(leader.port))) for _ in range(2)]
+    try:
+        cache = make_redis([leader.location] + [r.location for r in replicas])
+        cache.set("k", "v")
+        # The replicas catch up asynchronously.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(redis_py(r).exists(cache.make_key("k")) for r in replicas):
+            time.sleep(0.05)
+        assert [cache.get("k") for _ in range(20)] == ["v"] * 20
+        counts = [s["open_connections"] for s in cache.stats()["servers"]]
+        assert counts[1] >= 1 and counts[2] >= 1, counts  # reads used both replicas
+        assert cache._cache.server_for(write=True) == 0
+        # A replica refuses writes, so only the leader can have taken them.
+        assert cache.incr("n") if cache.add("n", 1) else True
+        # MASTER_CACHE names the leader explicitly, wherever it stands in the list.
+        named = make_redis([replicas[0].location, leader.location], OPTIONS={"MASTER_CACHE": leader.location})
+        assert named._servers[0] == leader.location
+        named.set("x", 1)
+    finally:
+        for s in (leader, *replicas):
+            s.close()
+
+
+def test_restarted_under_load_never_returns_a_wrong_value():
+    server = RedisServer()
+    cache = make_redis(server.location, OPTIONS={"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 0.5})
+    stop = threading.Event()
+    wrong, errors, ok = [], [], [0]
+
+    def work(t):
+        i = 0
+        while not stop.is_set():
+            key = f"t{t}-{i % 50}"
+            try:
+                cache.set(key, key)
+                got = cache.get(key)
+                if got is not None and got != key:
+                    wrong.append((key, got))
+                many = cache.get_many([f"t{t}-{j}" for j in range(5)])
+                wrong.extend((k, v) for k, v in many.items() if v != k)
+                ok[0] += 1
+            except ServerDown as e:
+                errors.append(e)
+            i += 1
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            server.kill()
+            time.sleep(0.3)
+            server.start()
+            time.sleep(0.5)
+        before = ok[0]
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        server.close()
+    assert not wrong
+    assert errors, "the restarts were never noticed"
+    assert ok[0] > before, "the pool did not recover after the last restart"
+
+
+def test_incr_past_64_bits_stays_atomic_and_keeps_the_ttl(redis_server):
+    cache = make_redis(redis_server.location)
+    raw = redis_py(redis_server)
+    cache.set("big", 2**63 - 1, timeout=100)
+    assert cache.incr("big") == 2**63  # INCRBY would overflow: the big-integer path takes over
+    assert cache.incr("big", 10) == 2**63 + 10
+    assert cache.decr("big", 11) == 2**63 - 1
+    assert cache.get("big") == 2**63 - 1
+    assert 0 < raw.ttl(cache.make_key("big")) <= 100
+    cache.set("huge", 10**30)
+    assert cache.incr("huge") == 10**30 + 1
+
+    def work():
+        for _ in range(50):
+            cache.incr("huge")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert cache.get("huge") == 10**30 + 1 + 400
+    with pytest.raises(ValueError):
+        cache.incr("missing-big", 2**62)

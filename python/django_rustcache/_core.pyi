@@ -289,8 +289,9 @@ class RedisClient:
         """EXISTS."""
 
     def incr(self, prefix: str | None, version: Any, key: Any, delta: int) -> int:
-        """INCRBY on an existing key only, atomically, keeping its TTL. ValueError when the key
-        is missing; TypeError when its value is not an integer."""
+        """INCRBY on an existing key only, atomically, keeping its TTL (past 64 bits: WATCH/MULTI
+        with big-integer arithmetic). ValueError when the key is missing; TypeError when its value
+        is not an integer."""
 
     def set_many(
         self, mapping: dict[Any, Any], timeout: int | None, prefix: Any = None, version: Any = None

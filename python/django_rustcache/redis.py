@@ -33,7 +33,7 @@ OPTIONS = frozenset(
         "db", "DB", "password", "PASSWORD", "username", "USERNAME",
         "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
-        "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc",
+        "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
     }
 )  # fmt: skip
 # Options that name the predecessors' own machinery: accepted, with nothing to do.
@@ -82,6 +82,16 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         if not self._servers:
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
         self._options = dict(params.get("OPTIONS") or {})
+        leader = self._options.get("MASTER_CACHE")
+        if leader:
+            # django-redis-cache: MASTER_CACHE names the server that takes the writes.
+            rest = [s for s in self._servers if location_url(s) != location_url(leader)]
+            self._servers = [leader, *rest]
+        for s in self._servers:
+            if location_url(s).startswith(("rediss://", "valkeys://")):
+                raise ImproperlyConfigured(
+                    f"redis LOCATION {s!r}: TLS (rediss://) is not supported by django-rustcache yet"
+                )
         self._ignore_exc = bool(self._options.get("IGNORE_EXCEPTIONS", self._options.get("ignore_exc", False)))
         self._settings_key = self._client_settings()
         _backends.add(self)

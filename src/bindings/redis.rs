@@ -13,7 +13,7 @@ use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
 
 use super::keys::make_key;
 use crate::error::ErrorKind;
-use crate::redis::client::Client;
+use crate::redis::client::{BigIncr, Client};
 use crate::redis::pool::{Pool, PoolConfig};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -231,23 +231,34 @@ impl PyRedisClient {
     }
 
     /// Atomic INCRBY on an existing key (its TTL kept); ValueError when it is missing, TypeError
-    /// when its value is not an integer.
-    fn incr(
+    /// when its value is not an integer. Past 64 bits it goes on atomically with WATCH/MULTI.
+    fn incr<'py>(
         &self,
-        py: Python<'_>,
-        prefix: &Bound<'_, PyAny>,
-        version: &Bound<'_, PyAny>,
-        key: &Bound<'_, PyAny>,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
         delta: i64,
-    ) -> PyResult<i64> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
         let client = &self.client;
+        let not_found = || PyValueError::new_err(format!("Key '{key}' not found."));
+        let not_integer =
+            || PyTypeError::new_err(format!("cannot increment or decrement the non-integer value of '{key}'"));
         match py.detach(|| client.incr(key.as_bytes(), delta)) {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => Err(PyValueError::new_err(format!("Key '{key}' not found."))),
-            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("not an integer") => {
-                Err(PyTypeError::new_err(format!("cannot increment or decrement the non-integer value of '{key}'")))
+            Ok(Some(n)) => Ok(n.into_pyobject(py)?.into_any()),
+            Ok(None) => Err(not_found()),
+            Err(e)
+                if e.kind() == ErrorKind::Server
+                    && (e.message().contains("out of range") || e.message().contains("overflow")) =>
+            {
+                match py.detach(|| client.incr_big(key.as_bytes(), delta))? {
+                    BigIncr::Value(digits) => py.get_type::<PyInt>().call1((digits,)),
+                    BigIncr::Missing => Err(not_found()),
+                    BigIncr::NotInteger => Err(not_integer()),
+                }
             }
+            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("not an integer") => Err(not_integer()),
             Err(e) => Err(e.into()),
         }
     }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use num_bigint::BigInt;
 use redis::{Connection, ConnectionLike, Script, Value};
 
 use super::pool::{Loan, Pool, convert};
@@ -16,6 +17,17 @@ const INCR_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 
 
 fn is_connection_failure(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Protocol)
+}
+
+/// What an increment past 64 bits came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BigIncr {
+    /// The new value, as decimal digits.
+    Value(String),
+    /// The key does not exist.
+    Missing,
+    /// The stored value is not an integer.
+    NotInteger,
 }
 
 /// A redis client over a leader and its read replicas.
@@ -176,6 +188,38 @@ impl Client {
             match value {
                 Value::Int(n) => Ok(Some(n)),
                 _ => Ok(None),
+            }
+        })
+    }
+
+    /// Add `delta` to an integer of any size: WATCH, GET, then `SET ... KEEPTTL` in MULTI/EXEC,
+    /// again until no other client changed the key in between. For values INCRBY refuses (past
+    /// 64 bits, or a result that would overflow).
+    pub fn incr_big(&self, key: &[u8], delta: i64) -> Result<BigIncr, Error> {
+        self.run(true, false, |c| {
+            loop {
+                redis::cmd("WATCH").arg(key).query::<()>(c)?;
+                let current: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(c)?;
+                let parsed = current
+                    .as_deref()
+                    .map(|b| std::str::from_utf8(b).ok().and_then(|s| s.trim().parse::<BigInt>().ok()));
+                let n = match parsed {
+                    None => {
+                        redis::cmd("UNWATCH").query::<()>(c)?;
+                        return Ok(BigIncr::Missing);
+                    }
+                    Some(None) => {
+                        redis::cmd("UNWATCH").query::<()>(c)?;
+                        return Ok(BigIncr::NotInteger);
+                    }
+                    Some(Some(n)) => n,
+                };
+                let new = (n + delta).to_string();
+                let done: Option<()> =
+                    redis::pipe().atomic().cmd("SET").arg(key).arg(&new).arg("KEEPTTL").ignore().query(c)?;
+                if done.is_some() {
+                    return Ok(BigIncr::Value(new));
+                }
             }
         })
     }
