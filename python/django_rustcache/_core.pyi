@@ -307,5 +307,17 @@ class RedisClient:
     def servers(self) -> list[dict[str, Any]]:
         """Each server's pool: address, idle and open connections."""
 
+    def execute(self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False) -> Any:
+        """Run one command as given; its reply as None, int, bytes, str, list or dict. ``write``
+        picks the leader (else a replica may answer); ``idempotent`` allows one retry on a new
+        connection when a pooled one went stale."""
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        """Decode a stored value as ``get`` does (Django's format)."""
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode a value as ``set`` does (Django's format)."""
+
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""

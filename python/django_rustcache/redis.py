@@ -7,11 +7,15 @@ data format (ints as digits, everything else pickled), so a site switching keeps
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
 import threading
+import time
+import uuid
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -23,7 +27,7 @@ from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
 
-__all__ = ["RedisCache", "location_url"]
+__all__ = ["Lock", "LockError", "RedisCache", "location_url"]
 
 logger = logging.getLogger("django_rustcache.redis")
 
@@ -181,7 +185,10 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             return self._failed(e, False)
 
-    def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+    def incr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
+        if ignore_key_check:
+            # django-redis: INCRBY even when the key is missing (it then starts from 0).
+            return self._cache.execute("INCRBY", self._made(key, version), int(delta))
         return self._cache.incr(*self._parts(key, version), delta)
 
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
@@ -218,15 +225,181 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             self._failed(e, None)
 
-    def clear(self) -> bool:
-        try:
-            return self._cache.clear()
-        except CacheError as e:
-            return self._failed(e, False)
-
     def close(self, **kwargs: Any) -> None:
         """Keep the pool: connections are reused across requests."""
+
+    # --- django-redis / django-redis-cache extension API ------------------------------------
+
+    def _made(self, key: Any, version: Any = None) -> str:
+        return self.make_and_validate_key(key, version=version)
+
+    def ttl(self, key: Any, version: Any = None) -> int | None:
+        """Seconds left (django-redis): None for a key that never expires, 0 for a missing key."""
+        left = self._cache.execute("TTL", self._made(key, version), write=False, idempotent=True)
+        return None if left == -1 else max(left, 0)
+
+    def pttl(self, key: Any, version: Any = None) -> int | None:
+        """Milliseconds left: None for a key that never expires, 0 for a missing key."""
+        left = self._cache.execute("PTTL", self._made(key, version), write=False, idempotent=True)
+        return None if left == -1 else max(left, 0)
+
+    def persist(self, key: Any, version: Any = None) -> bool:
+        """Make the key never expire; whether it had an expiry."""
+        return bool(self._cache.execute("PERSIST", self._made(key, version), idempotent=True))
+
+    def expire(self, key: Any, timeout: int, version: Any = None) -> bool:
+        """Expire in `timeout` seconds; whether the key exists."""
+        return bool(self._cache.execute("EXPIRE", self._made(key, version), int(timeout), idempotent=True))
+
+    def pexpire(self, key: Any, timeout: int, version: Any = None) -> bool:
+        """Expire in `timeout` milliseconds; whether the key exists."""
+        return bool(self._cache.execute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
+
+    def expire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
+        """Expire at a datetime or Unix time; whether the key exists."""
+        stamp = int(when.timestamp()) if isinstance(when, datetime.datetime) else int(when)
+        return bool(self._cache.execute("EXPIREAT", self._made(key, version), stamp, idempotent=True))
+
+    def pexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
+        """Expire at a datetime or Unix time in milliseconds; whether the key exists."""
+        stamp = int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else int(when)
+        return bool(self._cache.execute("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
+
+    def _user_key(self, made: bytes | str, version: Any) -> str:
+        """The key as the caller gave it, from a made key (Django's default key format)."""
+        text = made.decode() if isinstance(made, bytes) else made
+        head = f"{self.key_prefix}:{self.version if version is None else version}:"
+        return text[len(head) :] if text.startswith(head) else text
+
+    def iter_keys(self, search: str, itersize: int | None = None, version: Any = None) -> Iterator[str]:
+        """The caller's keys matching a glob pattern, with SCAN (never KEYS on a live server)."""
+        pattern = self.make_key(search, version=version)
+        cursor = b"0"
+        while True:
+            cursor, batch = self._cache.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", itersize or 1000, write=False, idempotent=True
+            )
+            for made in batch:
+                yield self._user_key(made, version)
+            if cursor in (b"0", 0, "0"):
+                return
+
+    def keys(self, search: str, version: Any = None) -> list[str]:
+        """The caller's keys matching a glob pattern (SCAN under the hood)."""
+        return list(self.iter_keys(search, version=version))
+
+    def delete_pattern(self, pattern: str, version: Any = None, itersize: int | None = None) -> int:
+        """Delete the keys matching a glob pattern: SCAN + UNLINK in batches, so other clients
+        are never blocked for long. Returns how many were deleted."""
+        match = self.make_key(pattern, version=version)
+        deleted, cursor = 0, b"0"
+        while True:
+            cursor, batch = self._cache.execute(
+                "SCAN", cursor, "MATCH", match, "COUNT", itersize or 1000, write=True, idempotent=True
+            )
+            if batch:
+                deleted += self._cache.execute("UNLINK", *batch, idempotent=True)
+            if cursor in (b"0", 0, "0"):
+                return deleted
+
+    def clear(self, version: Any = None) -> bool:
+        """FLUSHDB, as Django does; with `version` (django-redis-cache), only that version of
+        this cache's keys."""
+        if version is None:
+            try:
+                return self._cache.clear()
+            except CacheError as e:
+                return self._failed(e, False)
+        self.delete_pattern("*", version=version)
+        return True
+
+    def lock(
+        self,
+        key: Any,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        version: Any = None,
+    ) -> Lock:
+        """A redis lock (SET NX PX, released only by its owner), as django-redis gives."""
+        return Lock(self._cache, self._made(key, version), timeout, sleep, blocking, blocking_timeout)
 
     def stats(self) -> dict[str, Any]:
         """Each server's pool: address, idle and open connections."""
         return {"servers": self._cache.servers(), "location": self._servers}
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
+_EXTEND = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
+)
+
+
+class LockError(CacheError):
+    """A lock was released or extended by someone who does not hold it."""
+
+
+class Lock:
+    """A redis lock: acquired with SET NX PX and a random token, released (or extended) only by
+    the token's holder, so an expired lock taken over by another process is never freed by the
+    first. Usable as a context manager."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        name: str,
+        timeout: float | None,
+        sleep: float,
+        blocking: bool,
+        blocking_timeout: float | None,
+    ) -> None:
+        self._client = client
+        self.name = name
+        self.timeout = timeout
+        self.sleep = sleep
+        self.blocking = blocking
+        self.blocking_timeout = blocking_timeout
+        self._token: str | None = None
+
+    def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
+        blocking = self.blocking if blocking is None else blocking
+        blocking_timeout = self.blocking_timeout if blocking_timeout is None else blocking_timeout
+        token = uuid.uuid4().hex
+        deadline = None if blocking_timeout is None else time.monotonic() + blocking_timeout
+        while True:
+            args: list[Any] = ["SET", self.name, token, "NX"]
+            if self.timeout is not None:
+                args += ["PX", int(self.timeout * 1000)]
+            if self._client.execute(*args) is not None:
+                self._token = token
+                return True
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(self.sleep)
+
+    def locked(self) -> bool:
+        return self._client.execute("EXISTS", self.name, idempotent=True) == 1
+
+    def owned(self) -> bool:
+        return self._token is not None and self._client.execute("GET", self.name) == self._token.encode()
+
+    def release(self) -> None:
+        if self._token is None or not self._client.execute("EVAL", _RELEASE, 1, self.name, self._token):
+            raise LockError(f"cannot release lock {self.name!r}: it is not held by this owner")
+        self._token = None
+
+    def extend(self, additional_time: float) -> bool:
+        """Set the lock to expire `additional_time` seconds from now (its owner only)."""
+        if self._token is None:
+            raise LockError(f"cannot extend lock {self.name!r}: it is not held")
+        ms = int(additional_time * 1000)
+        return bool(self._client.execute("EVAL", _EXTEND, 1, self.name, self._token, ms))
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockError(f"could not acquire lock {self.name!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

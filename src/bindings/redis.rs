@@ -9,7 +9,8 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+use redis::Value;
 
 use super::keys::make_key;
 use crate::error::ErrorKind;
@@ -60,8 +61,82 @@ impl PyRedisClient {
     }
 }
 
+/// A command argument as bytes: bytes as they are, str as UTF-8, numbers as their digits.
+fn arg_bytes(arg: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = arg.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if let Ok(s) = arg.cast::<PyString>() {
+        return Ok(s.to_str()?.as_bytes().to_vec());
+    }
+    if arg.is_instance_of::<PyInt>() || arg.is_instance_of::<PyFloat>() {
+        return Ok(arg.str()?.to_str()?.as_bytes().to_vec());
+    }
+    Err(PyTypeError::new_err(format!(
+        "a redis command argument must be bytes, str or a number, not {}",
+        arg.get_type().name()?
+    )))
+}
+
+/// A reply as Python: nil None, integers int, bulk strings bytes, status lines str, arrays
+/// lists, maps dicts.
+fn reply(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Nil => py.None().into_bound(py),
+        Value::Int(n) => n.into_pyobject(py)?.into_any(),
+        Value::BulkString(b) => PyBytes::new(py, &b).into_any(),
+        Value::SimpleString(s) => PyString::new(py, &s).into_any(),
+        Value::Okay => PyString::new(py, "OK").into_any(),
+        Value::Double(d) => d.into_pyobject(py)?.into_any(),
+        Value::Boolean(b) => PyBool::new(py, b).to_owned().into_any(),
+        Value::Array(items) | Value::Set(items) => {
+            let out = PyList::empty(py);
+            for item in items {
+                out.append(reply(py, item)?)?;
+            }
+            out.into_any()
+        }
+        Value::Map(pairs) => {
+            let out = PyDict::new(py);
+            for (k, v) in pairs {
+                out.set_item(reply(py, k)?, reply(py, v)?)?;
+            }
+            out.into_any()
+        }
+        other => PyString::new(py, &format!("{other:?}")).into_any(),
+    })
+}
+
 #[pymethods]
 impl PyRedisClient {
+    /// Run one command as given and return its reply (None, int, bytes, str, list, dict).
+    /// ``write`` picks the leader (else a replica may answer); ``idempotent`` lets a stale pooled
+    /// connection be retried on a new one.
+    #[pyo3(signature = (*args, write=true, idempotent=false))]
+    fn execute<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+        write: bool,
+        idempotent: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = args.iter().map(arg_bytes).collect::<PyResult<Vec<_>>>()?;
+        let client = &self.client;
+        let value = py.detach(|| client.execute(&args, write, idempotent))?;
+        reply(py, value)
+    }
+
+    /// Decode a stored value as ``get`` does (Django's format).
+    #[staticmethod]
+    fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        Self::decode(py, data)
+    }
+
+    /// Encode a value as ``set`` does (Django's format).
+    fn dumps<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.encode(py, value)?))
+    }
+
     /// `servers`: URLs, the leader first (``redis://``, ``unix://``); `db`, `username` and
     /// `password` override what the URLs say.
     #[new]

@@ -224,6 +224,19 @@ impl Client {
         })
     }
 
+    /// Any command, as given: for the extension API (TTL, SCAN, EVAL, ...). Not retried on a
+    /// stale connection unless `idempotent`.
+    pub fn execute(&self, args: &[Vec<u8>], write: bool, idempotent: bool) -> Result<Value, Error> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(Error::new(ErrorKind::InvalidKey, "execute() needs a command"));
+        };
+        let mut cmd = redis::cmd(&String::from_utf8_lossy(name));
+        for a in rest {
+            cmd.arg(a.as_slice());
+        }
+        self.run(write, idempotent, |c| cmd.query::<Value>(c))
+    }
+
     /// FLUSHDB.
     pub fn flushdb(&self) -> Result<(), Error> {
         self.run(true, true, |c| redis::cmd("FLUSHDB").query::<()>(c))
