@@ -490,3 +490,27 @@ def test_lock(redis_server):
     with pytest.raises(LockError):
         stale.release()
     assert taker.owned()
+
+
+def test_bad_values_and_keys(cache):
+    import pickle as _pickle
+
+    cache.set("k", "old")
+    with pytest.raises((TypeError, _pickle.PicklingError)):
+        cache.set("k", threading.Lock())
+    assert cache.get("k") == "old"
+    with pytest.raises((TypeError, _pickle.PicklingError)):
+        cache.set_many({"a": 1, "b": threading.Lock()})
+    assert cache.get("a") is None  # set_many encodes everything before sending anything
+    huge = os.urandom(8 * 1024 * 1024)
+    cache.set("huge", huge)
+    assert cache.get("huge") == huge
+    cache.set(42, "int key")
+    assert cache.get("42") == "int key"  # Django's default key function renders keys with %s
+
+    class BadKey:
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    with pytest.raises(RuntimeError):
+        cache.set(BadKey(), 1)
