@@ -31,8 +31,81 @@ def wait_until(check, timeout: float = 10.0, what: str = "server") -> None:
     raise RuntimeError(f"{what} did not come up within {timeout}s")
 
 
-class MemcachedServer:
-    """A memcached process on 127.0.0.1:<free port>, or on a unix socket."""
+class ServerProcess:
+    """A server process on a free loopback port or a unix socket in a directory of its own,
+    stopped by PID. Subclasses say how to start it and how to tell it is up."""
+
+    name = "server"
+    unix = False
+    socket_path: str | None = None
+    port = 0
+
+    def __init__(self, prefix: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self, sock: socket.socket) -> bool:
+        return True
+
+    def _connect(self) -> socket.socket:
+        if self.unix:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(self.socket_path)
+            except OSError:
+                s.close()
+                raise
+            return s
+        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
+
+    def start(self, env: dict | None = None) -> None:
+        log = self.dir / "stderr.log"
+        with open(log, "ab") as err:
+            self.proc = subprocess.Popen(self.command(), stdout=err, stderr=err, env={**os.environ, **(env or {})})
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {log.read_text(errors='replace')}")
+            with self._connect() as s:
+                return self.ready(s)
+
+        wait_until(up, what=f"{self.name} at {self.location}")
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server does."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MemcachedServer(ServerProcess):
+    """A memcached process on 127.0.0.1:<free port>, or on a unix socket; with ``sasl``, one
+    user in a SASL database of its own (memcached -S)."""
+
+    name = "memcached"
 
     def __init__(
         self,
@@ -45,17 +118,16 @@ class MemcachedServer:
         exe = shutil.which("memcached")
         if exe is None:
             raise RuntimeError("memcached is not installed (Debian: apt-get install memcached)")
+        super().__init__("rustcache-mc-")
         self.exe = exe
         self.unix = unix
         self.args = args
         self.env = dict(env or {})
-        self.dir = Path(tempfile.mkdtemp(prefix="rustcache-mc-"))
         self.sasl = sasl
-        if sasl:
-            self._make_sasldb(*sasl)
         self.port = 0 if unix else free_port()
         self.socket_path = str(self.dir / "memcached.sock") if unix else None
-        self.proc: subprocess.Popen | None = None
+        if sasl:
+            self._make_sasldb(*sasl)
         self.start()
 
     def _make_sasldb(self, username: str, password: str) -> None:
@@ -85,53 +157,8 @@ class MemcachedServer:
             cmd += ["-l", "127.0.0.1", "-p", str(self.port)]
         return cmd + list(self.args)
 
-    def _connect(self) -> socket.socket:
-        if self.unix:
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(self.socket_path)
-            except OSError:
-                s.close()
-                raise
-            return s
-        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
-
-    def start(self) -> None:
-        env = {**os.environ, **(self.env or {})}
-        log = self.dir / "stderr.log"
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err, env=env)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"memcached exited: {log.read_text(errors='replace')}")
-            with self._connect():
-                return True
-
-        wait_until(up, what=f"memcached at {self.location}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    def kill(self) -> None:
-        """Die at once, as a crashed server does."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def start(self, env: dict | None = None) -> None:
+        super().start({**self.env, **(env or {})})
 
     def raw(self, command: bytes) -> bytes:
         """Send a text-protocol command, return the reply up to END/STORED/... (for tests)."""
@@ -213,21 +240,22 @@ class ScriptedServer:
         self.thread.join(2)
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """A redis-server on 127.0.0.1:<free port> (or a unix socket), without persistence."""
+
+    name = "redis-server"
 
     def __init__(self, *, unix: bool = False, password: str | None = None, args: tuple[str, ...] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        super().__init__("rustcache-redis-")
         self.exe = exe
         self.unix = unix
         self.password = password
         self.args = args
-        self.dir = Path(tempfile.mkdtemp(prefix="rustcache-redis-"))
         self.port = 0 if unix else free_port()
         self.socket_path = str(self.dir / "redis.sock") if unix else None
-        self.proc: subprocess.Popen | None = None
         self.start()
 
     @property
@@ -244,48 +272,6 @@ class RedisServer:
             cmd += ["--requirepass", self.password]
         return cmd + list(self.args)
 
-    def _connect(self) -> socket.socket:
-        if self.unix:
-            s = socket.socket(socket.AF_UNIX)
-            try:
-                s.connect(self.socket_path)
-            except OSError:
-                s.close()
-                raise
-            return s
-        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
-
-    def start(self) -> None:
-        log = self.dir / "stderr.log"
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(self.command(), stdout=err, stderr=err)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {log.read_text(errors='replace')}")
-            with self._connect() as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-
-        wait_until(up, what=f"redis-server at {self.location}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+    def ready(self, sock: socket.socket) -> bool:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))

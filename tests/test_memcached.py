@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_rustcache import CacheError
 from django_rustcache._core import ServerDown
 from tests.conftest import make_memcached
+from tests.load import hammer_through_restarts
 from tests.servers import MemcachedServer, SilentServer
 
 THIRTY_DAYS = 60 * 60 * 24 * 30
@@ -449,45 +450,10 @@ def test_remove_failed_moves_keys_to_live_servers(memcached_trio):
 def test_server_killed_and_restarted_under_load_never_returns_a_wrong_value():
     server = MemcachedServer()
     cache = make_memcached(server.location, OPTIONS={"retry_timeout": 0.1, "timeout": 1})
-    stop = threading.Event()
-    wrong, errors, ok = [], [], [0]
-
-    def work(t):
-        i = 0
-        while not stop.is_set():
-            key = f"t{t}-{i % 50}"
-            try:
-                cache.set(key, key)
-                got = cache.get(key)
-                if got is not None and got != key:
-                    wrong.append((key, got))
-                many = cache.get_many([f"t{t}-{j}" for j in range(5)])
-                wrong.extend((k, v) for k, v in many.items() if v != k)
-                ok[0] += 1
-            except ServerDown as e:
-                errors.append(e)
-            i += 1
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
     try:
-        time.sleep(0.5)
-        for _ in range(3):
-            server.kill()
-            time.sleep(0.3)
-            server.start()
-            time.sleep(0.5)
-        before = ok[0]
-        time.sleep(0.5)
+        hammer_through_restarts(cache, server, ServerDown)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
         server.close()
-    assert not wrong
-    assert errors, "the restarts were never noticed"
-    assert ok[0] > before, "the pool did not recover after the last restart"
 
 
 def test_fork_child_uses_its_own_connections(memcached_server):

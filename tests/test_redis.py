@@ -14,6 +14,7 @@ from django.core.cache import CacheKeyWarning
 from django_rustcache import CacheError
 from django_rustcache._core import ServerDown
 from tests.conftest import make_redis
+from tests.load import hammer_through_restarts
 from tests.servers import RedisServer, SilentServer
 
 
@@ -316,45 +317,10 @@ def test_writes_go_to_the_leader_and_reads_are_spread_over_replicas():
 def test_restarted_under_load_never_returns_a_wrong_value():
     server = RedisServer()
     cache = make_redis(server.location, OPTIONS={"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 0.5})
-    stop = threading.Event()
-    wrong, errors, ok = [], [], [0]
-
-    def work(t):
-        i = 0
-        while not stop.is_set():
-            key = f"t{t}-{i % 50}"
-            try:
-                cache.set(key, key)
-                got = cache.get(key)
-                if got is not None and got != key:
-                    wrong.append((key, got))
-                many = cache.get_many([f"t{t}-{j}" for j in range(5)])
-                wrong.extend((k, v) for k, v in many.items() if v != k)
-                ok[0] += 1
-            except ServerDown as e:
-                errors.append(e)
-            i += 1
-
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
     try:
-        time.sleep(0.5)
-        for _ in range(3):
-            server.kill()
-            time.sleep(0.3)
-            server.start()
-            time.sleep(0.5)
-        before = ok[0]
-        time.sleep(0.5)
+        hammer_through_restarts(cache, server, ServerDown)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
         server.close()
-    assert not wrong
-    assert errors, "the restarts were never noticed"
-    assert ok[0] > before, "the pool did not recover after the last restart"
 
 
 def test_incr_past_64_bits_stays_atomic_and_keeps_the_ttl(redis_server):
