@@ -480,3 +480,76 @@ def test_bad_values_and_keys(cache):
 
     with pytest.raises(RuntimeError):
         cache.set(BadKey(), 1)
+
+
+def test_set_nx_xx(redis_server):
+    cache = make_redis(redis_server.location)
+    assert cache.set("k", 1) is None  # Django's contract
+    assert cache.set("k", 2, nx=True) is False
+    assert cache.set("new", 2, nx=True) is True
+    assert cache.set("k", 3, xx=True) is True
+    assert cache.get("k") == 3
+    assert cache.set("absent", 3, xx=True) is False
+    assert cache.get("absent") is None
+    assert cache.set("k", {"d": 1}, timeout=50, xx=True) is True
+    assert cache.get("k") == {"d": 1} and 45 <= cache.ttl("k") <= 50
+
+
+def test_django_redis_global_ignore_settings(caplog):
+    from django.test.utils import override_settings
+
+    server = RedisServer()
+    server.close()
+    with override_settings(DJANGO_REDIS_IGNORE_EXCEPTIONS=True, DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS=False):
+        cache = make_redis(server.location, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.2})
+    with caplog.at_level(logging.ERROR, logger="django_rustcache.redis"):
+        assert cache.get("k", "dflt") == "dflt"
+    assert not caplog.records
+    # OPTIONS win over the global switch.
+    with override_settings(DJANGO_REDIS_IGNORE_EXCEPTIONS=True):
+        strict = make_redis(server.location, OPTIONS={"IGNORE_EXCEPTIONS": False, "SOCKET_CONNECT_TIMEOUT": 0.2})
+    with pytest.raises(ServerDown):
+        strict.get("k")
+
+
+def test_get_or_set_computes_once_under_a_thundering_herd(redis_server):
+    cache = make_redis(redis_server.location)
+    calls = []
+
+    def expensive():
+        calls.append(1)
+        time.sleep(0.3)
+        return "computed"
+
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_set("herd", expensive, 60, lock_timeout=3)))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == ["computed"] * 8
+    assert len(calls) == 1
+
+
+def test_get_or_set_serves_the_stale_copy_while_one_caller_recomputes(redis_server):
+    cache = make_redis(redis_server.location)
+    assert cache.get_or_set("s", "v1", timeout=1, lock_timeout=3, stale_cache_timeout=30) == "v1"
+    time.sleep(1.2)  # the value expired; its stale copy has not
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.5)
+        return "v2"
+
+    t = threading.Thread(target=lambda: cache.get_or_set("s", slow, timeout=60, lock_timeout=3, stale_cache_timeout=30))
+    t.start()
+    started.wait(5)
+    t0 = time.monotonic()
+    assert cache.get_or_set("s", lambda: "never", timeout=60, lock_timeout=3, stale_cache_timeout=30) == "v1"
+    assert time.monotonic() - t0 < 0.3  # no waiting: the stale copy answered
+    t.join(5)
+    assert cache.get("s") == "v2"

@@ -14,6 +14,7 @@ class FailurePolicy:
     _failure_logger: logging.Logger
     _ignore_exc: bool = False
     _failing_since: float | None = None
+    _log_ignored = True
     # Seconds after which a new failure is logged again.
     _log_every = 60.0
 
@@ -22,7 +23,7 @@ class FailurePolicy:
         if not self._ignore_exc:
             raise error
         now = time.monotonic()
-        if self._failing_since is None or now - self._failing_since > self._log_every:
+        if self._log_ignored and (self._failing_since is None or now - self._failing_since > self._log_every):
             self._failure_logger.error("cache server failure (answered as a miss): %s", error)
             self._failing_since = now
         return answer

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.functional import cached_property
@@ -86,6 +87,14 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         if not self._servers:
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
         self._options = dict(params.get("OPTIONS") or {})
+        # django-redis's global switches, overridden per cache by OPTIONS.
+        self._ignore_exc = bool(
+            self._options.get(
+                "IGNORE_EXCEPTIONS",
+                self._options.get("ignore_exc", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)),
+            )
+        )
+        self._log_ignored = bool(getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True))
         leader = self._options.get("MASTER_CACHE")
         if leader:
             # django-redis-cache: MASTER_CACHE names the server that takes the writes.
@@ -96,7 +105,6 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                 raise ImproperlyConfigured(
                     f"redis LOCATION {s!r}: TLS (rediss://) is not supported by django-rustcache yet"
                 )
-        self._ignore_exc = bool(self._options.get("IGNORE_EXCEPTIONS", self._options.get("ignore_exc", False)))
         self._settings_key = self._client_settings()
         _backends.add(self)
 
@@ -155,11 +163,32 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             return self._failed(e, default)
 
-    def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> None:
+    def set(
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool | None:
+        """Django's set (returns None); with django-redis's ``nx``/``xx``, store only if the key
+        is absent / present, and return whether it was stored."""
         try:
+            if nx:
+                return self._cache.add(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+            if xx:
+                ttl = self.get_backend_timeout(timeout)
+                if ttl == 0:
+                    return bool(self._cache.execute("DEL", self._made(key, version), idempotent=True))
+                args: list[Any] = ["SET", self._made(key, version), self._cache.dumps(value)]
+                if ttl is not None:
+                    args += ["EX", ttl]
+                return self._cache.execute(*args, "XX") is not None
             self._cache.set(*self._parts(key, version), value, self.get_backend_timeout(timeout))
         except CacheError as e:
-            self._failed(e, None)
+            return self._failed(e, False if (nx or xx) else None)
+        return None
 
     def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
         try:
@@ -312,6 +341,48 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                 return self._failed(e, False)
         self.delete_pattern("*", version=version)
         return True
+
+    def get_or_set(
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        lock_timeout: float | None = None,
+        stale_cache_timeout: float | None = None,
+    ) -> Any:
+        """Django's get_or_set; with ``lock_timeout``, protected from a thundering herd: one
+        caller computes the value under a lock while the others get the stale copy (kept
+        ``stale_cache_timeout`` seconds longer than the value) or wait for it briefly."""
+        if lock_timeout is None and stale_cache_timeout is None:
+            return super().get_or_set(key, default, timeout, version)
+        missing = self._missing_key
+        value = self.get(key, missing, version)
+        if value is not missing:
+            return value
+        stale_key = f"{key}:stale"
+        lock = self.lock(f"{key}:compute", timeout=lock_timeout or 10, sleep=0.02, version=version)
+        if lock.acquire(blocking=False):
+            try:
+                value = default() if callable(default) else default
+                self.set(key, value, timeout, version)
+                ttl = self.get_backend_timeout(timeout)
+                if stale_cache_timeout and ttl is not None:
+                    self.set(stale_key, value, ttl + int(stale_cache_timeout), version)
+                return value
+            finally:
+                lock.release()
+        stale = self.get(stale_key, missing, version)
+        if stale is not missing:
+            return stale
+        # Someone else is computing: wait for them (at most lock_timeout), then read.
+        if lock.acquire(blocking=True, blocking_timeout=lock_timeout or 10):
+            lock.release()
+        value = self.get(key, missing, version)
+        if value is missing:
+            value = default() if callable(default) else default
+            self.set(key, value, timeout, version)
+        return value
 
     def lock(
         self,
