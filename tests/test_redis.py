@@ -553,3 +553,18 @@ def test_get_or_set_serves_the_stale_copy_while_one_caller_recomputes(redis_serv
     assert time.monotonic() - t0 < 0.3  # no waiting: the stale copy answered
     t.join(5)
     assert cache.get("s") == "v2"
+
+
+def test_aget_or_set_takes_the_herd_options(redis_server):
+    import asyncio
+
+    cache = make_redis(redis_server.location)
+    calls = []
+
+    async def scenario():
+        return await asyncio.gather(
+            *(cache.aget_or_set("ah", lambda: calls.append(1) or "v", 60, lock_timeout=2) for _ in range(4))
+        )
+
+    assert asyncio.run(scenario()) == ["v"] * 4
+    assert len(calls) == 1

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
@@ -383,6 +384,20 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             value = default() if callable(default) else default
             self.set(key, value, timeout, version)
         return value
+
+    async def aget_or_set(
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        lock_timeout: float | None = None,
+        stale_cache_timeout: float | None = None,
+    ) -> Any:
+        """The async twin of our get_or_set (with its thundering-herd options), in a thread."""
+        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
+            key, default, timeout, version, lock_timeout, stale_cache_timeout
+        )
 
     def lock(
         self,
