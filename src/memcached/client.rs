@@ -635,20 +635,7 @@ impl Client {
             }
             Ok(replies)
         });
-        for (si, result) in results {
-            match result {
-                Ok(replies) => {
-                    for (&i, reply) in groups[si].iter().zip(replies) {
-                        out[i] = Ok(reply);
-                    }
-                }
-                Err(e) => {
-                    for &i in &groups[si] {
-                        out[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
+        scatter(&mut out, &groups, results);
         Ok(out)
     }
 
@@ -843,6 +830,24 @@ impl Client {
     }
 }
 
+/// Put each server's per-item replies (or its error, for all its items) back in item order.
+fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: Vec<(usize, Result<Vec<T>, Error>)>) {
+    for (si, result) in results {
+        match result {
+            Ok(replies) => {
+                for (&i, reply) in groups[si].iter().zip(replies) {
+                    out[i] = Ok(reply);
+                }
+            }
+            Err(e) => {
+                for &i in &groups[si] {
+                    out[i] = Err(e.clone());
+                }
+            }
+        }
+    }
+}
+
 fn bin_error(addr: &Address, packet: &Packet) -> Error {
     Error::new(ErrorKind::Server, format!("memcached {addr}: {}", packet.status_text()))
 }
@@ -985,20 +990,7 @@ impl Client {
             }
             Ok(replies)
         });
-        for (si, result) in results {
-            match result {
-                Ok(replies) => {
-                    for (&i, reply) in groups[si].iter().zip(replies) {
-                        out[i] = Ok(reply);
-                    }
-                }
-                Err(e) => {
-                    for &i in &groups[si] {
-                        out[i] = Err(e.clone());
-                    }
-                }
-            }
-        }
+        scatter(&mut out, &groups, results);
         Ok(out)
     }
 
