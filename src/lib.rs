@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod codec;
+pub mod compress;
 pub mod error;
 pub mod keys;
 pub mod lru;

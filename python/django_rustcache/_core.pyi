@@ -253,7 +253,11 @@ class RedisClient:
     """A redis client over a leader and its read replicas (the first of ``servers`` takes every
     write; reads go to a random one of the others). One bounded pool per server; every round trip
     runs with the GIL released, within ``socket_timeout``. Values are stored as Django's
-    RedisCache stores them: an exact ``int`` as digits, anything else pickled."""
+    RedisCache and django-redis store them: an exact ``int`` as digits (unless
+    ``ints_as_digits`` is false), anything else pickled, or passed to ``serializer``'s
+    ``(dumps, loads)``; then compressed with ``compressor`` (zlib, gzip, lzma, lz4, zstd, bz2) when
+    longer than ``compress_min_len`` bytes, without the GIL. Compressed values are recognised by
+    their header when read."""
 
     def __new__(
         cls,
@@ -266,6 +270,11 @@ class RedisClient:
         socket_timeout: float = 3.0,
         max_connections: int = 64,
         pickle_protocol: int | None = None,
+        serializer: tuple[Any, Any] | None = None,
+        ints_as_digits: bool = True,
+        compressor: str | None = None,
+        compress_level: int | None = None,
+        compress_min_len: int = 15,
     ) -> RedisClient: ...
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
@@ -312,12 +321,11 @@ class RedisClient:
         picks the leader (else a replica may answer); ``idempotent`` allows one retry on a new
         connection when a pooled one went stale."""
 
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        """Decode a stored value as ``get`` does (Django's format)."""
+    def loads(self, data: bytes) -> Any:
+        """Decode stored bytes as ``get`` does (inflated if compressed, then deserialized)."""
 
     def dumps(self, value: Any) -> bytes:
-        """Encode a value as ``set`` does (Django's format)."""
+        """Encode a value as ``set`` stores it (serialized, then compressed if configured)."""
 
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""

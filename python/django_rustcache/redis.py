@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
+from django_rustcache._codec import FORMAT_OPTIONS, value_format
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
@@ -41,7 +42,7 @@ OPTIONS = frozenset(
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
     }
-)  # fmt: skip
+) | FORMAT_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery: accepted, with nothing to do.
 NO_MEANING = frozenset(
     {"CLIENT_CLASS", "PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS", "retry_on_timeout"}
@@ -124,6 +125,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             float(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)) or 3.0),
             int(max_connections or 64),
             None if protocol is None or int(protocol) < 0 else int(protocol),
+            # The value format, by what the OPTIONS say (their classes are made once per client).
+            repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
         )
 
     @cached_property
@@ -132,7 +135,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                servers, db, username, password, connect, timeout, max_connections, protocol = key
+                servers, db, username, password, connect, timeout, max_connections, protocol, _ = key
+                fmt = value_format(self._options, 5 if protocol is None else protocol)
                 client = _clients[key] = RedisClient(
                     list(servers),
                     db=db,
@@ -142,6 +146,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                     socket_timeout=timeout,
                     max_connections=max_connections,
                     pickle_protocol=protocol,
+                    **fmt.client_kwargs(),
                 )
             return client
 

@@ -9,10 +9,11 @@ use std::time::Duration;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use redis::Value;
 
 use super::keys::make_key;
+use crate::compress::{self, Compressor, Format};
 use crate::error::ErrorKind;
 use crate::redis::client::{BigIncr, Client};
 use crate::redis::pool::{Pool, PoolConfig};
@@ -25,29 +26,71 @@ fn seconds(s: f64, what: &str) -> PyResult<Duration> {
         .map_err(|_| PyValueError::new_err(format!("{what} must be a non-negative number of seconds")))
 }
 
-/// A redis client shared by every backend instance of one configuration.
-#[pyclass(frozen, subclass, name = "RedisClient", module = "django_rustcache._core")]
-pub struct PyRedisClient {
-    client: Client,
-    pickle_protocol: i32,
+/// A value on its way to the server: serialized while attached, compressed (if it may be) once
+/// detached.
+struct Encoded {
+    data: Vec<u8>,
+    compressible: bool,
 }
 
-impl PyRedisClient {
-    fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-        if let Ok(i) = value.cast_exact::<PyInt>() {
-            return Ok(match i.extract::<i64>() {
+/// How values are written and read: ints as digits (unless a serializer of Django's kind takes
+/// everything), the rest through pickle or a serializer's `dumps`/`loads`, then a compressor.
+struct Codec {
+    pickle_protocol: i32,
+    /// `(dumps, loads)`; None means pickle.
+    serializer: Option<(Py<PyAny>, Py<PyAny>)>,
+    ints_as_digits: bool,
+    compressor: Option<Compressor>,
+    /// Inflate values whose header names a compression format: whenever a compressor is set, and
+    /// with pickle (whose output never starts like a compressed stream).
+    inflate: bool,
+}
+
+impl Codec {
+    fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Encoded> {
+        if self.ints_as_digits
+            && let Ok(i) = value.cast_exact::<PyInt>()
+        {
+            let data = match i.extract::<i64>() {
                 Ok(n) => n.to_string().into_bytes(),
                 Err(_) => i.str()?.to_str()?.as_bytes().to_vec(),
-            });
+            };
+            return Ok(Encoded { data, compressible: false });
         }
-        let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
-        Ok(dumps.call1((value, self.pickle_protocol))?.cast::<PyBytes>()?.as_bytes().to_vec())
+        let out = match &self.serializer {
+            None => PICKLE_DUMPS.import(py, "pickle", "dumps")?.call1((value, self.pickle_protocol))?,
+            Some((dumps, _)) => dumps.bind(py).call1((value,))?,
+        };
+        let data = if let Ok(b) = out.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
+        } else if let Ok(b) = out.cast::<PyByteArray>() {
+            b.to_vec()
+        } else if let Ok(s) = out.cast::<PyString>() {
+            s.to_str()?.as_bytes().to_vec()
+        } else {
+            return Err(PyTypeError::new_err(format!("the serializer returned {}, not bytes", out.get_type().name()?)));
+        };
+        Ok(Encoded { data, compressible: true })
     }
 
-    /// Django's `RedisSerializer.loads`: `int(data)`, else `pickle.loads(data)`.
-    fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    /// The bytes to store (detached: compression runs without the GIL).
+    fn finish(&self, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
+        match &self.compressor {
+            Some(c) if value.compressible => c.compress(value.data),
+            _ => Ok(value.data),
+        }
+    }
+
+    /// Stored bytes inflated if they are compressed (detached).
+    fn unpack(&self, data: Vec<u8>) -> Vec<u8> {
+        if self.inflate { compress::decompress(&data).unwrap_or(data) } else { data }
+    }
+
+    /// django-redis's decode: `int(data)` if that works (Django's `RedisSerializer.loads` too),
+    /// else the serializer's `loads`.
+    fn decode<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         // A pickle (protocol 2 and up) starts with 0x80, which int() never accepts.
-        if data.first() != Some(&0x80) {
+        if self.ints_as_digits && data.first() != Some(&0x80) {
             if let Some(n) = std::str::from_utf8(data).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
                 return Ok(n.into_pyobject(py)?.into_any());
             }
@@ -57,8 +100,18 @@ impl PyRedisClient {
                 Err(e) => return Err(e),
             }
         }
-        PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),))
+        match &self.serializer {
+            None => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),)),
+            Some((_, loads)) => loads.bind(py).call1((PyBytes::new(py, data),)),
+        }
     }
+}
+
+/// A redis client shared by every backend instance of one configuration.
+#[pyclass(frozen, subclass, name = "RedisClient", module = "django_rustcache._core")]
+pub struct PyRedisClient {
+    client: Client,
+    codec: Codec,
 }
 
 /// A command argument as bytes: bytes as they are, str as UTF-8, numbers as their digits.
@@ -126,15 +179,18 @@ impl PyRedisClient {
         reply(py, value)
     }
 
-    /// Decode a stored value as ``get`` does (Django's format).
-    #[staticmethod]
-    fn loads<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        Self::decode(py, data)
+    /// Decode stored bytes as ``get`` does (inflated if compressed, then deserialized).
+    fn loads<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
+        let codec = &self.codec;
+        let data = py.detach(|| codec.unpack(data));
+        codec.decode(py, &data)
     }
 
-    /// Encode a value as ``set`` does (Django's format).
+    /// Encode a value as ``set`` stores it (serialized, then compressed if configured).
     fn dumps<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        Ok(PyBytes::new(py, &self.encode(py, value)?))
+        let codec = &self.codec;
+        let encoded = codec.encode(py, value)?;
+        Ok(PyBytes::new(py, &py.detach(|| codec.finish(encoded))?))
     }
 
     /// `servers`: URLs, the leader first (``redis://``, ``unix://``); `db`, `username` and
@@ -142,7 +198,8 @@ impl PyRedisClient {
     #[new]
     #[pyo3(signature = (
         servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
-        max_connections=64, pickle_protocol=None
+        max_connections=64, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
+        compress_level=None, compress_min_len=15
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -154,7 +211,31 @@ impl PyRedisClient {
         socket_timeout: f64,
         max_connections: usize,
         pickle_protocol: Option<i32>,
+        serializer: Option<(Py<PyAny>, Py<PyAny>)>,
+        ints_as_digits: bool,
+        compressor: Option<&str>,
+        compress_level: Option<i32>,
+        compress_min_len: usize,
     ) -> PyResult<Self> {
+        let compressor = compressor
+            .map(|name| {
+                let format = Format::from_name(name).ok_or_else(|| {
+                    PyValueError::new_err(format!("unknown compressor {name:?}: zlib, gzip, lzma, lz4, zstd or bz2"))
+                })?;
+                Ok::<_, PyErr>(Compressor {
+                    format,
+                    level: compress_level.unwrap_or_else(|| format.default_level()),
+                    min_length: compress_min_len,
+                })
+            })
+            .transpose()?;
+        let codec = Codec {
+            pickle_protocol: pickle_protocol.filter(|p| *p >= 0).unwrap_or(5),
+            inflate: compressor.is_some() || serializer.is_none(),
+            serializer,
+            ints_as_digits,
+            compressor,
+        };
         let config = PoolConfig {
             connect_timeout: seconds(connect_timeout, "connect_timeout")?,
             socket_timeout: seconds(socket_timeout, "socket_timeout")?,
@@ -165,7 +246,7 @@ impl PyRedisClient {
             .map(|url| Pool::new(url, db, username.as_deref(), password.as_deref(), config))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(Self { client: Client::new(pools)?, pickle_protocol: pickle_protocol.filter(|p| *p >= 0).unwrap_or(5) })
+        Ok(Self { client: Client::new(pools)?, codec })
     }
 
     #[pyo3(signature = (prefix, version, key, default=None))]
@@ -178,9 +259,9 @@ impl PyRedisClient {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
-        let client = &self.client;
-        match py.detach(|| client.get(key.as_bytes()))? {
-            Some(data) => Self::decode(py, &data),
+        let (client, codec) = (&self.client, &self.codec);
+        match py.detach(|| client.get(key.as_bytes()).map(|found| found.map(|data| codec.unpack(data))))? {
+            Some(data) => codec.decode(py, &data),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
         }
     }
@@ -200,15 +281,17 @@ impl PyRedisClient {
             made.push(make_key(py, prefix, version, &key)?);
             originals.push(key);
         }
-        let client = &self.client;
+        let (client, codec) = (&self.client, &self.codec);
         let values = py.detach(|| {
             let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-            client.mget(&refs)
+            client
+                .mget(&refs)
+                .map(|values| values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect::<Vec<_>>())
         })?;
         let out = PyDict::new(py);
         for (original, value) in originals.iter().zip(values) {
             if let Some(data) = value {
-                out.set_item(original, Self::decode(py, &data)?)?;
+                out.set_item(original, codec.decode(py, &data)?)?;
             }
         }
         Ok(out)
@@ -225,13 +308,13 @@ impl PyRedisClient {
         timeout: Option<u64>,
     ) -> PyResult<()> {
         let key = make_key(py, prefix, version, key)?;
-        let data = self.encode(py, value)?;
-        let client = &self.client;
+        let (client, codec) = (&self.client, &self.codec);
+        let encoded = codec.encode(py, value)?;
         py.detach(|| {
             if timeout == Some(0) {
                 client.delete(&[key.as_bytes()]).map(|_| ())
             } else {
-                client.set(key.as_bytes(), &data, timeout, false, false).map(|_| ())
+                client.set(key.as_bytes(), &codec.finish(encoded)?, timeout, false, false).map(|_| ())
             }
         })?;
         Ok(())
@@ -249,9 +332,10 @@ impl PyRedisClient {
         timeout: Option<u64>,
     ) -> PyResult<bool> {
         let key = make_key(py, prefix, version, key)?;
-        let data = self.encode(py, value)?;
-        let client = &self.client;
+        let (client, codec) = (&self.client, &self.codec);
+        let encoded = codec.encode(py, value)?;
         Ok(py.detach(|| {
+            let data = codec.finish(encoded)?;
             if timeout == Some(0) {
                 let stored = client.set(key.as_bytes(), &data, None, true, false)?;
                 if stored {
@@ -354,14 +438,18 @@ impl PyRedisClient {
         let version = version.unwrap_or_else(|| none.clone());
         let mut items = Vec::with_capacity(mapping.len());
         for (k, v) in mapping.iter() {
-            items.push((make_key(py, &prefix, &version, &k)?, self.encode(py, &v)?));
+            items.push((make_key(py, &prefix, &version, &k)?, self.codec.encode(py, &v)?));
         }
-        let client = &self.client;
+        let (client, codec) = (&self.client, &self.codec);
         py.detach(|| {
             if timeout == Some(0) {
                 let keys: Vec<&[u8]> = items.iter().map(|(k, _)| k.as_bytes()).collect();
                 client.delete(&keys).map(|_| ())
             } else {
+                let items = items
+                    .into_iter()
+                    .map(|(k, v)| Ok((k, codec.finish(v)?)))
+                    .collect::<Result<Vec<_>, crate::error::Error>>()?;
                 let refs: Vec<(&[u8], &[u8])> = items.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
                 client.set_many(&refs, timeout)
             }
