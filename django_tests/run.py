@@ -38,6 +38,16 @@ VARIANTS = {
     "memcached-unix": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "unix"},
     "redis-tcp": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp"},
     "redis-unix": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "unix"},
+    "redis-auth": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "auth",
+        "RUSTCACHE_REDIS_OPTIONS": '{"PASSWORD": "suite-secret", "DB": 3}',
+    },
+    "redis-compressed": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "tcp",
+        "RUSTCACHE_REDIS_OPTIONS": '{"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}',
+    },
     "memcached-binary": {
         "RUSTCACHE_SUITE": "memcached",
         "RUSTCACHE_MEMCACHED": "tcp",
@@ -106,8 +116,10 @@ def main() -> int:
             server = MemcachedServer(unix=kind == "unix", sasl=sasl)
             env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
         if env.get("RUSTCACHE_REDIS"):
-            server = RedisServer(unix=env["RUSTCACHE_REDIS"] == "unix")
-            env["RUSTCACHE_REDIS_LOCATION"] = server.location
+            kind = env["RUSTCACHE_REDIS"]
+            server = RedisServer(unix=kind == "unix", password="suite-secret" if kind == "auth" else None)
+            # The password travels in OPTIONS, not in the URL.
+            env["RUSTCACHE_REDIS_LOCATION"] = server.location.replace(":suite-secret@", "")
         try:
             proc = subprocess.run(
                 [

@@ -7,7 +7,7 @@ Django's is copied. The environment picks what runs:
 * ``RUSTCACHE_SUITE=lru``: LRUObjectCache with BaseCacheTests + LocMemCacheTests;
   ``RUSTCACHE_MODE`` is ``object`` (live objects) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
 * ``RUSTCACHE_SUITE=redis``: RedisCache with BaseCacheTests and the RedisCacheTests that apply,
-  against ``RUSTCACHE_REDIS_LOCATION``.
+  against ``RUSTCACHE_REDIS_LOCATION``, with ``RUSTCACHE_REDIS_OPTIONS`` (JSON) as its OPTIONS.
 * ``RUSTCACHE_SUITE=memcached``: MemcachedCache with BaseMemcachedTests, against the server at
   ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one), with ``RUSTCACHE_MEMCACHED_OPTIONS``
   (JSON): the text protocol over TCP or a unix socket, the binary protocol, or SASL.
@@ -139,7 +139,11 @@ REDIS_CLIENT_INTERNALS = {
 }
 
 if SUITE == "redis":
-    REDIS_PARAMS = {"BACKEND": REDIS, "LOCATION": os.environ["RUSTCACHE_REDIS_LOCATION"]}
+    REDIS_PARAMS = {
+        "BACKEND": REDIS,
+        "LOCATION": os.environ["RUSTCACHE_REDIS_LOCATION"],
+        "OPTIONS": json.loads(os.environ.get("RUSTCACHE_REDIS_OPTIONS", "{}")),
+    }
 
     @override_settings(
         CACHES=django_tests.caches_setting_for_tests(base=REDIS_PARAMS, exclude=django_tests.redis_excluded_caches)

@@ -16,7 +16,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -26,7 +27,7 @@ from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, value_format
-from django_rustcache._core import CacheError, RedisClient
+from django_rustcache._core import CacheError, RedisClient, ServerError
 from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
 
@@ -74,11 +75,31 @@ def location_url(server: str) -> str:
     return server
 
 
+def with_db(url: str, db: int | None) -> str:
+    """`url` selecting `db`, unless it names a db itself: as in redis-py's ``from_url``, what the
+    URL says wins over OPTIONS."""
+    if db is None:
+        return url
+    parts = urlsplit(url)
+    if "db" in parse_qs(parts.query) or (parts.scheme != "unix" and parts.path.strip("/")):
+        return url
+    if parts.scheme == "unix":
+        return urlunsplit(parts._replace(query=f"{parts.query}&db={db}" if parts.query else f"db={db}"))
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+# CLIENT_CLASS values whose behaviour is ours already; any other client class changes the data
+# format or the topology (django-redis's HerdClient, ShardClient, SentinelClient).
+DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
+
+
 class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     """Redis backend with Django's RedisCache semantics."""
 
     known_options = OPTIONS | NO_MEANING
     _failure_logger = logger
+    # The db when neither LOCATION nor OPTIONS name one (None: the server's default, 0).
+    default_db: ClassVar[int | None] = None
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
         super().__init__(params)
@@ -107,18 +128,33 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                 raise ImproperlyConfigured(
                     f"redis LOCATION {s!r}: TLS (rediss://) is not supported by django-rustcache yet"
                 )
+        self._note_foreign_machinery()
         self._settings_key = self._client_settings()
         _backends.add(self)
+
+    def _note_foreign_machinery(self) -> None:
+        """Options that name the predecessors' client, parser or pool classes: their defaults have
+        nothing to do here (a note in the log); a client class with another data format or
+        topology is an error rather than a silent change."""
+        client_class = self._options.get("CLIENT_CLASS")
+        if client_class is not None and client_class not in DEFAULT_CLIENTS:
+            raise ImproperlyConfigured(
+                f"OPTIONS['CLIENT_CLASS'] = {client_class!r} is not supported by django-rustcache's RedisCache: "
+                "it would change how values are stored or routed. Remove it to use the default client."
+            )
+        for name in sorted(NO_MEANING & self._options.keys()):
+            value = self._options[name]
+            logger.info("OPTIONS[%r] = %r has no meaning for django-rustcache and is ignored", name, value)
 
     def _client_settings(self) -> tuple:
         o = self._options
         pool_kwargs = o.get("CONNECTION_POOL_KWARGS") or {}
-        db = o.get("db", o.get("DB"))
+        db = o.get("db", o.get("DB", self.default_db))
         max_connections = o.get("max_connections", o.get("MAX_CONNECTIONS", pool_kwargs.get("max_connections", 64)))
         protocol = o.get("pickle_version", o.get("PICKLE_VERSION", -1))
         return (
-            tuple(location_url(s) for s in self._servers),
-            None if db is None else int(db),
+            tuple(with_db(location_url(s), None if db is None else int(db)) for s in self._servers),
+            None,
             o.get("username", o.get("USERNAME")),
             o.get("password", o.get("PASSWORD")),
             float(o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)) or 1.0),
@@ -260,6 +296,21 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             self._failed(e, None)
 
+    def incr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        """Django's incr_version in one RENAME: atomic, and the key keeps its TTL."""
+        if version is None:
+            version = self.version
+        try:
+            self._cache.execute("RENAME", self._made(key, version), self._made(key, version + delta))
+        except ServerError as e:
+            if "no such key" in str(e).lower():
+                raise ValueError(f"Key '{key}' not found") from e
+            raise
+        return version + delta
+
+    async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await sync_to_async(self.incr_version, thread_sensitive=True)(key, delta, version)
+
     def close(self, **kwargs: Any) -> None:
         """Keep the pool: connections are reused across requests."""
 
@@ -348,6 +399,37 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         self.delete_pattern("*", version=version)
         return True
 
+    def reinsert_keys(self, itersize: int | None = None) -> int:
+        """Rewrite every value of this cache (all versions) in the current format: after a change
+        of PICKLE_VERSION, serializer or compressor. Each key keeps its TTL; a key changed or
+        deleted meanwhile is left alone; values that do not decode are skipped. Returns how many
+        were rewritten."""
+        try:
+            match = self.make_key("*", version="*")
+        except Exception:  # a KEY_FUNCTION that wants a number
+            match = "*"
+        rewritten, cursor = 0, b"0"
+        while True:
+            cursor, batch = self._cache.execute(
+                "SCAN", cursor, "MATCH", match, "COUNT", itersize or 1000, write=True, idempotent=True
+            )
+            if batch:
+                keys, pairs = [], []
+                for key, old in zip(batch, self._cache.execute("MGET", *batch, idempotent=True), strict=True):
+                    if old is None:
+                        continue
+                    try:
+                        new = self._cache.dumps(self._cache.loads(old))
+                    except Exception:  # not a value of ours: leave it
+                        continue
+                    if new != old:
+                        keys.append(key)
+                        pairs += [old, new]
+                if keys:
+                    rewritten += self._cache.execute("EVAL", _REINSERT, len(keys), *keys, *pairs, idempotent=False)
+            if cursor in (b"0", 0, "0"):
+                return rewritten
+
     def get_or_set(
         self,
         key: Any,
@@ -367,7 +449,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         if value is not missing:
             return value
         stale_key = f"{key}:stale"
-        lock = self.lock(f"{key}:compute", timeout=lock_timeout or 10, sleep=0.02, version=version)
+        lock = Lock(self._cache, self._made(f"{key}:compute", version), lock_timeout or 10, 0.02, True, None)
         if lock.acquire(blocking=False):
             try:
                 value = default() if callable(default) else default
@@ -401,7 +483,12 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     ) -> Any:
         """The async twin of our get_or_set (with its thundering-herd options), in a thread."""
         return await sync_to_async(self.get_or_set, thread_sensitive=True)(
-            key, default, timeout, version, lock_timeout, stale_cache_timeout
+            key,
+            default,
+            timeout=timeout,
+            version=version,
+            lock_timeout=lock_timeout,
+            stale_cache_timeout=stale_cache_timeout,
         )
 
     def lock(
@@ -421,6 +508,17 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         return {"servers": self._cache.servers(), "location": self._servers}
 
 
+# Replace each KEYS[i] whose value is still ARGV[2i-1] with ARGV[2i], keeping its TTL.
+_REINSERT = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[2 * i - 1] then
+    redis.call('SET', key, ARGV[2 * i], 'KEEPTTL')
+    n = n + 1
+  end
+end
+return n
+"""
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"
 _EXTEND = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"

@@ -62,8 +62,8 @@ pub struct Loan {
 }
 
 impl Pool {
-    /// A pool for `url` (`redis://`, `unix://`, ...), with `db`/`username`/`password` overriding
-    /// what the URL says when given.
+    /// A pool for `url` (`redis://`, `unix://`, ...): `db` overrides what the URL says;
+    /// `username` and `password` apply where the URL gives none.
     pub fn new(
         url: &str,
         db: Option<i64>,
@@ -78,10 +78,15 @@ impl Pool {
         if let Some(db) = db {
             settings = settings.set_db(db);
         }
-        if let Some(u) = username {
+        // As in redis-py's `from_url`: credentials in the URL win over the ones in OPTIONS.
+        if let Some(u) = username
+            && settings.username().is_none()
+        {
             settings = settings.set_username(u);
         }
-        if let Some(p) = password {
+        if let Some(p) = password
+            && settings.password().is_none()
+        {
             settings = settings.set_password(p);
         }
         let info = info.set_redis_settings(settings).set_tcp_settings(TcpSettings::default().set_nodelay(true));

@@ -1,0 +1,142 @@
+"""What the redis predecessors' users carry over: their settings (db, credentials, client
+classes), django-redis-cache's answers (``django_rustcache.redis_cache``), ``reinsert_keys``,
+``incr_version`` and ACL users."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zlib
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from django_rustcache import CacheError
+from tests.conftest import make_redis
+from tests.servers import RedisServer
+
+
+def raw_client(server, db=0):
+    redis = pytest.importorskip("redis")
+    return redis.Redis(port=server.port, db=db)
+
+
+def make_compat(location, **params):
+    from django_rustcache.redis_cache import RedisCache
+
+    params.setdefault("KEY_PREFIX", "compat")
+    return RedisCache(location, params)
+
+
+def test_the_url_db_wins_over_options_and_options_fill_in(redis_server):
+    url = redis_server.location
+    make_redis(f"{url}/4", KEY_PREFIX="db", OPTIONS={"DB": 5}).set("k", "url")
+    make_redis(url, KEY_PREFIX="db", OPTIONS={"db": 6}).set("k", "option")
+    assert raw_client(redis_server, 4).exists("db:1:k")
+    assert not raw_client(redis_server, 5).exists("db:1:k")
+    assert raw_client(redis_server, 6).exists("db:1:k")
+
+
+def test_django_redis_cache_flavour(redis_server):
+    cache = make_compat(redis_server.location)
+    raw1 = raw_client(redis_server, 1)
+    # Its default db is 1.
+    assert cache.set("k", "v") is True
+    assert raw1.exists(cache.make_key("k"))
+    assert not raw_client(redis_server, 0).exists(cache.make_key("k"))
+    # Timeout 0 deletes and says whether there was a key; a negative one does nothing.
+    assert cache.set("k", "new", -1) is False
+    assert cache.get("k") == "v"
+    assert cache.set("k", "x", 0) is True
+    assert cache.get("k") is None
+    assert cache.set("k", "x", 0) is False
+    assert cache.ttl("missing") == 0
+    cache.set("forever", 1, None)
+    assert cache.ttl("forever") is None
+    # get_or_set's herd options in its positions: (key, default, timeout, lock_timeout, stale).
+    assert cache.get_or_set("g", lambda: "computed", 30, 5, 60) == "computed"
+    assert raw1.ttl(cache.make_key("g:stale", None)) > 60
+    # The lock is named by the key itself, with (timeout, sleep, blocking_timeout) in its order.
+    lock = cache.lock("jobs", 10, 0.01, 0.05)
+    assert lock.acquire()
+    assert raw1.exists("jobs")
+    assert cache.lock("jobs", 10, 0.01, 0.05).acquire() is False
+    lock.release()
+    # Its data format: its zlib compressor (every value compressed) is read and written.
+    z = make_compat(redis_server.location, OPTIONS={"COMPRESSOR_CLASS": "redis_cache.compressors.ZLibCompressor"})
+    raw1.set(z.make_key("theirs"), zlib.compress(pickle.dumps({"a": 1}, -1)))
+    assert z.get("theirs") == {"a": 1}
+
+
+def test_predecessor_client_classes(redis_server, caplog):
+    with caplog.at_level(logging.INFO, logger="django_rustcache.redis"):
+        make_redis(
+            redis_server.location,
+            OPTIONS={
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "PARSER_CLASS": "redis.connection._HiredisParser",
+            },
+        )
+    assert "'PARSER_CLASS'" in caplog.text and "ignored" in caplog.text
+    for other in ("django_redis.client.HerdClient", "django_redis.client.ShardClient"):
+        with pytest.raises(ImproperlyConfigured, match="CLIENT_CLASS"):
+            make_redis(redis_server.location, OPTIONS={"CLIENT_CLASS": other})
+
+
+def test_reinsert_keys_rewrites_in_the_current_format_and_keeps_ttls(redis_server):
+    raw = raw_client(redis_server)
+    old = make_redis(redis_server.location, KEY_PREFIX="re", OPTIONS={"PICKLE_VERSION": 2})
+    old.set("a", {"x": "y" * 100}, 300)
+    old.set("b", ["list"], None, version=2)
+    old.set("n", 5)
+    raw.set("re:1:foreign", b"\x80\x05not a pickle")
+    raw.set("other:1:k", pickle.dumps("not ours", 2))
+    assert raw.get("re:1:a").startswith(b"\x80\x02")
+
+    new = make_redis(redis_server.location, KEY_PREFIX="re", OPTIONS={"COMPRESSOR": "zlib"})
+    assert new.reinsert_keys() == 2  # a and b; n is digits either way; foreign does not decode
+    assert raw.get("re:1:a").startswith(b"\x78")
+    assert pickle.loads(zlib.decompress(raw.get("re:1:a"))) == {"x": "y" * 100}
+    assert new.get("a") == {"x": "y" * 100}
+    assert 290 < raw.ttl("re:1:a") <= 300
+    assert raw.ttl("re:2:b") == -1
+    assert new.get("b", version=2) == ["list"]
+    assert raw.get("re:1:foreign") == b"\x80\x05not a pickle"
+    assert raw.get("other:1:k") == pickle.dumps("not ours", 2)
+    assert new.reinsert_keys() == 0
+
+
+def test_incr_version_is_one_rename_keeping_the_ttl(redis_server):
+    raw = raw_client(redis_server)
+    cache = make_redis(redis_server.location, KEY_PREFIX="iv")
+    cache.set("k", "v", 100)
+    assert cache.incr_version("k") == 2
+    assert cache.get("k") is None
+    assert cache.get("k", version=2) == "v"
+    assert 90 < raw.ttl("iv:2:k") <= 100
+    assert cache.decr_version("k", version=2) == 1
+    with pytest.raises(ValueError, match="not found"):
+        cache.incr_version("missing")
+
+
+def test_acl_user():
+    server = RedisServer(args=("--user", "default", "off", "--user", "app", "on", ">s3cret", "~app:*", "+@all"))
+    try:
+        host = f"127.0.0.1:{server.port}"
+        by_url = make_redis(f"redis://app:s3cret@{host}", KEY_PREFIX="app")
+        by_url.set("k", 1)
+        assert by_url.get("k") == 1
+        by_options = make_redis(f"redis://{host}", KEY_PREFIX="app", OPTIONS={"USERNAME": "app", "PASSWORD": "s3cret"})
+        assert by_options.incr("k") == 2
+        # The user's key pattern is enforced by the server, and reported, not hidden.
+        outside = make_redis(f"redis://app:s3cret@{host}", KEY_PREFIX="other")
+        with pytest.raises(CacheError, match=r"(?i)perm"):
+            outside.set("k", 1)
+        for location, options in (
+            (f"redis://app:wrong@{host}", {}),
+            (f"redis://{host}", {"PASSWORD": "s3cret"}),  # the default user is off
+        ):
+            with pytest.raises(CacheError):
+                make_redis(location, OPTIONS=options).get("k")
+    finally:
+        server.close()
