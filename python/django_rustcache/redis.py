@@ -118,6 +118,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             )
         )
         self._log_ignored = bool(getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True))
+        # SCAN's COUNT hint; django-redis's setting when a site has it (its default, 10, is slow).
+        self._scan_itersize = int(getattr(settings, "DJANGO_REDIS_SCAN_ITERSIZE", 1000))
         leader = self._options.get("MASTER_CACHE")
         if leader:
             # django-redis-cache: MASTER_CACHE names the server that takes the writes.
@@ -363,7 +365,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         cursor = b"0"
         while True:
             cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", itersize or 1000, write=False, idempotent=True
+                "SCAN", cursor, "MATCH", pattern, "COUNT", itersize or self._scan_itersize, write=False, idempotent=True
             )
             for made in batch:
                 yield self._user_key(made, version)
@@ -381,7 +383,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         deleted, cursor = 0, b"0"
         while True:
             cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", match, "COUNT", itersize or 1000, write=True, idempotent=True
+                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=True, idempotent=True
             )
             if batch:
                 deleted += self._cache.execute("UNLINK", *batch, idempotent=True)
@@ -411,7 +413,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         rewritten, cursor = 0, b"0"
         while True:
             cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", match, "COUNT", itersize or 1000, write=True, idempotent=True
+                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=True, idempotent=True
             )
             if batch:
                 keys, pairs = [], []
@@ -494,13 +496,15 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def lock(
         self,
         key: Any,
+        version: Any = None,
         timeout: float | None = None,
         sleep: float = 0.1,
         blocking: bool = True,
         blocking_timeout: float | None = None,
-        version: Any = None,
+        thread_local: bool = True,  # each Lock object holds its own token
     ) -> Lock:
-        """A redis lock (SET NX PX, released only by its owner), as django-redis gives."""
+        """A redis lock (SET NX PX, released only by its owner), as django-redis gives: its
+        arguments in django-redis's order, named by the made key."""
         return Lock(self._cache, self._made(key, version), timeout, sleep, blocking, blocking_timeout)
 
     def stats(self) -> dict[str, Any]:
