@@ -7,9 +7,11 @@
 
 use std::io::{Read as _, Write as _};
 
-use flate2::Compression;
+use std::cell::RefCell;
+
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use crate::error::{Error, ErrorKind};
 
@@ -31,9 +33,43 @@ pub const TYPE_MASK: u32 = FLAG_PICKLE | FLAG_INTEGER | FLAG_LONG | FLAG_TEXT;
 /// A decompressed value may be at most this large (a guard against zlib bombs).
 pub const MAX_INFLATED: usize = 1 << 30;
 
+thread_local! {
+    /// A deflate state per thread and level, reset between values: setting one up costs more
+    /// than compressing a small value.
+    static DEFLATE: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+}
+
 /// Compress `data` at `level` (0-9) into a zlib stream, as pylibmc and Python's `zlib` do.
 pub fn compress(data: &[u8], level: u32) -> Vec<u8> {
-    let mut encoder = ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::new(level.min(9)));
+    let level = level.min(9);
+    DEFLATE.with_borrow_mut(|slot| {
+        let state = match slot {
+            Some((l, state)) if *l == level => {
+                state.reset();
+                state
+            }
+            _ => &mut slot.insert((level, Compress::new(Compression::new(level), true))).1,
+        };
+        // Room for a good ratio; it grows when the data compresses less (a buffer as large as
+        // the input would be a fresh mmap for every large value).
+        let mut out = Vec::with_capacity(data.len() / 4 + 64);
+        loop {
+            let consumed = usize::try_from(state.total_in()).unwrap_or(usize::MAX).min(data.len());
+            // All the input first, then the end of the stream (a single Finish call over a large
+            // input is slower in zlib-rs).
+            let flush = if consumed < data.len() { FlushCompress::None } else { FlushCompress::Finish };
+            match state.compress_vec(&data[consumed..], &mut out, flush) {
+                Ok(Status::StreamEnd) => return out,
+                Ok(_) if out.len() == out.capacity() => out.reserve(out.capacity().max(64)),
+                Ok(_) => {}
+                Err(_) => return deflate_with_encoder(data, level),
+            }
+        }
+    })
+}
+
+fn deflate_with_encoder(data: &[u8], level: u32) -> Vec<u8> {
+    let mut encoder = ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::new(level));
     // Writing into a Vec cannot fail.
     let _ = encoder.write_all(data);
     encoder.finish().unwrap_or_default()
@@ -92,7 +128,14 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        assert_eq!(maybe_compress(noise.clone(), 0, 10, 9), (noise, 0));
+        assert_eq!(maybe_compress(noise.clone(), 0, 10, 9), (noise.clone(), 0));
+        // The reused per-thread state: noise (its output outgrows the first buffer), levels
+        // switching, and empty input all come back intact.
+        for level in [9, 1, 9, 0] {
+            assert_eq!(decompress(&compress(&noise, level)).unwrap(), noise, "level {level}");
+            assert_eq!(decompress(&compress(&data, level)).unwrap(), data, "level {level}");
+            assert_eq!(decompress(&compress(b"", level)).unwrap(), b"");
+        }
     }
 
     #[test]
