@@ -5,13 +5,12 @@
 //! int), int 4 (decimal digits, so the server's `incr` works), str 16 (UTF-8), and ORs in
 //! zlib 8 when it compressed the bytes.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 
 use std::cell::RefCell;
 
-use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use crate::error::{Error, ErrorKind};
 
@@ -37,6 +36,8 @@ thread_local! {
     /// A deflate state per thread and level, reset between values: setting one up costs more
     /// than compressing a small value.
     static DEFLATE: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+    /// The same for inflating.
+    static INFLATE: RefCell<Option<Decompress>> = const { RefCell::new(None) };
 }
 
 /// Compress `data` at `level` (0-9) into a zlib stream, as pylibmc and Python's `zlib` do.
@@ -75,17 +76,38 @@ fn deflate_with_encoder(data: &[u8], level: u32) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// Inflate a zlib stream.
+/// Inflate a zlib stream: the whole of `data` must be one complete stream.
 pub fn decompress(data: &[u8]) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::with_capacity(data.len() * 3);
-    let mut decoder = ZlibDecoder::new(data).take(MAX_INFLATED as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| Error::new(ErrorKind::Protocol, format!("cannot decompress a stored value: {e}")))?;
-    if out.len() > MAX_INFLATED {
-        return Err(Error::new(ErrorKind::Protocol, "a stored value inflates past 1 GiB"));
-    }
-    Ok(out)
+    let bad =
+        |e: &dyn std::fmt::Display| Error::new(ErrorKind::Protocol, format!("cannot decompress a stored value: {e}"));
+    INFLATE.with_borrow_mut(|slot| {
+        let state = slot.get_or_insert_with(|| Decompress::new(true));
+        state.reset(true);
+        let mut out = Vec::with_capacity(data.len().saturating_mul(3).clamp(64, 1 << 20));
+        loop {
+            let consumed = usize::try_from(state.total_in()).unwrap_or(usize::MAX).min(data.len());
+            let before = (state.total_in(), state.total_out());
+            match state.decompress_vec(&data[consumed..], &mut out, FlushDecompress::None) {
+                Ok(Status::StreamEnd) => {
+                    return if usize::try_from(state.total_in()).ok() == Some(data.len()) {
+                        Ok(out)
+                    } else {
+                        Err(bad(&"data after the end of the stream"))
+                    };
+                }
+                Ok(_) if out.len() == out.capacity() => {
+                    if out.len() >= MAX_INFLATED {
+                        return Err(Error::new(ErrorKind::Protocol, "a stored value inflates past 1 GiB"));
+                    }
+                    out.reserve(out.capacity().min(MAX_INFLATED - out.len()).max(64));
+                }
+                Ok(_) if (state.total_in(), state.total_out()) != before => {}
+                // Room left but no progress: the input ended before the stream did.
+                Ok(_) => return Err(bad(&"the stream is cut short")),
+                Err(e) => return Err(bad(&e)),
+            }
+        }
+    })
 }
 
 /// Compress when `min_len > 0`, the data is at least that long, and compression helps.
@@ -136,6 +158,12 @@ mod tests {
             assert_eq!(decompress(&compress(&data, level)).unwrap(), data, "level {level}");
             assert_eq!(decompress(&compress(b"", level)).unwrap(), b"");
         }
+        // A stream must be whole and alone.
+        let mut packed = compress(&noise, 6);
+        assert!(decompress(&packed[..packed.len() - 1]).is_err());
+        assert!(decompress(&packed[..packed.len() / 2]).is_err());
+        packed.push(0);
+        assert!(decompress(&packed).is_err());
     }
 
     #[test]
