@@ -32,9 +32,14 @@ def test_the_url_db_wins_over_options_and_options_fill_in(redis_server):
     url = redis_server.location
     make_redis(f"{url}/4", KEY_PREFIX="db", OPTIONS={"DB": 5}).set("k", "url")
     make_redis(url, KEY_PREFIX="db", OPTIONS={"db": 6}).set("k", "option")
+    # redis-py's ?db= query, which wins over the path.
+    make_redis(f"{url}/8?db=7", KEY_PREFIX="db", OPTIONS={"db": 9}).set("k", "query")
     assert raw_client(redis_server, 4).exists("db:1:k")
     assert not raw_client(redis_server, 5).exists("db:1:k")
     assert raw_client(redis_server, 6).exists("db:1:k")
+    assert raw_client(redis_server, 7).exists("db:1:k")
+    assert not raw_client(redis_server, 8).exists("db:1:k")
+    assert not raw_client(redis_server, 0).exists("db:1:k")
 
 
 def test_django_redis_cache_flavour(redis_server):

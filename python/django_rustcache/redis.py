@@ -17,7 +17,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -78,10 +78,13 @@ def location_url(server: str) -> str:
 def with_db(url: str, db: int | None) -> str:
     """`url` selecting `db`, unless it names a db itself: as in redis-py's ``from_url``, what the
     URL says wins over OPTIONS."""
-    if db is None:
-        return url
     parts = urlsplit(url)
-    if "db" in parse_qs(parts.query) or (parts.scheme != "unix" and parts.path.strip("/")):
+    query = parse_qs(parts.query)
+    if parts.scheme != "unix" and "db" in query:
+        # redis-py reads ?db= on any URL (over the path); the redis crate only on unix:// ones.
+        rest = urlencode([(k, v) for k, values in query.items() if k != "db" for v in values])
+        return urlunsplit(parts._replace(path=f"/{query['db'][0]}", query=rest))
+    if db is None or "db" in query or (parts.scheme != "unix" and parts.path.strip("/")):
         return url
     if parts.scheme == "unix":
         return urlunsplit(parts._replace(query=f"{parts.query}&db={db}" if parts.query else f"db={db}"))
