@@ -3,7 +3,7 @@ Rust, in the same call that reads or writes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import BaseCache, default_key_func
 
@@ -23,3 +23,25 @@ class NativeKeys:
     def key_func(self, func: Any) -> None:
         self._key_func = func
         self._native_keys = func is default_key_func and type(self).make_key is BaseCache.make_key
+
+    # Set by BaseCache.__init__ in the backends this is mixed into.
+    key_prefix: str
+    version: int
+
+    if TYPE_CHECKING:
+
+        def make_key(self, key: Any, version: Any = None) -> Any: ...  # BaseCache's, or a subclass's
+
+    def _scope(self, version: Any) -> tuple[str, Any]:
+        """The prefix and version the core makes keys with."""
+        return self.key_prefix, self.version if version is None else version
+
+    def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]:
+        """The core's (prefix, version, key): made in Rust when native, else made here."""
+        if self._native_keys:
+            return *self._scope(version), key
+        return None, None, self.make_key(key, version)
+
+    def _made_keys(self, keys: Any, version: Any) -> dict[Any, Any]:
+        """Keys made in Python, each mapped to the key as given."""
+        return {self.make_key(k, version): k for k in keys}

@@ -287,11 +287,6 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     def client_servers(self) -> list[str]:
         return [s.removeprefix("unix:") if isinstance(s, str) else s for s in self._servers]
 
-    def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]:
-        if self._native_keys:
-            return self.key_prefix, self.version if version is None else version, key
-        return None, None, self.make_key(key, version)
-
     def validate_key(self, key: str) -> None:
         check_key(key, raise_error=True)
 
@@ -313,7 +308,7 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
             if self._native_keys:
-                return self._cache.get(self.key_prefix, self.version if version is None else version, key, default)
+                return self._cache.get(*self._scope(version), key, default)
             return self._cache.get(None, None, self.make_key(key, version), default)
         except CacheError as e:
             return self._failed(e, default)
@@ -349,10 +344,8 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
         try:
             if self._native_keys:
-                return self._cache.get_multi(
-                    self.key_prefix, self.version if version is None else version, keys, self._ignore_exc
-                )
-            made = {self.make_key(k, version): k for k in keys}
+                return self._cache.get_multi(*self._scope(version), keys, self._ignore_exc)
+            made = self._made_keys(keys, version)
             found = self._cache.get_multi(None, None, list(made), self._ignore_exc)
             return {made[k]: v for k, v in found.items()}
         except CacheError as e:
@@ -362,9 +355,7 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         exptime = self.get_backend_timeout(timeout)
         try:
             if self._native_keys:
-                return list(
-                    self._cache.set_multi(data, exptime, self.key_prefix, self.version if version is None else version)
-                )
+                return list(self._cache.set_multi(data, exptime, *self._scope(version)))
             original = {self.make_key(k, version): k for k in data}
             made = {k: data[original[k]] for k in original}
             return [original[k] for k in self._cache.set_multi(made, exptime)]
@@ -374,7 +365,7 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     def delete_many(self, keys: Any, version: Any = None) -> None:
         try:
             if self._native_keys:
-                self._cache.delete_multi(self.key_prefix, self.version if version is None else version, keys)
+                self._cache.delete_multi(*self._scope(version), keys)
             else:
                 self._cache.delete_multi(None, None, [self.make_key(k, version) for k in keys])
         except CacheError as e:

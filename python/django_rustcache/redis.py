@@ -191,11 +191,6 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                 )
             return client
 
-    def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]:
-        if self._native_keys:
-            return self.key_prefix, self.version if version is None else version, key
-        return None, None, self.make_key(key, version)
-
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
         """Django's rules: None makes the key persistent; non-positive values delete it."""
         if timeout is DEFAULT_TIMEOUT:
@@ -205,7 +200,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
             if self._native_keys:
-                return self._cache.get(self.key_prefix, self.version if version is None else version, key, default)
+                return self._cache.get(*self._scope(version), key, default)
             return self._cache.get(None, None, self.make_key(key, version), default)
         except CacheError as e:
             return self._failed(e, default)
@@ -273,8 +268,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
         try:
             if self._native_keys:
-                return self._cache.get_many(self.key_prefix, self.version if version is None else version, keys)
-            made = {self.make_key(k, version): k for k in keys}
+                return self._cache.get_many(*self._scope(version), keys)
+            made = self._made_keys(keys, version)
             found = self._cache.get_many(None, None, list(made))
             return {made[k]: v for k, v in found.items()}
         except CacheError as e:
@@ -286,7 +281,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         timeout = self.get_backend_timeout(timeout)
         try:
             if self._native_keys:
-                prefix, version = self.key_prefix, self.version if version is None else version
+                prefix, version = self._scope(version)
                 return list(self._cache.set_many(dict(data), timeout, prefix, version))
             return list(self._cache.set_many({self.make_key(k, version): v for k, v in data.items()}, timeout))
         except CacheError as e:
@@ -295,7 +290,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def delete_many(self, keys: Any, version: Any = None) -> None:
         try:
             if self._native_keys:
-                self._cache.delete_many(self.key_prefix, self.version if version is None else version, keys)
+                self._cache.delete_many(*self._scope(version), keys)
             else:
                 self._cache.delete_many(None, None, [self.make_key(k, version) for k in keys])
         except CacheError as e:
