@@ -147,7 +147,7 @@ fn lz4_content_size(frame: &[u8]) -> Option<u64> {
 
 /// `data` inflated, when it is a complete, valid stream of a format it names; else None.
 pub fn decompress(data: &[u8]) -> Option<Vec<u8>> {
-    let out = match Format::sniff(data)? {
+    match Format::sniff(data)? {
         Format::Zlib => codec::decompress(data).ok(),
         Format::Gzip => read_all(flate2::read::MultiGzDecoder::new(data), data.len()),
         Format::Lzma => read_all(liblzma::read::XzDecoder::new_multi_decoder(data), data.len()),
@@ -155,8 +155,7 @@ pub fn decompress(data: &[u8]) -> Option<Vec<u8>> {
             .filter(|out| lz4_content_size(data).is_none_or(|size| size == out.len() as u64)),
         Format::Zstd => zstd::stream::read::Decoder::with_buffer(data).ok().and_then(|d| read_all(d, data.len())),
         Format::Bzip2 => read_all(bzip2::read::MultiBzDecoder::new(data), data.len()),
-    }?;
-    Some(out)
+    }
 }
 
 #[cfg(test)]

@@ -360,13 +360,19 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def iter_keys(self, search: str, itersize: int | None = None, version: Any = None) -> Iterator[str]:
         """The caller's keys matching a glob pattern, with SCAN (never KEYS on a live server)."""
         pattern = self.make_key(search, version=version)
-        cursor = b"0"
-        while True:
-            cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", itersize or self._scan_itersize, write=False, idempotent=True
-            )
+        for batch in self._scan(pattern, itersize, write=False):
             for made in batch:
                 yield self._user_key(made, version)
+
+    def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
+        """The keys matching a glob pattern, a SCAN batch at a time (never KEYS)."""
+        cursor: Any = b"0"
+        while True:
+            cursor, batch = self._cache.execute(
+                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=write, idempotent=True
+            )
+            if batch:
+                yield batch
             if cursor in (b"0", 0, "0"):
                 return
 
@@ -378,15 +384,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         """Delete the keys matching a glob pattern: SCAN + UNLINK in batches, so other clients
         are never blocked for long. Returns how many were deleted."""
         match = self.make_key(pattern, version=version)
-        deleted, cursor = 0, b"0"
-        while True:
-            cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=True, idempotent=True
-            )
-            if batch:
-                deleted += self._cache.execute("UNLINK", *batch, idempotent=True)
-            if cursor in (b"0", 0, "0"):
-                return deleted
+        return sum(self._cache.execute("UNLINK", *batch, idempotent=True) for batch in self._scan(match, itersize))
 
     def clear(self, version: Any = None) -> bool:
         """FLUSHDB, as Django does; with `version` (django-redis-cache), only that version of
@@ -402,33 +400,29 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def reinsert_keys(self, itersize: int | None = None) -> int:
         """Rewrite every value of this cache (all versions) in the current format: after a change
         of PICKLE_VERSION, serializer or compressor. Each key keeps its TTL; a key changed or
-        deleted meanwhile is left alone; values that do not decode are skipped. Returns how many
-        were rewritten."""
+        deleted meanwhile is left alone; values that do not decode are skipped. With a
+        KEY_FUNCTION that cannot make a pattern over versions, only the current version is
+        rewritten. Returns how many were rewritten."""
         try:
             match = self.make_key("*", version="*")
-        except Exception:  # a KEY_FUNCTION that wants a number
-            match = "*"
-        rewritten, cursor = 0, b"0"
-        while True:
-            cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=True, idempotent=True
-            )
-            if batch:
-                keys, pairs = [], []
-                for key, old in zip(batch, self._cache.execute("MGET", *batch, idempotent=True), strict=True):
-                    if old is None:
-                        continue
-                    try:
-                        new = self._cache.dumps(self._cache.loads(old))
-                    except Exception:  # not a value of ours: leave it
-                        continue
-                    if new != old:
-                        keys.append(key)
-                        pairs += [old, new]
-                if keys:
-                    rewritten += self._cache.execute("EVAL", _REINSERT, len(keys), *keys, *pairs, idempotent=False)
-            if cursor in (b"0", 0, "0"):
-                return rewritten
+        except Exception:  # a KEY_FUNCTION that wants a number: the current version only
+            match = self.make_key("*")
+        rewritten = 0
+        for batch in self._scan(match, itersize):
+            keys, pairs = [], []
+            for key, old in zip(batch, self._cache.execute("MGET", *batch, idempotent=True), strict=True):
+                if old is None:
+                    continue
+                try:
+                    new = self._cache.dumps(self._cache.loads(old))
+                except Exception:  # not a value of ours: leave it
+                    continue
+                if new != old:
+                    keys.append(key)
+                    pairs += [old, new]
+            if keys:
+                rewritten += self._cache.execute("EVAL", _REINSERT, len(keys), *keys, *pairs)
+        return rewritten
 
     def get_or_set(
         self,
