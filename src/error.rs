@@ -1,5 +1,6 @@
 //! The one error type of the pure cores, shaped like redis-rs's: a kind plus a message.
-//! `bindings::errors` turns it into a Python exception, in one place.
+//! `bindings::errors` turns it into a Python exception, in one place; nothing downstream looks
+//! at the message to decide anything.
 
 use std::fmt;
 
@@ -9,8 +10,14 @@ use std::fmt;
 pub enum ErrorKind {
     /// A key a backend must refuse (too long, control characters, ...).
     InvalidKey,
+    /// A setting that cannot work (no server, an unparsable address, a bad number).
+    Config,
     /// A key that is not in the store (Django's `incr` on a missing key).
     NotFound,
+    /// A stored value that is not an integer, where one is needed (`incr`).
+    NotNumeric,
+    /// A value larger than a bound (a server's item limit, the reply size limit).
+    TooLarge,
     /// A socket or file operation failed.
     Io,
     /// A deadline passed.
@@ -21,6 +28,9 @@ pub enum ErrorKind {
     Server,
     /// A server is marked down after a failure: the call was not attempted.
     ServerDown,
+    /// A signal handler raised while the call waited (Ctrl-C): the caller's own exception is
+    /// raised in its place by the bindings.
+    Interrupted,
 }
 
 /// An error of the pure cores.
@@ -46,9 +56,10 @@ impl Error {
         &self.message
     }
 
-    /// Whether a deadline passed.
-    pub fn is_timeout(&self) -> bool {
-        self.kind == ErrorKind::Timeout
+    /// Whether the failure leaves a connection unusable and says something about the server
+    /// (so it counts against the server's health): I/O, deadlines, protocol violations.
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(self.kind, ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Protocol | ErrorKind::TooLarge)
     }
 }
 

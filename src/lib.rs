@@ -1,5 +1,6 @@
-//! django-rustcache's native core. The pure modules (`keys`, `lru`) hold no pyo3 code;
-//! `bindings` is the only place Python types appear.
+//! django-rustcache's native core. The pure modules (`error`, `keys`, `codec`, `compress`,
+//! `lru`, `net`, `memcached`, `redis`) hold no pyo3 code; `bindings` is the only place Python
+//! types appear.
 
 pub mod bindings;
 pub mod codec;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
+pub mod net;
 pub mod redis;
 
 use pyo3::prelude::*;
@@ -33,6 +35,7 @@ mod _core {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::bindings::errors::install_signal_check(m.py())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 }

@@ -27,7 +27,7 @@ from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, value_format
-from django_rustcache._core import CacheError, RedisClient, ServerError
+from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
 
@@ -42,6 +42,7 @@ OPTIONS = frozenset(
         "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
+        "RETRY_TIMEOUT", "retry_timeout",
     }
 ) | FORMAT_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery: accepted, with nothing to do.
@@ -165,6 +166,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             float(o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)) or 1.0),
             float(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)) or 3.0),
             int(max_connections or 64),
+            # After a connection failure the server is skipped (calls fail at once) this long.
+            float(o.get("RETRY_TIMEOUT", o.get("retry_timeout", 1.0))),
             None if protocol is None or int(protocol) < 0 else int(protocol),
             # The value format, by what the OPTIONS say (their classes are made once per client).
             repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
@@ -176,7 +179,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                servers, db, username, password, connect, timeout, max_connections, protocol, _ = key
+                servers, db, username, password, connect, timeout, max_connections, retry, protocol, _ = key
                 fmt = value_format(self._options, 5 if protocol is None else protocol)
                 client = _clients[key] = RedisClient(
                     list(servers),
@@ -186,6 +189,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                     connect_timeout=connect,
                     socket_timeout=timeout,
                     max_connections=max_connections,
+                    retry_timeout=retry,
                     pickle_protocol=protocol,
                     **fmt.client_kwargs(),
                 )
@@ -301,11 +305,9 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         if version is None:
             version = self.version
         try:
-            self._cache.execute("RENAME", self._made(key, version), self._made(key, version + delta))
-        except ServerError as e:
-            if "no such key" in str(e).lower():
-                raise ValueError(f"Key '{key}' not found") from e
-            raise
+            self._cache.rename(self._made(key, version), self._made(key, version + delta))
+        except ValueError:
+            raise ValueError(f"Key '{key}' not found") from None
         return version + delta
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:

@@ -12,7 +12,6 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
 use super::errors::ServerDown;
 use super::keys::{OnInvalid, make_key_checked};
 use crate::codec;
-use crate::error::ErrorKind;
 use crate::memcached::client::{Client, Config, Item, ServerSpec, Stored};
 use crate::memcached::conn::{Address, Timeouts};
 use crate::memcached::protocol::Store;
@@ -200,8 +199,8 @@ impl PyMemcachedClient {
             hash,
             timeouts: Timeouts {
                 connect: seconds(connect_timeout, "connect_timeout")?,
-                send: seconds(send_timeout, "send_timeout")?,
-                receive: seconds(receive_timeout, "receive_timeout")?,
+                // One deadline per call covers the send and the whole reply.
+                call: seconds(send_timeout, "send_timeout")?.max(seconds(receive_timeout, "receive_timeout")?),
             },
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
             remove_failed,
@@ -440,13 +439,9 @@ impl PyMemcachedClient {
         let (decr, magnitude) = (delta < 0, delta.unsigned_abs());
         let magnitude = u64::try_from(magnitude).map_err(|_| PyValueError::new_err("delta does not fit in 64 bits"))?;
         let client = &self.client;
-        match py.detach(|| client.incr(key.as_bytes(), magnitude, decr)) {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => Err(PyValueError::new_err(format!("Key '{key}' not found"))),
-            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("non-numeric") => {
-                Err(PyTypeError::new_err(format!("cannot increment or decrement the non-numeric value of '{key}'")))
-            }
-            Err(e) => Err(e.into()),
+        match py.detach(|| client.incr(key.as_bytes(), magnitude, decr))? {
+            Some(n) => Ok(n),
+            None => Err(PyValueError::new_err(format!("Key '{key}' not found"))),
         }
     }
 
@@ -467,7 +462,7 @@ impl PyMemcachedClient {
     /// `flush_all` on every server.
     fn flush_all(&self, py: Python<'_>) -> PyResult<()> {
         let client = &self.client;
-        match py.detach(|| client.flush_all()).into_iter().next() {
+        match py.detach(|| client.flush_all())?.into_iter().next() {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -481,7 +476,7 @@ impl PyMemcachedClient {
     /// `{address: version}`; a server that fails maps to None.
     fn versions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let client = &self.client;
-        let versions = py.detach(|| client.versions());
+        let versions = py.detach(|| client.versions())?;
         let out = PyDict::new(py);
         for (addr, v) in versions {
             out.set_item(addr, v.ok())?;
@@ -492,7 +487,7 @@ impl PyMemcachedClient {
     /// `{address: {stat: value}}` from each server's `stats`; a server that fails maps to None.
     fn server_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let client = &self.client;
-        let stats = py.detach(|| client.stats());
+        let stats = py.detach(|| client.stats())?;
         let out = PyDict::new(py);
         for (addr, s) in stats {
             match s {

@@ -14,8 +14,7 @@ use redis::Value;
 
 use super::keys::make_key;
 use crate::compress::{self, Compressor, Format};
-use crate::error::ErrorKind;
-use crate::redis::client::{BigIncr, Client};
+use crate::redis::client::{Client, Counter};
 use crate::redis::pool::{Pool, PoolConfig};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -198,7 +197,7 @@ impl PyRedisClient {
     #[new]
     #[pyo3(signature = (
         servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
-        max_connections=64, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
+        max_connections=64, retry_timeout=1.0, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
         compress_level=None, compress_min_len=15
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -210,6 +209,7 @@ impl PyRedisClient {
         connect_timeout: f64,
         socket_timeout: f64,
         max_connections: usize,
+        retry_timeout: f64,
         pickle_protocol: Option<i32>,
         serializer: Option<(Py<PyAny>, Py<PyAny>)>,
         ints_as_digits: bool,
@@ -240,6 +240,7 @@ impl PyRedisClient {
             connect_timeout: seconds(connect_timeout, "connect_timeout")?,
             socket_timeout: seconds(socket_timeout, "socket_timeout")?,
             max_connections: max_connections.max(1),
+            retry_timeout: seconds(retry_timeout, "retry_timeout")?,
         };
         let pools = servers
             .iter()
@@ -401,24 +402,9 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
         let client = &self.client;
-        let not_found = || PyValueError::new_err(format!("Key '{key}' not found."));
-        let not_integer =
-            || PyTypeError::new_err(format!("cannot increment or decrement the non-integer value of '{key}'"));
-        match py.detach(|| client.incr(key.as_bytes(), delta)) {
-            Ok(Some(n)) => Ok(n.into_pyobject(py)?.into_any()),
-            Ok(None) => Err(not_found()),
-            Err(e)
-                if e.kind() == ErrorKind::Server
-                    && (e.message().contains("out of range") || e.message().contains("overflow")) =>
-            {
-                match py.detach(|| client.incr_big(key.as_bytes(), delta))? {
-                    BigIncr::Value(digits) => py.get_type::<PyInt>().call1((digits,)),
-                    BigIncr::Missing => Err(not_found()),
-                    BigIncr::NotInteger => Err(not_integer()),
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::Server && e.message().contains("not an integer") => Err(not_integer()),
-            Err(e) => Err(e.into()),
+        match py.detach(|| client.incr(key.as_bytes(), delta))? {
+            Counter::Small(n) => Ok(n.into_pyobject(py)?.into_any()),
+            Counter::Big(digits) => py.get_type::<PyInt>().call1((digits,)),
         }
     }
 
@@ -477,6 +463,13 @@ impl PyRedisClient {
         Ok(())
     }
 
+    /// RENAME one made key to another, atomically (the TTL kept); ValueError when `source` is
+    /// missing.
+    fn rename(&self, py: Python<'_>, source: &str, target: &str) -> PyResult<()> {
+        let client = &self.client;
+        Ok(py.detach(|| client.rename(source.as_bytes(), target.as_bytes()))?)
+    }
+
     /// FLUSHDB on the leader.
     fn clear(&self, py: Python<'_>) -> PyResult<bool> {
         let client = &self.client;
@@ -484,15 +477,18 @@ impl PyRedisClient {
         Ok(true)
     }
 
-    /// Each server's pool: address, idle and open connections.
+    /// Each server's pool: address, health (up, errors, last_error), idle and open connections.
     fn servers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for pool in self.client.pools() {
-            let (idle, open) = pool.counts();
+            let state = pool.state();
             let d = PyDict::new(py);
-            d.set_item("address", pool.name())?;
-            d.set_item("idle_connections", idle)?;
-            d.set_item("open_connections", open)?;
+            d.set_item("address", state.address)?;
+            d.set_item("up", state.up)?;
+            d.set_item("errors", state.errors)?;
+            d.set_item("last_error", state.last_error)?;
+            d.set_item("idle_connections", state.idle)?;
+            d.set_item("open_connections", state.open)?;
             out.append(d)?;
         }
         Ok(out)

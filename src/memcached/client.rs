@@ -88,6 +88,12 @@ pub enum Stored {
     Refused(String),
 }
 
+/// Each server's index and its result (or its error).
+pub type PerServer<T> = Vec<(usize, Result<T, Error>)>;
+
+/// Each server's `version`, or its error.
+pub type Versions = Vec<(String, Result<String, Error>)>;
+
 /// Each server's `stats` output, or its error.
 pub type ServerStats = Vec<(String, Result<Vec<(String, String)>, Error>)>;
 
@@ -163,7 +169,14 @@ pub struct ClientStats {
 }
 
 fn is_connection_failure(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Protocol)
+    e.is_connection_failure()
+}
+
+fn non_numeric(key: &[u8]) -> Error {
+    Error::new(
+        ErrorKind::NotNumeric,
+        format!("cannot increment or decrement the non-numeric value of '{}'", String::from_utf8_lossy(key)),
+    )
 }
 
 fn unexpected(addr: &Address, reply: &Reply) -> Error {
@@ -333,12 +346,12 @@ impl Client {
 
     /// A connection to server `si`: a pooled one, or a new one. The flag says whether it came
     /// from the pool (and so may have gone stale since).
-    fn checkout(&self, si: usize) -> Result<(Conn, bool), Error> {
+    fn checkout(&self, si: usize, deadline: Instant) -> Result<(Conn, bool), Error> {
         self.check_up(si)?;
         if let Some(conn) = self.servers[si].idle.lock().pop() {
             return Ok((conn, true));
         }
-        match self.connect(si) {
+        match self.connect(si, deadline) {
             Ok(conn) => Ok((conn, false)),
             Err(e) => {
                 if is_connection_failure(&e) {
@@ -350,12 +363,18 @@ impl Client {
     }
 
     /// A new connection to server `si`, authenticated when credentials are configured.
-    fn connect(&self, si: usize) -> Result<Conn, Error> {
-        let mut conn = Conn::connect(&self.servers[si].addr, &self.config.timeouts)?;
+    fn connect(&self, si: usize, deadline: Instant) -> Result<Conn, Error> {
+        let deadline = deadline.min(Instant::now() + self.config.timeouts.connect);
+        let mut conn = Conn::connect(&self.servers[si].addr, &self.config.timeouts, deadline)?;
         if let Some((username, password)) = &self.config.credentials {
-            conn.authenticate(username, password)?;
+            conn.authenticate(username, password, deadline)?;
         }
         Ok(conn)
+    }
+
+    /// The deadline of a call that starts now: connect, send and every reply together.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.timeouts.call
     }
 
     fn checkin(&self, si: usize, mut conn: Conn) {
@@ -400,13 +419,10 @@ impl Client {
         retry: bool,
         mut read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let (mut conn, mut pooled) = self.checkout(si)?;
+        let deadline = self.deadline();
+        let (mut conn, mut pooled) = self.checkout(si, deadline)?;
         loop {
-            let sent = if let [one] = parts { conn.send(one) } else { conn.send_parts(parts) };
-            let result = sent.and_then(|()| {
-                let deadline = conn.deadline();
-                read(&mut conn, deadline)
-            });
+            let result = conn.send(parts, deadline).and_then(|()| read(&mut conn, deadline));
             match result {
                 Ok(v) => {
                     self.record_success(si);
@@ -424,7 +440,7 @@ impl Client {
                     drop(conn);
                     if retry && pooled && e.kind() == ErrorKind::Io {
                         drop(std::mem::take(&mut *self.servers[si].idle.lock()));
-                        match self.connect(si) {
+                        match self.connect(si, deadline) {
                             Ok(fresh) => {
                                 conn = fresh;
                                 pooled = false;
@@ -478,19 +494,30 @@ impl Client {
         &self,
         requests: Vec<(usize, Vec<u8>)>,
         mut read: impl FnMut(usize, &mut Conn, Instant) -> Result<T, Error>,
-    ) -> Vec<(usize, Result<T, Error>)> {
+    ) -> Result<PerServer<T>, Error> {
         if requests.len() == 1 {
             let (si, request) = &requests[0];
-            return vec![(*si, self.exchange(*si, request, true, |conn, deadline| read(*si, conn, deadline)))];
+            let result = self.exchange(*si, request, true, |conn, deadline| read(*si, conn, deadline));
+            return match result {
+                Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
+                result => Ok(vec![(*si, result)]),
+            };
         }
+        // One deadline for the whole fan-out: a silent server costs it once, not once each.
+        let deadline = self.deadline();
         let mut sent = Vec::with_capacity(requests.len());
         let mut out = Vec::with_capacity(requests.len());
         for (si, request) in &requests {
-            match self.checkout(*si) {
-                Ok((mut conn, _)) => match conn.send(request) {
+            match self.checkout(*si, deadline) {
+                Ok((mut conn, _)) => match conn.send(&[request], deadline) {
                     Ok(()) => sent.push((*si, conn)),
+                    // A signal handler raised: the whole call ends (the connections in flight
+                    // are dropped with `sent`).
+                    Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
                     Err(e) => {
-                        self.record_failure(*si, &e);
+                        if is_connection_failure(&e) {
+                            self.record_failure(*si, &e);
+                        }
                         out.push((*si, Err(e)));
                     }
                 },
@@ -498,7 +525,6 @@ impl Client {
             }
         }
         for (si, mut conn) in sent {
-            let deadline = conn.deadline();
             match read(si, &mut conn, deadline) {
                 Ok(v) => {
                     self.record_success(si);
@@ -508,6 +534,9 @@ impl Client {
                 Err(e) => {
                     // Dropped either way: replies may still be on their way (see `exchange`).
                     drop(conn);
+                    if e.kind() == ErrorKind::Interrupted {
+                        return Err(e);
+                    }
                     if is_connection_failure(&e) {
                         self.record_failure(si, &e);
                     }
@@ -515,7 +544,7 @@ impl Client {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Fetch several keys: one `get` per server, all servers at once. Returns the items in the
@@ -553,7 +582,7 @@ impl Client {
                     other => return Err(unexpected(conn.addr(), &other)),
                 }
             }
-        });
+        })?;
         for (_, result) in results {
             match result {
                 Ok(items) => {
@@ -634,7 +663,7 @@ impl Client {
                 replies.push(Self::stored(conn.addr(), reply)?);
             }
             Ok(replies)
-        });
+        })?;
         scatter(&mut out, &groups, results);
         Ok(out)
     }
@@ -679,7 +708,7 @@ impl Client {
                 }
             }
             Ok(())
-        });
+        })?;
         Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
 
@@ -695,6 +724,8 @@ impl Client {
         self.exchange(si, &request, false, |conn, deadline| match conn.read_reply(deadline)? {
             Reply::Number(n) => Ok(Some(n)),
             Reply::NotFound => Ok(None),
+            // The text protocol's only CLIENT_ERROR for a well-formed incr is a non-numeric value.
+            Reply::Error(message) if message.starts_with("CLIENT_ERROR") => Err(non_numeric(key)),
             other => Err(unexpected(conn.addr(), &other)),
         })
     }
@@ -718,56 +749,56 @@ impl Client {
         &self,
         command: &str,
         read: impl FnMut(usize, &mut Conn, Instant) -> Result<T, Error>,
-    ) -> Vec<(usize, Result<T, Error>)> {
+    ) -> Result<PerServer<T>, Error> {
         let mut request = Vec::new();
         protocol::encode_simple(&mut request, command);
         let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
-        let mut results = self.fan_out(requests, read);
+        let mut results = self.fan_out(requests, read)?;
         results.sort_by_key(|(si, _)| *si);
-        results
+        Ok(results)
     }
 
     /// `flush_all` on every server. Errors of the servers that failed.
-    pub fn flush_all(&self) -> Vec<Error> {
+    pub fn flush_all(&self) -> Result<Vec<Error>, Error> {
         if self.config.binary {
-            return self.bin_all(Op::Flush).into_iter().filter_map(|(_, r)| r.err()).collect();
+            return Ok(self.bin_all(Op::Flush)?.into_iter().filter_map(|(_, r)| r.err()).collect());
         }
-        self.all_servers("flush_all", |_, conn, deadline| match conn.read_reply(deadline)? {
-            Reply::Ok => Ok(()),
-            other => Err(unexpected(conn.addr(), &other)),
-        })
-        .into_iter()
-        .filter_map(|(_, r)| r.err())
-        .collect()
+        Ok(self
+            .all_servers("flush_all", |_, conn, deadline| match conn.read_reply(deadline)? {
+                Reply::Ok => Ok(()),
+                other => Err(unexpected(conn.addr(), &other)),
+            })?
+            .into_iter()
+            .filter_map(|(_, r)| r.err())
+            .collect())
     }
 
     /// `version` of every server.
-    pub fn versions(&self) -> Vec<(String, Result<String, Error>)> {
+    pub fn versions(&self) -> Result<Versions, Error> {
         if self.config.binary {
-            return self
-                .bin_all(Op::Version)
+            return Ok(self
+                .bin_all(Op::Version)?
                 .into_iter()
                 .map(|(si, r)| {
                     (self.servers[si].addr.to_string(), r.map(|p| String::from_utf8_lossy(&p.value).into_owned()))
                 })
-                .collect();
+                .collect());
         }
-        self.all_servers("version", |_, conn, deadline| match conn.read_reply(deadline)? {
-            Reply::Version(v) => Ok(v),
-            other => Err(unexpected(conn.addr(), &other)),
-        })
-        .into_iter()
-        .map(|(si, r)| (self.servers[si].addr.to_string(), r))
-        .collect()
+        Ok(self
+            .all_servers("version", |_, conn, deadline| match conn.read_reply(deadline)? {
+                Reply::Version(v) => Ok(v),
+                other => Err(unexpected(conn.addr(), &other)),
+            })?
+            .into_iter()
+            .map(|(si, r)| (self.servers[si].addr.to_string(), r))
+            .collect())
     }
 
     /// `stats` of every server.
-    pub fn stats(&self) -> ServerStats {
+    pub fn stats(&self) -> Result<ServerStats, Error> {
         if self.config.binary {
             let mut request = Vec::new();
-            if binary::encode(&mut request, Op::Stat, b"", b"", b"", 0, 0).is_err() {
-                return Vec::new();
-            }
+            binary::encode(&mut request, Op::Stat, b"", b"", b"", 0, 0)?;
             let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
             let mut results = self.fan_out(requests, |_, conn, deadline| {
                 let mut stats = Vec::new();
@@ -784,23 +815,24 @@ impl Client {
                         String::from_utf8_lossy(&p.value).into_owned(),
                     ));
                 }
-            });
+            })?;
             results.sort_by_key(|(si, _)| *si);
-            return results.into_iter().map(|(si, r)| (self.servers[si].addr.to_string(), r)).collect();
+            return Ok(results.into_iter().map(|(si, r)| (self.servers[si].addr.to_string(), r)).collect());
         }
-        self.all_servers("stats", |_, conn, deadline| {
-            let mut stats = Vec::new();
-            loop {
-                match conn.read_reply(deadline)? {
-                    Reply::Stat(name, value) => stats.push((name, value)),
-                    Reply::End => return Ok(stats),
-                    other => return Err(unexpected(conn.addr(), &other)),
+        Ok(self
+            .all_servers("stats", |_, conn, deadline| {
+                let mut stats = Vec::new();
+                loop {
+                    match conn.read_reply(deadline)? {
+                        Reply::Stat(name, value) => stats.push((name, value)),
+                        Reply::End => return Ok(stats),
+                        other => return Err(unexpected(conn.addr(), &other)),
+                    }
                 }
-            }
-        })
-        .into_iter()
-        .map(|(si, r)| (self.servers[si].addr.to_string(), r))
-        .collect()
+            })?
+            .into_iter()
+            .map(|(si, r)| (self.servers[si].addr.to_string(), r))
+            .collect())
     }
 
     /// The health of every server.
@@ -918,7 +950,7 @@ impl Client {
                     hits.push(p);
                 }
             }
-        });
+        })?;
         for (_, result) in results {
             match result {
                 Ok(hits) => {
@@ -989,7 +1021,7 @@ impl Client {
                 replies.push(bin_stored(conn.addr(), &p)?);
             }
             Ok(replies)
-        });
+        })?;
         scatter(&mut out, &groups, results);
         Ok(out)
     }
@@ -1029,7 +1061,7 @@ impl Client {
                 }
             }
             Ok(())
-        });
+        })?;
         Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
 
@@ -1045,10 +1077,7 @@ impl Client {
                     None => Err(Error::new(ErrorKind::Protocol, "memcached sent a short incr reply")),
                 },
                 status::NOT_FOUND => Ok(None),
-                status::NON_NUMERIC => Err(Error::new(
-                    ErrorKind::Server,
-                    format!("memcached {}: cannot increment or decrement non-numeric value", conn.addr()),
-                )),
+                status::NON_NUMERIC => Err(non_numeric(key)),
                 _ => Err(bin_error(conn.addr(), &p)),
             }
         })
@@ -1068,18 +1097,15 @@ impl Client {
         })
     }
 
-    fn bin_all(&self, op: Op) -> Vec<(usize, Result<Packet, Error>)> {
+    fn bin_all(&self, op: Op) -> Result<PerServer<Packet>, Error> {
         let mut request = Vec::new();
-        // Keyless commands carry no key to check.
-        if binary::encode(&mut request, op, b"", b"", b"", 0, 0).is_err() {
-            return Vec::new();
-        }
+        binary::encode(&mut request, op, b"", b"", b"", 0, 0)?;
         let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
         let mut results = self.fan_out(requests, |_, conn, deadline| {
             let p = conn.read_packet(deadline)?;
             if p.status == status::OK { Ok(p) } else { Err(bin_error(conn.addr(), &p)) }
-        });
+        })?;
         results.sort_by_key(|(si, _)| *si);
-        results
+        Ok(results)
     }
 }

@@ -8,6 +8,10 @@ use std::io::Write as _;
 
 use crate::error::{Error, ErrorKind};
 
+/// The largest value a server may announce: memcached's own ceiling for its item size (`-I`
+/// accepts at most 1 GiB). A longer length is a protocol error, never an allocation.
+pub const MAX_VALUE_LEN: usize = 1 << 30;
+
 /// Memcached's limit on the length of a key, in bytes.
 pub const MAX_KEY_BYTES: usize = 250;
 
@@ -206,6 +210,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, Error> {
                 Some(f) => Some(parse_num::<u64>(Some(f), line)?),
                 None => None,
             };
+            if len > MAX_VALUE_LEN {
+                return Err(protocol_error("a value length past memcached's 1 GiB item limit", line));
+            }
             let end = after_line
                 .checked_add(len)
                 .and_then(|n| n.checked_add(2))
@@ -306,6 +313,7 @@ mod tests {
         assert_eq!(parse(b"VALUE k x 1\r\na\r\n").unwrap_err().kind(), ErrorKind::Protocol);
         assert_eq!(parse(b"VALUE k 0 1\r\nab\r\n").unwrap_err().kind(), ErrorKind::Protocol);
         assert_eq!(parse(b"VALUE k 0 99999999999999999999999\r\n").unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(parse(b"VALUE k 0 1099511627776\r\n").unwrap_err().kind(), ErrorKind::Protocol);
         assert_eq!(parse(&[b'x'; 9000]).unwrap_err().kind(), ErrorKind::Protocol);
     }
 }

@@ -5,35 +5,60 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use num_bigint::BigInt;
-use redis::{Connection, ConnectionLike, Script, Value};
+use redis::{Script, Value};
 
-use super::pool::{Loan, Pool, convert};
+use super::conn::{Conn, classify};
+use super::pool::{Loan, Pool};
 use crate::error::{Error, ErrorKind};
 
 /// Add to a number only when the key exists, keeping its TTL (INCRBY keeps it): atomic on the
-/// server, and a missing key is reported instead of created.
+/// server, and a missing key is reported instead of created. The result is read back with GET:
+/// returning INCRBY's integer would pass it through a Lua number (a double), which is inexact
+/// past 2**53.
 const INCR_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
-                              return redis.call('INCRBY', KEYS[1], ARGV[1])";
+                              redis.call('INCRBY', KEYS[1], ARGV[1]) \
+                              return redis.call('GET', KEYS[1])";
 
-fn is_connection_failure(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Protocol)
+/// RENAME that reports a missing source key instead of failing with an error reply.
+const RENAME_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
+                                redis.call('RENAME', KEYS[1], KEYS[2]) return 1";
+
+/// Where a command goes. One interface for every topology: today a leader and its read
+/// replicas; sharded, Sentinel and Cluster topologies map the same routes to their servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A command on one key: a write goes to the key's primary, a read may go to a replica.
+    Key { key: &'a [u8], write: bool },
+    /// A command that must run on the primary (FLUSHDB, SCAN of the whole db, scripts).
+    Primary,
+    /// A read that any server may answer.
+    AnyReplica,
 }
 
-/// What an increment past 64 bits came to.
+impl Route<'_> {
+    fn writes(&self) -> bool {
+        match self {
+            Route::Key { write, .. } => *write,
+            Route::Primary => true,
+            Route::AnyReplica => false,
+        }
+    }
+}
+
+/// The value an increment came to: exact at any size.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BigIncr {
-    /// The new value, as decimal digits.
-    Value(String),
-    /// The key does not exist.
-    Missing,
-    /// The stored value is not an integer.
-    NotInteger,
+pub enum Counter {
+    /// A value that fits in 64 bits.
+    Small(i64),
+    /// A larger one, as decimal digits.
+    Big(String),
 }
 
 /// A redis client over a leader and its read replicas.
 pub struct Client {
     pools: Vec<Pool>,
     incr: Script,
+    rename: Script,
     /// xorshift state for picking a replica
     pick: AtomicU64,
 }
@@ -42,9 +67,14 @@ impl Client {
     /// A client over `pools`; the first is the leader.
     pub fn new(pools: Vec<Pool>) -> Result<Self, Error> {
         if pools.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidKey, "no redis server configured"));
+            return Err(Error::new(ErrorKind::Config, "no redis server configured"));
         }
-        Ok(Self { pools, incr: Script::new(INCR_IF_EXISTS), pick: AtomicU64::new(0x9E37_79B9_7F4A_7C15) })
+        Ok(Self {
+            pools,
+            incr: Script::new(INCR_IF_EXISTS),
+            rename: Script::new(RENAME_IF_EXISTS),
+            pick: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        })
     }
 
     /// The pools, leader first.
@@ -52,7 +82,8 @@ impl Client {
         &self.pools
     }
 
-    /// The index of the server for a read or a write.
+    /// The index of the server for a read or a write. A read goes to a random replica, or to
+    /// the leader when that replica is in its retry window.
     pub fn server_for(&self, write: bool) -> usize {
         if write || self.pools.len() == 1 {
             return 0;
@@ -62,47 +93,56 @@ impl Client {
         x ^= x >> 7;
         x ^= x << 17;
         self.pick.store(x, Ordering::Relaxed);
-        1 + (x % (self.pools.len() as u64 - 1)) as usize
+        let replica = 1 + (x % (self.pools.len() as u64 - 1)) as usize;
+        if self.pools[replica].is_up() { replica } else { 0 }
     }
 
-    /// Run `f` on a connection to the server for `write`. A connection that fails is dropped,
-    /// never pooled again. When a pooled connection turns out dead (the server restarted since)
-    /// and the command is `idempotent`, it is run once more on a new connection, so a restart
-    /// costs no error.
+    /// Run `f` on a connection to the server for `route`, all within one deadline (waiting for
+    /// a connection, connecting, sending, the whole reply). A connection that fails is dropped,
+    /// never pooled again; one that got an error reply is still in step and goes back. When a
+    /// pooled connection turns out dead (the server restarted since) and the command is
+    /// `idempotent`, it is run once more on a new connection, so a restart costs no error.
     pub fn run<T>(
         &self,
-        write: bool,
+        route: Route<'_>,
         idempotent: bool,
-        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
-        let pool = &self.pools[self.server_for(write)];
-        let Loan { mut conn, mut pooled } = pool.take()?;
+        let pool = &self.pools[self.server_for(route.writes())];
+        let deadline = pool.deadline();
+        let Loan { mut conn, mut pooled } = pool.take(deadline)?;
         loop {
+            conn.begin(deadline);
             match f(&mut conn) {
                 Ok(v) => {
                     pool.put(conn);
                     return Ok(v);
                 }
                 Err(e) => {
-                    let err = convert(pool.name(), &e);
-                    drop(conn);
-                    if !is_connection_failure(&err) {
-                        // An error reply: the exchange completed, the connection is in step.
-                        // Its slot is freed; a new connection will be made when needed.
-                        pool.forget();
+                    let Some(failure) = conn.take_failure() else {
+                        let err = classify(conn.label(), &e);
+                        if err.is_connection_failure() {
+                            // An unparsable reply: out of step.
+                            drop(conn);
+                            pool.forget();
+                            pool.record_failure(&err);
+                        } else {
+                            pool.put(conn);
+                        }
                         return Err(err);
-                    }
-                    if pooled && idempotent && err.kind() == ErrorKind::Io {
+                    };
+                    drop(conn);
+                    if pooled && idempotent && failure.kind() == ErrorKind::Io {
                         pool.drop_idle();
-                        conn = pool.replace()?;
+                        conn = pool.replace(deadline)?;
                         pooled = false;
                         continue;
                     }
                     pool.forget();
-                    if pooled {
-                        pool.drop_idle();
+                    if failure.is_connection_failure() {
+                        pool.record_failure(&failure);
                     }
-                    return Err(err);
+                    return Err(failure);
                 }
             }
         }
@@ -110,7 +150,7 @@ impl Client {
 
     /// GET.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.run(false, true, |c| redis::cmd("GET").arg(key).query(c))
+        self.run(Route::AnyReplica, true, |c| redis::cmd("GET").arg(key).query(c))
     }
 
     /// MGET, in one round trip; `None` for the keys not found.
@@ -118,7 +158,7 @@ impl Client {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(false, true, |c| redis::cmd("MGET").arg(keys).query(c))
+        self.run(Route::AnyReplica, true, |c| redis::cmd("MGET").arg(keys).query(c))
     }
 
     /// SET with an optional expiry in seconds and NX/XX; whether it was stored.
@@ -134,7 +174,7 @@ impl Client {
             cmd.arg("XX");
         }
         // A plain SET may be repeated; SET NX/XX may not (the first may have applied).
-        self.run(true, !nx && !xx, |c| cmd.query::<Option<String>>(c)).map(|r| r.is_some())
+        self.run(Route::Key { key, write: true }, !nx && !xx, |c| cmd.query::<Option<String>>(c)).map(|r| r.is_some())
     }
 
     /// Store every item with one pipeline (one round trip): `SET k v [EX ttl]` each.
@@ -150,7 +190,7 @@ impl Client {
             }
             cmd.ignore();
         }
-        self.run(true, true, |c| pipe.query::<()>(c))
+        self.run(Route::Primary, true, |c| pipe.query::<()>(c))
     }
 
     /// DEL; how many keys were there.
@@ -158,45 +198,47 @@ impl Client {
         if keys.is_empty() {
             return Ok(0);
         }
-        self.run(true, true, |c| redis::cmd("DEL").arg(keys).query(c))
+        self.run(Route::Primary, true, |c| redis::cmd("DEL").arg(keys).query(c))
     }
 
     /// EXISTS.
     pub fn exists(&self, key: &[u8]) -> Result<bool, Error> {
-        self.run(false, true, |c| redis::cmd("EXISTS").arg(key).query(c))
+        self.run(Route::AnyReplica, true, |c| redis::cmd("EXISTS").arg(key).query(c))
     }
 
     /// EXPIRE (seconds); whether the key exists.
     pub fn expire(&self, key: &[u8], seconds: u64) -> Result<bool, Error> {
-        self.run(true, true, |c| redis::cmd("EXPIRE").arg(key).arg(seconds).query(c))
+        self.run(Route::Key { key, write: true }, true, |c| redis::cmd("EXPIRE").arg(key).arg(seconds).query(c))
     }
 
     /// PERSIST; whether the key exists. (PERSIST answers 0 for a key without a TTL, so the
     /// existence is asked in the same round trip.)
     pub fn persist(&self, key: &[u8]) -> Result<bool, Error> {
-        self.run(true, true, |c| {
+        self.run(Route::Key { key, write: true }, true, |c| {
             let (_, exists): (i64, bool) = redis::pipe().cmd("PERSIST").arg(key).cmd("EXISTS").arg(key).query(c)?;
             Ok(exists)
         })
     }
 
-    /// INCRBY on an existing key only, atomically; `None` when the key is missing.
-    pub fn incr(&self, key: &[u8], delta: i64) -> Result<Option<i64>, Error> {
+    /// INCRBY on an existing key only, atomically, its TTL kept. A value or result past 64 bits
+    /// (which INCRBY refuses) goes on with WATCH/MULTI. `NotFound` when the key is missing,
+    /// `NotNumeric` when its value is not an integer.
+    pub fn incr(&self, key: &[u8], delta: i64) -> Result<Counter, Error> {
         let script = &self.incr;
-        self.run(true, false, |c| {
-            let value: Value = script.key(key).arg(delta).invoke(c)?;
-            match value {
-                Value::Int(n) => Ok(Some(n)),
-                _ => Ok(None),
-            }
-        })
+        let reply = self.run(Route::Key { key, write: true }, false, |c| script.key(key).arg(delta).invoke::<Value>(c));
+        match reply {
+            Ok(Value::BulkString(digits)) => Ok(counter(&digits)),
+            Ok(_) => Err(missing(key)),
+            // INCRBY refused: not an integer, or past 64 bits. The slow path tells which.
+            Err(e) if e.kind() == ErrorKind::Server => self.incr_big(key, delta),
+            Err(e) => Err(e),
+        }
     }
 
     /// Add `delta` to an integer of any size: WATCH, GET, then `SET ... KEEPTTL` in MULTI/EXEC,
-    /// again until no other client changed the key in between. For values INCRBY refuses (past
-    /// 64 bits, or a result that would overflow).
-    pub fn incr_big(&self, key: &[u8], delta: i64) -> Result<BigIncr, Error> {
-        self.run(true, false, |c| {
+    /// again until no other client changed the key in between.
+    fn incr_big(&self, key: &[u8], delta: i64) -> Result<Counter, Error> {
+        let outcome = self.run(Route::Key { key, write: true }, false, |c| {
             loop {
                 redis::cmd("WATCH").arg(key).query::<()>(c)?;
                 let current: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(c)?;
@@ -206,11 +248,11 @@ impl Client {
                 let n = match parsed {
                     None => {
                         redis::cmd("UNWATCH").query::<()>(c)?;
-                        return Ok(BigIncr::Missing);
+                        return Ok(None);
                     }
                     Some(None) => {
                         redis::cmd("UNWATCH").query::<()>(c)?;
-                        return Ok(BigIncr::NotInteger);
+                        return Ok(Some(None));
                     }
                     Some(Some(n)) => n,
                 };
@@ -218,48 +260,59 @@ impl Client {
                 let done: Option<()> =
                     redis::pipe().atomic().cmd("SET").arg(key).arg(&new).arg("KEEPTTL").ignore().query(c)?;
                 if done.is_some() {
-                    return Ok(BigIncr::Value(new));
+                    return Ok(Some(Some(new)));
                 }
             }
-        })
+        })?;
+        match outcome {
+            None => Err(missing(key)),
+            Some(None) => Err(Error::new(
+                ErrorKind::NotNumeric,
+                format!("cannot increment or decrement the non-integer value of '{}'", String::from_utf8_lossy(key)),
+            )),
+            Some(Some(digits)) => Ok(counter(digits.as_bytes())),
+        }
+    }
+
+    /// RENAME `from` to `to` (atomic, the TTL kept); `NotFound` when `from` is missing.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> Result<(), Error> {
+        let script = &self.rename;
+        let route = Route::Key { key: from, write: true };
+        match self.run(route, false, |c| script.key(from).key(to).invoke::<Value>(c))? {
+            Value::Int(_) => Ok(()),
+            _ => Err(missing(from)),
+        }
     }
 
     /// Any command, as given: for the extension API (TTL, SCAN, EVAL, ...). Not retried on a
     /// stale connection unless `idempotent`.
     pub fn execute(&self, args: &[Vec<u8>], write: bool, idempotent: bool) -> Result<Value, Error> {
         let Some((name, rest)) = args.split_first() else {
-            return Err(Error::new(ErrorKind::InvalidKey, "execute() needs a command"));
+            return Err(Error::new(ErrorKind::Config, "execute() needs a command"));
         };
         let mut cmd = redis::cmd(&String::from_utf8_lossy(name));
         for a in rest {
             cmd.arg(a.as_slice());
         }
-        self.run(write, idempotent, |c| cmd.query::<Value>(c))
+        let route = if write { Route::Primary } else { Route::AnyReplica };
+        self.run(route, idempotent, |c| cmd.query::<Value>(c))
     }
 
     /// FLUSHDB.
     pub fn flushdb(&self) -> Result<(), Error> {
-        self.run(true, true, |c| redis::cmd("FLUSHDB").query::<()>(c))
+        self.run(Route::Primary, true, |c| redis::cmd("FLUSHDB").query::<()>(c))
     }
+}
 
-    /// PING every server; the errors of those that failed.
-    pub fn ping_all(&self) -> Vec<Error> {
-        let mut errors = Vec::new();
-        for pool in &self.pools {
-            let result = pool.take().and_then(|Loan { mut conn, .. }| match conn.req_command(&redis::cmd("PING")) {
-                Ok(_) => {
-                    pool.put(conn);
-                    Ok(())
-                }
-                Err(e) => {
-                    pool.forget();
-                    Err(convert(pool.name(), &e))
-                }
-            });
-            if let Err(e) = result {
-                errors.push(e);
-            }
-        }
-        errors
+fn missing(key: &[u8]) -> Error {
+    Error::new(ErrorKind::NotFound, format!("Key '{}' not found.", String::from_utf8_lossy(key)))
+}
+
+/// The digits a counter came to, as a number.
+fn counter(digits: &[u8]) -> Counter {
+    let text = String::from_utf8_lossy(digits);
+    match text.trim().parse::<i64>() {
+        Ok(n) => Counter::Small(n),
+        Err(_) => Counter::Big(text.trim().to_owned()),
     }
 }

@@ -3,4 +3,5 @@
 //! Python types here.
 
 pub mod client;
+pub mod conn;
 pub mod pool;

@@ -1,69 +1,95 @@
-//! A bounded pool of `redis::Connection`s to one server, with connect and command deadlines.
+//! A bounded pool of connections to one redis server, with its health: a server whose
+//! connection failed is skipped for `retry_timeout` (calls fail at once) instead of costing
+//! every call a timeout.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
-use redis::io::tcp::TcpSettings;
-use redis::{Connection, ConnectionInfo, IntoConnectionInfo, RedisError};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use redis::{ConnectionAddr, IntoConnectionInfo};
 
+use super::conn::Conn;
 use crate::error::{Error, ErrorKind};
+use crate::net::{Address, SLICE, check_interrupt};
 
 /// Deadlines and bounds of one pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
-    /// To connect (and authenticate, select the db).
+    /// To connect and authenticate (within the call's deadline).
     pub connect_timeout: Duration,
-    /// For each command's reply (and each write).
+    /// The whole call: waiting for a connection, connecting, sending and the whole reply.
     pub socket_timeout: Duration,
-    /// Connections open at once, in use or idle; a caller past the bound waits up to
-    /// `connect_timeout` for one to come back.
+    /// Connections open at once, in use or idle; a caller past the bound waits (within its
+    /// deadline) for one to come back.
     pub max_connections: usize,
+    /// After a connection-level failure, calls to the server fail at once for this long.
+    pub retry_timeout: Duration,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(1), socket_timeout: Duration::from_secs(3), max_connections: 64 }
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            socket_timeout: Duration::from_secs(3),
+            max_connections: 64,
+            retry_timeout: Duration::from_secs(1),
+        }
     }
 }
 
-/// Map a `redis` crate error onto ours: connection-level problems (which make the connection
-/// unusable) versus the server's own error replies.
-pub fn convert(server: &str, e: &RedisError) -> Error {
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error() {
-        ErrorKind::Io
-    } else {
-        ErrorKind::Server
-    };
-    Error::new(kind, format!("redis {server}: {e}"))
+struct State {
+    idle: Vec<Conn>,
+    open: usize,
 }
 
-struct State {
-    idle: Vec<Connection>,
-    open: usize,
+#[derive(Default)]
+struct Health {
+    down_until: Option<Instant>,
+    last_error: Option<String>,
+    errors: u64,
 }
 
 /// The pool of one server.
 pub struct Pool {
     name: String,
-    info: ConnectionInfo,
+    addr: Address,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
     config: PoolConfig,
     state: Mutex<State>,
     returned: Condvar,
+    health: Mutex<Health>,
 }
 
 /// A connection on loan; give it back with [`Pool::put`] only when its last exchange completed.
 pub struct Loan {
     /// The connection.
-    pub conn: Connection,
+    pub conn: Conn,
     /// Whether it came from the idle list (and may have gone stale since).
     pub pooled: bool,
 }
 
+/// A snapshot of one pool, for `servers()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolState {
+    /// The server's address.
+    pub address: String,
+    /// Idle connections.
+    pub idle: usize,
+    /// Open connections, idle or in use.
+    pub open: usize,
+    /// False while calls fail at once after a failure.
+    pub up: bool,
+    /// Connection-level failures since the pool was made.
+    pub errors: u64,
+    /// The last such failure.
+    pub last_error: Option<String>,
+}
+
 impl Pool {
     /// A pool for `url` (`redis://`, `unix://`, ...): `db` overrides what the URL says;
-    /// `username` and `password` apply where the URL gives none.
+    /// `username` and `password` apply where the URL gives none (as in redis-py's `from_url`).
     pub fn new(
         url: &str,
         db: Option<i64>,
@@ -73,29 +99,25 @@ impl Pool {
     ) -> Result<Self, Error> {
         let info = url
             .into_connection_info()
-            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("redis LOCATION {url:?}: {e}")))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(db) = db {
-            settings = settings.set_db(db);
-        }
-        // As in redis-py's `from_url`: credentials in the URL win over the ones in OPTIONS.
-        if let Some(u) = username
-            && settings.username().is_none()
-        {
-            settings = settings.set_username(u);
-        }
-        if let Some(p) = password
-            && settings.password().is_none()
-        {
-            settings = settings.set_password(p);
-        }
-        let info = info.set_redis_settings(settings).set_tcp_settings(TcpSettings::default().set_nodelay(true));
+            .map_err(|e| Error::new(ErrorKind::Config, format!("redis LOCATION {url:?}: {e}")))?;
+        let addr = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Address::Tcp(host.clone(), *port),
+            ConnectionAddr::Unix(path) => Address::Unix(PathBuf::from(path)),
+            _ => {
+                return Err(Error::new(ErrorKind::Config, format!("redis LOCATION {url:?}: TLS is not supported yet")));
+            }
+        };
+        let settings = info.redis_settings();
         Ok(Self {
-            name: info.addr().to_string(),
-            info,
+            name: addr.to_string(),
+            addr,
+            username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
+            password: settings.password().map(str::to_owned).or_else(|| password.map(str::to_owned)),
+            db: db.unwrap_or_else(|| settings.db()),
             config,
             state: Mutex::new(State { idle: Vec::new(), open: 0 }),
             returned: Condvar::new(),
+            health: Mutex::new(Health::default()),
         })
     }
 
@@ -104,10 +126,49 @@ impl Pool {
         &self.name
     }
 
-    /// Borrow a connection: an idle one, a new one while under `max_connections`, or wait for
-    /// one to come back (up to `connect_timeout`).
-    pub fn take(&self) -> Result<Loan, Error> {
-        let deadline = Instant::now() + self.config.connect_timeout;
+    /// The deadline of a call that starts now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.config.socket_timeout
+    }
+
+    /// Whether calls may go to the server now (it is not in its retry window).
+    pub fn is_up(&self) -> bool {
+        self.health.lock().down_until.is_none_or(|until| until <= Instant::now())
+    }
+
+    fn check_up(&self) -> Result<(), Error> {
+        let h = self.health.lock();
+        match h.down_until {
+            Some(until) if until > Instant::now() => Err(Error::new(
+                ErrorKind::ServerDown,
+                format!(
+                    "redis {} is marked down after a failure ({}); retrying in {:.1}s",
+                    self.name,
+                    h.last_error.as_deref().unwrap_or("unknown error"),
+                    (until - Instant::now()).as_secs_f64()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A call failed on the connection (not on the server's answer): skip the server for the
+    /// retry window, and drop the idle connections (they are likely dead too).
+    pub fn record_failure(&self, e: &Error) {
+        let mut h = self.health.lock();
+        h.errors += 1;
+        h.last_error = Some(e.to_string());
+        if !self.config.retry_timeout.is_zero() {
+            h.down_until = Some(Instant::now() + self.config.retry_timeout);
+        }
+        drop(h);
+        self.drop_idle();
+    }
+
+    /// Borrow a connection before `deadline`: an idle one, a new one while under
+    /// `max_connections`, or one given back while we wait.
+    pub fn take(&self, deadline: Instant) -> Result<Loan, Error> {
+        self.check_up()?;
         let mut state = self.state.lock();
         loop {
             if let Some(conn) = state.idle.pop() {
@@ -116,43 +177,45 @@ impl Pool {
             if state.open < self.config.max_connections {
                 state.open += 1;
                 drop(state);
-                return match self.connect() {
-                    Ok(conn) => Ok(Loan { conn, pooled: false }),
-                    Err(e) => {
-                        self.forget();
-                        Err(e)
-                    }
-                };
+                return Ok(Loan { conn: self.replace(deadline)?, pooled: false });
             }
-            if self.returned.wait_until(&mut state, deadline).timed_out() {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!("redis {}: all {} connections busy", self.name, self.config.max_connections),
                 ));
             }
+            self.returned.wait_for(&mut state, (deadline - now).min(SLICE));
+            // The signal check takes the GIL: never while holding the pool's lock.
+            MutexGuard::unlocked(&mut state, check_interrupt)?;
         }
     }
 
-    /// A new connection in place of a stale one the caller dropped (its slot is reused).
-    pub fn replace(&self) -> Result<Connection, Error> {
-        self.connect().inspect_err(|_| self.forget())
+    /// A new connection in a slot already counted as open (it is freed if connecting fails).
+    pub fn replace(&self, deadline: Instant) -> Result<Conn, Error> {
+        let deadline = deadline.min(Instant::now() + self.config.connect_timeout);
+        match Conn::connect(&self.addr, self.username.as_deref(), self.password.as_deref(), self.db, deadline) {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                self.forget();
+                if e.is_connection_failure() {
+                    self.record_failure(&e);
+                }
+                Err(e)
+            }
+        }
     }
 
-    fn connect(&self) -> Result<Connection, Error> {
-        let client = redis::Client::open(self.info.clone()).map_err(|e| convert(&self.name, &e))?;
-        let conn = client
-            .get_connection_with_timeout(self.config.connect_timeout.max(Duration::from_millis(1)))
-            .map_err(|e| convert(&self.name, &e))?;
-        let timeout = Some(self.config.socket_timeout.max(Duration::from_millis(1)));
-        conn.set_read_timeout(timeout).map_err(|e| convert(&self.name, &e))?;
-        conn.set_write_timeout(timeout).map_err(|e| convert(&self.name, &e))?;
-        Ok(conn)
-    }
-
-    /// Give back a connection whose last exchange completed.
-    pub fn put(&self, conn: Connection) {
+    /// Give back a connection whose last exchange completed; it was fine, so is the server.
+    pub fn put(&self, mut conn: Conn) {
+        conn.trim();
         self.state.lock().idle.push(conn);
         self.returned.notify_one();
+        let mut h = self.health.lock();
+        if h.down_until.is_some() {
+            h.down_until = None;
+        }
     }
 
     /// A loaned connection was dropped (it failed): free its slot.
@@ -173,9 +236,20 @@ impl Pool {
         self.returned.notify_all();
     }
 
-    /// Idle and open connection counts.
-    pub fn counts(&self) -> (usize, usize) {
-        let state = self.state.lock();
-        (state.idle.len(), state.open)
+    /// Counts and health, for `servers()`.
+    pub fn state(&self) -> PoolState {
+        let (idle, open) = {
+            let state = self.state.lock();
+            (state.idle.len(), state.open)
+        };
+        let h = self.health.lock();
+        PoolState {
+            address: self.name.clone(),
+            idle,
+            open,
+            up: h.down_until.is_none_or(|until| until <= Instant::now()),
+            errors: h.errors,
+            last_error: h.last_error.clone(),
+        }
     }
 }

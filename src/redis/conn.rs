@@ -1,0 +1,203 @@
+//! One connection to a redis server, ours rather than the `redis` crate's: the crate still
+//! packs the commands, parses the replies (its `Parser`) and runs scripts and pipelines through
+//! [`ConnectionLike`], but the socket is a [`Stream`] with one deadline per call, interrupted
+//! system calls retried, signals noticed while waiting, and a bound on how much one reply may be.
+
+use std::io::Read;
+use std::time::Instant;
+
+use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
+
+use crate::error::{Error, ErrorKind};
+use crate::net::{Address, Stream};
+
+/// The most one reply may be: redis's own bulk limit (`proto-max-bulk-len`, 512 MiB) plus room
+/// for the framing. A longer reply is a protocol error that drops the connection.
+pub const MAX_REPLY_BYTES: usize = 512 * 1024 * 1024 + 64 * 1024;
+
+/// A connection whose parser grew past this while reading goes back to the pool with a fresh
+/// (small) one, so a few large values do not keep their buffers for good.
+const TRIM_ABOVE: usize = 1024 * 1024;
+
+/// A redis connection. After an error of its own (`take_failure` returns one) it must be dropped.
+pub struct Conn {
+    stream: Stream,
+    parser: Parser,
+    deadline: Instant,
+    /// The error that ended the last exchange, classified here: the `redis` crate only sees an
+    /// opaque I/O error.
+    failure: Option<Error>,
+    /// The largest reply read since the parser was last renewed.
+    largest: usize,
+    db: i64,
+}
+
+/// The socket as the crate's parser reads it: each read bounded by the call's deadline and by
+/// what is left of the reply's byte budget.
+struct Bounded<'a> {
+    stream: &'a mut Stream,
+    deadline: Instant,
+    left: usize,
+    failure: &'a mut Option<Error>,
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            *self.failure = Some(Error::new(
+                ErrorKind::TooLarge,
+                format!("{}: a reply larger than {MAX_REPLY_BYTES} bytes", self.stream.label()),
+            ));
+            return Err(std::io::Error::other("reply too large"));
+        }
+        let n = buf.len().min(self.left);
+        match self.stream.read(&mut buf[..n], self.deadline) {
+            Ok(read) => {
+                self.left -= read;
+                Ok(read)
+            }
+            Err(e) => {
+                *self.failure = Some(e);
+                Err(std::io::Error::other("connection failed"))
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Connect to `addr`, then AUTH and SELECT in one round trip, all before `deadline`.
+    pub fn connect(
+        addr: &Address,
+        username: Option<&str>,
+        password: Option<&str>,
+        db: i64,
+        deadline: Instant,
+    ) -> Result<Self, Error> {
+        let label = format!("redis {addr}");
+        let stream = Stream::connect(addr, deadline, &label)?;
+        let mut conn = Self { stream, parser: Parser::new(), deadline, failure: None, largest: 0, db };
+        let mut handshake = redis::pipe();
+        if let Some(password) = password {
+            let auth = handshake.cmd("AUTH");
+            if let Some(username) = username {
+                auth.arg(username);
+            }
+            auth.arg(password);
+        }
+        if db != 0 {
+            handshake.cmd("SELECT").arg(db);
+        }
+        if password.is_some() || db != 0 {
+            conn.begin(deadline);
+            if let Err(e) = handshake.query::<()>(&mut conn) {
+                return Err(conn.take_failure().unwrap_or_else(|| classify(&label, &e)));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Start a call: every read and write from now on ends by `deadline`.
+    pub fn begin(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.failure = None;
+    }
+
+    /// The connection-level error that ended the last exchange, if that is what ended it.
+    pub fn take_failure(&mut self) -> Option<Error> {
+        self.failure.take()
+    }
+
+    /// The label of the server ("redis host:port").
+    pub fn label(&self) -> &str {
+        self.stream.label()
+    }
+
+    /// Give up a parser buffer that grew for a large reply (before going back to the pool).
+    pub fn trim(&mut self) {
+        if self.largest > TRIM_ABOVE {
+            self.parser = Parser::new();
+            self.largest = 0;
+        }
+    }
+
+    fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
+        self.stream.write_all(&[cmd], self.deadline).map_err(|e| {
+            self.failure = Some(e);
+            RedisError::from(std::io::Error::other("connection failed"))
+        })
+    }
+
+    fn read_one(&mut self) -> RedisResult<Value> {
+        let mut reader = Bounded {
+            stream: &mut self.stream,
+            deadline: self.deadline,
+            left: MAX_REPLY_BYTES,
+            failure: &mut self.failure,
+        };
+        let value = self.parser.parse_value(&mut reader);
+        self.largest = self.largest.max(MAX_REPLY_BYTES - reader.left);
+        value
+    }
+}
+
+/// A `redis` crate error as ours: the server's error replies, conversions of a reply to the
+/// wanted type (the connection is still in step after both), and unparsable replies (it is not).
+pub fn classify(label: &str, e: &RedisError) -> Error {
+    let kind = match e.kind() {
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension | redis::ErrorKind::AuthenticationFailed => {
+            ErrorKind::Server
+        }
+        redis::ErrorKind::Io => ErrorKind::Io,
+        // Unparsable replies, and replies of another type than the command has: out of step.
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, format!("{label}: {e}"))
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.send(cmd)?;
+        loop {
+            match self.read_one()? {
+                // RESP3 pushes are not replies (we speak RESP2, but a proxy might not).
+                Value::Push { .. } => {}
+                value => return Ok(value),
+            }
+        }
+    }
+
+    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        self.send(cmd)?;
+        let mut out = Vec::with_capacity(count);
+        let mut first_error = None;
+        let mut index = 0;
+        // Every reply is read, errors included, so the connection stays in step.
+        while index < offset + count {
+            match self.read_one()? {
+                Value::Push { .. } => continue,
+                Value::ServerError(e) if index < offset => {
+                    first_error.get_or_insert(e);
+                }
+                value if index >= offset => out.push(value),
+                _ => {}
+            }
+            index += 1;
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.db
+    }
+
+    fn check_connection(&mut self) -> bool {
+        redis::cmd("PING").query::<String>(self).is_ok()
+    }
+
+    fn is_open(&self) -> bool {
+        self.failure.is_none()
+    }
+}
