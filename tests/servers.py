@@ -188,15 +188,13 @@ class SilentServer:
         self.sock.close()
 
 
-class ScriptedServer:
-    """A hostile peer on a real socket: the first connection gets an error reply followed, a
-    moment later, by a stray reply nobody asked for; later connections get ``fresh`` for every
-    request. A client that pools the first connection reads the stray reply as an answer."""
+class _Peer:
+    """A fake server on a real loopback socket: accepts connections on a thread and hands each
+    to ``_talk`` on a thread of its own."""
 
-    def __init__(self, stray: bytes, fresh: bytes) -> None:
+    def __init__(self) -> None:
         import threading
 
-        self.stray, self.fresh = stray, fresh
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -217,8 +215,25 @@ class ScriptedServer:
             except OSError:
                 continue
             self.connections += 1
-            first = self.connections == 1
-            threading.Thread(target=self._talk, args=(conn, first), daemon=True).start()
+            threading.Thread(target=self._talk, args=(conn, self.connections == 1), daemon=True).start()
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(2)
+
+
+class ScriptedServer(_Peer):
+    """A hostile peer on a real socket: the first connection gets an error reply followed, a
+    moment later, by a stray reply nobody asked for; later connections get ``fresh`` for every
+    request. A client that pools the first connection reads the stray reply as an answer."""
+
+    def __init__(self, stray: bytes, fresh: bytes) -> None:
+        self.stray, self.fresh = stray, fresh
+        super().__init__()
 
     def _talk(self, conn: socket.socket, first: bool) -> None:
         with conn:
@@ -233,11 +248,6 @@ class ScriptedServer:
                         conn.sendall(self.fresh)
             except OSError:
                 pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-        self.thread.join(2)
 
 
 class RedisServer(ServerProcess):
@@ -275,3 +285,28 @@ class RedisServer(ServerProcess):
     def ready(self, sock: socket.socket) -> bool:
         sock.sendall(b"PING\r\n")
         return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+
+
+class FakeReplyServer(_Peer):
+    """A peer that answers every request with ``head``, then (with ``trickle``) one byte every
+    ``trickle`` seconds, forever: a hostile length, or a server that trickles its reply."""
+
+    def __init__(self, head: bytes, trickle: float | None = None) -> None:
+        self.head, self.trickle = head, trickle
+        super().__init__()
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        with conn:
+            conn.settimeout(0.2)
+            try:
+                while not self.stop.is_set():
+                    try:
+                        if not conn.recv(65536):
+                            return
+                    except TimeoutError:
+                        continue
+                    conn.sendall(self.head)
+                    while self.trickle and not self.stop.wait(self.trickle):
+                        conn.sendall(b"x")
+            except OSError:
+                pass

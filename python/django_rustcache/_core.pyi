@@ -2,9 +2,13 @@
 
 Backends call these with Django's key parts so that the key is made and checked in the same
 call that reads or writes. ``prefix=None`` means ``key`` is already a made key (a custom
-``KEY_FUNCTION`` made it) and only needs checking. Invalid keys (longer than 250 characters,
-or holding whitespace or control characters) raise Django's ``CacheKeyWarning`` through the
-``warnings`` module, before the store is touched.
+``KEY_FUNCTION`` made it) and only needs checking. An invalid key is refused before any byte
+reaches a server: the LRU store and redis warn with Django's ``CacheKeyWarning`` (as Django's
+``validate_key`` does); memcached, which cannot store such a key, raises ``InvalidCacheKey``.
+
+The network clients give every call one deadline (connect, handshake, send and the whole reply
+together); while a call waits, Python's signal handlers run every 50 ms or so, and an exception
+one raises (``KeyboardInterrupt`` for Ctrl-C) ends the call and is raised as it is.
 """
 
 from collections.abc import Iterable, Mapping
@@ -210,9 +214,15 @@ class MemcachedClient:
         """Store only if something is stored under the key."""
 
     def set_multi(
-        self, mapping: Mapping[Any, Any], exptime: int = 0, prefix: str | None = None, version: Any = None
+        self,
+        mapping: Mapping[Any, Any],
+        exptime: int = 0,
+        prefix: str | None = None,
+        version: Any = None,
+        partial: bool = False,
     ) -> list[Any]:
-        """Store every item, pipelined per server; the keys (as given) that were not stored."""
+        """Store every item, pipelined per server; the keys (as given) that were not stored. A
+        failing server raises ``ServerDown`` unless ``partial``: then its keys are returned too."""
 
     def delete(self, prefix: str | None, version: Any, key: Any) -> bool:
         """Delete; whether the key was there."""
@@ -252,8 +262,10 @@ class MemcachedClient:
 class RedisClient:
     """A redis client over a leader and its read replicas (the first of ``servers`` takes every
     write; reads go to a random one of the others). One bounded pool per server; every round trip
-    runs with the GIL released, within ``socket_timeout``. Values are stored as Django's
-    RedisCache and django-redis store them: an exact ``int`` as digits (unless
+    runs with the GIL released, within ``socket_timeout`` (a new connection's connect and AUTH/SELECT
+    within ``connect_timeout`` of it); a server whose connection failed is skipped for
+    ``retry_timeout`` seconds (calls raise ``ServerDown`` at once). A reply may be at most 512 MiB.
+    Values are stored as Django's RedisCache and django-redis store them: an exact ``int`` as digits (unless
     ``ints_as_digits`` is false), anything else pickled, or passed to ``serializer``'s
     ``(dumps, loads)``; then compressed with ``compressor`` (zlib, gzip, lzma, lz4, zstd, bz2) when
     longer than ``compress_min_len`` bytes, without the GIL. Compressed values are recognised by
@@ -269,6 +281,7 @@ class RedisClient:
         connect_timeout: float = 1.0,
         socket_timeout: float = 3.0,
         max_connections: int = 64,
+        retry_timeout: float = 1.0,
         pickle_protocol: int | None = None,
         serializer: tuple[Any, Any] | None = None,
         ints_as_digits: bool = True,
@@ -310,11 +323,15 @@ class RedisClient:
     def delete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> None:
         """One DEL."""
 
+    def rename(self, source: str, target: str) -> None:
+        """RENAME one made key to another, atomically, its TTL kept; ValueError when ``source``
+        is missing."""
+
     def clear(self) -> bool:
         """FLUSHDB on the leader."""
 
     def servers(self) -> list[dict[str, Any]]:
-        """Each server's pool: address, idle and open connections."""
+        """Each server's pool: address, up, errors, last_error, idle_connections, open_connections."""
 
     def execute(self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False) -> Any:
         """Run one command as given; its reply as None, int, bytes, str, list or dict. ``write``

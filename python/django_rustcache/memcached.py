@@ -355,10 +355,10 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         exptime = self.get_backend_timeout(timeout)
         try:
             if self._native_keys:
-                return list(self._cache.set_multi(data, exptime, *self._scope(version)))
+                return list(self._cache.set_multi(data, exptime, *self._scope(version), self._ignore_exc))
             original = {self.make_key(k, version): k for k in data}
             made = {k: data[original[k]] for k in original}
-            return [original[k] for k in self._cache.set_multi(made, exptime)]
+            return [original[k] for k in self._cache.set_multi(made, exptime, None, None, self._ignore_exc)]
         except CacheError as e:
             return self._failed(e, list(data))
 

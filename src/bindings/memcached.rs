@@ -331,8 +331,9 @@ impl PyMemcachedClient {
     }
 
     /// Store every item, pipelined per server; returns the keys (as given) that were not
-    /// stored. A refused item also loses its old value, as with `set`.
-    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None))]
+    /// stored. A refused item also loses its old value, as with `set`. A server that fails is
+    /// raised as `ServerDown` unless `partial` is set; then its keys are among those returned.
+    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None, partial=false))]
     fn set_multi<'py>(
         &self,
         py: Python<'py>,
@@ -340,6 +341,7 @@ impl PyMemcachedClient {
         exptime: i64,
         prefix: Option<Bound<'py, PyAny>>,
         version: Option<Bound<'py, PyAny>>,
+        partial: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let none = py.None().into_bound(py);
         let prefix = prefix.unwrap_or_else(|| none.clone());
@@ -366,6 +368,9 @@ impl PyMemcachedClient {
             let items: Vec<(&[u8], u32, &[u8])> =
                 packed.iter().map(|(k, (f, d))| (k.as_bytes(), *f, d.as_slice())).collect();
             let results = client.store_multi(Store::Set, &items, exptime)?;
+            if !partial && let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                return Err(e.clone());
+            }
             let refused: Vec<&[u8]> = items
                 .iter()
                 .zip(&results)

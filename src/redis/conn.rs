@@ -15,9 +15,70 @@ use crate::net::{Address, Stream};
 /// for the framing. A longer reply is a protocol error that drops the connection.
 pub const MAX_REPLY_BYTES: usize = 512 * 1024 * 1024 + 64 * 1024;
 
+/// The longest bulk string a server may announce (redis's own `proto-max-bulk-len` default).
+pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
+
+/// The most elements an array (map, set, push) may announce.
+pub const MAX_ELEMENTS: i64 = 1 << 24;
+
 /// A connection whose parser grew past this while reading goes back to the pool with a fresh
 /// (small) one, so a few large values do not keep their buffers for good.
 const TRIM_ABOVE: usize = 1024 * 1024;
+
+/// Follows the RESP framing of every byte read, so a length a server announces is checked the
+/// moment its header line is complete, before the parser waits for (or reserves) that much.
+#[derive(Debug, Default)]
+struct Framing {
+    /// Raw bytes (a bulk string and its CRLF) still to pass before the next header.
+    skip: usize,
+    /// Within a header line: its type byte.
+    kind: Option<u8>,
+    /// The line's number so far, and its sign.
+    number: i64,
+    negative: bool,
+}
+
+impl Framing {
+    /// Follow `bytes`; an error names the first length past the bounds.
+    fn follow(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            let Some(kind) = self.kind else {
+                self.kind = Some(b);
+                self.number = 0;
+                self.negative = false;
+                continue;
+            };
+            match b {
+                b'\n' => {
+                    self.kind = None;
+                    let n = if self.negative { -self.number } else { self.number };
+                    match kind {
+                        b'$' | b'=' | b'!' if n > MAX_BULK_LEN => return Err("a bulk string past 512 MiB"),
+                        b'$' | b'=' | b'!' if n >= 0 => self.skip = n as usize + 2,
+                        b'*' | b'%' | b'~' | b'>' | b'|' if n > MAX_ELEMENTS => {
+                            return Err("an array past 2**24 elements");
+                        }
+                        _ => {}
+                    }
+                }
+                b'-' if self.number == 0 => self.negative = true,
+                b'0'..=b'9' if matches!(kind, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|') => {
+                    self.number = self.number.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A redis connection. After an error of its own (`take_failure` returns one) it must be dropped.
 pub struct Conn {
@@ -29,6 +90,7 @@ pub struct Conn {
     failure: Option<Error>,
     /// The largest reply read since the parser was last renewed.
     largest: usize,
+    framing: Framing,
     db: i64,
 }
 
@@ -36,6 +98,7 @@ pub struct Conn {
 /// what is left of the reply's byte budget.
 struct Bounded<'a> {
     stream: &'a mut Stream,
+    framing: &'a mut Framing,
     deadline: Instant,
     left: usize,
     failure: &'a mut Option<Error>,
@@ -54,6 +117,13 @@ impl Read for Bounded<'_> {
         match self.stream.read(&mut buf[..n], self.deadline) {
             Ok(read) => {
                 self.left -= read;
+                if let Err(what) = self.framing.follow(&buf[..read]) {
+                    *self.failure = Some(Error::new(
+                        ErrorKind::TooLarge,
+                        format!("{}: the server announced {what}", self.stream.label()),
+                    ));
+                    return Err(std::io::Error::other("reply too large"));
+                }
                 Ok(read)
             }
             Err(e) => {
@@ -75,7 +145,15 @@ impl Conn {
     ) -> Result<Self, Error> {
         let label = format!("redis {addr}");
         let stream = Stream::connect(addr, deadline, &label)?;
-        let mut conn = Self { stream, parser: Parser::new(), deadline, failure: None, largest: 0, db };
+        let mut conn = Self {
+            stream,
+            parser: Parser::new(),
+            deadline,
+            failure: None,
+            largest: 0,
+            framing: Framing::default(),
+            db,
+        };
         let mut handshake = redis::pipe();
         if let Some(password) = password {
             let auth = handshake.cmd("AUTH");
@@ -130,6 +208,7 @@ impl Conn {
     fn read_one(&mut self) -> RedisResult<Value> {
         let mut reader = Bounded {
             stream: &mut self.stream,
+            framing: &mut self.framing,
             deadline: self.deadline,
             left: MAX_REPLY_BYTES,
             failure: &mut self.failure,
@@ -199,5 +278,33 @@ impl ConnectionLike for Conn {
 
     fn is_open(&self) -> bool {
         self.failure.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_follows_replies_cut_anywhere() {
+        let stream = b"+OK\r\n$5\r\nhe\r\nl\r\n*2\r\n:1\r\n$-1\r\n-ERR x\r\n$0\r\n\r\n";
+        for cut in 0..stream.len() {
+            let mut f = Framing::default();
+            f.follow(&stream[..cut]).unwrap();
+            f.follow(&stream[cut..]).unwrap();
+            assert_eq!((f.skip, f.kind), (0, None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn framing_refuses_hostile_lengths_at_the_header() {
+        let mut f = Framing::default();
+        assert!(f.follow(b"$1099511627776\r\n").is_err());
+        let mut f = Framing::default();
+        assert!(f.follow(b"*99999999999999999999999\r\n").is_err());
+        let mut f = Framing::default();
+        // A bulk string's bytes are skipped, never read as headers, whatever they hold.
+        f.follow(b"$16\r\n$9999999999999\r\n\r\n").unwrap();
+        assert_eq!((f.skip, f.kind), (0, None));
     }
 }

@@ -1,0 +1,291 @@
+"""Faults a hostile world produces, against both network backends: exact big counters, signals
+arriving mid-call (EINTR, Ctrl-C), silent and trickling servers, hostile lengths, and buffers
+that must not stay large. Each test failed before the fix it guards."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from django_rustcache._core import ProtocolError, ServerDown
+from tests.conftest import make_memcached, make_redis
+from tests.servers import FakeReplyServer, SilentServer
+
+
+class Raised(Exception):
+    """What the test's signal handler raises."""
+
+
+@pytest.fixture
+def raising_signal():
+    """SIGUSR1 with a handler that raises, sent to this process after `delay` seconds."""
+    previous = signal.signal(signal.SIGUSR1, lambda *_: (_ for _ in ()).throw(Raised("signal")))
+    timers = []
+
+    def send_after(delay: float) -> None:
+        t = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGUSR1))
+        t.start()
+        timers.append(t)
+
+    yield send_after
+    for t in timers:
+        t.cancel()
+    signal.signal(signal.SIGUSR1, previous)
+
+
+# --- 1. redis counters are exact at every size ------------------------------------------------
+
+
+@pytest.mark.parametrize("start", [2**53, 2**53 + 1, 2**62 + 12345, 2**63 - 2, -(2**63) + 1])
+def test_redis_incr_and_decr_are_exact_past_2_53(redis_server, start):
+    cache = make_redis(redis_server.location)
+    cache.set("n", start, None)
+    assert cache.incr("n") == start + 1
+    assert cache.get("n") == start + 1
+    assert cache.decr("n", 3) == start - 2
+    assert cache.get("n") == start - 2
+
+
+def test_redis_incr_past_64_bits_stays_exact(redis_server):
+    cache = make_redis(redis_server.location)
+    cache.set("n", 2**63 - 1, 30)
+    assert cache.incr("n") == 2**63
+    assert cache.incr("n", 2**40) == 2**63 + 2**40
+    assert cache.decr("n", 2**40 + 1) == 2**63 - 1
+    assert 0 < cache.ttl("n") <= 30
+    cache.set("text", "abc")
+    with pytest.raises(TypeError):
+        cache.incr("text")
+    with pytest.raises(ValueError):
+        cache.incr("missing")
+
+
+# --- 2. interrupted system calls are retried -------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["redis", "memcached"])
+def test_a_1ms_interval_timer_costs_no_call(backend, redis_server, memcached_server):
+    cache = (
+        make_redis(redis_server.location)
+        if backend == "redis"
+        else make_memcached(memcached_server.location, OPTIONS={"retry_timeout": 0})
+    )
+    cache.set("k", b"x" * 200_000)
+    previous = signal.signal(signal.SIGALRM, lambda *_: None)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        for i in range(3000):
+            if i % 2:
+                assert len(cache.get("k")) == 200_000
+            else:
+                cache.set(f"s{i % 10}", i)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- 3, 4, 6. one deadline per call ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["redis", "memcached"])
+def test_a_trickling_reply_ends_at_the_deadline(backend):
+    if backend == "redis":
+        peer = FakeReplyServer(b"$1000000\r\n", trickle=0.3)
+        cache = make_redis(peer.location, OPTIONS={"SOCKET_TIMEOUT": 1, "RETRY_TIMEOUT": 0})
+    else:
+        peer = FakeReplyServer(b"VALUE t0:1:k 0 1000000\r\n", trickle=0.3)
+        cache = make_memcached(peer.location, KEY_PREFIX="t0", OPTIONS={"timeout": 1, "retry_timeout": 0})
+    try:
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            cache.get("k")
+        assert time.monotonic() - start < 1.4
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("options", [{}, {"PASSWORD": "pw"}, {"DB": 3}, {"PASSWORD": "pw", "DB": 3}])
+def test_redis_a_silent_server_costs_one_connect_timeout_then_fails_at_once(options):
+    silent = SilentServer()
+    try:
+        cache = make_redis(
+            silent.location, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 1, "RETRY_TIMEOUT": 5, **options}
+        )
+        # With a handshake (AUTH, SELECT) the connect timeout bounds it; without, the command's.
+        bound = 0.5 if options else 1.0
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            cache.get("k")
+        assert bound - 0.05 < time.monotonic() - start < bound + 0.3
+        start = time.monotonic()
+        for _ in range(10):
+            with pytest.raises(ServerDown, match="marked down"):
+                cache.get("k")
+        assert time.monotonic() - start < 0.1
+        ignoring = make_redis(
+            silent.location,
+            OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 1, "IGNORE_EXCEPTIONS": True, **options},
+        )
+        start = time.monotonic()
+        assert ignoring.get("k", "miss") == "miss"
+        assert time.monotonic() - start < bound + 0.3
+    finally:
+        silent.close()
+
+
+# --- 5. one deadline for a whole fan-out -----------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["get_many", "set_many", "delete_many", "clear"])
+def test_memcached_two_silent_servers_cost_one_timeout(call):
+    silent = [SilentServer(), SilentServer()]
+    try:
+        cache = make_memcached([s.location for s in silent], OPTIONS={"timeout": 1, "retry_timeout": 0})
+        keys = [f"k{i}" for i in range(20)]
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            if call == "get_many":
+                cache.get_many(keys)
+            elif call == "set_many":
+                cache.set_many(dict.fromkeys(keys, 1))
+            elif call == "delete_many":
+                cache.delete_many(keys)
+            else:
+                cache.clear()
+        assert time.monotonic() - start < 1.5
+    finally:
+        for s in silent:
+            s.close()
+
+
+# --- 7. a signal handler that raises ends the call at once -----------------------------------
+
+
+def _silent_cache(backend: str, location: str):
+    if backend == "redis":
+        return make_redis(location, OPTIONS={"SOCKET_TIMEOUT": 5, "SOCKET_CONNECT_TIMEOUT": 5, "RETRY_TIMEOUT": 0})
+    return make_memcached(location, OPTIONS={"timeout": 5, "retry_timeout": 0})
+
+
+@pytest.mark.parametrize("backend", ["redis", "memcached"])
+@pytest.mark.parametrize("call", ["get", "get_many", "set"])
+def test_a_raising_signal_handler_interrupts_a_waiting_call(backend, call, raising_signal):
+    silent = SilentServer()
+    try:
+        cache = _silent_cache(backend, silent.location)
+        raising_signal(0.3)
+        start = time.monotonic()
+        with pytest.raises(Raised):
+            if call == "get":
+                cache.get("k")
+            elif call == "get_many":
+                cache.get_many(["a", "b", "c"])
+            else:
+                cache.set("k", 1)
+        assert time.monotonic() - start < 0.6
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "memcached"])
+def test_ctrl_c_interrupts_a_waiting_call_and_the_cache_still_works(backend, redis_server, memcached_server):
+    silent = SilentServer()
+    try:
+        cache = _silent_cache(backend, silent.location)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            cache.get("k")
+        assert time.monotonic() - start < 0.6
+    finally:
+        silent.close()
+    # An interrupted call marks nothing down: a live server answers right after.
+    live = make_redis(redis_server.location) if backend == "redis" else make_memcached(memcached_server.location)
+    live.set("k", 1)
+    assert live.get("k") == 1
+
+
+def test_ignore_exceptions_never_swallows_the_signal_handlers_exception(raising_signal):
+    silent = SilentServer()
+    try:
+        cache = make_redis(silent.location, OPTIONS={"SOCKET_TIMEOUT": 5, "IGNORE_EXCEPTIONS": True})
+        raising_signal(0.3)
+        with pytest.raises(Raised):
+            cache.get("k")
+    finally:
+        silent.close()
+
+
+# --- 8. pooled connections do not keep large buffers -----------------------------------------
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_redis_connections_give_back_large_read_buffers(redis_server):
+    cache = make_redis(redis_server.location, OPTIONS={"SOCKET_TIMEOUT": 20})
+    cache.set("big", b"x" * (50 * 2**20))
+    gc.collect()
+    before = _rss_mb()
+    barrier = threading.Barrier(4)
+
+    def read() -> None:
+        barrier.wait()
+        assert len(cache.get("big")) == 50 * 2**20
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache._cache.servers()[0]["idle_connections"] >= 2
+    gc.collect()
+    # Before the fix each of the 4 pooled connections kept its 50 MB+ parser buffer.
+    assert _rss_mb() - before < 60
+    cache.delete("big")
+
+
+# --- 9. a server's lengths are bounded --------------------------------------------------------
+
+
+def test_memcached_a_hostile_value_length_is_a_protocol_error():
+    peer = FakeReplyServer(b"VALUE t1:1:k 0 1099511627776\r\n")
+    try:
+        cache = make_memcached(peer.location, KEY_PREFIX="t1", OPTIONS={"timeout": 2})
+        start = time.monotonic()
+        with pytest.raises(ProtocolError):
+            cache.get("k")
+        assert time.monotonic() - start < 1
+    finally:
+        peer.close()
+
+
+def test_memcached_binary_a_hostile_body_length_is_a_protocol_error():
+    header = bytes([0x81, 0, 0, 0, 0, 0, 0, 0]) + (2**31).to_bytes(4, "big") + bytes(12)
+    peer = FakeReplyServer(header)
+    try:
+        cache = make_memcached(peer.location, OPTIONS={"binary": True, "timeout": 2})
+        with pytest.raises(ProtocolError):
+            cache.get("k")
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize("head", [b"$1099511627776\r\n", b"*99999999999\r\n", b"*1\r\n$9999999999\r\n"])
+def test_redis_a_hostile_length_is_a_protocol_error(head):
+    peer = FakeReplyServer(head)
+    try:
+        cache = make_redis(peer.location, OPTIONS={"SOCKET_TIMEOUT": 2})
+        start = time.monotonic()
+        with pytest.raises(ProtocolError):
+            cache.get("k")
+        assert time.monotonic() - start < 1
+    finally:
+        peer.close()
