@@ -289,3 +289,29 @@ def test_redis_a_hostile_length_is_a_protocol_error(head):
         assert time.monotonic() - start < 1
     finally:
         peer.close()
+
+
+# --- 10. manage.py check lists every problem of every cache, never crashes -----------------------
+
+
+def test_manage_py_check_lists_the_problems_of_every_cache():
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+    from django.test.utils import override_settings
+
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "mc": {"BACKEND": "django_rustcache.memcached.PyLibMCCache", "LOCATION": "127.0.0.1:1",
+               "OPTIONS": {"tcp_nodely": True}},
+        "mc2": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": "127.0.0.1:1",
+                "OPTIONS": {"behaviors": {"ketma": True}}},
+        "rd": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1",
+               "OPTIONS": {"CLIENT_CLASS": "django_redis.client.HerdClient"}},
+        "lru": {"BACKEND": "django_rustcache.lru.LRUObjectCache", "OPTIONS": {"MAX_ENTRIE": 5}},
+    }  # fmt: skip
+    with override_settings(CACHES=caches), pytest.raises(SystemCheckError) as raised:
+        call_command("check")
+    report = str(raised.value)
+    for expected in ["'tcp_nodely'", "Did you mean 'tcp_nodelay'", "'ketma'", "Did you mean 'ketama'",
+                     "CACHES['rd']: OPTIONS['CLIENT_CLASS']", "'MAX_ENTRIE'"]:  # fmt: skip
+        assert expected in report, (expected, report)

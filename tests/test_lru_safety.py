@@ -85,6 +85,29 @@ def test_incr_of_a_value_whose_add_yields_loses_no_update(mode):
     assert cache.get("slow").n == 8 * per_thread
 
 
+class Meddler:
+    """A number whose addition writes the key being incremented (so every attempt loses)."""
+
+    cache = None
+
+    def __init__(self, n):
+        self.n = n
+
+    def __add__(self, delta):
+        Meddler.cache.set("meddled", Meddler(self.n))
+        return Meddler(self.n + delta)
+
+
+def test_incr_of_a_value_whose_add_writes_the_same_key_gives_up_with_a_clear_error(mode):
+    cache = Meddler.cache = make_lru(mode)
+    cache.set("meddled", Meddler(0))
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="gave up after 1000 attempts"):
+        cache.incr("meddled")
+    assert time.monotonic() - start < 2
+    assert cache.get("meddled").n == 0
+
+
 def test_threads_hammering_shared_keys_see_only_values_written(mode):
     cache = make_lru(mode, OPTIONS={"MAX_ENTRIES": 50})
     keys = [f"shared{i}" for i in range(64)]

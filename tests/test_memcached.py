@@ -239,13 +239,15 @@ def test_environment_variables(monkeypatch, memcached_server):
 
 @pytest.mark.parametrize("behaviors", [{"hash": "crc"}, {"distribution": "random"}])
 def test_unsupported_routing_is_an_error_at_start_up(behaviors):
+    cache = make_memcached("127.0.0.1:1", OPTIONS={"behaviors": behaviors})
     with pytest.raises(ImproperlyConfigured, match="not supported"):
-        make_memcached("127.0.0.1:1", OPTIONS={"behaviors": behaviors})
+        cache.get("k")
 
 
 def test_unknown_behavior_is_an_error_at_start_up():
+    cache = make_memcached("127.0.0.1:1", OPTIONS={"behaviors": {"ketamma": True}})
     with pytest.raises(ImproperlyConfigured, match="'ketamma': Did you mean 'ketama'"):
-        make_memcached("127.0.0.1:1", OPTIONS={"behaviors": {"ketamma": True}})
+        cache.get("k")
 
 
 def test_system_check_names_the_nearest_option():

@@ -84,8 +84,9 @@ def test_predecessor_client_classes(redis_server, caplog):
         )
     assert "'PARSER_CLASS'" in caplog.text and "ignored" in caplog.text
     for other in ("django_redis.client.HerdClient", "django_redis.client.ShardClient"):
+        cache = make_redis(redis_server.location, OPTIONS={"CLIENT_CLASS": other})
         with pytest.raises(ImproperlyConfigured, match="CLIENT_CLASS"):
-            make_redis(redis_server.location, OPTIONS={"CLIENT_CLASS": other})
+            cache.set("k", 1)
 
 
 def test_reinsert_keys_rewrites_in_the_current_format_and_keeps_ttls(redis_server):

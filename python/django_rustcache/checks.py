@@ -7,7 +7,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+
+class UnknownOption(ImproperlyConfigured):
+    """A setting names an option the backend does not know (E001 reports it, with the nearest)."""
 
 
 @checks.register(checks.Tags.caches)
@@ -24,6 +29,7 @@ def check_cache_options(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 checks.Error(f"CACHES[{alias!r}]: cannot import {backend!r}: {e}", id="django_rustcache.E002")
             )
             continue
+        messages.extend(_settings_errors(alias, cls, params))
         known = getattr(cls, "known_options", None)
         if known is None:
             continue
@@ -45,6 +51,19 @@ def check_cache_options(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                     )
                 )
     return messages
+
+
+def _settings_errors(alias: str, cls: type, params: dict[str, Any]) -> list[checks.CheckMessage]:
+    """What the backend itself finds wrong with its settings (it keeps that for first use)."""
+    try:
+        backend = cls(params.get("LOCATION", ""), params)
+    except Exception as e:  # a backend that still raises at construction: reported, not crashed on
+        error: BaseException | None = e
+    else:
+        error = getattr(backend, "_config_error", None)
+    if error is None or isinstance(error, UnknownOption):
+        return []
+    return [checks.Error(f"CACHES[{alias!r}]: {error}", obj=alias, id="django_rustcache.E003")]
 
 
 def nearest_hint(name: object, known: frozenset[str] | set[str]) -> str:

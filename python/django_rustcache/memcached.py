@@ -32,7 +32,7 @@ from django_rustcache import checks as _checks  # noqa: F401  (registers the opt
 from django_rustcache._core import CacheError, MemcachedClient, check_key
 from django_rustcache._failures import FailurePolicy
 from django_rustcache._keys import NativeKeys
-from django_rustcache.checks import nearest_hint
+from django_rustcache.checks import UnknownOption, nearest_hint
 
 __all__ = ["MemcachedCache", "PyLibMCCache", "parse_server"]
 
@@ -177,7 +177,14 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
             self._servers = ["127.0.0.1:11211"]
         self._options = dict(params.get("OPTIONS") or {})
         self._ignore_exc = bool(self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)))
-        self._settings_key = self._client_settings()
+        # A setting that cannot work is raised at first use (and listed by `manage.py check`),
+        # not here: Django's own checks build every cache, and must not crash on one.
+        self._settings_key = None
+        self._config_error: ImproperlyConfigured | None = None
+        try:
+            self._settings_key = self._client_settings()
+        except (ImproperlyConfigured, TypeError, ValueError) as e:
+            self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
         _backends.add(self)
 
     def _behaviors(self) -> dict[str, Any]:
@@ -194,7 +201,7 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         unknown = sorted(set(b) - BEHAVIORS - ACCEPTED_BEHAVIORS)
         if unknown:
             hints = "; ".join(f"{name!r}: {nearest_hint(name, BEHAVIORS | ACCEPTED_BEHAVIORS)}" for name in unknown)
-            raise ImproperlyConfigured(f"Unknown memcached behaviors ({hints})")
+            raise UnknownOption(f"Unknown memcached behaviors ({hints})")
         if b.get("ketama_weighted") or b.get("distribution") == "consistent_weighted":
             distribution = "ketama_weighted"
         elif b.get("ketama") or b.get("distribution") in {"consistent", "consistent_ketama"}:
@@ -250,6 +257,8 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
 
     @cached_property
     def _cache(self) -> MemcachedClient:
+        if self._config_error is not None:
+            raise self._config_error
         key = self._settings_key
         with _clients_lock:
             client = _clients.get(key)

@@ -111,9 +111,20 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             self._servers = [s for s in re.split("[;,]", server) if s.strip()]
         else:
             self._servers = list(server)
+        self._options = dict(params.get("OPTIONS") or {})
+        # A setting that cannot work is raised at first use (and listed by `manage.py check`),
+        # not here: Django's own checks build every cache, and must not crash on one.
+        self._settings_key = None
+        self._config_error: ImproperlyConfigured | None = None
+        try:
+            self._configure()
+        except (ImproperlyConfigured, TypeError, ValueError) as e:
+            self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
+        _backends.add(self)
+
+    def _configure(self) -> None:
         if not self._servers:
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
-        self._options = dict(params.get("OPTIONS") or {})
         # django-redis's global switches, overridden per cache by OPTIONS.
         self._ignore_exc = bool(
             self._options.get(
@@ -136,7 +147,6 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                 )
         self._note_foreign_machinery()
         self._settings_key = self._client_settings()
-        _backends.add(self)
 
     def _note_foreign_machinery(self) -> None:
         """Options that name the predecessors' client, parser or pool classes: their defaults have
@@ -175,6 +185,8 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
 
     @cached_property
     def _cache(self) -> RedisClient:
+        if self._config_error is not None:
+            raise self._config_error
         key = self._settings_key
         with _clients_lock:
             client = _clients.get(key)

@@ -8,7 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, MutexGuard};
-use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyList};
@@ -81,6 +81,10 @@ impl PyLruStore {
         }
     }
 }
+
+/// How often `incr` starts again when the value changed while it was adding (another thread,
+/// or an `__add__` that writes the same key) before it gives up.
+const MAX_INCR_ATTEMPTS: usize = 1000;
 
 #[pymethods]
 impl PyLruStore {
@@ -238,7 +242,7 @@ impl PyLruStore {
         delta: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
-        loop {
+        for _ in 0..MAX_INCR_ATTEMPTS {
             let mut garbage = Vec::new();
             let mut store = self.lock(py);
             let Some(entry) = store.entry_mut(key.as_str(), now(), &mut garbage) else {
@@ -278,6 +282,10 @@ impl PyLruStore {
                 Some(_) => {}
             }
         }
+        Err(PyRuntimeError::new_err(format!(
+            "incr('{key}') gave up after {MAX_INCR_ATTEMPTS} attempts: the value changed during every addition \
+             (does its __add__ write the same key?)"
+        )))
     }
 
     /// Look several keys up under one lock; a dict of the original keys that were found.
