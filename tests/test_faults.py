@@ -315,3 +315,54 @@ def test_manage_py_check_lists_the_problems_of_every_cache():
     for expected in ["'tcp_nodely'", "Did you mean 'tcp_nodelay'", "'ketma'", "Did you mean 'ketama'",
                      "CACHES['rd']: OPTIONS['CLIENT_CLASS']", "'MAX_ENTRIE'"]:  # fmt: skip
         assert expected in report, (expected, report)
+
+
+# --- 11. with failures ignored, no method raises a server failure ----------------------------
+
+
+def test_redis_ignore_exceptions_covers_every_method():
+    silent = SilentServer()
+    try:
+        cache = make_redis(
+            silent.location, OPTIONS={"IGNORE_EXCEPTIONS": True, "SOCKET_TIMEOUT": 0.3, "RETRY_TIMEOUT": 30}
+        )
+        answers = {
+            "incr": lambda: cache.incr("n"),
+            "decr": lambda: cache.decr("n"),
+            "incr_version": lambda: cache.incr_version("n"),
+            "ttl": lambda: cache.ttl("n"),
+            "pttl": lambda: cache.pttl("n"),
+            "expire": lambda: cache.expire("n", 10),
+            "pexpire": lambda: cache.pexpire("n", 10),
+            "expire_at": lambda: cache.expire_at("n", 2_000_000_000),
+            "persist": lambda: cache.persist("n"),
+            "keys": lambda: cache.keys("*"),
+            "iter_keys": lambda: list(cache.iter_keys("*")),
+            "delete_pattern": lambda: cache.delete_pattern("*"),
+            "reinsert_keys": lambda: cache.reinsert_keys(),
+            "clear(version=)": lambda: cache.clear(version=2),
+        }
+        got = {name: call() for name, call in answers.items()}
+        assert got == {
+            "incr": None, "decr": None, "incr_version": None, "ttl": None, "pttl": None, "expire": None,
+            "pexpire": None, "expire_at": None, "persist": None, "keys": [], "iter_keys": [], "delete_pattern": 0,
+            "reinsert_keys": 0, "clear(version=)": True,
+        }  # fmt: skip
+        strict = make_redis(silent.location, OPTIONS={"SOCKET_TIMEOUT": 0.3, "RETRY_TIMEOUT": 30})
+        with pytest.raises(ServerDown):
+            strict.ttl("n")
+    finally:
+        silent.close()
+
+
+def test_memcached_ignore_exc_covers_incr_and_decr():
+    silent = SilentServer()
+    try:
+        cache = make_memcached(silent.location, OPTIONS={"ignore_exc": True, "timeout": 0.3})
+        assert cache.incr("n") is None
+        assert cache.decr("n") is None
+        strict = make_memcached(silent.location, OPTIONS={"timeout": 0.3})
+        with pytest.raises(ServerDown):
+            strict.incr("n")
+    finally:
+        silent.close()

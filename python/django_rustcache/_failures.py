@@ -3,8 +3,11 @@ answer as a miss, with one error line per burst of failures rather than one per 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django_rustcache._core import CacheError
@@ -27,3 +30,36 @@ class FailurePolicy:
             self._failure_logger.error("cache server failure (answered as a miss): %s", error)
             self._failing_since = now
         return answer
+
+
+def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a backend method so that, when failures are ignored, a server failure answers
+    ``value`` (a fresh one each time when it is a type such as ``list``) instead of raising; a
+    generator method then simply ends. Django's own contract errors (``ValueError`` for a missing
+    key) are not failures and still raise."""
+
+    def fresh() -> Any:
+        return value() if isinstance(value, type) else value
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(method):
+
+            @functools.wraps(method)
+            def generate(self: FailurePolicy, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from method(self, *args, **kwargs)
+                except CacheError as e:
+                    self._failed(e, None)
+
+            return generate
+
+        @functools.wraps(method)
+        def call(self: FailurePolicy, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except CacheError as e:
+                return self._failed(e, fresh())
+
+        return call
+
+    return wrap

@@ -30,7 +30,7 @@ from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import CacheError, MemcachedClient, check_key
-from django_rustcache._failures import FailurePolicy
+from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
 from django_rustcache.checks import UnknownOption, nearest_hint
 
@@ -380,11 +380,13 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             self._failed(e, None)
 
+    @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         # Atomic on the server. A missing key is Django's ValueError, even when failures are
         # ignored: the caller asked for a number and there is none.
         return self._cache.incr(*self._parts(key, version), delta)
 
+    @answers(None)
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return self._cache.incr(*self._parts(key, version), -delta)
 

@@ -28,7 +28,7 @@ from django.utils.functional import cached_property
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, value_format
 from django_rustcache._core import CacheError, RedisClient
-from django_rustcache._failures import FailurePolicy
+from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
 
 __all__ = ["Lock", "LockError", "RedisCache", "location_url"]
@@ -272,12 +272,14 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             return self._failed(e, False)
 
+    @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
         if ignore_key_check:
             # django-redis: INCRBY even when the key is missing (it then starts from 0).
             return self._cache.execute("INCRBY", self._made(key, version), int(delta))
         return self._cache.incr(*self._parts(key, version), delta)
 
+    @answers(None)
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return self._cache.incr(*self._parts(key, version), -delta)
 
@@ -312,6 +314,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         except CacheError as e:
             self._failed(e, None)
 
+    @answers(None)
     def incr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         """Django's incr_version in one RENAME: atomic, and the key keeps its TTL."""
         if version is None:
@@ -333,33 +336,40 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
     def _made(self, key: Any, version: Any = None) -> str:
         return self.make_and_validate_key(key, version=version)
 
+    @answers(None)
     def ttl(self, key: Any, version: Any = None) -> int | None:
         """Seconds left (django-redis): None for a key that never expires, 0 for a missing key."""
         left = self._cache.execute("TTL", self._made(key, version), write=False, idempotent=True)
         return None if left == -1 else max(left, 0)
 
+    @answers(None)
     def pttl(self, key: Any, version: Any = None) -> int | None:
         """Milliseconds left: None for a key that never expires, 0 for a missing key."""
         left = self._cache.execute("PTTL", self._made(key, version), write=False, idempotent=True)
         return None if left == -1 else max(left, 0)
 
+    @answers(None)
     def persist(self, key: Any, version: Any = None) -> bool:
         """Make the key never expire; whether it had an expiry."""
         return bool(self._cache.execute("PERSIST", self._made(key, version), idempotent=True))
 
+    @answers(None)
     def expire(self, key: Any, timeout: int, version: Any = None) -> bool:
         """Expire in `timeout` seconds; whether the key exists."""
         return bool(self._cache.execute("EXPIRE", self._made(key, version), int(timeout), idempotent=True))
 
+    @answers(None)
     def pexpire(self, key: Any, timeout: int, version: Any = None) -> bool:
         """Expire in `timeout` milliseconds; whether the key exists."""
         return bool(self._cache.execute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
 
+    @answers(None)
     def expire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
         """Expire at a datetime or Unix time; whether the key exists."""
         stamp = int(when.timestamp()) if isinstance(when, datetime.datetime) else int(when)
         return bool(self._cache.execute("EXPIREAT", self._made(key, version), stamp, idempotent=True))
 
+    @answers(None)
     def pexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
         """Expire at a datetime or Unix time in milliseconds; whether the key exists."""
         stamp = int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else int(when)
@@ -371,6 +381,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         head = f"{self.key_prefix}:{self.version if version is None else version}:"
         return text[len(head) :] if text.startswith(head) else text
 
+    @answers(None)
     def iter_keys(self, search: str, itersize: int | None = None, version: Any = None) -> Iterator[str]:
         """The caller's keys matching a glob pattern, with SCAN (never KEYS on a live server)."""
         pattern = self.make_key(search, version=version)
@@ -390,10 +401,12 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             if cursor in (b"0", 0, "0"):
                 return
 
+    @answers(list)
     def keys(self, search: str, version: Any = None) -> list[str]:
         """The caller's keys matching a glob pattern (SCAN under the hood)."""
         return list(self.iter_keys(search, version=version))
 
+    @answers(0)
     def delete_pattern(self, pattern: str, version: Any = None, itersize: int | None = None) -> int:
         """Delete the keys matching a glob pattern: SCAN + UNLINK in batches, so other clients
         are never blocked for long. Returns how many were deleted."""
@@ -411,6 +424,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         self.delete_pattern("*", version=version)
         return True
 
+    @answers(0)
     def reinsert_keys(self, itersize: int | None = None) -> int:
         """Rewrite every value of this cache (all versions) in the current format: after a change
         of PICKLE_VERSION, serializer or compressor. Each key keeps its TTL; a key changed or
