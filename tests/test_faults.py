@@ -366,3 +366,42 @@ def test_memcached_ignore_exc_covers_incr_and_decr():
             strict.incr("n")
     finally:
         silent.close()
+
+
+# --- 13. settings that would fail late or silently are refused, naming the setting -----------
+
+
+@pytest.mark.parametrize("word", ["false", "no", "off", "0", "False"])
+def test_a_false_word_turns_failure_ignoring_off(word):
+    silent = SilentServer()
+    try:
+        redis_cache = make_redis(silent.location, OPTIONS={"IGNORE_EXCEPTIONS": word, "SOCKET_TIMEOUT": 0.2})
+        mc_cache = make_memcached(silent.location, OPTIONS={"ignore_exc": word, "timeout": 0.2})
+        for cache in (redis_cache, mc_cache):
+            with pytest.raises(ServerDown):
+                cache.get("k")
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize(
+    ("backend", "options", "named"),
+    [
+        ("redis", {"IGNORE_EXCEPTIONS": "maybe"}, "IGNORE_EXCEPTIONS"),
+        ("redis", {"SOCKET_TIMEOUT": 0}, "SOCKET_TIMEOUT"),
+        ("redis", {"SOCKET_TIMEOUT": None}, "SOCKET_TIMEOUT"),
+        ("redis", {"SOCKET_CONNECT_TIMEOUT": -1}, "SOCKET_CONNECT_TIMEOUT"),
+        ("memcached", {"timeout": 0}, "timeout"),
+        ("memcached", {"ignore_exc": "sometimes"}, "ignore_exc"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_improperly_configured(backend, options, named):
+    from django.core.exceptions import ImproperlyConfigured
+
+    cache = (
+        make_redis("127.0.0.1:1", OPTIONS=options)
+        if backend == "redis"
+        else make_memcached("127.0.0.1:1", OPTIONS=options)
+    )
+    with pytest.raises(ImproperlyConfigured, match=named):
+        cache.get("k")

@@ -30,7 +30,7 @@ from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import CacheError, MemcachedClient, check_key
-from django_rustcache._failures import FailurePolicy, answers
+from django_rustcache._failures import FailurePolicy, answers, setting_flag, setting_seconds
 from django_rustcache._keys import NativeKeys
 from django_rustcache.checks import UnknownOption, nearest_hint
 
@@ -176,12 +176,14 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         if not self._servers:
             self._servers = ["127.0.0.1:11211"]
         self._options = dict(params.get("OPTIONS") or {})
-        self._ignore_exc = bool(self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)))
         # A setting that cannot work is raised at first use (and listed by `manage.py check`),
         # not here: Django's own checks build every cache, and must not crash on one.
         self._settings_key = None
         self._config_error: ImproperlyConfigured | None = None
         try:
+            self._ignore_exc = setting_flag(
+                self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)), "OPTIONS['ignore_exc']"
+            )
             self._settings_key = self._client_settings()
         except (ImproperlyConfigured, TypeError, ValueError) as e:
             self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
@@ -239,9 +241,9 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
             tuple(parse_server(s) for s in self._servers),
             distribution,
             hash_,
-            float(connect),
-            float(send),
-            float(receive),
+            setting_seconds(connect, "the connect_timeout"),
+            setting_seconds(send, "the send timeout (OPTIONS['timeout'] or behaviors['send_timeout'])"),
+            setting_seconds(receive, "the receive timeout (OPTIONS['timeout'] or behaviors['receive_timeout'])"),
             float(b.get("retry_timeout", o.get("retry_timeout", 2))),
             remove_failed,
             float(b.get("dead_timeout", o.get("dead_timeout", 10)) or 10),

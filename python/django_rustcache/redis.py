@@ -28,7 +28,7 @@ from django.utils.functional import cached_property
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, value_format
 from django_rustcache._core import CacheError, RedisClient
-from django_rustcache._failures import FailurePolicy, answers
+from django_rustcache._failures import FailurePolicy, answers, setting_flag, setting_seconds
 from django_rustcache._keys import NativeKeys
 
 __all__ = ["Lock", "LockError", "RedisCache", "location_url"]
@@ -126,11 +126,12 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
         if not self._servers:
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
         # django-redis's global switches, overridden per cache by OPTIONS.
-        self._ignore_exc = bool(
+        self._ignore_exc = setting_flag(
             self._options.get(
                 "IGNORE_EXCEPTIONS",
                 self._options.get("ignore_exc", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)),
-            )
+            ),
+            "OPTIONS['IGNORE_EXCEPTIONS']",
         )
         self._log_ignored = bool(getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True))
         # SCAN's COUNT hint; django-redis's setting when a site has it (its default, 10, is slow).
@@ -173,8 +174,11 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             None,
             o.get("username", o.get("USERNAME")),
             o.get("password", o.get("PASSWORD")),
-            float(o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)) or 1.0),
-            float(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)) or 3.0),
+            setting_seconds(
+                o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)),
+                "OPTIONS['SOCKET_CONNECT_TIMEOUT']",
+            ),
+            setting_seconds(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)), "OPTIONS['SOCKET_TIMEOUT']"),
             int(max_connections or 64),
             # After a connection failure the server is skipped (calls fail at once) this long.
             float(o.get("RETRY_TIMEOUT", o.get("retry_timeout", 1.0))),
