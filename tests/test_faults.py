@@ -391,8 +391,12 @@ def test_a_false_word_turns_failure_ignoring_off(word):
         ("redis", {"SOCKET_TIMEOUT": 0}, "SOCKET_TIMEOUT"),
         ("redis", {"SOCKET_TIMEOUT": None}, "SOCKET_TIMEOUT"),
         ("redis", {"SOCKET_CONNECT_TIMEOUT": -1}, "SOCKET_CONNECT_TIMEOUT"),
+        ("redis", {"MAX_CONNECTIONS": -1}, "MAX_CONNECTIONS"),
+        ("redis", {"CONNECTION_POOL_KWARGS": {"max_connections": 0}}, "MAX_CONNECTIONS"),
+        ("redis", {"DB": -2}, "DB"),
         ("memcached", {"timeout": 0}, "timeout"),
         ("memcached", {"ignore_exc": "sometimes"}, "ignore_exc"),
+        ("memcached", {"max_pool_size": -3}, "max_pool_size"),
     ],
 )
 def test_a_setting_that_cannot_work_is_improperly_configured(backend, options, named):
@@ -405,3 +409,45 @@ def test_a_setting_that_cannot_work_is_improperly_configured(backend, options, n
     )
     with pytest.raises(ImproperlyConfigured, match=named):
         cache.get("k")
+
+
+@pytest.mark.parametrize(
+    ("backend", "location", "named"),
+    [
+        ("memcached", "cache.local:0", "port"),
+        ("memcached", "cache.local:70000", "port"),
+        ("memcached", "[::1]:0", "port"),
+        ("memcached", "", "LOCATION"),
+        ("redis", "cache.local:0", "port"),
+        ("redis", "redis://cache.local:70000/0", "port"),
+        ("redis", "", "LOCATION"),
+    ],
+)
+def test_a_location_that_cannot_work_is_improperly_configured(backend, location, named, monkeypatch):
+    from django.core.exceptions import ImproperlyConfigured
+
+    monkeypatch.delenv("MEMCACHE_SERVERS", raising=False)
+    monkeypatch.delenv("MEMCACHIER_SERVERS", raising=False)
+    cache = make_redis(location) if backend == "redis" else make_memcached(location)
+    with pytest.raises(ImproperlyConfigured, match=named):
+        cache.get("k")
+
+
+def test_redis_py_pool_options_are_accepted_and_client_name_is_given(redis_server):
+    from django.core.management import call_command
+    from django.test.utils import override_settings
+
+    options = {
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+        "client_name": "rustcache-test",
+    }
+    caches = {"default": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": redis_server.location,
+                          "OPTIONS": options}}  # fmt: skip
+    with override_settings(CACHES=caches):
+        call_command("check")  # no E001: Django's RedisCache passes these to redis-py's pool
+    cache = make_redis(redis_server.location, OPTIONS=options)
+    cache.set("k", 1)
+    listing = cache._cache.execute("CLIENT", "LIST")
+    assert b"name=rustcache-test" in listing

@@ -256,13 +256,21 @@ def test_system_check_names_the_nearest_option():
     from django_rustcache.checks import check_cache_options
 
     caches = {
-        "a": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "OPTIONS": {"behavior": {}}},
-        "b": {"BACKEND": "django_rustcache.memcached.PyLibMCCache", "OPTIONS": {"tcp_nodelay": True, "ketama": 1}},
-        "c": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "OPTIONS": {"behaviors": {"tcp_nodelai": 1}}},
+        "a": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": "h:1", "OPTIONS": {"behavior": {}}},
+        "b": {
+            "BACKEND": "django_rustcache.memcached.PyLibMCCache",
+            "LOCATION": "h:1",
+            "OPTIONS": {"tcp_nodelay": True, "ketama": 1},
+        },
+        "c": {
+            "BACKEND": "django_rustcache.memcached.MemcachedCache",
+            "LOCATION": "h:1",
+            "OPTIONS": {"behaviors": {"tcp_nodelai": 1}},
+        },
     }
     with override_settings(CACHES=caches):
         errors = check_cache_options()
-    assert [e.hint for e in errors] == ["Did you mean 'behaviors'?", "Did you mean 'tcp_nodelay'?"]
+    assert [e.hint for e in errors] == ["Did you mean 'behaviors'?", "Did you mean 'tcp_nodelay'?"], errors
     assert "['OPTIONS']['behaviors'] has 'tcp_nodelai'" in errors[1].msg
 
 

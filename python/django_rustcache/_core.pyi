@@ -282,6 +282,7 @@ class RedisClient:
         socket_timeout: float = 3.0,
         max_connections: int = 64,
         retry_timeout: float = 1.0,
+        client_name: str | None = None,
         pickle_protocol: int | None = None,
         serializer: tuple[Any, Any] | None = None,
         ints_as_digits: bool = True,
@@ -292,8 +293,9 @@ class RedisClient:
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
 
-    def get_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> dict[Any, Any]:
-        """One MGET: the found keys (as given) and their values."""
+    def get_many(self, prefix: str | None, version: Any, keys: Iterable[Any], partial: bool = False) -> dict[Any, Any]:
+        """One MGET: the found keys (as given) and their values (``partial`` has no effect: one
+        MGET answers or fails as a whole)."""
 
     def set(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None) -> None:
         """SET with EX; ``timeout=0`` deletes the key, None never expires."""
@@ -316,9 +318,15 @@ class RedisClient:
         is not an integer."""
 
     def set_many(
-        self, mapping: dict[Any, Any], timeout: int | None, prefix: Any = None, version: Any = None
+        self,
+        mapping: Mapping[Any, Any],
+        timeout: int | None,
+        prefix: Any = None,
+        version: Any = None,
+        partial: bool = False,
     ) -> list[Any]:
-        """One pipeline of SET ... EX; ``timeout=0`` deletes the keys. Returns []."""
+        """One pipeline of SET ... EX; ``timeout=0`` deletes the keys. Returns [] (``partial`` has
+        no effect: the pipeline answers or fails as a whole)."""
 
     def delete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> None:
         """One DEL."""

@@ -10,36 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
-
 from django_rustcache._core import CacheError
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def setting_flag(value: Any, name: str) -> bool:
-    """A yes/no setting: a bool, 0/1, or one of true/false, yes/no, on/off (any case). Anything
-    else is an ImproperlyConfigured naming the setting (``bool("false")`` would be True)."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ImproperlyConfigured(f"{name} must be True or False (or 'true'/'false', 'yes'/'no'), not {value!r}")
-
-
-def setting_seconds(value: Any, name: str) -> float:
-    """A timeout in seconds: a positive number (calls are always bounded, so 0 and None, which
-    would mean 'fail at once' or 'wait forever', are refused with the setting's name)."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds > 0 or seconds == float("inf"):
-        raise ImproperlyConfigured(f"{name} must be a positive number of seconds, not {value!r}")
-    return seconds
 
 
 class FailurePolicy:

@@ -14,24 +14,28 @@ environment variables.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
-import re
-import threading
 import time
-import weakref
 from typing import Any
 
 from django.conf import settings
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import CacheError, MemcachedClient, check_key
-from django_rustcache._failures import FailurePolicy, answers, setting_flag, setting_seconds
-from django_rustcache._keys import NativeKeys
+from django_rustcache._failures import answers
+from django_rustcache._network import (
+    NetworkCache,
+    setting_count,
+    setting_flag,
+    setting_port,
+    setting_seconds,
+    split_location,
+)
 from django_rustcache.checks import UnknownOption, nearest_hint
 
 __all__ = ["MemcachedCache", "PyLibMCCache", "parse_server"]
@@ -108,41 +112,51 @@ OPTIONS = frozenset(
     }
 )
 
-_clients: dict[tuple, MemcachedClient] = {}
-_clients_lock = threading.Lock()
-_backends: weakref.WeakSet[MemcachedCache] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A forked child must not share its parent's sockets: forget every client (the parent's
-    # connections are simply dropped here) and let each backend make a fresh one on next use.
-    _clients.clear()
-    for backend in list(_backends):
-        backend.__dict__.pop("_cache", None)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 def parse_server(server: Any) -> tuple[str, int, int]:
-    """A LOCATION entry as ``(host, port, weight)``; port 0 means a unix socket path."""
+    """A LOCATION entry as ``(host, port, weight)``; port 0 means a unix socket path (given as
+    ``unix:/path`` or ``/path``: a ``host:0`` is an error, never a socket path)."""
     weight = 1
     if isinstance(server, (tuple, list)):
-        server, weight = server[0], int(server[1])
+        server, weight = server[0], setting_count(server[1], f"the weight of memcached server {server[0]!r}")
     server = str(server).strip()
+    where = f"memcached LOCATION {server!r}"
     if server.startswith("unix:"):
         return server.removeprefix("unix:"), 0, weight
     if server.startswith("/"):
         return server, 0, weight
     if server.startswith("["):
         host, _, rest = server[1:].partition("]")
-        port = rest.removeprefix(":") or "11211"
-        return host, int(port), weight
+        return host, setting_port(rest.removeprefix(":") or 11211, where), weight
     if server.count(":") == 1:
         host, port = server.split(":")
-        return host, int(port), weight
+        if not host:
+            raise ImproperlyConfigured(f"{where}: no host")
+        return host, setting_port(port, where), weight
     return server, 11211, weight
+
+
+@dataclasses.dataclass(frozen=True)
+class MemcachedSettings:
+    """Everything a memcached client is made from (one client per distinct value)."""
+
+    servers: tuple[tuple[str, int, int], ...]
+    distribution: str
+    hash: str
+    connect_timeout: float
+    send_timeout: float
+    receive_timeout: float
+    retry_timeout: float
+    remove_failed: int
+    dead_timeout: float
+    max_idle: int
+    min_compress_len: int
+    compress_level: int
+    pickle_protocol: int
+    behaviors: tuple[tuple[str, str], ...]
+    username: str | None
+    password: str | None
+    binary: bool
 
 
 def _env(*names: str) -> str | None:
@@ -153,7 +167,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
+class MemcachedCache(NetworkCache):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
@@ -163,31 +177,23 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
     _env_overrides_location = False
     # Django's set() returns None; django-pylibmc's returns whether it stored.
     _set_returns_bool = False
+    # pylibmc's names, which Django's own memcached tests patch on `_class`.
+    _get_many_method = "get_multi"
+    _set_many_method = "set_multi"
+    _delete_many_method = "delete_multi"
 
-    def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        super().__init__(params)
+    def _configure(self) -> MemcachedSettings:
         env_servers = _env("MEMCACHE_SERVERS", "MEMCACHIER_SERVERS")
-        if env_servers and (self._env_overrides_location or not server):
-            server = env_servers
-        if isinstance(server, str):
-            self._servers = [s for s in re.split("[;,]", server) if s.strip()] if server else []
-        else:
-            self._servers = list(server or [])
+        if env_servers and (self._env_overrides_location or not self._servers):
+            self._servers = split_location(env_servers)
         if not self._servers:
-            self._servers = ["127.0.0.1:11211"]
-        self._options = dict(params.get("OPTIONS") or {})
-        # A setting that cannot work is raised at first use (and listed by `manage.py check`),
-        # not here: Django's own checks build every cache, and must not crash on one.
-        self._settings_key = None
-        self._config_error: ImproperlyConfigured | None = None
-        try:
-            self._ignore_exc = setting_flag(
-                self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)), "OPTIONS['ignore_exc']"
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} needs a LOCATION (or the MEMCACHE_SERVERS environment variable)"
             )
-            self._settings_key = self._client_settings()
-        except (ImproperlyConfigured, TypeError, ValueError) as e:
-            self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
-        _backends.add(self)
+        self._ignore_exc = setting_flag(
+            self._options.get("ignore_exc", self._options.get("IGNORE_EXCEPTIONS", False)), "OPTIONS['ignore_exc']"
+        )
+        return self._client_settings()
 
     def _behaviors(self) -> dict[str, Any]:
         return dict(self._options.get("behaviors") or {})
@@ -197,8 +203,8 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         password = self._options.get("password") or _env("MEMCACHE_PASSWORD", "MEMCACHIER_PASSWORD")
         return username, password
 
-    def _client_settings(self) -> tuple:
-        """Everything the client is made from, as a hashable key (one client per distinct key)."""
+    def _client_settings(self) -> MemcachedSettings:
+        """Everything the client is made from."""
         o, b = self._options, self._behaviors()
         unknown = sorted(set(b) - BEHAVIORS - ACCEPTED_BEHAVIORS)
         if unknown:
@@ -237,58 +243,52 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         if protocol is None or int(protocol) < 0:
             protocol = pickle.HIGHEST_PROTOCOL
         username, password = self._credentials()
-        return (
-            tuple(parse_server(s) for s in self._servers),
-            distribution,
-            hash_,
-            setting_seconds(connect, "the connect_timeout"),
-            setting_seconds(send, "the send timeout (OPTIONS['timeout'] or behaviors['send_timeout'])"),
-            setting_seconds(receive, "the receive timeout (OPTIONS['timeout'] or behaviors['receive_timeout'])"),
-            float(b.get("retry_timeout", o.get("retry_timeout", 2))),
-            remove_failed,
-            float(b.get("dead_timeout", o.get("dead_timeout", 10)) or 10),
-            int(o.get("max_pool_size", 32) or 32),
-            int(min_compress or 0),
-            int(level),
-            int(protocol),
-            tuple(sorted((str(k), repr(v)) for k, v in b.items())),
-            username,
-            password,
-            bool(o.get("binary", False)),
+        if bool(username) != bool(password):
+            raise ImproperlyConfigured("memcached SASL authentication needs both a username and a password")
+        return MemcachedSettings(
+            servers=tuple(parse_server(s) for s in self._servers),
+            distribution=distribution,
+            hash=hash_,
+            connect_timeout=setting_seconds(connect, "the connect_timeout"),
+            send_timeout=setting_seconds(send, "the send timeout (OPTIONS['timeout'] or behaviors['send_timeout'])"),
+            receive_timeout=setting_seconds(
+                receive, "the receive timeout (OPTIONS['timeout'] or behaviors['receive_timeout'])"
+            ),
+            retry_timeout=setting_seconds(
+                b.get("retry_timeout", o.get("retry_timeout", 2)), "the retry_timeout", zero=True
+            ),
+            remove_failed=setting_count(remove_failed, "behaviors['remove_failed']", minimum=0),
+            dead_timeout=setting_seconds(b.get("dead_timeout", o.get("dead_timeout", 10)) or 10, "the dead_timeout"),
+            max_idle=setting_count(o.get("max_pool_size", 32) or 32, "OPTIONS['max_pool_size']"),
+            min_compress_len=setting_count(min_compress or 0, "the minimum compression length", minimum=0),
+            compress_level=int(level),
+            pickle_protocol=int(protocol),
+            behaviors=tuple(sorted((str(k), repr(v)) for k, v in b.items())),
+            username=username or None,
+            password=password or None,
+            binary=setting_flag(o.get("binary", False), "OPTIONS['binary']"),
         )
 
-    @cached_property
-    def _cache(self) -> MemcachedClient:
-        if self._config_error is not None:
-            raise self._config_error
-        key = self._settings_key
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                (servers, distribution, hash_, connect, send, receive, retry, remove_failed, dead, max_idle,
-                 min_compress, level, protocol, _, username, password, binary) = key  # fmt: skip
-                if bool(username) != bool(password):
-                    raise ImproperlyConfigured("memcached SASL authentication needs both a username and a password")
-                client = _clients[key] = self._class(
-                    list(servers),
-                    distribution=distribution,
-                    hash=hash_,
-                    connect_timeout=connect,
-                    send_timeout=send,
-                    receive_timeout=receive,
-                    retry_timeout=retry,
-                    remove_failed=remove_failed,
-                    dead_timeout=dead,
-                    max_idle=max_idle,
-                    min_compress_len=min_compress,
-                    compress_level=level,
-                    pickle_protocol=protocol,
-                    behaviors=self._behaviors(),
-                    binary=binary,
-                    username=username or None,
-                    password=password or None,
-                )
-            return client
+    def _make_client(self, s: MemcachedSettings) -> MemcachedClient:
+        return self._class(
+            list(s.servers),
+            distribution=s.distribution,
+            hash=s.hash,
+            connect_timeout=s.connect_timeout,
+            send_timeout=s.send_timeout,
+            receive_timeout=s.receive_timeout,
+            retry_timeout=s.retry_timeout,
+            remove_failed=s.remove_failed,
+            dead_timeout=s.dead_timeout,
+            max_idle=s.max_idle,
+            min_compress_len=s.min_compress_len,
+            compress_level=s.compress_level,
+            pickle_protocol=s.pickle_protocol,
+            behaviors=self._behaviors(),
+            binary=s.binary,
+            username=s.username,
+            password=s.password,
+        )
 
     @property
     def _class(self) -> type[MemcachedClient]:
@@ -316,14 +316,6 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
 
     # --- Django's API ---------------------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        try:
-            if self._native_keys:
-                return self._cache.get(*self._scope(version), key, default)
-            return self._cache.get(None, None, self.make_key(key, version), default)
-        except CacheError as e:
-            return self._failed(e, default)
-
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any:
         try:
             stored = self._cache.set(*self._parts(key, version), value, self.get_backend_timeout(timeout))
@@ -331,56 +323,8 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
             stored = self._failed(e, False)
         return stored if self._set_returns_bool else None
 
-    def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        try:
-            return self._cache.add(*self._parts(key, version), value, self.get_backend_timeout(timeout))
-        except CacheError as e:
-            return self._failed(e, False)
-
-    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        try:
-            return self._cache.touch(*self._parts(key, version), self.get_backend_timeout(timeout))
-        except CacheError as e:
-            return self._failed(e, False)
-
-    def delete(self, key: Any, version: Any = None) -> bool:
-        try:
-            return self._cache.delete(*self._parts(key, version))
-        except CacheError as e:
-            return self._failed(e, False)
-
     def has_key(self, key: Any, version: Any = None) -> bool:
         return self.get(key, self._missing_key, version) is not self._missing_key
-
-    def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
-        try:
-            if self._native_keys:
-                return self._cache.get_multi(*self._scope(version), keys, self._ignore_exc)
-            made = self._made_keys(keys, version)
-            found = self._cache.get_multi(None, None, list(made), self._ignore_exc)
-            return {made[k]: v for k, v in found.items()}
-        except CacheError as e:
-            return self._failed(e, {})
-
-    def set_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> list[Any]:
-        exptime = self.get_backend_timeout(timeout)
-        try:
-            if self._native_keys:
-                return list(self._cache.set_multi(data, exptime, *self._scope(version), self._ignore_exc))
-            original = {self.make_key(k, version): k for k in data}
-            made = {k: data[original[k]] for k in original}
-            return [original[k] for k in self._cache.set_multi(made, exptime, None, None, self._ignore_exc)]
-        except CacheError as e:
-            return self._failed(e, list(data))
-
-    def delete_many(self, keys: Any, version: Any = None) -> None:
-        try:
-            if self._native_keys:
-                self._cache.delete_multi(*self._scope(version), keys)
-            else:
-                self._cache.delete_multi(None, None, [self.make_key(k, version) for k in keys])
-        except CacheError as e:
-            self._failed(e, None)
 
     @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
@@ -389,17 +333,8 @@ class MemcachedCache(NativeKeys, FailurePolicy, BaseCache):
         return self._cache.incr(*self._parts(key, version), delta)
 
     @answers(None)
-    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self._cache.incr(*self._parts(key, version), -delta)
-
     def clear(self) -> None:
-        try:
-            self._cache.flush_all()
-        except CacheError as e:
-            self._failed(e, None)
-
-    def close(self, **kwargs: Any) -> None:
-        """Keep the pool: reconnecting at every request end is what this backend avoids."""
+        self._cache.flush_all()
 
     def stats(self) -> dict[str, Any]:
         """Client-side counters (hits, misses, sets, failures, shared by every backend instance on

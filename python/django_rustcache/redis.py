@@ -7,29 +7,25 @@ data format (ints as digits, everything else pickled), so a site switching keeps
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
-import os
-import re
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.functional import cached_property
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, value_format
 from django_rustcache._core import CacheError, RedisClient
-from django_rustcache._failures import FailurePolicy, answers, setting_flag, setting_seconds
-from django_rustcache._keys import NativeKeys
+from django_rustcache._failures import answers
+from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
 
 __all__ = ["Lock", "LockError", "RedisCache", "location_url"]
 
@@ -42,38 +38,55 @@ OPTIONS = frozenset(
         "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
-        "RETRY_TIMEOUT", "retry_timeout",
+        "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME",
     }
 ) | FORMAT_OPTIONS  # fmt: skip
-# Options that name the predecessors' own machinery: accepted, with nothing to do.
+# Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
+# RedisCache passes its OPTIONS on to redis-py's pool): accepted, with nothing to do here. Our
+# pool bounds every call with one deadline and retries a stale pooled connection once.
 NO_MEANING = frozenset(
-    {"CLIENT_CLASS", "PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS", "retry_on_timeout"}
-)
-
-_clients: dict[tuple, RedisClient] = {}
-_clients_lock = threading.Lock()
-_backends: weakref.WeakSet[RedisCache] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A forked child must not share its parent's sockets.
-    _clients.clear()
-    for backend in list(_backends):
-        backend.__dict__.pop("_cache", None)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    {
+        "CLIENT_CLASS", "PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS",
+        "retry_on_timeout", "retry_on_error", "retry", "socket_keepalive", "socket_keepalive_options",
+        "health_check_interval", "socket_read_size", "encoding", "encoding_errors", "lib_name",
+        "lib_version", "single_connection_client",
+    }
+)  # fmt: skip
 
 
 def location_url(server: str) -> str:
-    """A LOCATION entry as a URL the core understands: a bare socket path becomes unix://."""
+    """A LOCATION entry as a URL the core understands: a bare socket path becomes unix://. A TCP
+    port outside 1-65535 is an ImproperlyConfigured naming the entry."""
     server = server.strip()
     if server.startswith("/"):
         return f"unix://{server}"
-    if "://" not in server:
-        return f"redis://{server}"
-    return server
+    url = server if "://" in server else f"redis://{server}"
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None or ":" in parts.netloc.rpartition("@")[2].rpartition("]")[2]:
+            setting_port(port, f"redis LOCATION {server!r}")
+    return url
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisSettings:
+    """Everything a redis client is made from (one client per distinct value)."""
+
+    servers: tuple[str, ...]
+    username: str | None
+    password: str | None
+    connect_timeout: float
+    socket_timeout: float
+    max_connections: int
+    retry_timeout: float
+    pickle_protocol: int | None
+    client_name: str | None
+    # The value format, by what the OPTIONS say (their classes are made once per client).
+    value_format: str
 
 
 def with_db(url: str, db: int | None) -> str:
@@ -97,32 +110,17 @@ def with_db(url: str, db: int | None) -> str:
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
 
 
-class RedisCache(NativeKeys, FailurePolicy, BaseCache):
+class RedisCache(NetworkCache):
     """Redis backend with Django's RedisCache semantics."""
 
     known_options = OPTIONS | NO_MEANING
     _failure_logger = logger
     # The db when neither LOCATION nor OPTIONS name one (None: the server's default, 0).
     default_db: ClassVar[int | None] = None
+    # SCAN's COUNT hint; django-redis's setting when a site has it (its default, 10, is slow).
+    _scan_itersize = 1000
 
-    def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        super().__init__(params)
-        if isinstance(server, str):
-            self._servers = [s for s in re.split("[;,]", server) if s.strip()]
-        else:
-            self._servers = list(server)
-        self._options = dict(params.get("OPTIONS") or {})
-        # A setting that cannot work is raised at first use (and listed by `manage.py check`),
-        # not here: Django's own checks build every cache, and must not crash on one.
-        self._settings_key = None
-        self._config_error: ImproperlyConfigured | None = None
-        try:
-            self._configure()
-        except (ImproperlyConfigured, TypeError, ValueError) as e:
-            self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
-        _backends.add(self)
-
-    def _configure(self) -> None:
+    def _configure(self) -> RedisSettings:
         if not self._servers:
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
         # django-redis's global switches, overridden per cache by OPTIONS.
@@ -133,9 +131,12 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             ),
             "OPTIONS['IGNORE_EXCEPTIONS']",
         )
-        self._log_ignored = bool(getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True))
-        # SCAN's COUNT hint; django-redis's setting when a site has it (its default, 10, is slow).
-        self._scan_itersize = int(getattr(settings, "DJANGO_REDIS_SCAN_ITERSIZE", 1000))
+        self._log_ignored = setting_flag(
+            getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True), "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS"
+        )
+        self._scan_itersize = setting_count(
+            getattr(settings, "DJANGO_REDIS_SCAN_ITERSIZE", 1000), "DJANGO_REDIS_SCAN_ITERSIZE"
+        )
         leader = self._options.get("MASTER_CACHE")
         if leader:
             # django-redis-cache: MASTER_CACHE names the server that takes the writes.
@@ -147,7 +148,7 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
                     f"redis LOCATION {s!r}: TLS (rediss://) is not supported by django-rustcache yet"
                 )
         self._note_foreign_machinery()
-        self._settings_key = self._client_settings()
+        return self._client_settings()
 
     def _note_foreign_machinery(self) -> None:
         """Options that name the predecessors' client, parser or pool classes: their defaults have
@@ -163,67 +164,56 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             value = self._options[name]
             logger.info("OPTIONS[%r] = %r has no meaning for django-rustcache and is ignored", name, value)
 
-    def _client_settings(self) -> tuple:
+    def _client_settings(self) -> RedisSettings:
         o = self._options
         pool_kwargs = o.get("CONNECTION_POOL_KWARGS") or {}
         db = o.get("db", o.get("DB", self.default_db))
+        db = None if db is None else setting_count(db, "OPTIONS['DB']", minimum=0)
         max_connections = o.get("max_connections", o.get("MAX_CONNECTIONS", pool_kwargs.get("max_connections", 64)))
         protocol = o.get("pickle_version", o.get("PICKLE_VERSION", -1))
-        return (
-            tuple(with_db(location_url(s), None if db is None else int(db)) for s in self._servers),
-            None,
-            o.get("username", o.get("USERNAME")),
-            o.get("password", o.get("PASSWORD")),
-            setting_seconds(
+        return RedisSettings(
+            servers=tuple(with_db(location_url(s), db) for s in self._servers),
+            username=o.get("username", o.get("USERNAME")),
+            password=o.get("password", o.get("PASSWORD")),
+            connect_timeout=setting_seconds(
                 o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)),
                 "OPTIONS['SOCKET_CONNECT_TIMEOUT']",
             ),
-            setting_seconds(o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)), "OPTIONS['SOCKET_TIMEOUT']"),
-            int(max_connections or 64),
+            socket_timeout=setting_seconds(
+                o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)), "OPTIONS['SOCKET_TIMEOUT']"
+            ),
+            max_connections=setting_count(
+                64 if max_connections is None else max_connections, "OPTIONS['MAX_CONNECTIONS']"
+            ),
             # After a connection failure the server is skipped (calls fail at once) this long.
-            float(o.get("RETRY_TIMEOUT", o.get("retry_timeout", 1.0))),
-            None if protocol is None or int(protocol) < 0 else int(protocol),
-            # The value format, by what the OPTIONS say (their classes are made once per client).
-            repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
+            retry_timeout=setting_seconds(
+                o.get("RETRY_TIMEOUT", o.get("retry_timeout", 1.0)), "OPTIONS['RETRY_TIMEOUT']", zero=True
+            ),
+            pickle_protocol=None if protocol is None or int(protocol) < 0 else int(protocol),
+            client_name=o.get("client_name", o.get("CLIENT_NAME")),
+            value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
         )
 
-    @cached_property
-    def _cache(self) -> RedisClient:
-        if self._config_error is not None:
-            raise self._config_error
-        key = self._settings_key
-        with _clients_lock:
-            client = _clients.get(key)
-            if client is None:
-                servers, db, username, password, connect, timeout, max_connections, retry, protocol, _ = key
-                fmt = value_format(self._options, 5 if protocol is None else protocol)
-                client = _clients[key] = RedisClient(
-                    list(servers),
-                    db=db,
-                    username=username,
-                    password=password,
-                    connect_timeout=connect,
-                    socket_timeout=timeout,
-                    max_connections=max_connections,
-                    retry_timeout=retry,
-                    pickle_protocol=protocol,
-                    **fmt.client_kwargs(),
-                )
-            return client
+    def _make_client(self, s: RedisSettings) -> RedisClient:
+        fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
+        return RedisClient(
+            list(s.servers),
+            username=s.username,
+            password=s.password,
+            connect_timeout=s.connect_timeout,
+            socket_timeout=s.socket_timeout,
+            max_connections=s.max_connections,
+            retry_timeout=s.retry_timeout,
+            pickle_protocol=s.pickle_protocol,
+            client_name=s.client_name,
+            **fmt.client_kwargs(),
+        )
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
         """Django's rules: None makes the key persistent; non-positive values delete it."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
         return None if timeout is None else max(0, int(timeout))
-
-    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        try:
-            if self._native_keys:
-                return self._cache.get(*self._scope(version), key, default)
-            return self._cache.get(None, None, self.make_key(key, version), default)
-        except CacheError as e:
-            return self._failed(e, default)
 
     def set(
         self,
@@ -252,29 +242,9 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             return self._failed(e, False if (nx or xx) else None)
         return None
 
-    def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        try:
-            return self._cache.add(*self._parts(key, version), value, self.get_backend_timeout(timeout))
-        except CacheError as e:
-            return self._failed(e, False)
-
-    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
-        try:
-            return self._cache.touch(*self._parts(key, version), self.get_backend_timeout(timeout))
-        except CacheError as e:
-            return self._failed(e, False)
-
-    def delete(self, key: Any, version: Any = None) -> bool:
-        try:
-            return self._cache.delete(*self._parts(key, version))
-        except CacheError as e:
-            return self._failed(e, False)
-
+    @answers(False)
     def has_key(self, key: Any, version: Any = None) -> bool:
-        try:
-            return self._cache.has_key(*self._parts(key, version))
-        except CacheError as e:
-            return self._failed(e, False)
+        return self._cache.has_key(*self._parts(key, version))
 
     @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
@@ -282,41 +252,6 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
             # django-redis: INCRBY even when the key is missing (it then starts from 0).
             return self._cache.execute("INCRBY", self._made(key, version), int(delta))
         return self._cache.incr(*self._parts(key, version), delta)
-
-    @answers(None)
-    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return self._cache.incr(*self._parts(key, version), -delta)
-
-    def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
-        try:
-            if self._native_keys:
-                return self._cache.get_many(*self._scope(version), keys)
-            made = self._made_keys(keys, version)
-            found = self._cache.get_many(None, None, list(made))
-            return {made[k]: v for k, v in found.items()}
-        except CacheError as e:
-            return self._failed(e, {})
-
-    def set_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> list[Any]:
-        if not data:
-            return []
-        timeout = self.get_backend_timeout(timeout)
-        try:
-            if self._native_keys:
-                prefix, version = self._scope(version)
-                return list(self._cache.set_many(dict(data), timeout, prefix, version))
-            return list(self._cache.set_many({self.make_key(k, version): v for k, v in data.items()}, timeout))
-        except CacheError as e:
-            return self._failed(e, list(data))
-
-    def delete_many(self, keys: Any, version: Any = None) -> None:
-        try:
-            if self._native_keys:
-                self._cache.delete_many(*self._scope(version), keys)
-            else:
-                self._cache.delete_many(None, None, [self.make_key(k, version) for k in keys])
-        except CacheError as e:
-            self._failed(e, None)
 
     @answers(None)
     def incr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
@@ -331,9 +266,6 @@ class RedisCache(NativeKeys, FailurePolicy, BaseCache):
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return await sync_to_async(self.incr_version, thread_sensitive=True)(key, delta, version)
-
-    def close(self, **kwargs: Any) -> None:
-        """Keep the pool: connections are reused across requests."""
 
     # --- django-redis / django-redis-cache extension API ------------------------------------
 

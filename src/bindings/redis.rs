@@ -197,7 +197,7 @@ impl PyRedisClient {
     #[new]
     #[pyo3(signature = (
         servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
-        max_connections=64, retry_timeout=1.0, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
+        max_connections=64, retry_timeout=1.0, client_name=None, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
         compress_level=None, compress_min_len=15
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -210,6 +210,7 @@ impl PyRedisClient {
         socket_timeout: f64,
         max_connections: usize,
         retry_timeout: f64,
+        client_name: Option<String>,
         pickle_protocol: Option<i32>,
         serializer: Option<(Py<PyAny>, Py<PyAny>)>,
         ints_as_digits: bool,
@@ -241,10 +242,11 @@ impl PyRedisClient {
             socket_timeout: seconds(socket_timeout, "socket_timeout")?,
             max_connections: max_connections.max(1),
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
+            client_name,
         };
         let pools = servers
             .iter()
-            .map(|url| Pool::new(url, db, username.as_deref(), password.as_deref(), config))
+            .map(|url| Pool::new(url, db, username.as_deref(), password.as_deref(), config.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Self { client: Client::new(pools)?, codec })
@@ -267,14 +269,18 @@ impl PyRedisClient {
         }
     }
 
-    /// The found keys (as given) and their values: one MGET.
+    /// The found keys (as given) and their values: one MGET. (``partial`` is accepted for the
+    /// backends' shared signature: one MGET either answers or fails as a whole.)
+    #[pyo3(signature = (prefix, version, keys, partial=false))]
     fn get_many<'py>(
         &self,
         py: Python<'py>,
         prefix: &Bound<'py, PyAny>,
         version: &Bound<'py, PyAny>,
         keys: &Bound<'py, PyAny>,
+        partial: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let _ = partial;
         let mut originals = Vec::new();
         let mut made = Vec::new();
         for key in keys.try_iter()? {
@@ -410,15 +416,21 @@ impl PyRedisClient {
 
     /// Store every item with one pipeline; a timeout of 0 deletes them. Returns [] as Django's
     /// RedisCache does.
-    #[pyo3(signature = (mapping, timeout, prefix=None, version=None))]
+    #[pyo3(signature = (mapping, timeout, prefix=None, version=None, partial=false))]
     fn set_many<'py>(
         &self,
         py: Python<'py>,
-        mapping: &Bound<'py, PyDict>,
+        mapping: &Bound<'py, PyAny>,
         timeout: Option<u64>,
         prefix: Option<Bound<'py, PyAny>>,
         version: Option<Bound<'py, PyAny>>,
+        partial: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        let _ = partial;
+        let mapping = match mapping.cast::<PyDict>() {
+            Ok(d) => d.clone(),
+            Err(_) => PyDict::from_sequence(&mapping.call_method0("items")?)?,
+        };
         let none = py.None().into_bound(py);
         let prefix = prefix.unwrap_or_else(|| none.clone());
         let version = version.unwrap_or_else(|| none.clone());

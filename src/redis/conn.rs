@@ -134,17 +134,26 @@ impl Read for Bounded<'_> {
     }
 }
 
+/// What a new connection says first: AUTH, SELECT and CLIENT SETNAME, as configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Login<'a> {
+    /// An ACL user (with `password`).
+    pub username: Option<&'a str>,
+    /// The password (AUTH).
+    pub password: Option<&'a str>,
+    /// The db to SELECT (0 needs none).
+    pub db: i64,
+    /// The connection's name (CLIENT SETNAME).
+    pub client_name: Option<&'a str>,
+}
+
 impl Conn {
-    /// Connect to `addr`, then AUTH and SELECT in one round trip, all before `deadline`.
-    pub fn connect(
-        addr: &Address,
-        username: Option<&str>,
-        password: Option<&str>,
-        db: i64,
-        deadline: Instant,
-    ) -> Result<Self, Error> {
+    /// Connect to `addr`, then log in (AUTH, SELECT, CLIENT SETNAME) in one round trip, all
+    /// before `deadline`.
+    pub fn connect(addr: &Address, login: &Login<'_>, deadline: Instant) -> Result<Self, Error> {
         let label = format!("redis {addr}");
         let stream = Stream::connect(addr, deadline, &label)?;
+        let db = login.db;
         let mut conn = Self {
             stream,
             parser: Parser::new(),
@@ -155,9 +164,9 @@ impl Conn {
             db,
         };
         let mut handshake = redis::pipe();
-        if let Some(password) = password {
+        if let Some(password) = login.password {
             let auth = handshake.cmd("AUTH");
-            if let Some(username) = username {
+            if let Some(username) = login.username {
                 auth.arg(username);
             }
             auth.arg(password);
@@ -165,7 +174,10 @@ impl Conn {
         if db != 0 {
             handshake.cmd("SELECT").arg(db);
         }
-        if password.is_some() || db != 0 {
+        if let Some(name) = login.client_name {
+            handshake.cmd("CLIENT").arg("SETNAME").arg(name);
+        }
+        if login.password.is_some() || db != 0 || login.client_name.is_some() {
             conn.begin(deadline);
             if let Err(e) = handshake.query::<()>(&mut conn) {
                 return Err(conn.take_failure().unwrap_or_else(|| classify(&label, &e)));

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use super::conn::Conn;
+use super::conn::{Conn, Login};
 use crate::error::{Error, ErrorKind};
 use crate::net::{Address, SLICE, check_interrupt};
 
 /// Deadlines and bounds of one pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// To connect and authenticate (within the call's deadline).
     pub connect_timeout: Duration,
@@ -24,6 +24,8 @@ pub struct PoolConfig {
     pub max_connections: usize,
     /// After a connection-level failure, calls to the server fail at once for this long.
     pub retry_timeout: Duration,
+    /// Given to the server with CLIENT SETNAME on every new connection (shown by CLIENT LIST).
+    pub client_name: Option<String>,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +35,7 @@ impl Default for PoolConfig {
             socket_timeout: Duration::from_secs(3),
             max_connections: 64,
             retry_timeout: Duration::from_secs(1),
+            client_name: None,
         }
     }
 }
@@ -195,7 +198,13 @@ impl Pool {
     /// A new connection in a slot already counted as open (it is freed if connecting fails).
     pub fn replace(&self, deadline: Instant) -> Result<Conn, Error> {
         let deadline = deadline.min(Instant::now() + self.config.connect_timeout);
-        match Conn::connect(&self.addr, self.username.as_deref(), self.password.as_deref(), self.db, deadline) {
+        let login = Login {
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            db: self.db,
+            client_name: self.config.client_name.as_deref(),
+        };
+        match Conn::connect(&self.addr, &login, deadline) {
             Ok(conn) => Ok(conn),
             Err(e) => {
                 self.forget();

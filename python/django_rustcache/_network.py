@@ -1,0 +1,218 @@
+"""What the network backends (memcached, redis) share: LOCATION and OPTIONS read once into a
+frozen settings object (a setting that cannot work is kept for first use, and listed by
+``manage.py check``, rather than raised while Django builds its caches), one client per distinct
+settings in the process (forgotten in a forked child), the failure policy, and Django's API
+written once on top of the client."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from collections.abc import Hashable
+from typing import Any, ClassVar
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.functional import cached_property
+
+from django_rustcache._core import CacheError
+from django_rustcache._failures import FailurePolicy, answers
+from django_rustcache._keys import NativeKeys
+
+# --- settings: each a clear ImproperlyConfigured naming the setting ---------------------------
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def setting_flag(value: Any, name: str) -> bool:
+    """A yes/no setting: a bool, 0/1, or one of true/false, yes/no, on/off (any case). Anything
+    else is an ImproperlyConfigured naming the setting (``bool("false")`` would be True)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ImproperlyConfigured(f"{name} must be True or False (or 'true'/'false', 'yes'/'no'), not {value!r}")
+
+
+def setting_seconds(value: Any, name: str, *, zero: bool = False) -> float:
+    """A duration in seconds: a positive number (calls are always bounded, so 0 and None, which
+    would mean 'fail at once' or 'wait forever', are refused), or with ``zero`` also 0."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not (seconds > 0 or (zero and seconds == 0)) or seconds == float("inf"):
+        what = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+        raise ImproperlyConfigured(f"{name} must be {what}, not {value!r}")
+    return seconds
+
+
+def setting_count(value: Any, name: str, *, minimum: int = 1, maximum: int = 1 << 31) -> int:
+    """A whole number within bounds (pool sizes, limits)."""
+    try:
+        number = int(value)
+        exact = number == value or isinstance(value, str)
+    except (TypeError, ValueError):
+        number, exact = minimum - 1, False
+    if not exact or not minimum <= number <= maximum:
+        raise ImproperlyConfigured(f"{name} must be a whole number from {minimum} to {maximum}, not {value!r}")
+    return number
+
+
+def setting_port(value: Any, where: str) -> int:
+    """A TCP port, 1-65535 (0 is no port: never silently a unix socket)."""
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ImproperlyConfigured(f"{where}: the port must be a number from 1 to 65535, not {value!r}")
+    return port
+
+
+def split_location(server: Any) -> list[Any]:
+    """LOCATION as a list of servers: a string split on ``;`` and ``,``, or a list as given."""
+    if isinstance(server, str):
+        return [s.strip() for s in re.split("[;,]", server) if s.strip()]
+    return list(server or [])
+
+
+# --- one client per distinct settings ----------------------------------------------------------
+
+
+class _Registry:
+    """The clients of the process, by settings; forgotten in a forked child, which must never
+    share its parent's sockets."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Hashable, Any] = {}
+        self._lock = threading.Lock()
+        self._backends: weakref.WeakSet[NetworkCache] = weakref.WeakSet()
+
+    def client(self, backend: NetworkCache) -> Any:
+        with self._lock:
+            client = self._clients.get(backend._settings)
+            if client is None:
+                client = self._clients[backend._settings] = backend._make_client(backend._settings)
+            return client
+
+    def track(self, backend: NetworkCache) -> None:
+        self._backends.add(backend)
+
+    def after_fork_in_child(self) -> None:
+        # The lock may have been held by a thread that does not exist in the child.
+        self._lock = threading.Lock()
+        self._clients.clear()
+        for backend in list(self._backends):
+            backend.__dict__.pop("_cache", None)
+
+
+_registry = _Registry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_registry.after_fork_in_child)
+
+
+# --- the shared backend ------------------------------------------------------------------------
+
+
+class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
+    """Django's cache API over a network client. Subclasses say how settings are read
+    (``_configure``), how a client is made (``_make_client``), how timeouts convert, and the
+    names of the client's multi-key methods."""
+
+    _settings: Hashable | None = None
+    _config_error: ImproperlyConfigured | None = None
+    # The client's multi-key methods (memcached keeps pylibmc's names: Django's suite patches them).
+    _get_many_method: ClassVar[str] = "get_many"
+    _set_many_method: ClassVar[str] = "set_many"
+    _delete_many_method: ClassVar[str] = "delete_many"
+
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._options = dict(params.get("OPTIONS") or {})
+        self._servers = split_location(server)
+        try:
+            self._settings = self._configure()
+        except (ImproperlyConfigured, TypeError, ValueError) as e:
+            self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
+        _registry.track(self)
+
+    def _configure(self) -> Hashable:
+        """Read LOCATION and OPTIONS into the settings the client is made from."""
+        raise NotImplementedError
+
+    def _make_client(self, settings: Any) -> Any:
+        raise NotImplementedError
+
+    @cached_property
+    def _cache(self) -> Any:
+        if self._config_error is not None:
+            raise self._config_error
+        return _registry.client(self)
+
+    def close(self, **kwargs: Any) -> None:
+        """Keep the pool: reconnecting at every request end is what these backends avoid."""
+
+    # --- Django's API, answered per the failure policy ---------------------------------------
+
+    def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
+        try:
+            if self._native_keys:
+                return self._cache.get(*self._scope(version), key, default)
+            return self._cache.get(None, None, self.make_key(key, version), default)
+        except CacheError as e:
+            return self._failed(e, default)
+
+    @answers(False)
+    def add(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        return self._cache.add(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+
+    @answers(False)
+    def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
+        return self._cache.touch(*self._parts(key, version), self.get_backend_timeout(timeout))
+
+    @answers(False)
+    def delete(self, key: Any, version: Any = None) -> bool:
+        return self._cache.delete(*self._parts(key, version))
+
+    def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
+        get_many = getattr(self._cache, self._get_many_method)
+        try:
+            if self._native_keys:
+                return get_many(*self._scope(version), keys, self._ignore_exc)
+            made = self._made_keys(keys, version)
+            found = get_many(None, None, list(made), self._ignore_exc)
+            return {made[k]: v for k, v in found.items()}
+        except CacheError as e:
+            return self._failed(e, {})
+
+    def set_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> list[Any]:
+        if not data:
+            return []
+        set_many = getattr(self._cache, self._set_many_method)
+        timeout = self.get_backend_timeout(timeout)
+        try:
+            if self._native_keys:
+                return list(set_many(data, timeout, *self._scope(version), self._ignore_exc))
+            original = {self.make_key(k, version): k for k in data}
+            made = {k: data[original[k]] for k in original}
+            return [original[k] for k in set_many(made, timeout, None, None, self._ignore_exc)]
+        except CacheError as e:
+            return self._failed(e, list(data))
+
+    @answers(None)
+    def delete_many(self, keys: Any, version: Any = None) -> None:
+        delete_many = getattr(self._cache, self._delete_many_method)
+        if self._native_keys:
+            delete_many(*self._scope(version), keys)
+        else:
+            delete_many(None, None, [self.make_key(k, version) for k in keys])
+
+    @answers(None)
+    def decr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return self.incr(key, -delta, version)
