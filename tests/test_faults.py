@@ -451,3 +451,32 @@ def test_redis_py_pool_options_are_accepted_and_client_name_is_given(redis_serve
     cache.set("k", 1)
     listing = cache._cache.execute("CLIENT", "LIST")
     assert b"name=rustcache-test" in listing
+
+
+# --- reshape: a restart costs multi-key calls no error either ----------------------------------
+
+
+@pytest.mark.parametrize("call", ["get_many", "set_many", "delete_many"])
+def test_memcached_multi_key_calls_survive_a_restart_of_every_server(call):
+    from tests.servers import MemcachedServer
+
+    servers = [MemcachedServer(), MemcachedServer()]
+    try:
+        cache = make_memcached([s.location for s in servers], OPTIONS={"retry_timeout": 5})
+        keys = [f"k{i}" for i in range(40)]
+        cache.set_many(dict.fromkeys(keys, 1))
+        assert len(cache.get_many(keys)) == 40  # both servers hold keys, and pooled connections
+        for s in servers:
+            s.restart()
+        # The pooled connections went stale: each is replaced once, and no error reaches us.
+        if call == "get_many":
+            assert cache.get_many(keys) == {}
+        elif call == "set_many":
+            assert cache.set_many(dict.fromkeys(keys, 2)) == []
+            assert cache.get_many(keys) == dict.fromkeys(keys, 2)
+        else:
+            cache.delete_many(keys)
+        assert all(s["up"] for s in cache.stats()["servers"])
+    finally:
+        for s in servers:
+            s.close()

@@ -269,7 +269,7 @@ impl PyMemcachedClient {
         let client = &self.client;
         let (found, errors) = py.detach(|| -> Result<_, crate::error::Error> {
             let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-            let (items, errors) = client.get_multi(&refs)?;
+            let (items, errors) = client.get_many(&refs)?;
             let items = items.into_iter().map(|item| item.map(unpack).transpose()).collect::<Result<Vec<_>, _>>()?;
             Ok((items, errors))
         })?;
@@ -367,7 +367,7 @@ impl PyMemcachedClient {
             let packed: Vec<(String, (u32, Vec<u8>))> = entries.into_iter().map(|(k, e)| (k, pack(codec, e))).collect();
             let items: Vec<(&[u8], u32, &[u8])> =
                 packed.iter().map(|(k, (f, d))| (k.as_bytes(), *f, d.as_slice())).collect();
-            let results = client.store_multi(Store::Set, &items, exptime)?;
+            let results = client.set_many(&items, exptime)?;
             if !partial && let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                 return Err(e.clone());
             }
@@ -378,7 +378,7 @@ impl PyMemcachedClient {
                 .map(|((k, _, _), _)| *k)
                 .collect();
             if !refused.is_empty() {
-                client.delete_multi(&refused)?;
+                client.delete_many(&refused)?;
             }
             let stored: Vec<bool> = results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect();
             client.count_sets(stored.iter().filter(|s| **s).count());
@@ -421,7 +421,7 @@ impl PyMemcachedClient {
         let client = &self.client;
         let errors = py.detach(|| {
             let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-            client.delete_multi(&refs)
+            client.delete_many(&refs)
         })?;
         match errors.into_iter().next() {
             Some(e) => Err(e.into()),
@@ -467,7 +467,7 @@ impl PyMemcachedClient {
     /// `flush_all` on every server.
     fn flush_all(&self, py: Python<'_>) -> PyResult<()> {
         let client = &self.client;
-        match py.detach(|| client.flush_all())?.into_iter().next() {
+        match py.detach(|| client.clear())?.into_iter().next() {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }

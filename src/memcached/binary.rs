@@ -151,6 +151,24 @@ pub fn encode_store(
     encode(buf, op, key, &extras, value, 0, cas)
 }
 
+/// The header (with extras and key) of a set/add/replace request whose `len`-byte value is sent
+/// right after it: for large values, written without copying them.
+pub fn encode_store_header(
+    buf: &mut Vec<u8>,
+    op: Op,
+    key: &[u8],
+    flags: u32,
+    exptime: i64,
+    len: usize,
+) -> Result<(), Error> {
+    let start = buf.len();
+    encode_store(buf, op, key, flags, exptime, b"", 0)?;
+    let body = u32::try_from(8 + key.len() + len)
+        .map_err(|_| Error::new(ErrorKind::TooLarge, "value too large for the binary protocol"))?;
+    buf[start + 8..start + 12].copy_from_slice(&body.to_be_bytes());
+    Ok(())
+}
+
 /// An incr/decr request that fails on a missing key (expiry 0xffffffff) instead of creating it.
 pub fn encode_incr(buf: &mut Vec<u8>, key: &[u8], delta: u64, decr: bool) -> Result<(), Error> {
     let mut extras = [0u8; 20];
@@ -260,6 +278,16 @@ mod tests {
         assert_eq!(b[1], Op::Decrement as u8);
         assert_eq!(&b[24..32], &5u64.to_be_bytes());
         assert_eq!(&b[40..44], &u32::MAX.to_be_bytes());
+    }
+
+    #[test]
+    fn a_store_header_and_its_value_are_the_whole_request() {
+        let mut whole = Vec::new();
+        encode_store(&mut whole, Op::Set, b"k", 16, 300, b"value", 0).unwrap();
+        let mut head = Vec::new();
+        encode_store_header(&mut head, Op::Set, b"k", 16, 300, 5).unwrap();
+        head.extend_from_slice(b"value");
+        assert_eq!(head, whole);
     }
 
     #[test]

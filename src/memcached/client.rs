@@ -1,18 +1,21 @@
-//! The memcached client: routing, per-server pools, health, and the commands Django needs, on
-//! bytes. Multi-key commands are pipelined per server (one write, then the replies), and every
-//! server involved is sent its batch before any reply is read, so servers work in parallel.
+//! The memcached client: the commands Django needs, each written once over the dialect (text
+//! or binary), the router (which server, and whether it is up) and the pool. Every call has one
+//! deadline. Multi-key commands are pipelined per server, and every server involved is sent its
+//! batch before any reply is read, so servers work in parallel within that one deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
-
-use super::binary::{self, Op, Packet, status};
 use super::conn::{Address, Conn, Timeouts};
-use super::protocol::{self, Reply, Store};
-use super::ring::{Distribution, KeyHash, Node, Ring};
+use super::dialect::{Dialect, Simple, VECTORED_FROM};
+use super::pool::Pool;
+use super::protocol::Store;
+use super::ring::{Distribution, KeyHash};
+use super::router::{FailurePolicy, Router};
 use crate::error::{Error, ErrorKind};
+
+pub use super::dialect::{Item, Stored};
 
 /// One configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +35,7 @@ pub struct Config {
     pub distribution: Distribution,
     /// The key hash.
     pub hash: KeyHash,
-    /// Connect, send and receive deadlines.
+    /// The connect timeout and the deadline of one call.
     pub timeouts: Timeouts,
     /// After a failure, the server is not contacted again for this long: calls fail at once.
     pub retry_timeout: Duration,
@@ -66,36 +69,11 @@ impl Default for Config {
     }
 }
 
-/// A value as stored: the client flags and the bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    /// The 32-bit client flags (pylibmc's type and compression bits).
-    pub flags: u32,
-    /// The stored bytes.
-    pub data: Vec<u8>,
-    /// The CAS id, when asked for.
-    pub cas: Option<u64>,
-}
-
-/// What a storage command came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// `STORED`.
-    Yes,
-    /// `NOT_STORED`, `EXISTS` or `NOT_FOUND`: the condition of add/replace/cas did not hold.
-    No,
-    /// The server refused the item (e.g. larger than its item size limit).
-    Refused(String),
-}
-
 /// Each server's index and its result (or its error).
 pub type PerServer<T> = Vec<(usize, Result<T, Error>)>;
 
-/// Each server's `version`, or its error.
-pub type Versions = Vec<(String, Result<String, Error>)>;
-
-/// Each server's `stats` output, or its error.
-pub type ServerStats = Vec<(String, Result<Vec<(String, String)>, Error>)>;
+/// Each server's address and its answer (or its error).
+pub type ByServer<T> = Vec<(String, Result<T, Error>)>;
 
 /// A server's health, as reported by `Client::servers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,38 +92,6 @@ pub struct ServerState {
     pub idle: usize,
 }
 
-#[derive(Default)]
-struct Health {
-    failures_in_a_row: u32,
-    down_until: Option<Instant>,
-    removed_until: Option<Instant>,
-    errors: u64,
-    last_error: Option<String>,
-}
-
-struct Server {
-    addr: Address,
-    idle: Mutex<Vec<Conn>>,
-    health: Mutex<Health>,
-}
-
-struct Routing {
-    ring: Ring,
-    /// ring index -> server index
-    members: Vec<usize>,
-}
-
-/// The client. Thread-safe; meant to be shared by every backend instance of one configuration.
-pub struct Client {
-    config: Config,
-    servers: Vec<Server>,
-    nodes: Vec<Node>,
-    routing: RwLock<Routing>,
-    /// Whether some server is out of the ring (so routing must check for its return).
-    any_removed: AtomicBool,
-    counters: Counters,
-}
-
 /// Client-side counters since the client was made.
 #[derive(Default)]
 struct Counters {
@@ -158,7 +104,7 @@ struct Counters {
 /// A snapshot of the client-side counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Keys found by get/get_multi.
+    /// Keys found by get/get_many.
     pub hits: u64,
     /// Keys not found.
     pub misses: u64,
@@ -168,22 +114,21 @@ pub struct ClientStats {
     pub failures: u64,
 }
 
-fn is_connection_failure(e: &Error) -> bool {
-    e.is_connection_failure()
+/// Whether an exchange may run again on a new connection when a pooled one turns out dead: not
+/// for `incr`/`decr`, whose first attempt may have applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Yes,
+    No,
 }
 
-fn non_numeric(key: &[u8]) -> Error {
-    Error::new(
-        ErrorKind::NotNumeric,
-        format!("cannot increment or decrement the non-numeric value of '{}'", String::from_utf8_lossy(key)),
-    )
-}
-
-fn unexpected(addr: &Address, reply: &Reply) -> Error {
-    match reply {
-        Reply::Error(message) => Error::new(ErrorKind::Server, format!("memcached {addr}: {message}")),
-        other => Error::new(ErrorKind::Protocol, format!("memcached {addr}: unexpected reply {other:?}")),
-    }
+/// The client. Thread-safe; meant to be shared by every backend instance of one configuration.
+pub struct Client {
+    config: Config,
+    dialect: Dialect,
+    router: Router,
+    pool: Pool,
+    counters: Counters,
 }
 
 impl Client {
@@ -191,34 +136,20 @@ impl Client {
     pub fn new(mut config: Config) -> Result<Self, Error> {
         config.binary |= config.credentials.is_some();
         if config.servers.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidKey, "no memcached server configured"));
+            return Err(Error::new(ErrorKind::Config, "no memcached server configured"));
         }
-        let nodes: Vec<Node> = config
-            .servers
-            .iter()
-            .map(|s| match &s.addr {
-                Address::Tcp(host, port) => Node { host: host.clone(), port: *port, weight: s.weight },
-                Address::Unix(path) => Node { host: path.display().to_string(), port: 0, weight: s.weight },
-            })
-            .collect();
-        let servers = config
-            .servers
-            .iter()
-            .map(|s| Server {
-                addr: s.addr.clone(),
-                idle: Mutex::new(Vec::new()),
-                health: Mutex::new(Health::default()),
-            })
-            .collect();
-        let ring = Ring::new(&nodes, config.distribution, config.hash);
-        let members = (0..nodes.len()).collect();
+        let servers: Vec<(Address, u32)> = config.servers.iter().map(|s| (s.addr.clone(), s.weight)).collect();
+        let policy = FailurePolicy {
+            retry_timeout: config.retry_timeout,
+            remove_failed: config.remove_failed,
+            dead_timeout: config.dead_timeout,
+        };
         Ok(Self {
-            config,
-            servers,
-            nodes,
-            routing: RwLock::new(Routing { ring, members }),
-            any_removed: AtomicBool::new(false),
+            dialect: if config.binary { Dialect::Binary } else { Dialect::Text },
+            router: Router::new(&servers, config.distribution, config.hash, policy),
+            pool: Pool::new(servers.len(), config.max_idle, config.timeouts, config.credentials.clone()),
             counters: Counters::default(),
+            config,
         })
     }
 
@@ -238,11 +169,6 @@ impl Client {
         self.counters.sets.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Count a call that failed on a server.
-    pub fn count_failure(&self) {
-        self.counters.failures.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// The client-side counters.
     pub fn client_stats(&self) -> ClientStats {
         ClientStats {
@@ -255,342 +181,206 @@ impl Client {
 
     /// The index of the server that holds `key`.
     pub fn route(&self, key: &[u8]) -> Result<usize, Error> {
-        if self.servers.len() == 1 {
-            return Ok(0);
-        }
-        if self.any_removed.load(Ordering::Relaxed) {
-            self.readmit_returned();
-        }
-        let routing = self.routing.read();
-        let i = routing
-            .ring
-            .route(key)
-            .ok_or_else(|| Error::new(ErrorKind::ServerDown, "every memcached server is down"))?;
-        Ok(routing.members[i])
+        self.router.route(key)
     }
 
-    fn rebuild_ring(&self) {
-        let now = Instant::now();
-        let members: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| self.servers[i].health.lock().removed_until.is_none_or(|until| until <= now))
-            .collect();
-        let nodes: Vec<Node> = members.iter().map(|&i| self.nodes[i].clone()).collect();
-        let ring = Ring::new(&nodes, self.config.distribution, self.config.hash);
-        self.any_removed.store(members.len() < self.servers.len(), Ordering::Relaxed);
-        *self.routing.write() = Routing { ring, members };
-    }
-
-    fn readmit_returned(&self) {
-        let now = Instant::now();
-        let due = self.servers.iter().any(|s| s.health.lock().removed_until.is_some_and(|until| until <= now));
-        if due {
-            for s in &self.servers {
-                let mut h = s.health.lock();
-                if h.removed_until.is_some_and(|until| until <= now) {
-                    h.removed_until = None;
-                    h.failures_in_a_row = 0;
-                }
-            }
-            self.rebuild_ring();
-        }
-    }
-
-    fn check_up(&self, si: usize) -> Result<(), Error> {
-        let h = self.servers[si].health.lock();
-        match h.down_until {
-            Some(until) if until > Instant::now() => Err(Error::new(
-                ErrorKind::ServerDown,
-                format!(
-                    "memcached {} is marked down after a failure ({}); retrying in {:.1}s",
-                    self.servers[si].addr,
-                    h.last_error.as_deref().unwrap_or("unknown error"),
-                    (until - Instant::now()).as_secs_f64()
-                ),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    fn record_failure(&self, si: usize, e: &Error) {
-        self.count_failure();
-        let server = &self.servers[si];
-        // Pooled connections to a failing server are likely dead too.
-        let stale = std::mem::take(&mut *server.idle.lock());
-        drop(stale);
-        let mut h = server.health.lock();
-        h.errors += 1;
-        h.failures_in_a_row += 1;
-        h.last_error = Some(e.to_string());
-        if !self.config.retry_timeout.is_zero() {
-            h.down_until = Some(Instant::now() + self.config.retry_timeout);
-        }
-        let remove = self.config.remove_failed > 0
-            && h.failures_in_a_row >= self.config.remove_failed
-            && h.removed_until.is_none();
-        if remove {
-            h.removed_until = Some(Instant::now() + self.config.dead_timeout);
-        }
-        drop(h);
-        if remove && self.servers.len() > 1 {
-            self.rebuild_ring();
-        }
-    }
-
-    fn record_success(&self, si: usize) {
-        let mut h = self.servers[si].health.lock();
-        if h.failures_in_a_row > 0 || h.down_until.is_some() {
-            h.failures_in_a_row = 0;
-            h.down_until = None;
-        }
-    }
-
-    /// A connection to server `si`: a pooled one, or a new one. The flag says whether it came
-    /// from the pool (and so may have gone stale since).
-    fn checkout(&self, si: usize, deadline: Instant) -> Result<(Conn, bool), Error> {
-        self.check_up(si)?;
-        if let Some(conn) = self.servers[si].idle.lock().pop() {
-            return Ok((conn, true));
-        }
-        match self.connect(si, deadline) {
-            Ok(conn) => Ok((conn, false)),
-            Err(e) => {
-                if is_connection_failure(&e) {
-                    self.record_failure(si, &e);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// A new connection to server `si`, authenticated when credentials are configured.
-    fn connect(&self, si: usize, deadline: Instant) -> Result<Conn, Error> {
-        let deadline = deadline.min(Instant::now() + self.config.timeouts.connect);
-        let mut conn = Conn::connect(&self.servers[si].addr, &self.config.timeouts, deadline)?;
-        if let Some((username, password)) = &self.config.credentials {
-            conn.authenticate(username, password, deadline)?;
-        }
-        Ok(conn)
-    }
+    // --- one exchange, one deadline ----------------------------------------------------------
 
     /// The deadline of a call that starts now: connect, send and every reply together.
     fn deadline(&self) -> Instant {
-        Instant::now() + self.config.timeouts.call
+        Instant::now() + self.pool.timeouts().call
     }
 
-    fn checkin(&self, si: usize, mut conn: Conn) {
-        if conn.has_pending_input() {
-            return;
-        }
-        conn.trim();
-        let mut idle = self.servers[si].idle.lock();
-        if idle.len() < self.config.max_idle {
-            idle.push(conn);
+    /// A failed exchange: a connection-level failure counts against the server (its retry
+    /// window starts and its idle connections, likely dead too, are dropped).
+    fn failed(&self, si: usize, e: &Error) {
+        if e.is_connection_failure() {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            self.router.record_failure(si, e);
+            self.pool.drop_idle(si);
         }
     }
 
-    /// Send `request` to server `si` and read its replies with `read`. A connection that
-    /// fails is dropped, never reused. When a pooled connection fails on an I/O error (the
-    /// server restarted since it was pooled) and `retry` is set, the exchange is tried once
-    /// more on a new connection before the failure counts against the server.
+    /// A connection to server `si`: a pooled one (flagged: it may have gone stale), or a new one.
+    fn checkout(&self, si: usize, deadline: Instant) -> Result<(Conn, bool), Error> {
+        self.router.check_up(si)?;
+        if let Some(conn) = self.pool.take(si) {
+            return Ok((conn, true));
+        }
+        self.connect(si, deadline).map(|conn| (conn, false))
+    }
+
+    fn connect(&self, si: usize, deadline: Instant) -> Result<Conn, Error> {
+        self.pool.connect(self.router.addr(si), deadline).inspect_err(|e| self.failed(si, e))
+    }
+
+    /// Read the reply on a connection a request was sent on; it goes back to the pool only when
+    /// the whole exchange completed (after any error, replies may still be on their way).
+    fn finish<T>(
+        &self,
+        si: usize,
+        mut conn: Conn,
+        deadline: Instant,
+        read: &mut impl FnMut(usize, &mut Conn, Instant) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let value = read(si, &mut conn, deadline)?;
+        self.router.record_success(si);
+        self.pool.put(si, conn);
+        Ok(value)
+    }
+
+    /// Send `parts` to server `si` and read the reply with `read`. A pooled connection that
+    /// fails on an I/O error (the server restarted since it was pooled) is, with `Retry::Yes`,
+    /// replaced once by a new one before the failure counts against the server.
     fn exchange<T>(
         &self,
         si: usize,
-        request: &[u8],
-        retry: bool,
-        read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        self.exchange_inner(si, &[request], retry, read)
-    }
-
-    /// [`Client::exchange`] for a request in several pieces (retried on a stale connection).
-    fn exchange_parts<T>(
-        &self,
-        si: usize,
         parts: &[&[u8]],
-        read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        self.exchange_inner(si, parts, true, read)
-    }
-
-    fn exchange_inner<T>(
-        &self,
-        si: usize,
-        parts: &[&[u8]],
-        retry: bool,
+        retry: Retry,
         mut read: impl FnMut(&mut Conn, Instant) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let deadline = self.deadline();
-        let (mut conn, mut pooled) = self.checkout(si, deadline)?;
-        loop {
-            let result = conn.send(parts, deadline).and_then(|()| read(&mut conn, deadline));
-            match result {
-                Ok(v) => {
-                    self.record_success(si);
-                    self.checkin(si, conn);
-                    return Ok(v);
-                }
-                Err(e) if !is_connection_failure(&e) => {
-                    // The server answered with an error. Replies may still be on their way (the
-                    // read stopped early), so the connection is dropped, never pooled: a late
-                    // reply must never be read as the answer to another request.
-                    drop(conn);
-                    return Err(e);
-                }
-                Err(e) => {
-                    drop(conn);
-                    if retry && pooled && e.kind() == ErrorKind::Io {
-                        drop(std::mem::take(&mut *self.servers[si].idle.lock()));
-                        match self.connect(si, deadline) {
-                            Ok(fresh) => {
-                                conn = fresh;
-                                pooled = false;
-                                continue;
-                            }
-                            Err(e) => {
-                                self.record_failure(si, &e);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    self.record_failure(si, &e);
-                    return Err(e);
-                }
+        let mut read = |_: usize, conn: &mut Conn, deadline: Instant| read(conn, deadline);
+        let (mut conn, pooled) = self.checkout(si, deadline)?;
+        let first = conn.send(parts, deadline).and_then(|()| self.finish(si, conn, deadline, &mut read));
+        match first {
+            Err(e) if retry == Retry::Yes && pooled && e.kind() == ErrorKind::Io => {
+                self.pool.drop_idle(si);
+                let mut conn = self.connect(si, deadline)?;
+                conn.send(parts, deadline)
+                    .and_then(|()| self.finish(si, conn, deadline, &mut read))
+                    .inspect_err(|e| self.failed(si, e))
             }
-        }
-    }
-
-    /// Fetch one key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
-        if self.config.binary {
-            return self.bin_get(key);
-        }
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 6);
-        protocol::encode_get(&mut request, &[key], false)?;
-        self.exchange(si, &request, true, |conn, deadline| {
-            let mut found = None;
-            loop {
-                match conn.read_reply(deadline)? {
-                    Reply::Value { flags, data, cas, .. } => found = Some(Item { flags, data, cas }),
-                    Reply::End => return Ok(found),
-                    other => return Err(unexpected(conn.addr(), &other)),
-                }
+            Err(e) => {
+                self.failed(si, &e);
+                Err(e)
             }
-        })
-    }
-
-    /// Group key indexes by server. Keys whose routing fails are reported in `errors`.
-    fn group<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Result<Vec<Vec<usize>>, Error> {
-        let mut groups = vec![Vec::new(); self.servers.len()];
-        for (i, key) in keys.enumerate() {
-            groups[self.route(key)?].push(i);
+            ok => ok,
         }
-        Ok(groups)
     }
 
-    /// Run one pipelined exchange per server, all servers in flight at once: every request is
-    /// written before any reply is read. `read` gets the server index and the connection.
+    /// Run one pipelined exchange per server, all servers in flight at once within one deadline
+    /// (a silent server costs it once, not once each): every request is written before any
+    /// reply is read. A pooled connection found dead is replaced once, as in `exchange` (every
+    /// fan-out command may be repeated). A signal handler that raises ends the whole call.
     fn fan_out<T>(
         &self,
-        requests: Vec<(usize, Vec<u8>)>,
+        requests: &[(usize, Vec<u8>)],
         mut read: impl FnMut(usize, &mut Conn, Instant) -> Result<T, Error>,
     ) -> Result<PerServer<T>, Error> {
-        if requests.len() == 1 {
-            let (si, request) = &requests[0];
-            let result = self.exchange(*si, request, true, |conn, deadline| read(*si, conn, deadline));
+        if let [(si, request)] = requests {
+            let result = self.exchange(*si, &[request], Retry::Yes, |conn, deadline| read(*si, conn, deadline));
             return match result {
                 Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
                 result => Ok(vec![(*si, result)]),
             };
         }
-        // One deadline for the whole fan-out: a silent server costs it once, not once each.
         let deadline = self.deadline();
-        let mut sent = Vec::with_capacity(requests.len());
         let mut out = Vec::with_capacity(requests.len());
-        for (si, request) in &requests {
+        let mut sent = Vec::with_capacity(requests.len());
+        let mut stale = Vec::new();
+        let settle = |out: &mut PerServer<T>, stale: &mut Vec<usize>, ri: usize, pooled: bool, e: Error| {
+            let si = requests[ri].0;
+            if e.kind() == ErrorKind::Interrupted {
+                return Err(e);
+            }
+            if pooled && e.kind() == ErrorKind::Io {
+                stale.push(ri);
+            } else {
+                self.failed(si, &e);
+                out.push((si, Err(e)));
+            }
+            Ok(())
+        };
+        for (ri, (si, request)) in requests.iter().enumerate() {
             match self.checkout(*si, deadline) {
-                Ok((mut conn, _)) => match conn.send(&[request], deadline) {
-                    Ok(()) => sent.push((*si, conn)),
-                    // A signal handler raised: the whole call ends (the connections in flight
-                    // are dropped with `sent`).
-                    Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
-                    Err(e) => {
-                        if is_connection_failure(&e) {
-                            self.record_failure(*si, &e);
-                        }
-                        out.push((*si, Err(e)));
-                    }
+                Ok((mut conn, pooled)) => match conn.send(&[request], deadline) {
+                    Ok(()) => sent.push((ri, conn, pooled)),
+                    Err(e) => settle(&mut out, &mut stale, ri, pooled, e)?,
                 },
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
                 Err(e) => out.push((*si, Err(e))),
             }
         }
-        for (si, mut conn) in sent {
-            match read(si, &mut conn, deadline) {
-                Ok(v) => {
-                    self.record_success(si);
-                    self.checkin(si, conn);
-                    out.push((si, Ok(v)));
-                }
-                Err(e) => {
-                    // Dropped either way: replies may still be on their way (see `exchange`).
-                    drop(conn);
-                    if e.kind() == ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                    if is_connection_failure(&e) {
-                        self.record_failure(si, &e);
-                    }
-                    out.push((si, Err(e)));
-                }
+        for (ri, conn, pooled) in sent {
+            let si = requests[ri].0;
+            match self.finish(si, conn, deadline, &mut read) {
+                Ok(v) => out.push((si, Ok(v))),
+                Err(e) => settle(&mut out, &mut stale, ri, pooled, e)?,
+            }
+        }
+        for ri in stale {
+            let (si, request) = &requests[ri];
+            self.pool.drop_idle(*si);
+            // (A failure to connect is counted by `connect`; one of the exchange, here.)
+            let result = self.connect(*si, deadline).and_then(|mut conn| {
+                conn.send(&[request], deadline)
+                    .and_then(|()| self.finish(*si, conn, deadline, &mut read))
+                    .inspect_err(|e| self.failed(*si, e))
+            });
+            match result {
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
+                result => out.push((*si, result)),
             }
         }
         Ok(out)
     }
 
-    /// Fetch several keys: one `get` per server, all servers at once. Returns the items in the
-    /// order of `keys`, and the errors of the servers that failed (their keys read as misses).
-    pub fn get_multi(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
-        if self.config.binary {
-            return self.bin_get_multi(keys);
+    /// One request per server that holds some of `keys`, each built by `encode` from that
+    /// server's share of the positions.
+    fn requests_by_server(
+        groups: &[Vec<usize>],
+        mut encode: impl FnMut(&mut Vec<u8>, &[usize]) -> Result<(), Error>,
+    ) -> Result<Vec<(usize, Vec<u8>)>, Error> {
+        let mut requests = Vec::new();
+        for (si, group) in groups.iter().enumerate() {
+            if !group.is_empty() {
+                let mut request = Vec::new();
+                encode(&mut request, group)?;
+                requests.push((si, request));
+            }
         }
+        Ok(requests)
+    }
+
+    // --- the commands ------------------------------------------------------------------------
+
+    /// Fetch one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
+        let si = self.router.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 32);
+        self.dialect.encode_get(&mut request, &[key])?;
+        let dialect = self.dialect;
+        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
+            Ok(dialect.read_get(conn, deadline)?.into_iter().next().map(|(_, item)| item))
+        })
+    }
+
+    /// Fetch several keys: one request per server, all servers at once. Returns the items in
+    /// the order of `keys`, and the errors of the servers that failed (their keys read as misses).
+    pub fn get_many(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
         let mut found: Vec<Option<Item>> = vec![None; keys.len()];
         if keys.is_empty() {
             return Ok((found, Vec::new()));
         }
-        let groups = self.group(keys.iter().copied())?;
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut request = Vec::with_capacity(group.iter().map(|&i| keys[i].len() + 1).sum::<usize>() + 6);
+        let groups = self.router.group(keys.iter().copied())?;
+        let dialect = self.dialect;
+        let requests = Self::requests_by_server(&groups, |request, group| {
             let group_keys: Vec<&[u8]> = group.iter().map(|&i| keys[i]).collect();
-            protocol::encode_get(&mut request, &group_keys, false)?;
-            requests.push((si, request));
-        }
-        let mut index: HashMap<&[u8], Vec<usize>> = HashMap::with_capacity(keys.len());
+            dialect.encode_get(request, &group_keys)
+        })?;
+        let mut positions: HashMap<&[u8], Vec<usize>> = HashMap::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            index.entry(*key).or_default().push(i);
+            positions.entry(*key).or_default().push(i);
         }
         let mut errors = Vec::new();
-        let results = self.fan_out(requests, |_, conn, deadline| {
-            let mut items = Vec::new();
-            loop {
-                match conn.read_reply(deadline)? {
-                    Reply::Value { key, flags, data, cas } => items.push((key, Item { flags, data, cas })),
-                    Reply::End => return Ok(items),
-                    other => return Err(unexpected(conn.addr(), &other)),
-                }
-            }
-        })?;
-        for (_, result) in results {
+        for (_, result) in self.fan_out(&requests, |_, conn, deadline| dialect.read_get(conn, deadline))? {
             match result {
-                Ok(items) => {
-                    for (key, item) in items {
-                        if let Some(positions) = index.get(key.as_slice()) {
-                            for &i in positions {
-                                found[i] = Some(item.clone());
-                            }
+                Ok(hits) => {
+                    for (key, item) in hits {
+                        // A key asked for twice is answered at each of its positions.
+                        for &i in positions.get(key.as_slice()).map_or(&[][..], Vec::as_slice) {
+                            found[i] = Some(item.clone());
                         }
                     }
                 }
@@ -600,255 +390,127 @@ impl Client {
         Ok((found, errors))
     }
 
-    fn stored(addr: &Address, reply: Reply) -> Result<Stored, Error> {
-        match reply {
-            Reply::Stored => Ok(Stored::Yes),
-            Reply::NotStored | Reply::Exists | Reply::NotFound => Ok(Stored::No),
-            Reply::Error(message) if message.starts_with("SERVER_ERROR") => Ok(Stored::Refused(message)),
-            other => Err(unexpected(addr, &other)),
-        }
-    }
-
     /// One storage command. Large values go out with a vectored write, not copied.
     pub fn store(&self, cmd: Store, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Result<Stored, Error> {
-        if self.config.binary {
-            return self.bin_store(cmd, key, flags, exptime, data);
+        let si = self.router.route(key)?;
+        let mut head = Vec::with_capacity(key.len() + 48);
+        let dialect = self.dialect;
+        let read = |conn: &mut Conn, deadline: Instant| dialect.read_stored(conn, deadline);
+        if data.len() < VECTORED_FROM {
+            dialect.encode_store(&mut head, cmd, key, flags, exptime, data)?;
+            return self.exchange(si, &[&head], Retry::Yes, read);
         }
-        let si = self.route(key)?;
-        let mut header = Vec::with_capacity(key.len() + 48);
-        if data.len() < 16 * 1024 {
-            protocol::encode_store(&mut header, cmd, key, flags, exptime, data)?;
-            return self.exchange(si, &header, true, |conn, deadline| {
-                let reply = conn.read_reply(deadline)?;
-                Self::stored(conn.addr(), reply)
-            });
-        }
-        protocol::encode_store_header(&mut header, cmd, key, flags, exptime, data.len())?;
-        self.exchange_parts(si, &[&header, data, b"\r\n"], |conn, deadline| {
-            let reply = conn.read_reply(deadline)?;
-            Self::stored(conn.addr(), reply)
-        })
+        let trailer = dialect.encode_store_header(&mut head, cmd, key, flags, exptime, data.len())?;
+        self.exchange(si, &[&head, data, trailer], Retry::Yes, read)
     }
 
-    /// Several storage commands, pipelined per server, all servers at once. One result per
-    /// item, in order.
-    pub fn store_multi(
-        &self,
-        cmd: Store,
-        items: &[(&[u8], u32, &[u8])],
-        exptime: i64,
-    ) -> Result<Vec<Result<Stored, Error>>, Error> {
-        if self.config.binary {
-            return self.bin_store_multi(cmd, items, exptime);
-        }
-        let groups = self.group(items.iter().map(|(k, _, _)| *k))?;
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let size = group.iter().map(|&i| items[i].0.len() + items[i].2.len() + 48).sum();
-            let mut request = Vec::with_capacity(size);
-            for &i in group {
+    /// Store every item, pipelined per server, all servers at once. One result per item, in
+    /// order (a failed server's error for each of its items).
+    pub fn set_many(&self, items: &[(&[u8], u32, &[u8])], exptime: i64) -> Result<Vec<Result<Stored, Error>>, Error> {
+        let groups = self.router.group(items.iter().map(|(k, _, _)| *k))?;
+        let dialect = self.dialect;
+        let requests = Self::requests_by_server(&groups, |request, group| {
+            request.reserve(group.iter().map(|&i| items[i].0.len() + items[i].2.len() + 48).sum());
+            group.iter().try_for_each(|&i| {
                 let (key, flags, data) = items[i];
-                protocol::encode_store(&mut request, cmd, key, flags, exptime, data)?;
-            }
-            requests.push((si, request));
-        }
-        let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
-        let results = self.fan_out(requests, |si, conn, deadline| {
-            let mut replies = Vec::with_capacity(groups[si].len());
-            for _ in &groups[si] {
-                let reply = conn.read_reply(deadline)?;
-                replies.push(Self::stored(conn.addr(), reply)?);
-            }
-            Ok(replies)
+                dialect.encode_store(request, Store::Set, key, flags, exptime, data)
+            })
         })?;
+        let results = self.fan_out(&requests, |si, conn, deadline| {
+            groups[si].iter().map(|_| dialect.read_stored(conn, deadline)).collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
         scatter(&mut out, &groups, results);
         Ok(out)
     }
 
     /// Delete one key; whether it was there.
     pub fn delete(&self, key: &[u8]) -> Result<bool, Error> {
-        if self.config.binary {
-            return self.bin_delete(key);
-        }
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 9);
-        protocol::encode_delete(&mut request, key)?;
-        self.exchange(si, &request, true, |conn, deadline| match conn.read_reply(deadline)? {
-            Reply::Deleted => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(unexpected(conn.addr(), &other)),
-        })
+        let si = self.router.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 32);
+        self.dialect.encode_delete(&mut request, key)?;
+        let dialect = self.dialect;
+        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| dialect.read_deleted(conn, deadline))
     }
 
-    /// Delete several keys, pipelined per server. Errors of the servers that failed.
-    pub fn delete_multi(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
-        if self.config.binary {
-            return self.bin_delete_multi(keys);
-        }
-        let groups = self.group(keys.iter().copied())?;
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut request = Vec::new();
-            for &i in group {
-                protocol::encode_delete(&mut request, keys[i])?;
-            }
-            requests.push((si, request));
-        }
-        let results = self.fan_out(requests, |si, conn, deadline| {
-            for _ in &groups[si] {
-                match conn.read_reply(deadline)? {
-                    Reply::Deleted | Reply::NotFound => {}
-                    other => return Err(unexpected(conn.addr(), &other)),
-                }
-            }
-            Ok(())
+    /// Delete several keys, pipelined per server. The errors of the servers that failed.
+    pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
+        let groups = self.router.group(keys.iter().copied())?;
+        let dialect = self.dialect;
+        let requests = Self::requests_by_server(&groups, |request, group| {
+            group.iter().try_for_each(|&i| dialect.encode_delete(request, keys[i]))
+        })?;
+        let results = self.fan_out(&requests, |si, conn, deadline| {
+            groups[si].iter().try_for_each(|_| dialect.read_deleted(conn, deadline).map(|_| ()))
         })?;
         Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
 
-    /// `incr`/`decr` by `delta`; the new value, or None when the key is missing. Not retried
-    /// on a stale connection: the first attempt may have been applied.
+    /// `incr`/`decr` by `delta`; the new value, or None when the key is missing (`NotNumeric`
+    /// when its value is not a number). Not retried on a stale connection: the first attempt
+    /// may have applied.
     pub fn incr(&self, key: &[u8], delta: u64, decr: bool) -> Result<Option<u64>, Error> {
-        if self.config.binary {
-            return self.bin_incr(key, delta, decr);
-        }
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 32);
-        protocol::encode_incr(&mut request, key, delta, decr)?;
-        self.exchange(si, &request, false, |conn, deadline| match conn.read_reply(deadline)? {
-            Reply::Number(n) => Ok(Some(n)),
-            Reply::NotFound => Ok(None),
-            // The text protocol's only CLIENT_ERROR for a well-formed incr is a non-numeric value.
-            Reply::Error(message) if message.starts_with("CLIENT_ERROR") => Err(non_numeric(key)),
-            other => Err(unexpected(conn.addr(), &other)),
-        })
+        let si = self.router.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 48);
+        self.dialect.encode_incr(&mut request, key, delta, decr)?;
+        let dialect = self.dialect;
+        self.exchange(si, &[&request], Retry::No, |conn, deadline| dialect.read_counter(conn, deadline, key))
     }
 
     /// Give a key a new expiry; whether it was there.
     pub fn touch(&self, key: &[u8], exptime: i64) -> Result<bool, Error> {
-        if self.config.binary {
-            return self.bin_touch(key, exptime);
-        }
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 24);
-        protocol::encode_touch(&mut request, key, exptime)?;
-        self.exchange(si, &request, true, |conn, deadline| match conn.read_reply(deadline)? {
-            Reply::Touched => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(unexpected(conn.addr(), &other)),
-        })
+        let si = self.router.route(key)?;
+        let mut request = Vec::with_capacity(key.len() + 32);
+        self.dialect.encode_touch(&mut request, key, exptime)?;
+        let dialect = self.dialect;
+        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| dialect.read_touched(conn, deadline))
     }
 
-    fn all_servers<T>(
+    /// A command without arguments on every server, in server order.
+    fn on_every_server<T>(
         &self,
-        command: &str,
+        command: Simple,
         read: impl FnMut(usize, &mut Conn, Instant) -> Result<T, Error>,
-    ) -> Result<PerServer<T>, Error> {
+    ) -> Result<ByServer<T>, Error> {
         let mut request = Vec::new();
-        protocol::encode_simple(&mut request, command);
-        let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
-        let mut results = self.fan_out(requests, read)?;
+        self.dialect.encode_simple(&mut request, command)?;
+        let requests: Vec<(usize, Vec<u8>)> = (0..self.router.len()).map(|si| (si, request.clone())).collect();
+        let mut results = self.fan_out(&requests, read)?;
         results.sort_by_key(|(si, _)| *si);
-        Ok(results)
+        Ok(results.into_iter().map(|(si, r)| (self.router.addr(si).to_string(), r)).collect())
     }
 
-    /// `flush_all` on every server. Errors of the servers that failed.
-    pub fn flush_all(&self) -> Result<Vec<Error>, Error> {
-        if self.config.binary {
-            return Ok(self.bin_all(Op::Flush)?.into_iter().filter_map(|(_, r)| r.err()).collect());
-        }
-        Ok(self
-            .all_servers("flush_all", |_, conn, deadline| match conn.read_reply(deadline)? {
-                Reply::Ok => Ok(()),
-                other => Err(unexpected(conn.addr(), &other)),
-            })?
-            .into_iter()
-            .filter_map(|(_, r)| r.err())
-            .collect())
+    /// `flush_all` on every server. The errors of the servers that failed.
+    pub fn clear(&self) -> Result<Vec<Error>, Error> {
+        let dialect = self.dialect;
+        let results = self.on_every_server(Simple::Flush, |_, conn, deadline| dialect.read_flushed(conn, deadline))?;
+        Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
 
     /// `version` of every server.
-    pub fn versions(&self) -> Result<Versions, Error> {
-        if self.config.binary {
-            return Ok(self
-                .bin_all(Op::Version)?
-                .into_iter()
-                .map(|(si, r)| {
-                    (self.servers[si].addr.to_string(), r.map(|p| String::from_utf8_lossy(&p.value).into_owned()))
-                })
-                .collect());
-        }
-        Ok(self
-            .all_servers("version", |_, conn, deadline| match conn.read_reply(deadline)? {
-                Reply::Version(v) => Ok(v),
-                other => Err(unexpected(conn.addr(), &other)),
-            })?
-            .into_iter()
-            .map(|(si, r)| (self.servers[si].addr.to_string(), r))
-            .collect())
+    pub fn versions(&self) -> Result<ByServer<String>, Error> {
+        let dialect = self.dialect;
+        self.on_every_server(Simple::Version, |_, conn, deadline| dialect.read_version(conn, deadline))
     }
 
     /// `stats` of every server.
-    pub fn stats(&self) -> Result<ServerStats, Error> {
-        if self.config.binary {
-            let mut request = Vec::new();
-            binary::encode(&mut request, Op::Stat, b"", b"", b"", 0, 0)?;
-            let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
-            let mut results = self.fan_out(requests, |_, conn, deadline| {
-                let mut stats = Vec::new();
-                loop {
-                    let p = conn.read_packet(deadline)?;
-                    if p.status != status::OK {
-                        return Err(bin_error(conn.addr(), &p));
-                    }
-                    if p.key.is_empty() {
-                        return Ok(stats);
-                    }
-                    stats.push((
-                        String::from_utf8_lossy(&p.key).into_owned(),
-                        String::from_utf8_lossy(&p.value).into_owned(),
-                    ));
-                }
-            })?;
-            results.sort_by_key(|(si, _)| *si);
-            return Ok(results.into_iter().map(|(si, r)| (self.servers[si].addr.to_string(), r)).collect());
-        }
-        Ok(self
-            .all_servers("stats", |_, conn, deadline| {
-                let mut stats = Vec::new();
-                loop {
-                    match conn.read_reply(deadline)? {
-                        Reply::Stat(name, value) => stats.push((name, value)),
-                        Reply::End => return Ok(stats),
-                        other => return Err(unexpected(conn.addr(), &other)),
-                    }
-                }
-            })?
-            .into_iter()
-            .map(|(si, r)| (self.servers[si].addr.to_string(), r))
-            .collect())
+    pub fn stats(&self) -> Result<ByServer<Vec<(String, String)>>, Error> {
+        let dialect = self.dialect;
+        self.on_every_server(Simple::Stats, |_, conn, deadline| dialect.read_stats(conn, deadline))
     }
 
     /// The health of every server.
     pub fn servers(&self) -> Vec<ServerState> {
-        let now = Instant::now();
-        self.servers
-            .iter()
-            .map(|s| {
-                let h = s.health.lock();
+        (0..self.router.len())
+            .map(|si| {
+                let h = self.router.health(si);
                 ServerState {
-                    address: s.addr.to_string(),
-                    up: h.down_until.is_none_or(|until| until <= now),
-                    removed: h.removed_until.is_some_and(|until| until > now),
+                    address: self.router.addr(si).to_string(),
+                    up: h.up,
+                    removed: h.removed,
                     errors: h.errors,
-                    last_error: h.last_error.clone(),
-                    idle: s.idle.lock().len(),
+                    last_error: h.last_error,
+                    idle: self.pool.idle_count(si),
                 }
             })
             .collect()
@@ -856,14 +518,12 @@ impl Client {
 
     /// Drop every pooled connection.
     pub fn disconnect_all(&self) {
-        for s in &self.servers {
-            drop(std::mem::take(&mut *s.idle.lock()));
-        }
+        self.pool.clear();
     }
 }
 
 /// Put each server's per-item replies (or its error, for all its items) back in item order.
-fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: Vec<(usize, Result<Vec<T>, Error>)>) {
+fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: PerServer<Vec<T>>) {
     for (si, result) in results {
         match result {
             Ok(replies) => {
@@ -877,235 +537,5 @@ fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: Vec<
                 }
             }
         }
-    }
-}
-
-fn bin_error(addr: &Address, packet: &Packet) -> Error {
-    Error::new(ErrorKind::Server, format!("memcached {addr}: {}", packet.status_text()))
-}
-
-fn bin_stored(addr: &Address, packet: &Packet) -> Result<Stored, Error> {
-    match packet.status {
-        status::OK => Ok(Stored::Yes),
-        status::NOT_FOUND | status::EXISTS | status::NOT_STORED => Ok(Stored::No),
-        status::TOO_LARGE => Ok(Stored::Refused(packet.status_text())),
-        _ => Err(bin_error(addr, packet)),
-    }
-}
-
-fn store_op(cmd: Store) -> (Op, u64) {
-    match cmd {
-        Store::Set => (Op::Set, 0),
-        Store::Add => (Op::Add, 0),
-        Store::Replace => (Op::Replace, 0),
-        Store::Cas(id) => (Op::Set, id),
-    }
-}
-
-/// The binary protocol (used where SASL is configured): the same commands, the same results.
-impl Client {
-    fn bin_get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 24);
-        binary::encode(&mut request, Op::Get, key, b"", b"", 0, 0)?;
-        self.exchange(si, &request, true, |conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            match p.status {
-                status::OK => Ok(Some(Item { flags: p.flags(), cas: Some(p.cas), data: p.value })),
-                status::NOT_FOUND => Ok(None),
-                _ => Err(bin_error(conn.addr(), &p)),
-            }
-        })
-    }
-
-    fn bin_get_multi(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
-        let mut found: Vec<Option<Item>> = vec![None; keys.len()];
-        if keys.is_empty() {
-            return Ok((found, Vec::new()));
-        }
-        let groups = self.group(keys.iter().copied())?;
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut request = Vec::new();
-            for &i in group {
-                // The opaque carries the key's position; quiet gets answer hits only.
-                let opaque = u32::try_from(i).map_err(|_| Error::new(ErrorKind::InvalidKey, "too many keys"))?;
-                binary::encode(&mut request, Op::GetKQ, keys[i], b"", b"", opaque, 0)?;
-            }
-            binary::encode(&mut request, Op::Noop, b"", b"", b"", u32::MAX, 0)?;
-            requests.push((si, request));
-        }
-        let mut errors = Vec::new();
-        let results = self.fan_out(requests, |_, conn, deadline| {
-            let mut hits = Vec::new();
-            loop {
-                let p = conn.read_packet(deadline)?;
-                if p.opcode == Op::Noop as u8 {
-                    return Ok(hits);
-                }
-                if p.status == status::OK {
-                    hits.push(p);
-                }
-            }
-        })?;
-        for (_, result) in results {
-            match result {
-                Ok(hits) => {
-                    for p in hits {
-                        if let Some(i) = usize::try_from(p.opaque).ok().filter(|&i| i < keys.len() && keys[i] == p.key)
-                        {
-                            found[i] = Some(Item { flags: p.flags(), cas: Some(p.cas), data: p.value });
-                        }
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        // A key asked for twice is answered once: copy the answer to its other positions.
-        let mut first: HashMap<&[u8], usize> = HashMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            if found[i].is_some() {
-                first.entry(*key).or_insert(i);
-            }
-        }
-        for i in 0..keys.len() {
-            if found[i].is_none()
-                && let Some(&j) = first.get(keys[i])
-            {
-                let copy = found[j].clone();
-                found[i] = copy;
-            }
-        }
-        Ok((found, errors))
-    }
-
-    fn bin_store(&self, cmd: Store, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Result<Stored, Error> {
-        let si = self.route(key)?;
-        let (op, cas) = store_op(cmd);
-        let mut request = Vec::with_capacity(key.len() + data.len() + 32);
-        binary::encode_store(&mut request, op, key, flags, exptime, data, cas)?;
-        self.exchange(si, &request, true, |conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            bin_stored(conn.addr(), &p)
-        })
-    }
-
-    fn bin_store_multi(
-        &self,
-        cmd: Store,
-        items: &[(&[u8], u32, &[u8])],
-        exptime: i64,
-    ) -> Result<Vec<Result<Stored, Error>>, Error> {
-        let groups = self.group(items.iter().map(|(k, _, _)| *k))?;
-        let (op, cas) = store_op(cmd);
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut request = Vec::new();
-            for &i in group {
-                let (key, flags, data) = items[i];
-                binary::encode_store(&mut request, op, key, flags, exptime, data, cas)?;
-            }
-            requests.push((si, request));
-        }
-        let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
-        let results = self.fan_out(requests, |si, conn, deadline| {
-            let mut replies = Vec::with_capacity(groups[si].len());
-            for _ in &groups[si] {
-                let p = conn.read_packet(deadline)?;
-                replies.push(bin_stored(conn.addr(), &p)?);
-            }
-            Ok(replies)
-        })?;
-        scatter(&mut out, &groups, results);
-        Ok(out)
-    }
-
-    fn bin_delete(&self, key: &[u8]) -> Result<bool, Error> {
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 24);
-        binary::encode(&mut request, Op::Delete, key, b"", b"", 0, 0)?;
-        self.exchange(si, &request, true, |conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            match p.status {
-                status::OK => Ok(true),
-                status::NOT_FOUND => Ok(false),
-                _ => Err(bin_error(conn.addr(), &p)),
-            }
-        })
-    }
-
-    fn bin_delete_multi(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
-        let groups = self.group(keys.iter().copied())?;
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut request = Vec::new();
-            for &i in group {
-                binary::encode(&mut request, Op::Delete, keys[i], b"", b"", 0, 0)?;
-            }
-            requests.push((si, request));
-        }
-        let results = self.fan_out(requests, |si, conn, deadline| {
-            for _ in &groups[si] {
-                let p = conn.read_packet(deadline)?;
-                if p.status != status::OK && p.status != status::NOT_FOUND {
-                    return Err(bin_error(conn.addr(), &p));
-                }
-            }
-            Ok(())
-        })?;
-        Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
-    }
-
-    fn bin_incr(&self, key: &[u8], delta: u64, decr: bool) -> Result<Option<u64>, Error> {
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 48);
-        binary::encode_incr(&mut request, key, delta, decr)?;
-        self.exchange(si, &request, false, |conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            match p.status {
-                status::OK => match p.value.get(..8) {
-                    Some(b) => Ok(Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))),
-                    None => Err(Error::new(ErrorKind::Protocol, "memcached sent a short incr reply")),
-                },
-                status::NOT_FOUND => Ok(None),
-                status::NON_NUMERIC => Err(non_numeric(key)),
-                _ => Err(bin_error(conn.addr(), &p)),
-            }
-        })
-    }
-
-    fn bin_touch(&self, key: &[u8], exptime: i64) -> Result<bool, Error> {
-        let si = self.route(key)?;
-        let mut request = Vec::with_capacity(key.len() + 28);
-        binary::encode_touch(&mut request, key, exptime)?;
-        self.exchange(si, &request, true, |conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            match p.status {
-                status::OK => Ok(true),
-                status::NOT_FOUND => Ok(false),
-                _ => Err(bin_error(conn.addr(), &p)),
-            }
-        })
-    }
-
-    fn bin_all(&self, op: Op) -> Result<PerServer<Packet>, Error> {
-        let mut request = Vec::new();
-        binary::encode(&mut request, op, b"", b"", b"", 0, 0)?;
-        let requests = (0..self.servers.len()).map(|si| (si, request.clone())).collect();
-        let mut results = self.fan_out(requests, |_, conn, deadline| {
-            let p = conn.read_packet(deadline)?;
-            if p.status == status::OK { Ok(p) } else { Err(bin_error(conn.addr(), &p)) }
-        })?;
-        results.sort_by_key(|(si, _)| *si);
-        Ok(results)
     }
 }

@@ -24,8 +24,6 @@ pub enum Store {
     Add,
     /// Store only if the key holds something.
     Replace,
-    /// Store only if the key's CAS id is still this one.
-    Cas(u64),
 }
 
 /// One reply line (with its data block, for `VALUE`).
@@ -97,15 +95,10 @@ pub fn encode_store_header(
         Store::Set => b"set ",
         Store::Add => b"add ",
         Store::Replace => b"replace ",
-        Store::Cas(_) => b"cas ",
     };
     buf.extend_from_slice(name);
     buf.extend_from_slice(key);
-    let _ = write!(buf, " {flags} {exptime} {len}");
-    if let Store::Cas(id) = cmd {
-        let _ = write!(buf, " {id}");
-    }
-    buf.extend_from_slice(b"\r\n");
+    let _ = write!(buf, " {flags} {exptime} {len}\r\n");
     Ok(())
 }
 
@@ -254,13 +247,13 @@ mod tests {
         let mut b = Vec::new();
         encode_get(&mut b, &[b"a", b"b"], false).unwrap();
         encode_store(&mut b, Store::Add, b"k", 16, -1, b"v\r\n").unwrap();
-        encode_store(&mut b, Store::Cas(7), b"k", 0, 0, b"").unwrap();
+        encode_store(&mut b, Store::Replace, b"k", 0, 0, b"").unwrap();
         encode_incr(&mut b, b"n", 5, true).unwrap();
         encode_touch(&mut b, b"t", 300).unwrap();
         encode_delete(&mut b, b"d").unwrap();
         assert_eq!(
             b,
-            b"get a b\r\nadd k 16 -1 3\r\nv\r\n\r\ncas k 0 0 0 7\r\n\r\ndecr n 5\r\ntouch t 300\r\ndelete d\r\n"
+            b"get a b\r\nadd k 16 -1 3\r\nv\r\n\r\nreplace k 0 0 0\r\n\r\ndecr n 5\r\ntouch t 300\r\ndelete d\r\n"
                 .to_vec()
         );
     }
