@@ -480,3 +480,21 @@ def test_memcached_multi_key_calls_survive_a_restart_of_every_server(call):
     finally:
         for s in servers:
             s.close()
+
+
+def test_every_network_backend_reports_stats_in_one_shape(redis_server, memcached_server):
+    shapes = []
+    for cache in (make_redis(redis_server.location), make_memcached(memcached_server.location)):
+        before = cache.stats()
+        cache.set("s", 1)
+        cache.get("s")
+        cache.get("nothing-here")
+        cache.get_many(["s", "nothing-here"])
+        after = cache.stats()
+        assert after["sets"] - before["sets"] >= 1
+        assert after["hits"] - before["hits"] >= 2
+        assert after["misses"] - before["misses"] >= 2
+        shapes.append((set(after), set(after["servers"][0])))
+    common = {"address", "up", "errors", "last_error", "idle_connections"}
+    assert shapes[0][0] == shapes[1][0] == {"hits", "misses", "sets", "failures", "servers", "location"}
+    assert common <= shapes[0][1] and common <= shapes[1][1]

@@ -341,6 +341,9 @@ class RedisClient:
     def servers(self) -> list[dict[str, Any]]:
         """Each server's pool: address, up, errors, last_error, idle_connections, open_connections."""
 
+    def client_stats(self) -> dict[str, int]:
+        """Client-side counters: hits, misses, sets, failures."""
+
     def execute(self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False) -> Any:
         """Run one command as given; its reply as None, int, bytes, str, list or dict. ``write``
         picks the leader (else a replica may answer); ``idempotent`` allows one retry on a new

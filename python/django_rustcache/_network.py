@@ -158,6 +158,13 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
     def close(self, **kwargs: Any) -> None:
         """Keep the pool: reconnecting at every request end is what these backends avoid."""
 
+    def stats(self) -> dict[str, Any]:
+        """One shape for every network backend: the client-side counters (hits, misses, sets,
+        failures; shared by every backend instance on the client), each server's state (address,
+        up, errors, last_error, idle_connections, and per backend removed / open_connections) and
+        the LOCATION."""
+        return {**self._cache.client_stats(), "servers": self._cache.servers(), "location": self._servers}
+
     # --- Django's API, answered per the failure policy ---------------------------------------
 
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:

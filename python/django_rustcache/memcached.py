@@ -336,11 +336,6 @@ class MemcachedCache(NetworkCache):
     def clear(self) -> None:
         self._cache.flush_all()
 
-    def stats(self) -> dict[str, Any]:
-        """Client-side counters (hits, misses, sets, failures, shared by every backend instance on
-        this client) and each server's state (up, removed, errors, last error, idle connections)."""
-        return {**self._cache.client_stats(), "servers": self._cache.servers(), "location": self._servers}
-
     def server_stats(self) -> dict[str, Any]:
         """Each server's own ``stats`` output."""
         return self._cache.server_stats()

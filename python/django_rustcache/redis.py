@@ -463,10 +463,6 @@ class RedisCache(NetworkCache):
         arguments in django-redis's order, named by the made key."""
         return Lock(self._cache, self._made(key, version), timeout, sleep, blocking, blocking_timeout)
 
-    def stats(self) -> dict[str, Any]:
-        """Each server's pool: address, idle and open connections."""
-        return {"servers": self._cache.servers(), "location": self._servers}
-
 
 # Replace each KEYS[i] whose value is still ARGV[2i-1] with ARGV[2i], keeping its TTL.
 _REINSERT = """

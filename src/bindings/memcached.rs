@@ -11,6 +11,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
 
 use super::errors::ServerDown;
 use super::keys::{OnInvalid, make_key_checked};
+use super::stats::client_stats;
 use crate::codec;
 use crate::memcached::client::{Client, Config, Item, ServerSpec, Stored};
 use crate::memcached::conn::{Address, Timeouts};
@@ -125,9 +126,6 @@ impl PyMemcachedClient {
             }
             Ok(stored)
         })?;
-        if stored == Stored::Yes {
-            client.count_sets(1);
-        }
         Ok(stored == Stored::Yes)
     }
 }
@@ -241,7 +239,6 @@ impl PyMemcachedClient {
         let key = Self::key(py, prefix, version, key)?;
         let client = &self.client;
         let found = py.detach(|| client.get(key.as_bytes())?.map(unpack).transpose())?;
-        client.count_lookups(usize::from(found.is_some()), usize::from(found.is_none()));
         match found {
             Some((flags, data)) => Codec::decode(py, flags, &data),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
@@ -276,8 +273,6 @@ impl PyMemcachedClient {
         if !partial && let Some(e) = errors.into_iter().next() {
             return Err(e.into());
         }
-        let hits = found.iter().filter(|f| f.is_some()).count();
-        client.count_lookups(hits, found.len() - hits);
         let out = PyDict::new(py);
         for (original, item) in originals.iter().zip(found) {
             if let Some((flags, data)) = item {
@@ -380,9 +375,7 @@ impl PyMemcachedClient {
             if !refused.is_empty() {
                 client.delete_many(&refused)?;
             }
-            let stored: Vec<bool> = results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect();
-            client.count_sets(stored.iter().filter(|s| **s).count());
-            Ok(stored)
+            Ok(results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect())
         })?;
         let failed = PyList::empty(py);
         for (original, ok) in originals.iter().zip(outcome) {
@@ -527,13 +520,7 @@ impl PyMemcachedClient {
 
     /// Client-side counters: hits, misses, sets, failures.
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.client.client_stats();
-        let out = PyDict::new(py);
-        out.set_item("hits", s.hits)?;
-        out.set_item("misses", s.misses)?;
-        out.set_item("sets", s.sets)?;
-        out.set_item("failures", s.failures)?;
-        Ok(out)
+        client_stats(py, self.client.client_stats())
     }
 
     /// Which configured server (index) a made key goes to.

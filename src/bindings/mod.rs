@@ -6,3 +6,4 @@ pub mod keys;
 pub mod lru;
 pub mod memcached;
 pub mod redis;
+pub mod stats;

@@ -13,6 +13,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, 
 use redis::Value;
 
 use super::keys::make_key;
+use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
 use crate::redis::client::{Client, Counter};
 use crate::redis::pool::{Pool, PoolConfig};
@@ -292,7 +293,7 @@ impl PyRedisClient {
         let values = py.detach(|| {
             let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
             client
-                .mget(&refs)
+                .get_many(&refs)
                 .map(|values| values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect::<Vec<_>>())
         })?;
         let out = PyDict::new(py);
@@ -485,7 +486,7 @@ impl PyRedisClient {
     /// FLUSHDB on the leader.
     fn clear(&self, py: Python<'_>) -> PyResult<bool> {
         let client = &self.client;
-        py.detach(|| client.flushdb())?;
+        py.detach(|| client.clear())?;
         Ok(true)
     }
 
@@ -504,6 +505,11 @@ impl PyRedisClient {
             out.append(d)?;
         }
         Ok(out)
+    }
+
+    /// Client-side counters: hits, misses, sets, failures.
+    fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        client_stats(py, self.client.client_stats())
     }
 
     /// The index of the server a read (or a write) goes to.

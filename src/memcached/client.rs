@@ -4,7 +4,6 @@
 //! batch before any reply is read, so servers work in parallel within that one deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::conn::{Address, Conn, Timeouts};
@@ -14,8 +13,10 @@ use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
 use super::router::{FailurePolicy, Router};
 use crate::error::{Error, ErrorKind};
+use crate::net::Counters;
 
 pub use super::dialect::{Item, Stored};
+pub use crate::net::ClientStats;
 
 /// One configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,28 +93,6 @@ pub struct ServerState {
     pub idle: usize,
 }
 
-/// Client-side counters since the client was made.
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    sets: AtomicU64,
-    failures: AtomicU64,
-}
-
-/// A snapshot of the client-side counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Keys found by get/get_many.
-    pub hits: u64,
-    /// Keys not found.
-    pub misses: u64,
-    /// Values stored.
-    pub sets: u64,
-    /// Calls that failed on a server (unreachable, timed out, marked down).
-    pub failures: u64,
-}
-
 /// Whether an exchange may run again on a new connection when a pooled one turns out dead: not
 /// for `incr`/`decr`, whose first attempt may have applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,25 +137,9 @@ impl Client {
         &self.config
     }
 
-    /// Count lookups: `hits` found, `misses` not found.
-    pub fn count_lookups(&self, hits: usize, misses: usize) {
-        self.counters.hits.fetch_add(hits as u64, Ordering::Relaxed);
-        self.counters.misses.fetch_add(misses as u64, Ordering::Relaxed);
-    }
-
-    /// Count values stored.
-    pub fn count_sets(&self, n: usize) {
-        self.counters.sets.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
     /// The client-side counters.
     pub fn client_stats(&self) -> ClientStats {
-        ClientStats {
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
-            sets: self.counters.sets.load(Ordering::Relaxed),
-            failures: self.counters.failures.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// The index of the server that holds `key`.
@@ -195,7 +158,7 @@ impl Client {
     /// window starts and its idle connections, likely dead too, are dropped).
     fn failed(&self, si: usize, e: &Error) {
         if e.is_connection_failure() {
-            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+            self.counters.failure();
             self.router.record_failure(si, e);
             self.pool.drop_idle(si);
         }
@@ -351,9 +314,11 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 32);
         self.dialect.encode_get(&mut request, &[key])?;
         let dialect = self.dialect;
-        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
+        let found = self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
             Ok(dialect.read_get(conn, deadline)?.into_iter().next().map(|(_, item)| item))
-        })
+        })?;
+        self.counters.lookups(usize::from(found.is_some()), usize::from(found.is_none()));
+        Ok(found)
     }
 
     /// Fetch several keys: one request per server, all servers at once. Returns the items in
@@ -387,6 +352,8 @@ impl Client {
                 Err(e) => errors.push(e),
             }
         }
+        let hits = found.iter().filter(|f| f.is_some()).count();
+        self.counters.lookups(hits, found.len() - hits);
         Ok((found, errors))
     }
 
@@ -396,12 +363,15 @@ impl Client {
         let mut head = Vec::with_capacity(key.len() + 48);
         let dialect = self.dialect;
         let read = |conn: &mut Conn, deadline: Instant| dialect.read_stored(conn, deadline);
-        if data.len() < VECTORED_FROM {
+        let stored = if data.len() < VECTORED_FROM {
             dialect.encode_store(&mut head, cmd, key, flags, exptime, data)?;
-            return self.exchange(si, &[&head], Retry::Yes, read);
-        }
-        let trailer = dialect.encode_store_header(&mut head, cmd, key, flags, exptime, data.len())?;
-        self.exchange(si, &[&head, data, trailer], Retry::Yes, read)
+            self.exchange(si, &[&head], Retry::Yes, read)?
+        } else {
+            let trailer = dialect.encode_store_header(&mut head, cmd, key, flags, exptime, data.len())?;
+            self.exchange(si, &[&head, data, trailer], Retry::Yes, read)?
+        };
+        self.counters.sets(usize::from(stored == Stored::Yes));
+        Ok(stored)
     }
 
     /// Store every item, pipelined per server, all servers at once. One result per item, in
@@ -421,6 +391,7 @@ impl Client {
         })?;
         let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
         scatter(&mut out, &groups, results);
+        self.counters.sets(out.iter().filter(|r| matches!(r, Ok(Stored::Yes))).count());
         Ok(out)
     }
 

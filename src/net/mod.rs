@@ -6,8 +6,10 @@
 //! (EINTR), the interrupt hook runs: the bindings install one that runs Python's pending signal
 //! handlers, so a handler that raises ends the call within about one slice.
 
+pub mod counters;
 pub mod stream;
 
+pub use counters::{ClientStats, Counters};
 pub use stream::{Address, Stream};
 
 use std::sync::OnceLock;

@@ -10,6 +10,7 @@ use redis::{Script, Value};
 use super::conn::{Conn, classify};
 use super::pool::{Loan, Pool};
 use crate::error::{Error, ErrorKind};
+use crate::net::{ClientStats, Counters};
 
 /// Add to a number only when the key exists, keeping its TTL (INCRBY keeps it): atomic on the
 /// server, and a missing key is reported instead of created. The result is read back with GET:
@@ -61,6 +62,7 @@ pub struct Client {
     rename: Script,
     /// xorshift state for picking a replica
     pick: AtomicU64,
+    counters: Counters,
 }
 
 impl Client {
@@ -74,7 +76,13 @@ impl Client {
             incr: Script::new(INCR_IF_EXISTS),
             rename: Script::new(RENAME_IF_EXISTS),
             pick: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            counters: Counters::default(),
         })
+    }
+
+    /// The client-side counters.
+    pub fn client_stats(&self) -> ClientStats {
+        self.counters.snapshot()
     }
 
     /// The pools, leader first.
@@ -125,6 +133,7 @@ impl Client {
                             // An unparsable reply: out of step.
                             drop(conn);
                             pool.forget();
+                            self.counters.failure();
                             pool.record_failure(&err);
                         } else {
                             pool.put(conn);
@@ -140,6 +149,7 @@ impl Client {
                     }
                     pool.forget();
                     if failure.is_connection_failure() {
+                        self.counters.failure();
                         pool.record_failure(&failure);
                     }
                     return Err(failure);
@@ -150,15 +160,22 @@ impl Client {
 
     /// GET.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.run(Route::AnyReplica, true, |c| redis::cmd("GET").arg(key).query(c))
+        let found: Option<Vec<u8>> =
+            self.run(Route::Key { key, write: false }, true, |c| redis::cmd("GET").arg(key).query(c))?;
+        self.counters.lookups(usize::from(found.is_some()), usize::from(found.is_none()));
+        Ok(found)
     }
 
     /// MGET, in one round trip; `None` for the keys not found.
-    pub fn mget(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(Route::AnyReplica, true, |c| redis::cmd("MGET").arg(keys).query(c))
+        let found: Vec<Option<Vec<u8>>> =
+            self.run(Route::AnyReplica, true, |c| redis::cmd("MGET").arg(keys).query(c))?;
+        let hits = found.iter().filter(|v| v.is_some()).count();
+        self.counters.lookups(hits, found.len() - hits);
+        Ok(found)
     }
 
     /// SET with an optional expiry in seconds and NX/XX; whether it was stored.
@@ -174,7 +191,10 @@ impl Client {
             cmd.arg("XX");
         }
         // A plain SET may be repeated; SET NX/XX may not (the first may have applied).
-        self.run(Route::Key { key, write: true }, !nx && !xx, |c| cmd.query::<Option<String>>(c)).map(|r| r.is_some())
+        let stored =
+            self.run(Route::Key { key, write: true }, !nx && !xx, |c| cmd.query::<Option<String>>(c))?.is_some();
+        self.counters.sets(usize::from(stored));
+        Ok(stored)
     }
 
     /// Store every item with one pipeline (one round trip): `SET k v [EX ttl]` each.
@@ -190,7 +210,9 @@ impl Client {
             }
             cmd.ignore();
         }
-        self.run(Route::Primary, true, |c| pipe.query::<()>(c))
+        self.run(Route::Primary, true, |c| pipe.query::<()>(c))?;
+        self.counters.sets(items.len());
+        Ok(())
     }
 
     /// DEL; how many keys were there.
@@ -203,7 +225,7 @@ impl Client {
 
     /// EXISTS.
     pub fn exists(&self, key: &[u8]) -> Result<bool, Error> {
-        self.run(Route::AnyReplica, true, |c| redis::cmd("EXISTS").arg(key).query(c))
+        self.run(Route::Key { key, write: false }, true, |c| redis::cmd("EXISTS").arg(key).query(c))
     }
 
     /// EXPIRE (seconds); whether the key exists.
@@ -299,7 +321,7 @@ impl Client {
     }
 
     /// FLUSHDB.
-    pub fn flushdb(&self) -> Result<(), Error> {
+    pub fn clear(&self) -> Result<(), Error> {
         self.run(Route::Primary, true, |c| redis::cmd("FLUSHDB").query::<()>(c))
     }
 }
