@@ -3,11 +3,20 @@
 Every backend is reached the way a site reaches it: ``caches[alias]`` (resolved once per batch,
 as a view does once per request) and then ``.get(...)``/``.set(...)``. One sample is the mean
 time per operation over a batch; rounds interleave the backends in a shuffled order, so a noisy
-neighbour slows every backend alike. The table gives the median and p99 of the samples and each
-peer's median as a ratio to ours (ours / peer: below 1 means we are faster).
+neighbour slows every backend alike. The table gives, per backend, the median and p99 of the
+samples, ``median - floor`` (where the suite has a raw-socket floor: what the client costs above
+the least a Python caller can pay) and the client's CPU time per call, then each peer's median as
+a ratio to ours (ours / peer: below 1 means we are faster).
 
-    python bench/run.py                # every suite: lru, memcached (it starts its own memcached)
+Placement: on a 2-vCPU VM a loopback round trip costs ~16 us when client and server share a CPU
+and ~60-75 us when they do not (a cross-CPU wake-up), and the kernel decides by chance. So by
+default the benchmark pins itself and every thread of the servers it starts to one CPU
+(``--placement one``); ``--placement split`` puts the servers on another CPU. memcached runs with
+one worker thread (``-t 1``).
+
+    python bench/run.py                # every suite (it starts its own memcached and redis)
     python bench/run.py --suite memcached
+    python bench/run.py --placement split
     python bench/run.py --quick        # fewer rounds
     python bench/run.py --json out.json
 """
@@ -15,7 +24,9 @@ peer's median as a ratio to ours (ours / peer: below 1 means we are faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -52,6 +63,34 @@ class Suite:
     # Absolute limits on p99 (us): op -> limit, checked for ours.
     p99_limits: dict[str, float] = field(default_factory=dict)
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    # The server processes the suite started (pinned by the placement).
+    server_pids: list[int] = field(default_factory=list)
+
+
+class Placement:
+    """Where the benchmark and its servers run: all on one CPU, or servers on another."""
+
+    def __init__(self, mode: str, cpu: int) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        self.mode = mode
+        self.client_cpu = cpu if cpu in cpus else cpus[0]
+        others = [c for c in cpus if c != self.client_cpu]
+        self.server_cpu = self.client_cpu if mode == "one" or not others else others[0]
+
+    def pin_self(self) -> None:
+        # Before any thread starts: every thread of this process inherits it.
+        os.sched_setaffinity(0, {self.client_cpu})
+
+    def pin_server(self, pid: int) -> None:
+        """Every thread of `pid` (memcached and redis start helper threads of their own)."""
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setaffinity(int(tid), {self.server_cpu})
+
+    def describe(self) -> str:
+        if self.server_cpu == self.client_cpu:
+            return f"client and servers pinned to CPU {self.client_cpu}"
+        return f"client pinned to CPU {self.client_cpu}, servers to CPU {self.server_cpu}"
 
 
 def lru_suite() -> Suite:
@@ -107,11 +146,15 @@ class RawSocketFloor:
             self.local.sock = conn
         return conn
 
-    def _until(self, conn, terminator: bytes) -> bytes:
-        data = conn.recv(65536)
-        while not data.endswith(terminator):
-            data += conn.recv(65536)
-        return data
+    def _until(self, conn, terminator: bytes) -> int:
+        # Into a buffer made once per thread: a fresh recv(n) would allocate n bytes every call.
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = memoryview(bytearray(1 << 20))
+        n = conn.recv_into(buf)
+        while buf[n - len(terminator) : n] != terminator:
+            n += conn.recv_into(buf[n:])
+        return n
 
     def get(self, key):
         conn = self._conn()
@@ -143,7 +186,7 @@ def memcached_suite() -> Suite:
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     from tests.servers import MemcachedServer
 
-    server = MemcachedServer(args=("-m", "512"))
+    server = MemcachedServer(args=("-m", "512", "-t", "1"))
     loc = server.location
     ours = "django_rustcache MemcachedCache"
     backends = [Backend("rust_mc", ours, {"BACKEND": "django_rustcache.memcached.MemcachedCache"}, True)]
@@ -194,6 +237,7 @@ def memcached_suite() -> Suite:
         extra_ops={"set 500 KB": (lambda cache: lambda: cache.set("big", big), 1, 10)},
         p99_limits={"set 500 KB": 2000.0},
         cleanup=[server.close],
+        server_pids=[server.proc.pid],
     )
 
 
@@ -223,13 +267,17 @@ class RawRedisFloor:
     def _key(self, key: str) -> bytes:
         return b"%s:1:%s" % (self.prefix, key.encode())
 
-    def _read_replies(self, conn, count: int) -> bytes:
-        # Enough of a RESP reader for this floor: count top-level replies of known shapes.
-        data = b""
+    def _read_replies(self, conn, count: int) -> int:
+        # Enough of a RESP reader for this floor: count top-level replies of known shapes, read
+        # into a buffer made once per thread (a fresh recv(1 << 20) allocates 1 MiB every call).
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            buf = self.local.buf = memoryview(bytearray(1 << 20))
+        n = 0
         while True:
-            data += conn.recv(1 << 20)
-            if self._complete(data, count):
-                return data
+            n += conn.recv_into(buf[n:])
+            if self._complete(bytes(buf[:n]), count):
+                return n
 
     @staticmethod
     def _complete(data: bytes, count: int) -> bool:
@@ -320,6 +368,7 @@ def redis_suite() -> Suite:
         },
         floors={"raw socket floor": lambda: RawRedisFloor(server.port, "bench-raw")},
         cleanup=[server.close],
+        server_pids=[server.proc.pid],
     )
 
 
@@ -365,6 +414,7 @@ def redis_zlib_suite() -> Suite:
         targets={"set 120 KB": {"django-redis + zlib": 0.8}, "8 threads 80/20 (ops/s)": {"django-redis + zlib": 3.0}},
         extra_ops={"set 120 KB": (set_page, 10, 5), "get 120 KB": (get_page, 10, 5)},
         cleanup=[server.close],
+        server_pids=[server.proc.pid],
     )
 
 
@@ -391,12 +441,15 @@ def ops(cache) -> dict[str, tuple[Callable[[], object], int]]:
     }
 
 
-def sample(call: Callable[[], object], n: int) -> float:
-    """Mean microseconds per call over a batch of n calls."""
+def sample(call: Callable[[], object], n: int) -> tuple[float, float]:
+    """Mean microseconds per call over a batch of n calls: wall time, and this process's CPU
+    time (the client's cost; the server is another process)."""
+    cpu = time.process_time_ns()
     start = time.perf_counter_ns()
     for _ in range(n):
         call()
-    return (time.perf_counter_ns() - start) / n / 1000
+    wall = time.perf_counter_ns() - start
+    return wall / n / 1000, (time.process_time_ns() - cpu) / n / 1000
 
 
 def threaded_throughput(get_cache: Callable[[], object], seconds: float, threads: int = 8) -> float:
@@ -439,33 +492,39 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def run_suite(suite: Suite, rounds: int, thread_rounds: int, thread_seconds: float) -> dict:
+def run_suite(suite: Suite, rounds: int, thread_rounds: int, thread_seconds: float) -> tuple[dict, dict]:
     from django.core.cache import caches
 
     floors = {label: make() for label, make in suite.floors.items()}
     targets: list[tuple[str, Callable[[], object]]] = [(b.label, lambda a=b.alias: caches[a]) for b in suite.backends]
     targets += [(label, lambda f=f: f) for label, f in floors.items()]
     samples: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, list[float]]] = {}
+
+    def record(op: str, label: str, measured: tuple[float, float]) -> None:
+        samples.setdefault(op, {}).setdefault(label, []).append(measured[0])
+        cpu.setdefault(op, {}).setdefault(label, []).append(measured[1])
+
     for _ in range(rounds):
         random.shuffle(targets)
         for label, get_cache in targets:
             cache = get_cache()
             for op, (call, n) in ops(cache).items():
-                samples.setdefault(op, {}).setdefault(label, []).append(sample(call, n))
+                record(op, label, sample(call, n))
             for op, (make_call, n, repeat) in suite.extra_ops.items():
                 call = make_call(cache)
                 for _ in range(repeat):
-                    samples.setdefault(op, {}).setdefault(label, []).append(sample(call, n))
+                    record(op, label, sample(call, n))
     op = "8 threads 80/20 (ops/s)"
     for _ in range(thread_rounds):
         random.shuffle(targets)
         for label, get_cache in targets:
             throughput = threaded_throughput(get_cache, thread_seconds)
             samples.setdefault(op, {}).setdefault(label, []).append(throughput)
-    return samples
+    return samples, cpu
 
 
-def report(suite: Suite, samples: dict) -> tuple[list[str], list[str]]:
+def report(suite: Suite, samples: dict, cpu: dict) -> tuple[list[str], list[str]]:
     ours = next(b.label for b in suite.backends if b.ours)
     peers = [b.label for b in suite.backends if not b.ours] + list(suite.floors)
     labels = [b.label for b in suite.backends] + list(suite.floors)
@@ -479,12 +538,18 @@ def report(suite: Suite, samples: dict) -> tuple[list[str], list[str]]:
     for op, by_backend in samples.items():
         throughput = "ops/s" in op
         cells = []
+        floor = next((statistics.median(by_backend[f]) for f in suite.floors if f in by_backend), None)
         for label in labels:
             vals = by_backend[label]
             if throughput:
                 cells.append(f"{statistics.median(vals):,.0f}")
-            else:
-                cells.append(f"{statistics.median(vals):.3f} us (p99 {percentile(vals, 99):.3f})")
+                continue
+            median = statistics.median(vals)
+            extra = [f"p99 {percentile(vals, 99):.1f}"]
+            if floor is not None and label not in suite.floors:
+                extra.append(f"floor {median - floor:+.1f}")
+            extra.append(f"cpu {statistics.median(cpu[op][label]):.1f}")
+            cells.append(f"{median:.1f} us ({', '.join(extra)})")
         ratios = []
         mine = statistics.median(by_backend[ours])
         for p in peers:
@@ -520,27 +585,40 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
     parser.add_argument("--json", help="also write the raw samples here")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--placement",
+        choices=["one", "split"],
+        default="one",
+        help="one: the benchmark and its servers share one CPU (default); split: servers on another",
+    )
+    parser.add_argument("--cpu", type=int, default=0, help="the CPU the benchmark runs on")
     args = parser.parse_args()
+    placement = Placement(args.placement, args.cpu)
+    placement.pin_self()
     if args.quick:
         args.rounds, args.thread_rounds, args.thread_seconds = 5, 1, 0.3
 
     suites = [SUITES[name]() for name in (args.suite or sorted(SUITES))]
+    for suite in suites:
+        for pid in suite.server_pids:
+            placement.pin_server(pid)
     settings.configure(CACHES={b.alias: b.params for s in suites for b in s.backends} | {"default": {}})
     django.setup()
 
     all_misses, raw = [], {}
     for suite in suites:
         try:
-            samples = run_suite(suite, args.rounds, args.thread_rounds, args.thread_seconds)
+            samples, cpu = run_suite(suite, args.rounds, args.thread_rounds, args.thread_seconds)
         finally:
             for cleanup in suite.cleanup:
                 cleanup()
         raw[suite.name] = samples
-        lines, misses = report(suite, samples)
+        lines, misses = report(suite, samples, cpu)
         all_misses += misses
         print("\n".join(lines), flush=True)
         print()
     print(f"{args.rounds} interleaved rounds; throughput: {args.thread_rounds} rounds of {args.thread_seconds}s.")
+    print(f"Placement: {placement.describe()}. Cells: median us (p99, median - floor, client CPU us per call).")
     print("Targets missed: " + ("; ".join(all_misses) if all_misses else "none"))
     if args.json:
         with open(args.json, "w") as f:
