@@ -32,14 +32,12 @@ class NativeKeys:
 
         def make_key(self, key: Any, version: Any = None) -> Any: ...  # BaseCache's, or a subclass's
 
-    def _scope(self, version: Any) -> tuple[str, Any]:
-        """The prefix and version the core makes keys with."""
-        return self.key_prefix, self.version if version is None else version
-
     def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]:
         """The core's (prefix, version, key): made in Rust when native, else made here."""
+        # Where a call is hot (every LRU method, the network get), callers spell out the native
+        # case inline instead: this call and its star-unpack cost ~0.2 us, as much as an LRU hit.
         if self._native_keys:
-            return *self._scope(version), key
+            return self.key_prefix, self.version if version is None else version, key
         return None, None, self.make_key(key, version)
 
     def _made_keys(self, keys: Any, version: Any) -> dict[Any, Any]:

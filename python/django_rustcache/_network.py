@@ -170,7 +170,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
             if self._native_keys:
-                return self._cache.get(*self._scope(version), key, default)
+                return self._cache.get(self.key_prefix, self.version if version is None else version, key, default)
             return self._cache.get(None, None, self.make_key(key, version), default)
         except CacheError as e:
             return self._failed(e, default)
@@ -191,7 +191,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
         get_many = getattr(self._cache, self._get_many_method)
         try:
             if self._native_keys:
-                return get_many(*self._scope(version), keys, self._ignore_exc)
+                return get_many(self.key_prefix, self.version if version is None else version, keys, self._ignore_exc)
             made = self._made_keys(keys, version)
             found = get_many(None, None, list(made), self._ignore_exc)
             return {made[k]: v for k, v in found.items()}
@@ -205,7 +205,11 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
         timeout = self.get_backend_timeout(timeout)
         try:
             if self._native_keys:
-                return list(set_many(data, timeout, *self._scope(version), self._ignore_exc))
+                return list(
+                    set_many(
+                        data, timeout, self.key_prefix, self.version if version is None else version, self._ignore_exc
+                    )
+                )
             original = {self.make_key(k, version): k for k in data}
             made = {k: data[original[k]] for k in original}
             return [original[k] for k in set_many(made, timeout, None, None, self._ignore_exc)]
@@ -216,7 +220,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
     def delete_many(self, keys: Any, version: Any = None) -> None:
         delete_many = getattr(self._cache, self._delete_many_method)
         if self._native_keys:
-            delete_many(*self._scope(version), keys)
+            delete_many(self.key_prefix, self.version if version is None else version, keys)
         else:
             delete_many(None, None, [self.make_key(k, version) for k in keys])
 

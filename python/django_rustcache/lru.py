@@ -91,7 +91,7 @@ class LRUObjectCache(NativeKeys, BaseCache):
 
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         if self._native_keys:
-            return self._cache.get(*self._scope(version), key, default)
+            return self._cache.get(self.key_prefix, self.version if version is None else version, key, default)
         return self._cache.get(None, None, self.make_key(key, version), default)
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> None:
@@ -133,22 +133,22 @@ class LRUObjectCache(NativeKeys, BaseCache):
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
         if self._native_keys:
-            return self._cache.touch(*self._scope(version), key, timeout)
+            return self._cache.touch(self.key_prefix, self.version if version is None else version, key, timeout)
         return self._cache.touch(None, None, self.make_key(key, version), timeout)
 
     def delete(self, key: Any, version: Any = None) -> bool:
         if self._native_keys:
-            return self._cache.delete(*self._scope(version), key)
+            return self._cache.delete(self.key_prefix, self.version if version is None else version, key)
         return self._cache.delete(None, None, self.make_key(key, version))
 
     def has_key(self, key: Any, version: Any = None) -> bool:
         if self._native_keys:
-            return self._cache.has_key(*self._scope(version), key)
+            return self._cache.has_key(self.key_prefix, self.version if version is None else version, key)
         return self._cache.has_key(None, None, self.make_key(key, version))
 
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> Any:
         if self._native_keys:
-            return self._cache.incr(*self._scope(version), key, delta)
+            return self._cache.incr(self.key_prefix, self.version if version is None else version, key, delta)
         return self._cache.incr(None, None, self.make_key(key, version), delta)
 
     def decr(self, key: Any, delta: int = 1, version: Any = None) -> Any:
@@ -156,7 +156,7 @@ class LRUObjectCache(NativeKeys, BaseCache):
 
     def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
         if self._native_keys:
-            return self._cache.get_many(*self._scope(version), keys)
+            return self._cache.get_many(self.key_prefix, self.version if version is None else version, keys)
         made = self._made_keys(keys, version)
         found = self._cache.get_many(None, None, list(made))
         return {made[k]: v for k, v in found.items()}
@@ -178,7 +178,7 @@ class LRUObjectCache(NativeKeys, BaseCache):
 
     def delete_many(self, keys: Any, version: Any = None) -> None:
         if self._native_keys:
-            self._cache.delete_many(*self._scope(version), keys)
+            self._cache.delete_many(self.key_prefix, self.version if version is None else version, keys)
         else:
             self._cache.delete_many(None, None, [self.make_key(k, version) for k in keys])
 
