@@ -498,3 +498,24 @@ def test_every_network_backend_reports_stats_in_one_shape(redis_server, memcache
     common = {"address", "up", "errors", "last_error", "idle_connections"}
     assert shapes[0][0] == shapes[1][0] == {"hits", "misses", "sets", "failures", "servers", "location"}
     assert common <= shapes[0][1] and common <= shapes[1][1]
+
+
+def test_memcached_a_server_failing_in_a_multi_key_call_is_logged_when_ignored(memcached_server, caplog):
+    import logging
+
+    silent = SilentServer()
+    try:
+        cache = make_memcached(
+            [memcached_server.location, silent.location], OPTIONS={"ignore_exc": True, "timeout": 0.3}
+        )
+        keys = [f"k{i}" for i in range(40)]
+        with caplog.at_level(logging.ERROR, logger="django_rustcache.memcached"):
+            assert 0 < len(cache.set_many(dict.fromkeys(keys, 1))) < 40  # the silent server's keys
+            found = cache.get_many(keys)
+        assert 0 < len(found) < 40  # the live server's keys still read
+        assert any("cache server failure" in r.getMessage() for r in caplog.records)
+        strict = make_memcached([memcached_server.location, silent.location], OPTIONS={"timeout": 0.3})
+        with pytest.raises(ServerDown):
+            strict.get_many(keys)
+    finally:
+        silent.close()

@@ -11,7 +11,7 @@ together); while a call waits, Python's signal handlers run every 50 ms or so, a
 one raises (``KeyboardInterrupt`` for Ctrl-C) ends the call and is raised as it is.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, final
 
 from typing_extensions import disjoint_base
@@ -200,9 +200,17 @@ class MemcachedClient:
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """The value under the key, or ``default``."""
 
-    def get_multi(self, prefix: str | None, version: Any, keys: Iterable[Any], partial: bool = False) -> dict[Any, Any]:
+    def get_multi(
+        self,
+        prefix: str | None,
+        version: Any,
+        keys: Iterable[Any],
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> dict[Any, Any]:
         """The found keys (as given) and their values: one ``get`` per server, all servers at
-        once. A failing server raises ``ServerDown``, or with ``partial`` reads as misses."""
+        once. A failing server raises ``ServerDown``, or with ``partial`` reads as misses and its
+        error goes to ``on_failure``."""
 
     def set(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> bool:
         """Store; on a refusal (too large) the old value is deleted, as Django does."""
@@ -220,9 +228,11 @@ class MemcachedClient:
         prefix: str | None = None,
         version: Any = None,
         partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
     ) -> list[Any]:
         """Store every item, pipelined per server; the keys (as given) that were not stored. A
-        failing server raises ``ServerDown`` unless ``partial``: then its keys are returned too."""
+        failing server raises ``ServerDown`` unless ``partial``: then its keys are returned too,
+        and its error goes to ``on_failure``."""
 
     def delete(self, prefix: str | None, version: Any, key: Any) -> bool:
         """Delete; whether the key was there."""
@@ -293,7 +303,14 @@ class RedisClient:
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
 
-    def get_many(self, prefix: str | None, version: Any, keys: Iterable[Any], partial: bool = False) -> dict[Any, Any]:
+    def get_many(
+        self,
+        prefix: str | None,
+        version: Any,
+        keys: Iterable[Any],
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> dict[Any, Any]:
         """One MGET: the found keys (as given) and their values (``partial`` has no effect: one
         MGET answers or fails as a whole)."""
 
@@ -324,6 +341,7 @@ class RedisClient:
         prefix: Any = None,
         version: Any = None,
         partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
     ) -> list[Any]:
         """One pipeline of SET ... EX; ``timeout=0`` deletes the keys. Returns [] (``partial`` has
         no effect: the pipeline answers or fails as a whole)."""

@@ -167,6 +167,15 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
 
     # --- Django's API, answered per the failure policy ---------------------------------------
 
+    @property
+    def _partial(self) -> tuple[bool, Any]:
+        """How a multi-key call treats a failed server: raise (failures count), or go on without
+        it and hand its error to the failure policy (logged once per burst)."""
+        return (True, self._partial_failure) if self._ignore_exc else (False, None)
+
+    def _partial_failure(self, error: CacheError) -> None:
+        self._failed(error, None)
+
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
             if self._native_keys:
@@ -191,9 +200,9 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
         get_many = getattr(self._cache, self._get_many_method)
         try:
             if self._native_keys:
-                return get_many(self.key_prefix, self.version if version is None else version, keys, self._ignore_exc)
+                return get_many(self.key_prefix, self.version if version is None else version, keys, *self._partial)
             made = self._made_keys(keys, version)
-            found = get_many(None, None, list(made), self._ignore_exc)
+            found = get_many(None, None, list(made), *self._partial)
             return {made[k]: v for k, v in found.items()}
         except CacheError as e:
             return self._failed(e, {})
@@ -207,12 +216,12 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
             if self._native_keys:
                 return list(
                     set_many(
-                        data, timeout, self.key_prefix, self.version if version is None else version, self._ignore_exc
+                        data, timeout, self.key_prefix, self.version if version is None else version, *self._partial
                     )
                 )
             original = {self.make_key(k, version): k for k in data}
             made = {k: data[original[k]] for k in original}
-            return [original[k] for k in set_many(made, timeout, None, None, self._ignore_exc)]
+            return [original[k] for k in set_many(made, timeout, None, None, *self._partial)]
         except CacheError as e:
             return self._failed(e, list(data))
 

@@ -130,6 +130,24 @@ impl PyMemcachedClient {
     }
 }
 
+/// A multi-key call that went on without a failed server: its error goes to `on_failure` (the
+/// backend's failure policy, which logs it) when the call is `partial`, or is raised.
+fn report_partial(
+    py: Python<'_>,
+    partial: bool,
+    on_failure: Option<&Bound<'_, PyAny>>,
+    failure: Option<crate::error::Error>,
+) -> PyResult<()> {
+    let Some(e) = failure else { return Ok(()) };
+    if !partial {
+        return Err(e.into());
+    }
+    if let Some(on_failure) = on_failure {
+        on_failure.call1((PyErr::from(e).into_value(py),))?;
+    }
+    Ok(())
+}
+
 #[pymethods]
 impl PyMemcachedClient {
     /// `servers`: `(host, port, weight)` tuples; port 0 means `host` is a unix socket path.
@@ -246,8 +264,9 @@ impl PyMemcachedClient {
     }
 
     /// The found keys (as given) and their values. Servers that fail are raised as
-    /// `ServerDown` unless `partial` is set; then their keys read as misses.
-    #[pyo3(signature = (prefix, version, keys, partial=false))]
+    /// `ServerDown` unless `partial` is set; then their keys read as misses, and `on_failure`
+    /// (the backend's failure policy) is given the first server's error.
+    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
     fn get_multi<'py>(
         &self,
         py: Python<'py>,
@@ -255,6 +274,7 @@ impl PyMemcachedClient {
         version: &Bound<'py, PyAny>,
         keys: &Bound<'py, PyAny>,
         partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let mut originals = Vec::new();
         let mut made = Vec::new();
@@ -270,9 +290,7 @@ impl PyMemcachedClient {
             let items = items.into_iter().map(|item| item.map(unpack).transpose()).collect::<Result<Vec<_>, _>>()?;
             Ok((items, errors))
         })?;
-        if !partial && let Some(e) = errors.into_iter().next() {
-            return Err(e.into());
-        }
+        report_partial(py, partial, on_failure.as_ref(), errors.into_iter().next())?;
         let out = PyDict::new(py);
         for (original, item) in originals.iter().zip(found) {
             if let Some((flags, data)) = item {
@@ -327,8 +345,10 @@ impl PyMemcachedClient {
 
     /// Store every item, pipelined per server; returns the keys (as given) that were not
     /// stored. A refused item also loses its old value, as with `set`. A server that fails is
-    /// raised as `ServerDown` unless `partial` is set; then its keys are among those returned.
-    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None, partial=false))]
+    /// raised as `ServerDown` unless `partial` is set; then its keys are among those returned,
+    /// and `on_failure` (the backend's failure policy) is given the first server's error.
+    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None, partial=false, on_failure=None))]
+    #[allow(clippy::too_many_arguments)] // Django's set_many arguments plus the shared failure-policy pair
     fn set_multi<'py>(
         &self,
         py: Python<'py>,
@@ -337,6 +357,7 @@ impl PyMemcachedClient {
         prefix: Option<Bound<'py, PyAny>>,
         version: Option<Bound<'py, PyAny>>,
         partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let none = py.None().into_bound(py);
         let prefix = prefix.unwrap_or_else(|| none.clone());
@@ -358,13 +379,14 @@ impl PyMemcachedClient {
             originals.push(k);
         }
         let (client, codec) = (&self.client, &self.codec);
-        let outcome = py.detach(|| -> Result<Vec<bool>, crate::error::Error> {
+        let outcome = py.detach(|| -> Result<(Vec<bool>, Option<crate::error::Error>), crate::error::Error> {
             let packed: Vec<(String, (u32, Vec<u8>))> = entries.into_iter().map(|(k, e)| (k, pack(codec, e))).collect();
             let items: Vec<(&[u8], u32, &[u8])> =
                 packed.iter().map(|(k, (f, d))| (k.as_bytes(), *f, d.as_slice())).collect();
             let results = client.set_many(&items, exptime)?;
-            if !partial && let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-                return Err(e.clone());
+            let failure = results.iter().find_map(|r| r.as_ref().err().cloned());
+            if !partial && let Some(e) = failure {
+                return Err(e);
             }
             let refused: Vec<&[u8]> = items
                 .iter()
@@ -375,8 +397,10 @@ impl PyMemcachedClient {
             if !refused.is_empty() {
                 client.delete_many(&refused)?;
             }
-            Ok(results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect())
+            Ok((results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect(), failure))
         })?;
+        let (outcome, failure) = outcome;
+        report_partial(py, partial, on_failure.as_ref(), failure)?;
         let failed = PyList::empty(py);
         for (original, ok) in originals.iter().zip(outcome) {
             if !ok {

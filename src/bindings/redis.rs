@@ -270,9 +270,9 @@ impl PyRedisClient {
         }
     }
 
-    /// The found keys (as given) and their values: one MGET. (``partial`` is accepted for the
-    /// backends' shared signature: one MGET either answers or fails as a whole.)
-    #[pyo3(signature = (prefix, version, keys, partial=false))]
+    /// The found keys (as given) and their values: one MGET. (``partial`` and ``on_failure`` are
+    /// accepted for the backends' shared signature: one MGET either answers or fails as a whole.)
+    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
     fn get_many<'py>(
         &self,
         py: Python<'py>,
@@ -280,8 +280,9 @@ impl PyRedisClient {
         version: &Bound<'py, PyAny>,
         keys: &Bound<'py, PyAny>,
         partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let _ = partial;
+        let _ = (partial, on_failure);
         let mut originals = Vec::new();
         let mut made = Vec::new();
         for key in keys.try_iter()? {
@@ -417,7 +418,8 @@ impl PyRedisClient {
 
     /// Store every item with one pipeline; a timeout of 0 deletes them. Returns [] as Django's
     /// RedisCache does.
-    #[pyo3(signature = (mapping, timeout, prefix=None, version=None, partial=false))]
+    #[pyo3(signature = (mapping, timeout, prefix=None, version=None, partial=false, on_failure=None))]
+    #[allow(clippy::too_many_arguments)] // Django's set_many arguments plus the shared failure-policy pair
     fn set_many<'py>(
         &self,
         py: Python<'py>,
@@ -426,8 +428,9 @@ impl PyRedisClient {
         prefix: Option<Bound<'py, PyAny>>,
         version: Option<Bound<'py, PyAny>>,
         partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let _ = partial;
+        let _ = (partial, on_failure);
         let mapping = match mapping.cast::<PyDict>() {
             Ok(d) => d.clone(),
             Err(_) => PyDict::from_sequence(&mapping.call_method0("items")?)?,
