@@ -1,0 +1,4 @@
+# flake8: noqa
+from .settings import *
+
+FETCH_BY_ID = True

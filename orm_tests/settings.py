@@ -1,0 +1,51 @@
+"""Settings for the ORM query cache tests (run by orm_tests/run.py, one cache backend per run).
+
+RUSTCACHE_ORM_CACHE picks the cache: lru, locmem, memcached, redis (the last two need
+RUSTCACHE_ORM_LOCATION, a live server's LOCATION). RUSTCACHE_ORM_DB_DIR holds the SQLite files.
+"""
+
+import os
+import tempfile
+
+DB_DIR = os.environ.get("RUSTCACHE_ORM_DB_DIR") or tempfile.mkdtemp(prefix="rustcache-orm-")
+KIND = os.environ.get("RUSTCACHE_ORM_CACHE", "lru")
+LOCATION = os.environ.get("RUSTCACHE_ORM_LOCATION", "")
+
+BACKENDS = {
+    "lru": {"BACKEND": "django_rustcache.lru.LRUObjectCache", "LOCATION": "orm-tests"},
+    "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "orm-tests"},
+    "memcached": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": LOCATION},
+    "redis": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": LOCATION},
+    "django-memcached": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": LOCATION},
+    "django-redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": LOCATION},
+    "filebased": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": f"{DB_DIR}/filecache"},
+    "database": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "orm_cache_table"},
+}
+CACHES = {"default": {**BACKENDS[KIND], "TIMEOUT": 600}}
+
+
+def _sqlite(name):
+    # File databases, also under test: the race tests use threads, each with its own connection.
+    path = os.path.join(DB_DIR, f"{name}.sqlite3")
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "TEST": {"NAME": path + ".test"}}
+
+
+DATABASES = {
+    "default": _sqlite("default"),
+    "other": _sqlite("other"),
+    "replica": {**_sqlite("default"), "TEST": {"MIRROR": "default"}},
+}
+DATABASE_ROUTERS = []
+
+INSTALLED_APPS = ["django.contrib.contenttypes", "django_rustcache.orm", "orm_tests.testapp"]
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+SECRET_KEY = "orm-tests"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+CACHE_COUNT_TIMEOUT = 60
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {name: {"handlers": ["null"], "propagate": False} for name in ("django_rustcache.orm", "caching")},
+}

@@ -1,0 +1,421 @@
+"""What makes the ORM query cache strict: table generations, the write hook, transactions.
+
+* Every table has a *generation* in the cache: a random 63-bit value, replaced by a fresh random
+  value each time a write to the table is committed. A cached result carries the generations of
+  every table its SQL reads, as read *before* the SQL ran; it is served only while they are all
+  still current. A generation is never re-used, so an evicted one that is re-created cannot make
+  old entries valid again, and a lost update cannot exist (two writers both replace the value).
+* Writes are seen where all of them pass: an execute wrapper on every database connection. Any
+  statement that is not a read (INSERT, UPDATE, DELETE, DDL, ...) marks the tables it names:
+  in autocommit they get new generations as soon as the statement returns; inside ``atomic()``
+  they are remembered and get them after the outermost commit, before ``on_commit`` callbacks
+  run (nothing happens on rollback).
+* Inside a transaction, a query that reads a table the transaction wrote (or any query, where
+  the isolation level would let the transaction read an old snapshot) is cached under a key of
+  that transaction's own, stamped with the savepoint stack and the transaction's write counts,
+  so nobody else ever reads it and a rolled-back savepoint cannot be read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.db import connections
+
+log = logging.getLogger("django_rustcache.orm")
+
+_local = threading.local()
+
+_WARN_EVERY = 10.0
+_last_warning = [0.0]
+
+
+def warn(message: str) -> None:
+    """A cache that is down degrades to the database: say so, at most every few seconds."""
+    now = time.monotonic()
+    if now - _last_warning[0] >= _WARN_EVERY:
+        _last_warning[0] = now
+        log.warning(message)
+
+
+def make_hash_key(text: str) -> str:
+    """Cache Machine's key shape: md5 of ``CACHE_PREFIX:text`` (memcached-safe at any length)."""
+    from django_rustcache.orm import config
+
+    return hashlib.md5(f"{config.CACHE_PREFIX}:{text}".encode(), usedforsecurity=False).hexdigest()
+
+
+def generation_key(table: str) -> str:
+    return make_hash_key(f"gen:{table}")
+
+
+def fresh_generation() -> int:
+    return random.getrandbits(63) | 1
+
+
+class busy:
+    """While we talk to the cache, statements a database cache runs are not writes to track."""
+
+    def __enter__(self) -> None:
+        _local.busy = getattr(_local, "busy", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _local.busy -= 1
+
+
+def _is_busy() -> bool:
+    return getattr(_local, "busy", 0) > 0
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+_known: frozenset[str] | None = None
+_sql_tables: dict[str, frozenset[str]] = {}
+_SQL_TABLES_MAX = 4096
+
+_IDENT = re.compile(r'"([^"]+)"|`([^`]+)`|\[([^\]]+)\]|([A-Za-z_][\w$]*)')
+_NAME = r'(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|[\w$]+)'
+_TARGET = re.compile(
+    rf"\b(?:into|update|from|join|table|truncate|using)\s+(?:only\s+|if\s+(?:not\s+)?exists\s+)*({_NAME}(?:\s*\.\s*{_NAME})?)",
+    re.IGNORECASE,
+)
+_LEAD = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*[\s(]*([A-Za-z]+)", re.DOTALL)
+_WRITE_IN_WITH = re.compile(r"\b(?:insert|update|delete|merge)\b", re.IGNORECASE)
+_READ_VERBS = frozenset(
+    [
+        "select",
+        "values",
+        "explain",
+        "show",
+        "describe",
+        "desc",
+        "pragma",
+        "savepoint",
+        "release",
+        "rollback",
+        "begin",
+        "commit",
+        "end",
+        "start",
+        "set",
+        "reset",
+        "declare",
+        "fetch",
+        "close",
+        "move",
+        "lock",
+        "analyze",
+        "listen",
+        "unlisten",
+        "notify",
+        "checkpoint",
+        "prepare",
+        "deallocate",
+    ]
+)
+
+
+def _cache_tables() -> set[str]:
+    """Tables of database caches in CACHES: their own statements are never query-cache writes."""
+    from django.conf import settings
+
+    return {
+        str(conf.get("LOCATION", "")).lower()
+        for conf in getattr(settings, "CACHES", {}).values()
+        if "DatabaseCache" in str(conf.get("BACKEND", ""))
+    }
+
+
+def known_tables() -> frozenset[str]:
+    """Every model table (auto-created m2m tables included), lower-cased."""
+    global _known
+    if _known is None:
+        from django.apps import apps
+
+        if not apps.models_ready:
+            return frozenset()
+        names = {m._meta.db_table.lower() for m in apps.get_models(include_auto_created=True)}
+        _known = frozenset(names - _cache_tables())
+    return _known
+
+
+def forget_tables(**kwargs: Any) -> None:
+    global _known
+    _known = None
+    _sql_tables.clear()
+
+
+def _unquote(name: str) -> str:
+    last = re.split(r"\s*\.\s*", name)[-1]
+    return last.strip('"`[]').lower()
+
+
+def tables_in(sql: str) -> frozenset[str]:
+    """The tables a statement names: model tables among its identifiers, plus the names after
+    FROM/JOIN/INTO/UPDATE/TABLE (so raw SQL on a table no model declares is tracked too).
+    Conservative: a column that shares a table's name only costs an extra invalidation."""
+    found = _sql_tables.get(sql)
+    if found is not None:
+        return found
+    known = known_tables()
+    words = {next(filter(None, m.groups())).lower() for m in _IDENT.finditer(sql)}
+    names = {_unquote(m.group(1)) for m in _TARGET.finditer(sql)}
+    found = frozenset((words & known) | (names - _cache_tables()))
+    if len(_sql_tables) >= _SQL_TABLES_MAX:
+        _sql_tables.clear()
+    _sql_tables[sql] = found
+    return found
+
+
+def is_write(sql: str) -> bool:
+    match = _LEAD.match(sql)
+    if match is None:
+        return True
+    verb = match.group(1).lower()
+    if verb == "with":
+        return _WRITE_IN_WITH.search(sql) is not None
+    return verb not in _READ_VERBS
+
+
+def model_tables(model: Any) -> frozenset[str]:
+    """A model's table and its multi-table-inheritance parents' tables."""
+    meta = model._meta.concrete_model._meta
+    tables = {meta.db_table.lower()}
+    tables.update(parent._meta.db_table.lower() for parent in meta.get_parent_list())
+    return frozenset(tables)
+
+
+# --- bumping generations --------------------------------------------------------------------
+
+_pending: set[str] = set()
+_pending_lock = threading.Lock()
+
+
+def _shared_cache() -> Any:
+    from django_rustcache.orm import invalidation
+
+    return invalidation.cache
+
+
+def bump(tables: Iterable[str], cache: Any = None) -> bool:
+    """Give ``tables`` new generations now. A cache that fails is logged, and the tables are
+    kept to retry before this process serves anything from the cache again."""
+    tables = set(tables)
+    with _pending_lock:
+        tables |= _pending
+        _pending.clear()
+    if not tables:
+        return True
+    cache = _shared_cache() if cache is None else cache
+    values = {generation_key(t): fresh_generation() for t in tables}
+    try:
+        with busy():
+            failed = cache.set_many(values, timeout=None)
+    except Exception as exc:
+        warn(f"ORM cache: could not invalidate {sorted(tables)} ({exc!r}); will retry")
+        failed = list(values)
+    if failed and isinstance(failed, (list, tuple, set)):
+        lost = {t for t in tables if generation_key(t) in set(failed)}
+        with _pending_lock:
+            _pending.update(lost)
+        return False
+    return True
+
+
+def healthy(cache: Any) -> bool:
+    """False while an invalidation this process owes has not reached the cache."""
+    if not _pending:
+        return True
+    return bump((), cache=cache)
+
+
+def bump_all(**kwargs: Any) -> None:
+    """After migrations, everything is new."""
+    bump(known_tables())
+
+
+# --- transactions ---------------------------------------------------------------------------
+
+
+class Txn:
+    """What one database connection's current transaction wrote."""
+
+    __slots__ = ("counts", "dirty", "token")
+
+    def __init__(self) -> None:
+        self.token = f"{random.getrandbits(64):016x}"
+        self.dirty: set[str] = set()
+        self.counts: dict[str, int] = {}
+
+
+def current_txn(conn: Any, create: bool = False) -> Txn | None:
+    if not conn.in_atomic_block:
+        conn.__dict__.pop("_rustcache_txn", None)
+        return None
+    txn = conn.__dict__.get("_rustcache_txn")
+    if txn is None and create:
+        txn = conn.__dict__["_rustcache_txn"] = Txn()
+    return txn
+
+
+def _publishes_in_txn(conn: Any) -> bool:
+    """Whether a read inside a transaction sees every commit made before the statement (READ
+    COMMITTED), so its result may be shared. Otherwise (REPEATABLE READ, SERIALIZABLE, SQLite in
+    WAL mode) the transaction may read an old snapshot, and its results stay private."""
+    known = conn.__dict__.get("_rustcache_publishes")
+    if known is not None:
+        return known
+    vendor = conn.vendor
+    level = str(getattr(conn, "isolation_level", "") or "").lower().replace("_", " ")
+    if vendor == "postgresql":
+        result = level in ("", "1") or "read committed" in level
+    elif vendor == "mysql":
+        result = "read committed" in level or "read uncommitted" in level
+    elif vendor == "sqlite":
+        try:
+            with busy(), conn.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                result = str(cursor.fetchone()[0]).lower() != "wal"
+        except Exception:
+            result = False
+    else:
+        result = vendor == "oracle"
+    conn.__dict__["_rustcache_publishes"] = result
+    return result
+
+
+def private_scope(conn: Any, tables: frozenset[str]) -> tuple[str, tuple] | None:
+    """For a read on ``conn`` of ``tables``: None when its result may be shared, else the key
+    suffix and the stamp that keep it inside the current transaction."""
+    if not conn.in_atomic_block:
+        return None
+    txn = current_txn(conn)
+    touched = txn is not None and not txn.dirty.isdisjoint(tables)
+    if not touched and _publishes_in_txn(conn):
+        return None
+    txn = txn or current_txn(conn, create=True)
+    assert txn is not None
+    counts = tuple(txn.counts.get(t, 0) for t in sorted(tables))
+    return f"::txn:{txn.token}", (txn.token, tuple(conn.savepoint_ids), counts)
+
+
+def _suppressed(conn: Any, tables: frozenset[str]) -> bool:
+    """Cache Machine compatibility: the INSERT of a new row a compat model's save() makes."""
+    pending = getattr(_local, "new_rows", None)
+    if not pending:
+        return False
+    hits = [t for t in tables if pending.get((conn.alias, t), 0) > 0]
+    if not hits or len(hits) != len(tables):
+        return False
+    for t in hits:
+        pending[(conn.alias, t)] -= 1
+    return True
+
+
+def expect_new_row(alias: str, tables: Iterable[str], on: bool) -> None:
+    pending = _local.__dict__.setdefault("new_rows", {})
+    for t in tables:
+        if on:
+            pending[(alias, t)] = pending.get((alias, t), 0) + 1
+        else:
+            pending.pop((alias, t), None)
+
+
+def wrote(conn: Any, tables: Iterable[str]) -> None:
+    """``tables`` were written on ``conn``: new generations now, or after the outermost commit."""
+    tables = frozenset(tables) or known_tables()
+    if conn.in_atomic_block:
+        txn = current_txn(conn, create=True)
+        assert txn is not None
+        txn.dirty |= tables
+        for t in tables:
+            txn.counts[t] = txn.counts.get(t, 0) + 1
+        return
+    # Autocommit, or manual transaction management (set_autocommit(False)), where commit() has
+    # no hook: both get their new generations after the statement.
+    bump(tables)
+
+
+def _execute(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
+    if _is_busy():
+        return execute(sql, params, many, context)
+    try:
+        write = is_write(sql)
+    except Exception:
+        write = True
+    if not write:
+        return execute(sql, params, many, context)
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        # Also after a failed statement: it may have changed rows before it failed.
+        conn = context["connection"]
+        try:
+            tables = tables_in(sql) if isinstance(sql, str) else frozenset()
+        except Exception:
+            tables = frozenset()
+        if not _suppressed(conn, tables):
+            wrote(conn, tables)
+
+
+def instrument(connection: Any = None, **kwargs: Any) -> None:
+    """Hook one connection: the execute wrapper, and commit/rollback bookkeeping."""
+    conn = connection
+    if conn is None or conn.__dict__.get("_rustcache_instrumented"):
+        return
+    conn.__dict__["_rustcache_instrumented"] = True
+    conn.execute_wrappers.append(_execute)
+    run_hooks, rollback, close = conn.run_and_clear_commit_hooks, conn.rollback, conn.close
+
+    def run_and_clear_commit_hooks() -> None:
+        # Called once the outermost atomic block has committed: publish before users' callbacks.
+        txn = conn.__dict__.pop("_rustcache_txn", None)
+        if txn is not None and txn.dirty:
+            bump(txn.dirty)
+        run_hooks()
+
+    def rollback_() -> None:
+        conn.__dict__.pop("_rustcache_txn", None)
+        rollback()
+
+    def close_() -> None:
+        conn.__dict__.pop("_rustcache_txn", None)
+        conn.__dict__.pop("_rustcache_publishes", None)
+        close()
+
+    conn.run_and_clear_commit_hooks = run_and_clear_commit_hooks
+    conn.rollback = rollback_
+    conn.close = close_
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Connect the signals once per process (idempotent)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        _installed = True
+    from django.core.signals import setting_changed
+    from django.db.backends.signals import connection_created
+    from django.db.models.signals import class_prepared, post_migrate
+
+    from django_rustcache.orm import config
+
+    connection_created.connect(instrument, dispatch_uid="django_rustcache.orm.instrument")
+    class_prepared.connect(forget_tables, dispatch_uid="django_rustcache.orm.forget_tables")
+    post_migrate.connect(bump_all, dispatch_uid="django_rustcache.orm.bump_all")
+    setting_changed.connect(config.reset, dispatch_uid="django_rustcache.orm.config")
+    setting_changed.connect(forget_tables, dispatch_uid="django_rustcache.orm.tables")
+    for conn in connections.all(initialized_only=True):
+        instrument(conn)
