@@ -321,13 +321,13 @@ class CachingQuerySet(models.query.QuerySet):
         if self._result_cache is not None:
             return len(self._result_cache)
         super_count = super().count
-        try:
-            query_string = f"count:{self.query_key()}"
-        except EmptyResultSet:
-            return 0
         if self.timeout == config.NO_CACHE or config.TIMEOUT == config.NO_CACHE:
             return super_count()
-        return cached_with(self, super_count, query_string, config.TIMEOUT)
+        try:
+            identity = self._cache_identity()  # compiled once, for the key and the tables
+        except EmptyResultSet:
+            return 0
+        return cached_with(self, super_count, "count", config.TIMEOUT, _identity=identity)
 
     def cache(self, timeout: Any = DEFAULT_TIMEOUT) -> CachingQuerySet:
         qs = self._clone()
@@ -501,18 +501,21 @@ def _tables_of(obj: Any) -> tuple[frozenset[str], str]:
     return frozenset(), "default"
 
 
-def cached_with(obj: Any, f: Any, f_key: str, timeout: Any = DEFAULT_TIMEOUT) -> Any:
+def cached_with(obj: Any, f: Any, f_key: str, timeout: Any = DEFAULT_TIMEOUT, _identity: Any = None) -> Any:
     """Cache a function call in ``obj``'s name: computed again once ``obj`` (or a query on its
     tables) changed. The key carries the tables' generations, read before ``f`` runs."""
     try:
-        if isinstance(obj, (CachingQuerySet, CachingRawQuerySet)):
-            obj_key = obj._cache_identity()[0]
+        if _identity is None and isinstance(obj, (CachingQuerySet, CachingRawQuerySet)):
+            _identity = obj._cache_identity()
+        if _identity is not None:
+            obj_key, tables = _identity
+            db = obj.db
         else:
             obj_key = obj.query_key() if hasattr(obj, "query_key") else obj.cache_key
+            tables, db = _tables_of(obj)
     except (AttributeError, EmptyResultSet):
         log.warning("%r cannot be cached.", encoding.smart_str(obj))
         return f()
-    tables, db = _tables_of(obj)
     if tables:
         try:
             _, stamp, _ = _safely("a read", _stamp, cache, db, tables, None)
