@@ -142,6 +142,7 @@ def bench(session: nox.Session) -> None:
     ensure_servers(session)
     install_package(session, "bench", release=True)
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/orm.py")
 
 
 @nox.session(python=PY311)

@@ -106,7 +106,8 @@ def report(cache: str, samples: dict) -> tuple[list[str], list[str]]:
 
     med = {op: {layer: statistics.median(v) for layer, v in by.items()} for op, by in samples.items()}
     lines = [
-        f"## suite: orm on {cache} (Python {sys.version.split()[0]}, Django {django.get_version()}, SQLite, 1,000 rows)",
+        f"## suite: orm on {cache} (Python {sys.version.split()[0]}, Django {django.get_version()}, "
+        "SQLite, 1,000 rows)",
         "",
         "| op | uncached | ours | Cache Machine | uncached / ours | ours / Cache Machine |",
         "|---|---|---|---|---|---|",
@@ -114,7 +115,8 @@ def report(cache: str, samples: dict) -> tuple[list[str], list[str]]:
     for op, by in samples.items():
         cells = [f"{med[op][layer]:.1f} ({percentile(by[layer], 99):.1f})" for layer in LAYERS]
         m = med[op]
-        lines.append(f"| {op} | {' | '.join(cells)} | {m['uncached'] / m['ours']:.1f}x | {m['ours'] / m['Cache Machine']:.2f}x |")
+        ratios = f"{m['uncached'] / m['ours']:.1f}x | {m['ours'] / m['Cache Machine']:.2f}x"
+        lines.append(f"| {op} | {' | '.join(cells)} | {ratios} |")
     save = med["save()"]
     ours_extra = save["ours"] - save["uncached"]
     cm_extra = save["Cache Machine"] - save["uncached"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import MemcachedServer, RedisServer  # noqa: E402
 
-OURS = ["lru", "locmem", "memcached", "redis"]
+OURS = ["lru", "locmem", "memcached", "redis", "filebased", "database"]
 # Cache Machine's examples/cache_machine settings modules (its run_tests.py list).
 CACHE_MACHINE = [
     "locmem_settings",

@@ -36,6 +36,23 @@ DATABASES = {
     "replica": {**_sqlite("default"), "TEST": {"MIRROR": "default"}},
 }
 DATABASE_ROUTERS = []
+if KIND == "database":
+    # On SQLite the cache table lives in a database of its own (see the README).
+    DATABASES["cache"] = _sqlite("cache")
+    DATABASE_ROUTERS = ["orm_tests.settings.CacheRouter"]
+
+
+class CacheRouter:
+    def db_for_read(self, model, **hints):
+        return "cache" if model._meta.app_label == "django_cache" else None
+
+    db_for_write = db_for_read
+
+    def allow_migrate(self, db, app_label, **hints):
+        if app_label == "django_cache" or db == "cache":
+            return app_label == "django_cache" and db == "cache"
+        return None
+
 
 INSTALLED_APPS = ["django.contrib.contenttypes", "django_rustcache.orm", "orm_tests.testapp"]
 TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]

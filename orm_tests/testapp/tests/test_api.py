@@ -19,7 +19,7 @@ from orm_tests.testapp.models import Author, Book, Place, Plain, Restaurant, Tag
 class CacheTestCase(TransactionTestCase):
     """Autocommit (as a site runs), a cleared cache, some rows."""
 
-    databases = {"default", "other", "replica"}
+    databases = "__all__"
 
     def setUp(self):
         caches["default"].clear()
@@ -443,7 +443,7 @@ class FlushListTests(CacheTestCase):
 
         def add(n):
             barrier.wait()
-            for i in range(25):
+            for i in range(10):
                 inv.add_to_flush_list({key: [f"m{n}-{i}"]})
 
         threads = [threading.Thread(target=add, args=(n,)) for n in range(4)]
@@ -451,7 +451,7 @@ class FlushListTests(CacheTestCase):
             t.start()
         for t in threads:
             t.join()
-        self.assertEqual(len(inv.get_flush_lists([key])), 100)
+        self.assertEqual(len(inv.get_flush_lists([key])), 40)
 
     @override_settings(CACHE_MACHINE_FLUSH_LIST_LIMIT=3)
     def test_a_full_list_invalidates_its_model_instead(self):
@@ -541,6 +541,8 @@ class TemplateTests(CacheTestCase):
 class InTestCaseTests(TestCase):
     """Inside Django's TestCase (one transaction, never committed): cached reads still work, and
     nothing a test wrote is left in the shared cache for the next one."""
+
+    databases = "__all__"
 
     @classmethod
     def setUpTestData(cls):

@@ -92,6 +92,8 @@ def in_thread(target):
 
 
 class RaceTestCase(TransactionTestCase):
+    databases = "__all__"
+
     def setUp(self):
         caches["default"].clear()
         self.author = Author.objects.create(name="ann")

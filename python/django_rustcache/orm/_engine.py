@@ -52,8 +52,19 @@ def make_hash_key(text: str) -> str:
     return hashlib.md5(f"{config.CACHE_PREFIX}:{text}".encode(), usedforsecurity=False).hexdigest()
 
 
+_generation_keys: dict[tuple[str, str], str] = {}
+
+
 def generation_key(table: str) -> str:
-    return make_hash_key(f"gen:{table}")
+    from django_rustcache.orm import config
+
+    prefix = config.CACHE_PREFIX
+    key = _generation_keys.get((prefix, table))
+    if key is None:
+        if len(_generation_keys) > 65536:
+            _generation_keys.clear()
+        key = _generation_keys[(prefix, table)] = make_hash_key(f"gen:{table}")
+    return key
 
 
 def fresh_generation() -> int:
@@ -150,6 +161,7 @@ def forget_tables(**kwargs: Any) -> None:
     global _known
     _known = None
     _sql_tables.clear()
+    _same_database.clear()
 
 
 def _unquote(name: str) -> str:
@@ -209,8 +221,9 @@ def bump(tables: Iterable[str], cache: Any = None) -> bool:
     kept to retry before this process serves anything from the cache again."""
     tables = set(tables)
     with _pending_lock:
+        # Owed invalidations stay owed (so other threads keep bypassing the cache) until they
+        # are delivered.
         tables |= _pending
-        _pending.clear()
     if not tables:
         return True
     cache = _shared_cache() if cache is None else cache
@@ -218,15 +231,42 @@ def bump(tables: Iterable[str], cache: Any = None) -> bool:
     try:
         with busy():
             failed = cache.set_many(values, timeout=None)
+            if _loses_sets(cache):
+                failed = _confirm(cache, values)
     except Exception as exc:
         warn(f"ORM cache: could not invalidate {sorted(tables)} ({exc!r}); will retry")
         failed = list(values)
+    lost: set[str] = set()
     if failed and isinstance(failed, (list, tuple, set)):
-        lost = {t for t in tables if generation_key(t) in set(failed)}
-        with _pending_lock:
-            _pending.update(lost)
-        return False
-    return True
+        failed_keys = set(failed)
+        lost = {t for t in tables if generation_key(t) in failed_keys}
+    with _pending_lock:
+        _pending.difference_update(tables - lost)
+        _pending.update(lost)
+    return not lost
+
+
+def _loses_sets(cache: Any) -> bool:
+    """Django's DatabaseCache drops a set() that races another (its select-then-insert fails and
+    is swallowed), and reports nothing."""
+    from django.core.cache.backends.db import DatabaseCache
+
+    backend = cache.backend() if hasattr(type(cache), "backend") else cache
+    return isinstance(backend, DatabaseCache)
+
+
+def _confirm(cache: Any, values: dict[str, int], attempts: int = 8) -> list[str]:
+    """Read the generations back, and set again any that did not stick (another writer's
+    transaction won the row), until they do."""
+    for attempt in range(attempts):
+        stored = cache.get_many(list(values))
+        lost = [k for k, v in values.items() if stored.get(k) != v]
+        if not lost:
+            return []
+        time.sleep(0.001 * attempt)
+        values = {k: fresh_generation() for k in lost}
+        cache.set_many(values, timeout=None)
+    return list(values)
 
 
 def healthy(cache: Any) -> bool:
@@ -343,6 +383,47 @@ def wrote(conn: Any, tables: Iterable[str]) -> None:
     bump(tables)
 
 
+_same_database: dict[str, bool] = {}
+
+
+def _shares_cache_database(conn: Any) -> bool:
+    """Whether ``conn`` is an SQLite database holding the table of the DatabaseCache we use."""
+    same = _same_database.get(conn.alias)
+    if same is None:
+        same = False
+        if conn.vendor == "sqlite":
+            from django.core.cache.backends.db import DatabaseCache
+            from django.db import router
+
+            cache = _shared_cache()
+            backend = cache.backend() if hasattr(type(cache), "backend") else cache
+            if isinstance(backend, DatabaseCache):
+                same = (router.db_for_write(backend.cache_model_class) or "default") == conn.alias
+        _same_database[conn.alias] = same
+    return same
+
+
+_SCHEMA_VERBS = frozenset({"create", "alter", "drop"})
+
+
+def _refuse_or_defer(conn: Any, sql: str, tables: frozenset[str]) -> bool:
+    """On SQLite, a DatabaseCache in the database being written cannot be told of a write until
+    the statement's results are read (an INSERT ... RETURNING holds it open). Schema changes and
+    the migration log there are told later (before this process next uses the cache); a write
+    to a model's table is refused, before it runs, with what to do instead."""
+    match = _LEAD.match(sql)
+    if (match and match.group(1).lower() in _SCHEMA_VERBS) or tables <= {"django_migrations"}:
+        with _pending_lock:
+            _pending.update(tables)
+        return True
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "The ORM query cache on a DatabaseCache needs the cache table in its own database on SQLite: "
+        f"route app label 'django_cache' to an alias other than {conn.alias!r} (DATABASE_ROUTERS)."
+    )
+
+
 def _execute(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
     if _is_busy():
         return execute(sql, params, many, context)
@@ -352,15 +433,17 @@ def _execute(execute: Callable, sql: str, params: Any, many: bool, context: dict
         write = True
     if not write:
         return execute(sql, params, many, context)
+    conn = context["connection"]
+    try:
+        tables = tables_in(sql) if isinstance(sql, str) else frozenset()
+    except Exception:
+        tables = frozenset()
+    if _shares_cache_database(conn) and _refuse_or_defer(conn, sql, tables):
+        return execute(sql, params, many, context)
     try:
         return execute(sql, params, many, context)
     finally:
         # Also after a failed statement: it may have changed rows before it failed.
-        conn = context["connection"]
-        try:
-            tables = tables_in(sql) if isinstance(sql, str) else frozenset()
-        except Exception:
-            tables = frozenset()
         if not _suppressed(conn, tables):
             wrote(conn, tables)
 

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -37,12 +38,18 @@ class CacheProxy:
     backend's until deleted."""
 
     def _alias(self) -> str:
-        from django.conf import settings
+        alias = config._cached.get("_alias")
+        if alias is None:
+            from django.conf import settings
 
-        alias = config.CACHE_ALIAS
-        if alias:
-            return alias
-        return "cache_machine" if "cache_machine" in getattr(settings, "CACHES", {}) else "default"
+            alias = config.CACHE_ALIAS or (
+                "cache_machine" if "cache_machine" in getattr(settings, "CACHES", {}) else "default"
+            )
+            config._cached["_alias"] = alias
+        return alias
+
+    def backend(self) -> Any:
+        return caches[self._alias()]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(caches[self._alias()], name)
@@ -83,6 +90,9 @@ def seconds(timeout: Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+_local_lock = threading.Lock()
+
+
 class FlushListBusy(Exception):
     """The flush-list lock could not be taken in time."""
 
@@ -91,7 +101,7 @@ class Invalidator:
     """Flush lists stored as sets in any Django cache, updated under a lock."""
 
     LOCK_TIMEOUT = 5
-    LOCK_WAIT = 2.0
+    LOCK_WAIT = 5.0
 
     def invalidate_objects(self, objects: Iterable[Any], is_new_instance: bool = False, model_cls: Any = None) -> None:
         """Invalidate all the flush lists for the given ``objects``."""
@@ -229,17 +239,28 @@ class Invalidator:
             self.token = f"{random.getrandbits(64):016x}"
 
         def __enter__(self) -> None:
-            deadline = time.monotonic() + self.owner.LOCK_WAIT
-            pause = 0.0005
-            while not cache.add(self.key, self.token, timeout=self.owner.LOCK_TIMEOUT):
-                if time.monotonic() > deadline:
-                    raise FlushListBusy(self.key)
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+            # A process-wide lock first: a cache whose add() is not atomic (FileBasedCache:
+            # has_key, then set) still loses nothing between this process's threads.
+            if not _local_lock.acquire(timeout=self.owner.LOCK_WAIT):
+                raise FlushListBusy(self.key)
+            try:
+                deadline = time.monotonic() + self.owner.LOCK_WAIT
+                pause = 0.0005
+                while not cache.add(self.key, self.token, timeout=self.owner.LOCK_TIMEOUT):
+                    if time.monotonic() > deadline:
+                        raise FlushListBusy(self.key)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)
+            except BaseException:
+                _local_lock.release()
+                raise
 
         def __exit__(self, *exc: object) -> None:
-            if cache.get(self.key) == self.token:
-                cache.delete(self.key)
+            try:
+                if cache.get(self.key) == self.token:
+                    cache.delete(self.key)
+            finally:
+                _local_lock.release()
 
     def _locked(self) -> Invalidator._Lock:
         return self._Lock(self)
