@@ -111,6 +111,13 @@ class HitTests(CacheTestCase):
             Book.objects.create(title="none", author=self.ann)
             self.assertQueried(lambda: titles(Book.objects.filter(title="none")), ["none"])
 
+    def test_results_over_the_row_limit_stream_uncached(self):
+        with override_settings(CACHE_MACHINE_MAX_ROWS=4):
+            with self.assertNumQueries(2):
+                self.assertEqual(len(list(Book.objects.all())), 6)
+                self.assertEqual(len(list(Book.objects.all().iterator())), 6)
+            self.assertCached(lambda: titles(Book.objects.all()[:4]))
+
     def test_empty_in(self):
         with self.assertNumQueries(0):
             self.assertEqual(list(Book.objects.filter(pk__in=[])), [])

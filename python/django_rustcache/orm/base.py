@@ -216,15 +216,21 @@ class CachingModelIterable(ModelIterable):
                 return
         if config.FETCH_BY_ID and hasattr(self.queryset, "fetch_by_id"):
             iterator = self.queryset.fetch_by_id
-        to_cache = []
+        to_cache: list[Any] | None = []
         self._rows = rows = []
+        limit = config.MAX_ROWS
         for obj in iterator():
             obj.from_cache = False
-            to_cache.append(obj)
-            if isinstance(obj, models.Model):
-                rows.append(_row(obj))
+            if to_cache is not None:
+                to_cache.append(obj)
+                if isinstance(obj, models.Model):
+                    rows.append(_row(obj))
+                if len(to_cache) > limit:
+                    # Too big to cache: keep streaming (``.iterator()``) without holding it all.
+                    to_cache = self._rows = None
+                    rows = []
             yield obj
-        if to_cache or config.CACHE_EMPTY_QUERYSETS:
+        if to_cache is not None and (to_cache or config.CACHE_EMPTY_QUERYSETS):
             self.cache_objects(to_cache, key, stamp, present=entry is not None)
 
 

@@ -29,6 +29,8 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     "CACHE_MACHINE_COMPAT": ("CACHE_MACHINE_COMPAT", None),
     # Ours: the most members one flush list holds before its model's generation is bumped instead.
     "FLUSH_LIST_LIMIT": ("CACHE_MACHINE_FLUSH_LIST_LIMIT", 1000),
+    # Ours: a result of more rows than this is not cached (and not held while it streams).
+    "MAX_ROWS": ("CACHE_MACHINE_MAX_ROWS", 10_000),
     # Ours: the cache alias; Cache Machine's rule (``cache_machine`` if configured, else default).
     "CACHE_ALIAS": ("CACHE_MACHINE_ALIAS", None),
 }
@@ -50,8 +52,8 @@ def _read(name: str) -> Any:
         )
     if name == "CACHE_MACHINE_COMPAT" and value is None:
         value = shim_installed
-    if name == "FLUSH_LIST_LIMIT" and (not isinstance(value, int) or value < 1):
-        raise ImproperlyConfigured(f"CACHE_MACHINE_FLUSH_LIST_LIMIT must be a positive int, not {value!r}")
+    if name in ("FLUSH_LIST_LIMIT", "MAX_ROWS") and (not isinstance(value, int) or value < 1):
+        raise ImproperlyConfigured(f"{setting} must be a positive int, not {value!r}")
     return value
 
 
