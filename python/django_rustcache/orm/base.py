@@ -9,9 +9,12 @@ one of its tables has returned. Module globals (``cache``, ``cached``, ``invalid
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import functools
 import logging
 import pickle
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +23,12 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections, models
 from django.db.models import signals
 from django.db.models.base import ModelState
+from django.db.models.expressions import Col
+from django.db.models.lookups import Lookup
 from django.db.models.query import ModelIterable, RawQuerySet
+from django.db.models.sql.datastructures import BaseTable
+from django.db.models.sql.query import Query
+from django.db.models.sql.where import WhereNode
 from django.utils import encoding
 
 from django_rustcache.orm import _engine, config
@@ -68,25 +76,53 @@ def _row(obj: Any) -> Any:
 
 
 def _encode(cls: Any, rows: list[Any]) -> bytes:
-    return pickle.dumps((cls, rows), pickle.HIGHEST_PROTOCOL)
+    """Rows of one model, all with the same attributes, one database and no related objects
+    (the common case) are stored as columns: names once, then a tuple of values per row, which
+    unpickles in a third of the time of a dict per row. Anything else, a dict per row."""
+    if cls is not None and rows:
+        first, db, _ = rows[0]
+        names = tuple(first)
+        if all(r[1] == db and not r[2] and len(r[0]) == len(names) and tuple(r[0]) == names for r in rows):
+            # Stored as read from the cache: marked so.
+            at = names.index("from_cache") if "from_cache" in names else -1
+            values = [tuple(r[0].values()) for r in rows]
+            if at >= 0:
+                values = [(*v[:at], True, *v[at + 1 :]) for v in values]
+            else:
+                names, values = (*names, "from_cache"), [(*v, True) for v in values]
+            return pickle.dumps(("columns", cls, names, db, values), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(("rows", cls, rows), pickle.HIGHEST_PROTOCOL)
 
 
 def _decode(payload: bytes) -> list[Any]:
-    cls, rows = pickle.loads(payload)
+    stored = pickle.loads(payload)
+    new = object.__new__
+    objects: list[Any] = []
+    append = objects.append
+    if stored[0] == "columns":
+        _, cls, names, db, values = stored
+        for row in values:
+            obj = new(cls)
+            model_state = new(ModelState)
+            model_state.__dict__ = {"db": db, "adding": False}
+            state = dict(zip(names, row, strict=True))
+            state["_state"] = model_state
+            obj.__dict__ = state
+            append(obj)
+        return objects
+    _, cls, rows = stored
     if cls is None:
         return rows
-    new = object.__new__
-    objects = []
     for state, db, fields_cache in rows:
         obj = new(cls)
-        model_state = ModelState()
-        model_state.db = db
-        model_state.adding = False
+        model_state = new(ModelState)
+        model_state.__dict__ = {"db": db, "adding": False}
         if fields_cache:
             model_state.fields_cache = fields_cache
         state["_state"] = model_state
+        state["from_cache"] = True
         obj.__dict__ = state
-        objects.append(obj)
+        append(obj)
     return objects
 
 
@@ -210,9 +246,7 @@ class CachingModelIterable(ModelIterable):
                 log.info("cached result %s could not be read (%r): querying", key, exc)
             else:
                 log.debug("cache hit: %s", key)
-                for obj in objects:
-                    obj.from_cache = True
-                    yield obj
+                yield from objects
                 return
         if config.FETCH_BY_ID and hasattr(self.queryset, "fetch_by_id"):
             iterator = self.queryset.fetch_by_id
@@ -232,6 +266,85 @@ class CachingModelIterable(ModelIterable):
             yield obj
         if to_cache is not None and (to_cache or config.CACHE_EMPTY_QUERYSETS):
             self.cache_objects(to_cache, key, stamp, present=entry is not None)
+
+
+# --- identifying a simple query without compiling it -----------------------------------------
+
+# Query attributes a simple query may set: the ones its identity is made of, and bookkeeping
+# that does not change the SQL of a query on one table. Any other attribute must still have a
+# fresh Query's value, or the query is compiled instead.
+_IDENTITY_ATTRS = ("where", "order_by", "default_ordering", "standard_ordering", "low_mark", "high_mark")
+_BOOKKEEPING = frozenset(
+    {
+        "model",
+        "alias_map",
+        "alias_refcount",
+        "table_map",
+        "used_aliases",
+        "_lookup_joins",
+        "filter_is_sticky",
+        "_annotation_select_cache",
+        "alias_cols",
+    }
+)
+_VALUE_TYPES = (int, str, float, bool, type(None), bytes, decimal.Decimal, datetime.date, datetime.time, uuid.UUID)
+_fresh_attrs: dict[Any, dict[str, Any]] = {}
+
+
+class _NotSimple(Exception):
+    pass
+
+
+def _value(v: Any) -> Any:
+    if type(v) in (list, tuple):
+        if not v:
+            raise _NotSimple  # an empty IN: compiling says EmptyResultSet
+        return tuple(_value(x) for x in v)
+    if isinstance(v, _VALUE_TYPES) and not isinstance(v, models.Model):
+        return (type(v).__qualname__, v)
+    raise _NotSimple
+
+
+def _node(node: Any, alias: str) -> Any:
+    if type(node) is WhereNode:
+        return ("W", node.connector, node.negated, tuple(_node(c, alias) for c in node.children))
+    if not isinstance(node, Lookup):
+        raise _NotSimple
+    lhs = node.lhs
+    if type(lhs) is not Col or lhs.alias != alias or not node.rhs_is_direct_value():
+        raise _NotSimple
+    target, kind = lhs.target, type(node)
+    field = type(lhs.output_field).__qualname__
+    return (kind.__module__, kind.__qualname__, target.model._meta.label, target.column, field, _value(node.rhs))
+
+
+def _fingerprint(query: Any) -> str | None:
+    """A structural identity for a query on one table filtered by plain values, or None."""
+    model = query.model
+    fresh = _fresh_attrs.get(model)
+    if fresh is None:
+        fresh = _fresh_attrs[model] = dict(Query(model).__dict__)
+    attrs = query.__dict__
+    table = model._meta.db_table
+    try:
+        for name, value in attrs.items():
+            if name in _BOOKKEEPING or name in _IDENTITY_ATTRS:
+                continue
+            default = fresh[name] if name in fresh else getattr(Query, name, _NotSimple)
+            if value != default:
+                return None
+        alias_map = attrs.get("alias_map") or {}
+        if len(alias_map) > 1 or any(type(t) is not BaseTable or t.table_name != table for t in alias_map.values()):
+            return None
+        alias = next(iter(alias_map), table)
+        order_by = query.order_by
+        if not all(type(o) is str for o in order_by):
+            return None
+        where = _node(query.where, alias)
+    except (_NotSimple, TypeError, AttributeError):
+        return None
+    parts = (model._meta.label, where, order_by, query.default_ordering, query.standard_ordering)
+    return "fp:" + repr((*parts, query.low_mark, query.high_mark))
 
 
 class CachingQuerySet(models.query.QuerySet):
@@ -260,9 +373,13 @@ class CachingQuerySet(models.query.QuerySet):
         return sql, tuple(params)
 
     def _cache_identity(self) -> tuple[str, frozenset[str]]:
-        """(what identifies this query, the tables it reads). ``repr`` of SQL and parameters, not
-        Cache Machine's ``sql % params``: ``IN (%s)`` with ``"a, b"`` and ``IN (%s, %s)`` with
-        ``"a"``, ``"b"`` must not share a key."""
+        """(what identifies this query, the tables it reads). A simple query on one table is
+        identified by its structure (compiling SQL costs more than the rest of a hit); any other
+        by ``repr`` of its SQL and parameters, not Cache Machine's ``sql % params``: ``IN (%s)``
+        with ``"a, b"`` and ``IN (%s, %s)`` with ``"a"``, ``"b"`` must not share a key."""
+        fingerprint = _fingerprint(self.query)
+        if fingerprint is not None:
+            return fingerprint, _engine.model_tables(self.model)
         sql, params = self._sql()
         return repr((sql, params)), _engine.tables_in(sql) | _engine.model_tables(self.model)
 
