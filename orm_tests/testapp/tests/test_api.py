@@ -74,6 +74,12 @@ class HitTests(CacheTestCase):
         sql = f"SELECT * FROM {Book._meta.db_table} WHERE pages = %s ORDER BY id"
         self.assertCached(lambda: titles(Book.objects.raw(sql, [100])), [f"t{i}" for i in range(6)])
 
+    def test_select_for_update_is_never_cached(self):
+        titles(Book.objects.filter(pages=100))
+        with transaction.atomic(), self.assertNumQueries(2):
+            titles(Book.objects.select_for_update().filter(pages=100))
+            titles(Book.objects.select_for_update().filter(pages=100))
+
     def test_values_are_not_cached(self):
         with self.assertNumQueries(2):
             list(Book.objects.values("title"))

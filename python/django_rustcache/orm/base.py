@@ -227,7 +227,10 @@ class CachingModelIterable(ModelIterable):
 
     def __iter__(self) -> Iterator[Any]:
         iterator = self.iter_function if self.iter_function is not None else super().__iter__
-        if self.timeout == config.NO_CACHE:
+        # select_for_update(): a cached answer would skip taking the row locks.
+        if self.timeout == config.NO_CACHE or getattr(
+            getattr(self.queryset, "query", None), "select_for_update", False
+        ):
             yield from iterator()
             return
         try:
