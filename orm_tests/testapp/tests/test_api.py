@@ -155,6 +155,15 @@ class HitTests(CacheTestCase):
             self.assertEqual(by_key.setdefault(identity, compiled), compiled, identity)
         self.assertGreater(simple, 20)  # most of these are keyed without compiling
 
+    def test_attribute_names_from_the_cache_are_never_code(self):
+        hostile = "x': __import__('os')._exit(3), 'y"
+        payload = pickle.dumps(("columns", Book, (hostile, "title"), "default", [(1, "t")]))
+        (book,) = base._decode(payload)
+        self.assertEqual(book.__dict__[hostile], 1)
+        self.assertEqual(book.title, "t")
+        with self.assertRaises(ValueError):
+            base._decode(pickle.dumps(("columns", Book, (42,), "default", [(1,)])))
+
     def test_a_changed_object_does_not_change_the_cache(self):
         for book in Book.objects.filter(pk=self.books[0].pk).iterator():
             book.title = "changed by the caller"
