@@ -155,6 +155,23 @@ class HitTests(CacheTestCase):
             self.assertEqual(by_key.setdefault(identity, compiled), compiled, identity)
         self.assertGreater(simple, 20)  # most of these are keyed without compiling
 
+    def test_an_instance_from_the_cache_behaves_as_a_loaded_one(self):
+        Book.objects.get(pk=self.books[0].pk)
+        book = Book.objects.get(pk=self.books[0].pk)
+        self.assertTrue(book.from_cache)
+        self.assertEqual((book._state.db, book._state.adding), ("default", False))
+        self.assertEqual(book.author.name, "bob")  # fields_cache is the instance's own
+        other = Book.objects.get(pk=self.books[0].pk)
+        self.assertNotIn("author", other._state.__dict__.get("fields_cache", {}))
+        copied = pickle.loads(pickle.dumps(book))
+        self.assertEqual(
+            (type(copied._state).__name__, copied._state.db, copied._state.adding), ("ModelState", "default", False)
+        )
+        book.title = "saved from cache"
+        book.save()
+        self.assertEqual(Book.objects.get(pk=book.pk).title, "saved from cache")
+        self.assertEqual(Book.objects.using("other").count(), 0)
+
     def test_attribute_names_from_the_cache_are_never_code(self):
         hostile = "x': __import__('os')._exit(3), 'y"
         payload = pickle.dumps(("columns", Book, (hostile, "title"), "default", [(1, "t")]))

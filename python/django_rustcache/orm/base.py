@@ -94,6 +94,34 @@ def _encode(cls: Any, rows: list[Any]) -> bytes:
     return pickle.dumps(("rows", cls, rows), pickle.HIGHEST_PROTOCOL)
 
 
+def _plain_state(state: dict[str, Any]) -> ModelState:
+    model_state = ModelState()
+    model_state.__dict__.update(state)
+    return model_state
+
+
+class _LoadedState(ModelState):
+    """The state of an instance read from the cache: ``adding`` False and ``db`` from the class
+    (one subclass per database alias), so no per-instance dict is made until Django sets
+    something. Copied or pickled, it becomes a plain ModelState."""
+
+    adding = False
+
+    def __reduce__(self) -> Any:
+        state = ModelState.__getstate__(self) if hasattr(ModelState, "__getstate__") else dict(self.__dict__)
+        return (_plain_state, ({"db": self.db, "adding": self.adding, **state},))
+
+
+_state_classes: dict[str, type] = {}
+
+
+def _state_class(db: str) -> type:
+    cls = _state_classes.get(db)
+    if cls is None:
+        cls = _state_classes[db] = type("_LoadedState", (_LoadedState,), {"db": db, "__module__": __name__})
+    return cls
+
+
 _builders: dict[tuple[str, ...], Any] = {}
 
 
@@ -111,15 +139,14 @@ def _builder(names: tuple[str, ...]) -> Any:
             "def build(values, cls, db):\n"
             "    objects = []\n"
             "    append = objects.append\n"
+            "    state = state_class(db)\n"
             f"    for ({', '.join(cells)},) in values:\n"
             "        obj = new(cls)\n"
-            "        model_state = new(ModelState)\n"
-            "        model_state.__dict__ = {'db': db, 'adding': False}\n"
-            f"        obj.__dict__ = {{{items}, '_state': model_state}}\n"
+            f"        obj.__dict__ = {{{items}, '_state': new(state)}}\n"
             "        append(obj)\n"
             "    return objects\n"
         )
-        namespace: dict[str, Any] = {"new": object.__new__, "ModelState": ModelState}
+        namespace: dict[str, Any] = {"new": object.__new__, "state_class": _state_class}
         exec(source, namespace)  # the names appear only as repr() literals
         builder = namespace["build"]
         if len(_builders) > 1024:
