@@ -146,3 +146,66 @@ def test_acl_user():
                 make_redis(location, OPTIONS=options).get("k")
     finally:
         server.close()
+
+
+def test_every_url_form_redis_py_accepts():
+    secret = "p@ss:w/rd %"
+    tcp = RedisServer(password=secret)
+    unix = RedisServer(unix=True, password=secret)
+    try:
+        from urllib.parse import quote
+
+        enc = quote(secret, safe="")
+        host = f"127.0.0.1:{tcp.port}"
+        path = unix.socket_path
+        forms = [
+            (tcp, f"redis://:{enc}@{host}/2", {}, 2),
+            (tcp, f"redis://{host}?password={enc}&db=3", {}, 3),
+            (tcp, f"redis://default:{enc}@{host}?db=4", {}, 4),
+            (tcp, host, {"PASSWORD": secret, "DB": 5}, 5),
+            (unix, f"unix://:{enc}@{path}?db=15", {}, 15),
+            (unix, f"unix://{path}?db=6&password={enc}", {}, 6),
+            (unix, f"redis+unix://default:{enc}@{path}?db=7", {}, 7),
+            (unix, path, {"PASSWORD": secret, "DB": 8}, 8),
+            (unix, f"unix://{path}", {"PASSWORD": secret, "DB": 9}, 9),
+        ]
+        redis = pytest.importorskip("redis")
+        for server, location, options, db in forms:
+            cache = make_compat(location, OPTIONS=options, KEY_PREFIX=f"form{db}")
+            cache.set("k", location)
+            assert cache.get("k") == location
+            if server is tcp:
+                raw = redis.Redis(port=tcp.port, password=secret, db=db)
+            else:
+                raw = redis.Redis(unix_socket_path=path, password=secret, db=db)
+            assert raw.exists(cache.make_key("k")), location
+    finally:
+        tcp.close()
+        unix.close()
+
+
+@pytest.mark.parametrize("location", ["unix://", "unix://:pw@", "memcache://127.0.0.1:1"])
+def test_a_url_that_cannot_work_is_refused_clearly(location):
+    with pytest.raises(ImproperlyConfigured, match="redis LOCATION"):
+        make_compat(location).get("k")
+
+
+@pytest.mark.parametrize("flavour", ["redis", "redis_cache", "memcached"])
+def test_a_backend_pickles_and_copies(flavour, redis_server, memcached_server):
+    import copy
+
+    if flavour == "memcached":
+        from django_rustcache.memcached import MemcachedCache
+
+        cache = MemcachedCache(memcached_server.location, {"KEY_PREFIX": "pickled"})
+    elif flavour == "redis":
+        cache = make_redis(redis_server.location, KEY_PREFIX="pickled")
+    else:
+        cache = make_compat(redis_server.location, KEY_PREFIX="pickled", OPTIONS={"DB": 2})
+    cache.set("k", "v")
+    holder = {"cache": cache}
+    for other in (pickle.loads(pickle.dumps(cache)), copy.copy(cache), copy.deepcopy(holder)["cache"]):
+        assert type(other) is type(cache)
+        assert other.get("k") == "v"
+        other.set("k2", flavour)
+        assert cache.get("k2") == flavour

@@ -133,6 +133,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
     _delete_many_method: ClassVar[str] = "delete_many"
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        self._init_args = (server, params)
         super().__init__(params)
         self._options = dict(params.get("OPTIONS") or {})
         self._servers = split_location(server)
@@ -141,6 +142,11 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
         except (ImproperlyConfigured, TypeError, ValueError) as e:
             self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))
         _registry.track(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (or copied), a backend is its LOCATION and params: the copy made from them
+        talks to the same servers, through the same pooled client in this process."""
+        return (type(self), self._init_args)
 
     def _configure(self) -> Hashable:
         """Read LOCATION and OPTIONS into the settings the client is made from."""

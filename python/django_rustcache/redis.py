@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -54,22 +54,55 @@ NO_MEANING = frozenset(
 )  # fmt: skip
 
 
+_UNIX_SCHEMES = ("unix", "redis+unix", "valkey+unix")
+_TCP_SCHEMES = ("redis", "rediss", "valkey", "valkeys")
+# redis-py's query names for credentials (and the redis crate's, on unix:// URLs).
+_USER_QUERY = ("username", "user")
+_PASSWORD_QUERY = ("password", "pass")
+
+
+def _first(query: dict[str, list[str]], names: tuple[str, ...]) -> str | None:
+    return next((query[n][0] for n in names if query.get(n)), None)
+
+
 def location_url(server: str) -> str:
-    """A LOCATION entry as a URL the core understands: a bare socket path becomes unix://. A TCP
-    port outside 1-65535 is an ImproperlyConfigured naming the entry."""
+    """A LOCATION entry as a URL the core understands, from every form redis-py's ``from_url``
+    accepts: ``redis://[[user]:[password]@]host[:port][/db]``, ``rediss://...``,
+    ``unix://[[user]:[password]@]/path.sock[?db=N]``, credentials and the db also as ``?username=``,
+    ``?password=``, ``?db=`` queries, percent-encoded or not, ``host:port``, or a bare socket
+    path (whose credentials and db come from OPTIONS). A TCP port outside 1-65535, a unix URL
+    without a path, or an unknown scheme is an ImproperlyConfigured naming the entry."""
     server = server.strip()
     if server.startswith("/"):
-        return f"unix://{server}"
+        return f"unix://{quote(server)}"
     url = server if "://" in server else f"redis://{server}"
     parts = urlsplit(url)
-    if parts.scheme != "unix":
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if port is not None or ":" in parts.netloc.rpartition("@")[2].rpartition("]")[2]:
-            setting_port(port, f"redis LOCATION {server!r}")
-    return url
+    query = parse_qs(parts.query, keep_blank_values=True)
+    user = unquote(parts.username) if parts.username else _first(query, _USER_QUERY)
+    password = unquote(parts.password) if parts.password is not None and parts.password != "" else None
+    password = password if password is not None else _first(query, _PASSWORD_QUERY)
+    rest = [(k, v) for k, values in query.items() if k not in _USER_QUERY + _PASSWORD_QUERY for v in values]
+    if parts.scheme in _UNIX_SCHEMES:
+        path = unquote(parts.path)
+        if not path.strip("/"):
+            raise ImproperlyConfigured(f"redis LOCATION {server!r}: a unix:// URL needs the socket's path")
+        # The redis crate reads a unix socket's credentials from ?user= and ?pass=.
+        extra = ([("user", user)] if user else []) + ([("pass", password)] if password else [])
+        q = urlencode(rest + extra)
+        return f"unix://{quote(path)}" + (f"?{q}" if q else "")
+    if parts.scheme not in _TCP_SCHEMES:
+        raise ImproperlyConfigured(f"redis LOCATION {server!r}: unknown scheme {parts.scheme!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    hostport = parts.netloc.rpartition("@")[2]
+    if port is not None or ":" in hostport.rpartition("]")[2]:
+        setting_port(port, f"redis LOCATION {server!r}")
+    auth = ""
+    if user or password:
+        auth = quote(user or "", safe="") + (":" + quote(password, safe="") if password else "") + "@"
+    return urlunsplit((parts.scheme, auth + hostport, parts.path, urlencode(rest), ""))
 
 
 @dataclasses.dataclass(frozen=True)
