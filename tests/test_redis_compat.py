@@ -209,3 +209,25 @@ def test_a_backend_pickles_and_copies(flavour, redis_server, memcached_server):
         assert other.get("k") == "v"
         other.set("k2", flavour)
         assert cache.get("k2") == flavour
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["PARSER_CLASS", "CONNECTION_POOL_CLASS", "parser_class", "pool_class", "SERIALIZER_CLASS", "COMPRESSOR_CLASS"],
+)
+def test_a_class_path_that_does_not_import_is_refused_at_start_up(option, redis_server):
+    from django.core import checks
+    from django.test.utils import override_settings
+
+    options = {option: "no_such_module.Thing"}
+    with pytest.raises(ImproperlyConfigured, match=rf"OPTIONS\['{option}'\].*no_such_module"):
+        make_compat(redis_server.location, OPTIONS=options).get("k")
+    caches = {"default": {"BACKEND": "django_rustcache.redis_cache.RedisCache", "LOCATION": redis_server.location,
+                          "OPTIONS": options}}  # fmt: skip
+    with override_settings(CACHES=caches):
+        errors = checks.run_checks(tags=["caches"])
+    assert any(e.id == "django_rustcache.E003" and "no_such_module" in e.msg for e in errors)
+    # A path that imports is fine, and so is redis-py's own under any version's name (ignored,
+    # with a note in the log).
+    for path in ("json.JSONDecoder", "redis.connection.HiredisParser", "redis.connection.PythonParser"):
+        make_compat(redis_server.location, OPTIONS={"PARSER_CLASS": path}).set("k", 1)

@@ -113,7 +113,7 @@ def _native_serializer(name: str) -> tuple[Any, Any] | None:
     return msgpack.packb, functools.partial(msgpack.unpackb, raw=False)
 
 
-def _load_class(spec: Any, option: str) -> Any:
+def load_class(spec: Any, option: str) -> Any:
     if not isinstance(spec, str):
         return spec
     try:
@@ -135,7 +135,7 @@ def _serializer(options: dict[str, Any]) -> tuple[tuple[Any, Any] | None, bool]:
     native = SERIALIZERS.get(_path(spec))
     if native is not None:
         return _native_serializer(native), True
-    cls = _load_class(spec, option)
+    cls = load_class(spec, option)
     if style == "django":
         obj = cls()
         return (obj.dumps, obj.loads), False
@@ -195,7 +195,7 @@ def value_format(options: dict[str, Any], pickle_protocol: int) -> ValueFormat:
     if path in COMPRESSORS:
         native = COMPRESSORS[path]
     else:
-        cls = _load_class(spec, option)
+        cls = load_class(spec, option)
         native = _native_compressor(cls)
         if native is None:
             comp = cls(**kwargs) if kwargs is not None else cls(options=options)

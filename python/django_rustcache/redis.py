@@ -22,7 +22,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
-from django_rustcache._codec import FORMAT_OPTIONS, value_format
+from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
@@ -138,6 +138,19 @@ def with_db(url: str, db: int | None) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
+# Options naming a class by dotted path that we do not use (see NO_MEANING).
+CLASS_PATHS = frozenset({"PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS"})
+# redis-py's own parser and pool classes, under the names any of its versions used: accepted
+# whether or not the installed redis-py (if any) still has them, since we use none of them.
+REDIS_PY_CLASSES = frozenset(
+    {
+        "redis.connection.PythonParser", "redis.connection.HiredisParser", "redis.connection._HiredisParser",
+        "redis._parsers.PythonParser", "redis._parsers._HiredisParser", "redis._parsers._RESP2Parser",
+        "redis._parsers._RESP3Parser", "redis.connection.ConnectionPool", "redis.ConnectionPool",
+        "redis.connection.BlockingConnectionPool", "redis.BlockingConnectionPool",
+    }
+)  # fmt: skip
+
 # CLIENT_CLASS values whose behaviour is ours already; any other client class changes the data
 # format or the topology (django-redis's HerdClient, ShardClient, SentinelClient).
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
@@ -195,7 +208,13 @@ class RedisCache(NetworkCache):
             )
         for name in sorted(NO_MEANING & self._options.keys()):
             value = self._options[name]
+            if name in CLASS_PATHS and isinstance(value, str) and value not in REDIS_PY_CLASSES:
+                # Ignored, but still a dotted path that must import, as it did for the predecessor.
+                load_class(value, name)
             logger.info("OPTIONS[%r] = %r has no meaning for django-rustcache and is ignored", name, value)
+        # The serializer and compressor classes are made with the client; a path that does not
+        # import is reported now (by the system check, and at first use).
+        value_format(self._options, 5)
 
     def _client_settings(self) -> RedisSettings:
         o = self._options
