@@ -231,3 +231,49 @@ def test_a_class_path_that_does_not_import_is_refused_at_start_up(option, redis_
     # with a note in the log).
     for path in ("json.JSONDecoder", "redis.connection.HiredisParser", "redis.connection.PythonParser"):
         make_compat(redis_server.location, OPTIONS={"PARSER_CLASS": path}).set("k", 1)
+
+
+def test_get_or_set_keeps_django_redis_cache_herd_semantics(redis_server):
+    import time
+
+    cache = make_compat(redis_server.location, KEY_PREFIX="herd")
+    raw = raw_client(redis_server, 1)
+    made = cache.make_key("k")
+    calls = []
+
+    def compute(value):
+        def f():
+            calls.append(value)
+            return value
+
+        return f
+
+    # First caller: takes the lock, computes, stores the value (kept stale_cache_timeout past
+    # timeout) and the freshness marker, in django-redis-cache's key layout.
+    assert cache.get_or_set("k", compute("v1"), 10, lock_timeout=5, stale_cache_timeout=20) == "v1"
+    assert 25 <= raw.ttl(made) <= 30
+    assert 5 <= raw.ttl(f"__fresh__{made}") <= 10
+    assert raw.get(f"__fresh__{made}") == b"1"
+    assert not raw.exists(f"__lock__{made}")
+    # Fresh: the stored value, whatever the default.
+    assert cache.get_or_set("k", compute("other"), 10) == "v1"
+    assert calls == ["v1"]
+    # Stale (marker gone) while another process holds the lock: the stale copy at once, never
+    # a wait and never a call.
+    raw.delete(f"__fresh__{made}")
+    raw.set(f"__lock__{made}", "someone-else")
+    started = time.monotonic()
+    assert cache.get_or_set("k", compute("v2"), 10, lock_timeout=5) == "v1"
+    assert cache.get_or_set("missing", compute("v3"), 10, lock_timeout=5) == "v3"  # its own lock
+    raw.set(f"__lock__{cache.make_key('none')}", "someone-else")
+    assert cache.get_or_set("none", compute("v4"), 10) is None  # nothing stored yet
+    assert time.monotonic() - started < 0.5
+    assert calls == ["v1", "v3"]
+    # The lock freed: the next caller recomputes.
+    raw.delete(f"__lock__{made}")
+    assert cache.get_or_set("k", compute("v5"), 10) == "v5"
+    assert raw.ttl(made) == -1  # stale_cache_timeout None: the value is kept forever
+    # A value set() wrote has no marker: django-redis-cache's get_or_set recomputes it.
+    cache.set("plain", "old")
+    assert cache.get_or_set("plain", compute("new")) == "new"
+    assert cache.get("plain") == "new"

@@ -16,8 +16,10 @@ django-redis-cache accepted) where django-redis-cache answers differently from D
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, ClassVar
 
+from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache._core import CacheError
@@ -25,6 +27,16 @@ from django_rustcache.redis import Lock
 from django_rustcache.redis import RedisCache as _RedisCache
 
 __all__ = ["RedisCache"]
+
+# The value (kept ARGV[2] seconds, 0: forever) and its freshness marker (ARGV[3] seconds, 0:
+# forever), in one step: django-redis-cache writes both in one MULTI.
+_STORE_FRESH = """
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], 1, 'EX', ARGV[3])
+else redis.call('SET', KEYS[2], 1) end
+return 1
+"""
 
 
 class RedisCache(_RedisCache):
@@ -65,14 +77,40 @@ class RedisCache(_RedisCache):
         stale_cache_timeout: float | None = None,
         version: Any = None,
     ) -> Any:
-        return super().get_or_set(
-            key,
-            default,
-            timeout,
-            version=version,
-            lock_timeout=lock_timeout,
-            stale_cache_timeout=stale_cache_timeout,
-        )
+        """django-redis-cache's get_or_set, exactly, with its key layout: the value is fresh
+        while ``__fresh__<key>`` exists (``timeout`` seconds). When it is not, the one caller
+        that takes the non-blocking lock ``__lock__<key>`` (held at most ``lock_timeout``; None:
+        until released) computes ``default`` and stores it, kept ``stale_cache_timeout`` seconds
+        past ``timeout`` (None: forever), with a new marker; every other caller returns at once
+        whatever is stored (the stale copy) or None. Nobody waits."""
+        made = self._made(key, version)
+        fresh_key, lock_key = f"__fresh__{made}", f"__lock__{made}"
+        try:
+            stored = self._cache.get_many(None, None, [fresh_key, made])
+        except CacheError as e:
+            return self._failed(e, default() if callable(default) else default)
+        if stored.get(fresh_key):
+            return stored.get(made)
+        ttl = self.get_backend_timeout(timeout)
+        lock = Lock(self._cache, lock_key, lock_timeout, 0.1, False, None)
+        try:
+            acquired = lock.acquire(blocking=False)
+        except CacheError as e:
+            return self._failed(e, stored.get(made))
+        if not acquired:
+            return stored.get(made)
+        try:
+            value = default() if callable(default) else default
+            if ttl is None or ttl > 0:
+                keep = None if stale_cache_timeout is None or ttl is None else ttl + int(stale_cache_timeout)
+                self._cache.execute(
+                    "EVAL", _STORE_FRESH, 2, made, fresh_key, self._cache.dumps(value), keep or 0, ttl or 0
+                )
+            return value
+        finally:
+            # A lock that outlived lock_timeout may be another caller's now: theirs to free.
+            with suppress(CacheError):
+                lock.release()
 
     async def aget_or_set(  # type: ignore[override]
         self,
@@ -83,13 +121,8 @@ class RedisCache(_RedisCache):
         stale_cache_timeout: float | None = None,
         version: Any = None,
     ) -> Any:
-        return await super().aget_or_set(
-            key,
-            default,
-            timeout,
-            version=version,
-            lock_timeout=lock_timeout,
-            stale_cache_timeout=stale_cache_timeout,
+        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
+            key, default, timeout, lock_timeout, stale_cache_timeout, version=version
         )
 
     def lock(  # type: ignore[override]
