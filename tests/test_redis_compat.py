@@ -278,3 +278,26 @@ def test_get_or_set_keeps_django_redis_cache_herd_semantics(redis_server):
     cache.set("plain", "old")
     assert cache.get_or_set("plain", compute("new")) == "new"
     assert cache.get("plain") == "new"
+
+
+@pytest.mark.parametrize("prefix", ["a*", "b?", "c[x]", "d\\", "[", "plain"])
+def test_glob_characters_in_the_prefix_match_only_this_cache(prefix, redis_server):
+    mine = make_redis(redis_server.location, KEY_PREFIX=prefix, OPTIONS={"DB": 11})
+    # Keys another prefix would match if the pattern were not escaped.
+    others = [make_redis(redis_server.location, KEY_PREFIX=p, OPTIONS={"DB": 11}) for p in ("aX", "bY", "cx", "d", "e")]
+    for cache in others:
+        cache.set("k1", "theirs")
+        cache.set("k2", "theirs", version=2)
+    mine.set("k1", "mine")
+    mine.set("k2", "mine", version=2)
+    assert mine.keys("*") == ["k1"]
+    assert list(mine.iter_keys("k*")) == ["k1"]
+    assert mine.keys("*", version=2) == ["k2"]
+    assert mine.reinsert_keys() == 0  # both of mine, already in the current format; none of theirs
+    assert mine.delete_pattern("k*") == 1
+    mine.clear(version=2)
+    assert mine.keys("*", version=2) == []
+    for cache in others:
+        assert cache.get("k1") == "theirs"
+        assert cache.get("k2", version=2) == "theirs"
+    raw_client(redis_server, 11).flushdb()

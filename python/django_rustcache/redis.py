@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -137,6 +138,11 @@ def with_db(url: str, db: int | None) -> str:
         return urlunsplit(parts._replace(query=f"{parts.query}&db={db}" if parts.query else f"db={db}"))
     return urlunsplit(parts._replace(path=f"/{db}"))
 
+
+# Stand-ins for the key and the version while a SCAN pattern is made (see _pattern).
+_KEY_MARK = "rustcacheKEYmark0"
+_VERSION_MARK = "rustcacheVERSIONmark0"
+_GLOB = re.compile(r"[*?\[\]\\]")
 
 # Options naming a class by dotted path that we do not use (see NO_MEANING).
 CLASS_PATHS = frozenset({"PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS"})
@@ -369,10 +375,20 @@ class RedisCache(NetworkCache):
         head = f"{self.key_prefix}:{self.version if version is None else version}:"
         return text[len(head) :] if text.startswith(head) else text
 
+    def _pattern(self, search: str, version: Any = None) -> str:
+        """A SCAN pattern for this cache's keys matching ``search`` (a glob; ``version="*"``:
+        any version). KEY_PREFIX and the version are escaped, so a prefix holding ``*?[]\``
+        matches only itself, never another cache's keys."""
+        made = self.make_key(_KEY_MARK, version=_VERSION_MARK if version == "*" else version)
+        escaped = _GLOB.sub(r"\\\g<0>", made)
+        if _KEY_MARK not in escaped:  # a KEY_FUNCTION that hides the key: nothing to match on
+            raise ValueError("this cache's KEY_FUNCTION does not keep the key in the made key")
+        return escaped.replace(_VERSION_MARK, "*").replace(_KEY_MARK, search)
+
     @answers(None)
     def iter_keys(self, search: str, itersize: int | None = None, version: Any = None) -> Iterator[str]:
         """The caller's keys matching a glob pattern, with SCAN (never KEYS on a live server)."""
-        pattern = self.make_key(search, version=version)
+        pattern = self._pattern(search, version)
         for batch in self._scan(pattern, itersize, write=False):
             for made in batch:
                 yield self._user_key(made, version)
@@ -398,7 +414,7 @@ class RedisCache(NetworkCache):
     def delete_pattern(self, pattern: str, version: Any = None, itersize: int | None = None) -> int:
         """Delete the keys matching a glob pattern: SCAN + UNLINK in batches, so other clients
         are never blocked for long. Returns how many were deleted."""
-        match = self.make_key(pattern, version=version)
+        match = self._pattern(pattern, version)
         return sum(self._cache.execute("UNLINK", *batch, idempotent=True) for batch in self._scan(match, itersize))
 
     def clear(self, version: Any = None) -> bool:
@@ -420,9 +436,9 @@ class RedisCache(NetworkCache):
         KEY_FUNCTION that cannot make a pattern over versions, only the current version is
         rewritten. Returns how many were rewritten."""
         try:
-            match = self.make_key("*", version="*")
+            match = self._pattern("*", version="*")
         except Exception:  # a KEY_FUNCTION that wants a number: the current version only
-            match = self.make_key("*")
+            match = self._pattern("*")
         rewritten = 0
         for batch in self._scan(match, itersize):
             keys, pairs = [], []
