@@ -376,7 +376,7 @@ class RedisCache(NetworkCache):
         return text[len(head) :] if text.startswith(head) else text
 
     def _pattern(self, search: str, version: Any = None) -> str:
-        """A SCAN pattern for this cache's keys matching ``search`` (a glob; ``version="*"``:
+        r"""A SCAN pattern for this cache's keys matching ``search`` (a glob; ``version="*"``:
         any version). KEY_PREFIX and the version are escaped, so a prefix holding ``*?[]\``
         matches only itself, never another cache's keys."""
         made = self.make_key(_KEY_MARK, version=_VERSION_MARK if version == "*" else version)
