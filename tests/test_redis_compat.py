@@ -301,3 +301,32 @@ def test_glob_characters_in_the_prefix_match_only_this_cache(prefix, redis_serve
         assert cache.get("k1") == "theirs"
         assert cache.get("k2", version=2) == "theirs"
     raw_client(redis_server, 11).flushdb()
+
+
+def test_django_redis_answers_for_delete_many_expire_and_incr(redis_server):
+    from django.core.cache.backends.base import DEFAULT_TIMEOUT
+
+    cache = make_redis(redis_server.location, KEY_PREFIX="dr", TIMEOUT=100)
+    cache.set_many({"a": 1, "b": 2, "c": 3})
+    assert cache.delete_many(["a", "b", "missing"]) == 2
+    assert cache.delete_many([]) is None  # Django's suite pins None for no keys
+    assert make_compat(redis_server.location, KEY_PREFIX="drc").delete_many(["x"]) is None
+    cache.set("t", 1, None)
+    assert cache.expire("t", DEFAULT_TIMEOUT) is True
+    assert 90 < cache.ttl("t") <= 100
+    assert cache.pexpire("t", DEFAULT_TIMEOUT) is True
+    assert 90_000 < cache.pttl("t") <= 100_000
+    assert cache.touch("t", DEFAULT_TIMEOUT) is True
+    forever = make_redis(redis_server.location, KEY_PREFIX="dr", TIMEOUT=None)
+    assert forever.expire("t", DEFAULT_TIMEOUT) is True
+    assert forever.ttl("t") is None
+    assert forever.expire("nothing", DEFAULT_TIMEOUT) is False
+    # incr(ignore_key_check=True): a missing key starts from 0, and past 64 bits it is exact.
+    assert cache.incr("n", 5, ignore_key_check=True) == 5
+    cache.set("n", 2**63 - 1)
+    assert cache.incr("n", 10, ignore_key_check=True) == 2**63 + 9
+    assert cache.incr("n", -20, ignore_key_check=True) == 2**63 - 11
+    cache.set("big", 2**70)
+    assert cache.incr("big", 1, ignore_key_check=True) == 2**70 + 1
+    with pytest.raises(ValueError):
+        cache.incr("still-missing")

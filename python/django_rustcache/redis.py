@@ -307,8 +307,16 @@ class RedisCache(NetworkCache):
     @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
         if ignore_key_check:
-            # django-redis: INCRBY even when the key is missing (it then starts from 0).
-            return self._cache.execute("INCRBY", self._made(key, version), int(delta))
+            # django-redis: a missing key starts from 0 (with no expiry, as INCRBY makes it);
+            # past 64 bits it goes on exactly, as the normal incr does.
+            parts = self._parts(key, version)
+            for _ in range(8):
+                try:
+                    return self._cache.incr(*parts, delta)
+                except ValueError:
+                    if self._cache.add(*parts, int(delta), None):
+                        return int(delta)
+            raise CacheError(f"incr of {key!r} lost 8 races with deletes")
         return self._cache.incr(*self._parts(key, version), delta)
 
     @answers(None)
@@ -348,14 +356,35 @@ class RedisCache(NetworkCache):
         return bool(self._cache.execute("PERSIST", self._made(key, version), idempotent=True))
 
     @answers(None)
-    def expire(self, key: Any, timeout: int, version: Any = None) -> bool:
-        """Expire in `timeout` seconds; whether the key exists."""
-        return bool(self._cache.execute("EXPIRE", self._made(key, version), int(timeout), idempotent=True))
+    def expire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        """Expire in `timeout` seconds (DEFAULT_TIMEOUT: the cache's; None: never); whether the
+        key exists."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        made = self._made(key, version)
+        if timeout is None:
+            self._cache.execute("PERSIST", made, idempotent=True)
+            return bool(self._cache.execute("EXISTS", made, idempotent=True))
+        return bool(self._cache.execute("EXPIRE", made, int(timeout), idempotent=True))
 
     @answers(None)
-    def pexpire(self, key: Any, timeout: int, version: Any = None) -> bool:
-        """Expire in `timeout` milliseconds; whether the key exists."""
+    def pexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        """Expire in `timeout` milliseconds (DEFAULT_TIMEOUT: the cache's timeout; None:
+        never); whether the key exists."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = None if self.default_timeout is None else self.default_timeout * 1000
+        if timeout is None:
+            return self.expire(key, None, version)
         return bool(self._cache.execute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
+
+    @answers(0)
+    def delete_many(self, keys: Any, version: Any = None) -> int | None:  # type: ignore[override]
+        """Delete the keys; how many there were (django-redis). With no keys, None: Django's
+        own suite pins that."""
+        made = [self._made(k, version) for k in keys]
+        if not made:
+            return None
+        return int(self._cache.execute("DEL", *made, idempotent=True))
 
     @answers(None)
     def expire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:

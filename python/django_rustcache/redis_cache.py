@@ -68,6 +68,10 @@ class RedisCache(_RedisCache):
             return self._failed(e, False)
         return True
 
+    def delete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
+        """django-redis-cache's delete_many returns nothing."""
+        super().delete_many(keys, version)
+
     def get_or_set(  # type: ignore[override]
         self,
         key: Any,
