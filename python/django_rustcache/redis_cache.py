@@ -16,6 +16,8 @@ django-redis-cache accepted) where django-redis-cache answers differently from D
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any, ClassVar
 
@@ -23,10 +25,11 @@ from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache._core import CacheError
+from django_rustcache._shards import DjangoRedisCacheRing, ShardedClient, django_redis_cache_node
 from django_rustcache.redis import Lock
 from django_rustcache.redis import RedisCache as _RedisCache
 
-__all__ = ["RedisCache"]
+__all__ = ["RedisCache", "ShardedRedisCache"]
 
 # The value (kept ARGV[2] seconds, 0: forever) and its freshness marker (ARGV[3] seconds, 0:
 # forever), in one step: django-redis-cache writes both in one MULTI.
@@ -68,6 +71,10 @@ class RedisCache(_RedisCache):
             return self._failed(e, False)
         return True
 
+    def _client_for(self, made_key: str) -> Any:
+        """The client that holds ``made_key`` (the only one, unsharded)."""
+        return self._cache
+
     def delete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
         """django-redis-cache's delete_many returns nothing."""
         super().delete_many(keys, version)
@@ -89,14 +96,16 @@ class RedisCache(_RedisCache):
         whatever is stored (the stale copy) or None. Nobody waits."""
         made = self._made(key, version)
         fresh_key, lock_key = f"__fresh__{made}", f"__lock__{made}"
+        # The value and its marker live where the value's key does; the lock where its own does.
+        client = self._client_for(made)
         try:
-            stored = self._cache.get_many(None, None, [fresh_key, made])
+            stored = client.get_many(None, None, [fresh_key, made])
         except CacheError as e:
             return self._failed(e, default() if callable(default) else default)
         if stored.get(fresh_key):
             return stored.get(made)
         ttl = self.get_backend_timeout(timeout)
-        lock = Lock(self._cache, lock_key, lock_timeout, 0.1, False, None)
+        lock = Lock(self._client_for(lock_key), lock_key, lock_timeout, 0.1, False, None)
         try:
             acquired = lock.acquire(blocking=False)
         except CacheError as e:
@@ -107,9 +116,7 @@ class RedisCache(_RedisCache):
             value = default() if callable(default) else default
             if ttl is None or ttl > 0:
                 keep = None if stale_cache_timeout is None or ttl is None else ttl + int(stale_cache_timeout)
-                self._cache.execute(
-                    "EVAL", _STORE_FRESH, 2, made, fresh_key, self._cache.dumps(value), keep or 0, ttl or 0
-                )
+                client.execute("EVAL", _STORE_FRESH, 2, made, fresh_key, client.dumps(value), keep or 0, ttl or 0)
             return value
         finally:
             # A lock that outlived lock_timeout may be another caller's now: theirs to free.
@@ -140,3 +147,52 @@ class RedisCache(_RedisCache):
     ) -> Lock:
         """A redis lock named ``key`` as given, as django-redis-cache names it."""
         return Lock(self._cache, key, timeout, sleep, True, blocking_timeout)
+
+
+class ShardedRedisCache(RedisCache):
+    """django-redis-cache's ``ShardedRedisCache``: the LOCATION list is shards, not a leader and
+    replicas. Each key lives on the server django-redis-cache's own hash ring gives it (so a site
+    switching keeps its keys where they are); multi-key calls are split by server; ``clear()``,
+    ``delete_pattern``, ``iter_keys``, ``keys``, ``reinsert_keys`` and ``clear(version=)`` visit
+    every server."""
+
+    def _configure(self) -> Any:
+        settings = super()._configure()
+        db = self._options.get("db", self._options.get("DB", self.default_db))
+        db = 1 if db is None else int(db)
+        self._nodes = [django_redis_cache_node(s, db) for s in self._servers]
+        return settings
+
+    def _make_client(self, s: Any) -> ShardedClient:
+        make = super()._make_client
+        clients = [make(dataclasses.replace(s, servers=(url,))) for url in s.servers]
+        ring = DjangoRedisCacheRing(self._nodes)
+        return ShardedClient(clients, ring.index)
+
+    def _client_for(self, made_key: str) -> Any:
+        return self._cache.shard(made_key)
+
+    def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
+        for client in self._cache.clients:
+            cursor: Any = b"0"
+            while True:
+                count = itersize or self._scan_itersize
+                cursor, batch = client.execute(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
+                )
+                if batch:
+                    yield batch
+                if cursor in (b"0", 0, "0"):
+                    break
+
+    def lock(  # type: ignore[override]
+        self,
+        key: str,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking_timeout: float | None = None,
+        thread_local: bool = True,
+        version: Any = None,
+    ) -> Lock:
+        """A redis lock named ``key`` as given, on the server the ring gives that name."""
+        return Lock(self._cache.shard(key), key, timeout, sleep, True, blocking_timeout)

@@ -1,0 +1,209 @@
+"""Client-side sharding for the redis backends: a key's server chosen by a hash ring, so each key
+lands where the predecessor put it.
+
+``DjangoRedisCacheRing`` is django-redis-cache's ring (``redis_cache.sharder.HashRing``): 16 points
+per server at ``md5("{i}:{node}")``'s last 8 hex digits, where ``node`` is the server's
+``(host, port, db, unix_socket_path)`` as django-redis-cache computes it; a key goes to the last
+point at or below the same hash of the key (the last point of all for keys below the first).
+
+``ShardedClient`` has a redis client's interface over one client per server: single-key calls go to
+the key's server, multi-key calls are split by server and merged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+
+def _slot(text: str) -> int:
+    return int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[-8:], 16)
+
+
+def django_redis_cache_node(server: str, db: int) -> tuple[Any, Any, Any, Any]:
+    """The ``(host, port, db, unix_socket_path)`` django-redis-cache names a LOCATION entry by
+    (its ``parse_connection_kwargs`` and connection-pool defaults), ``db`` being the cache's db
+    (OPTIONS DB, 1 by default) where the entry names none."""
+    if "://" in server:
+        url = urlparse(server)
+        query = {k: v[0] for k, v in parse_qs(url.query).items() if v}
+        url_db = query.get("db")
+        if url.scheme == "unix":
+            return ("127.0.0.1", 6379, int(url_db if url_db is not None else db or 0), url.path)
+        if url_db is None and url.path:
+            try:
+                url_db = int(url.path.replace("/", ""))
+            except ValueError:
+                url_db = None
+        host, port = url.hostname, int(url.port or 6379)
+        return (host, port, int(url_db if url_db is not None else db or 0), None if url.scheme == "rediss" else "")
+    if ":" in server:
+        host, port = server.rsplit(":", 1)
+        return (host, int(port), db, None)
+    return (None, None, db, server)
+
+
+class DjangoRedisCacheRing:
+    REPLICAS = 16
+
+    def __init__(self, nodes: list[Any]) -> None:
+        points = sorted(
+            ((_slot(f"{i}:{node}"), n) for n, node in enumerate(nodes) for i in range(self.REPLICAS)),
+            key=lambda p: p[0],
+        )
+        self._positions = [p for p, _ in points]
+        self._owners = [n for _, n in points]
+
+    def index(self, key: str) -> int:
+        """The server (by position in LOCATION) that holds ``key`` (the made key)."""
+        return self._owners[bisect.bisect(self._positions, _slot(key)) - 1]
+
+
+def _made(prefix: Any, version: Any, key: Any) -> str:
+    """The key as the core makes it (Django's default ``prefix:version:key``), or as given."""
+    return str(key) if prefix is None else f"{prefix}:{version}:{key}"
+
+
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+# Commands whose keys are all their arguments after the name: split by server, answers merged.
+_MULTI_KEY = {"DEL": sum, "UNLINK": sum, "EXISTS": sum, "TOUCH": sum}
+
+
+class ShardedClient:
+    """A redis client's interface over several servers, one client each."""
+
+    def __init__(self, clients: list[Any], place: Callable[[str], int]) -> None:
+        self.clients = clients
+        self._place = place
+
+    def shard(self, made_key: Any) -> Any:
+        return self.clients[self._place(_text(made_key))]
+
+    def _split(self, prefix: Any, version: Any, keys: Iterable[Any]) -> dict[int, list[Any]]:
+        groups: dict[int, list[Any]] = defaultdict(list)
+        for key in keys:
+            groups[self._place(_made(prefix, version, key))].append(key)
+        return groups
+
+    # --- one key ----------------------------------------------------------------------------
+
+    def get(self, prefix: Any, version: Any, key: Any, default: Any = None) -> Any:
+        return self.shard(_made(prefix, version, key)).get(prefix, version, key, default)
+
+    def set(self, prefix: Any, version: Any, key: Any, value: Any, timeout: Any) -> None:
+        return self.shard(_made(prefix, version, key)).set(prefix, version, key, value, timeout)
+
+    def add(self, prefix: Any, version: Any, key: Any, value: Any, timeout: Any) -> bool:
+        return self.shard(_made(prefix, version, key)).add(prefix, version, key, value, timeout)
+
+    def touch(self, prefix: Any, version: Any, key: Any, timeout: Any) -> bool:
+        return self.shard(_made(prefix, version, key)).touch(prefix, version, key, timeout)
+
+    def delete(self, prefix: Any, version: Any, key: Any) -> bool:
+        return self.shard(_made(prefix, version, key)).delete(prefix, version, key)
+
+    def has_key(self, prefix: Any, version: Any, key: Any) -> bool:
+        return self.shard(_made(prefix, version, key)).has_key(prefix, version, key)
+
+    def incr(self, prefix: Any, version: Any, key: Any, delta: int) -> int:
+        return self.shard(_made(prefix, version, key)).incr(prefix, version, key, delta)
+
+    def rename(self, source: str, target: str) -> None:
+        """RENAME, or across servers DUMP + RESTORE (TTL kept) + DEL; ValueError when missing."""
+        old, new = self.shard(source), self.shard(target)
+        if old is new:
+            return old.rename(source, target)
+        data = old.execute("DUMP", source, idempotent=True)
+        if data is None:
+            raise ValueError(f"Key {source!r} not found")
+        ttl = old.execute("PTTL", source, idempotent=True)
+        new.execute("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
+        old.execute("DEL", source)
+        return None
+
+    # --- many keys ----------------------------------------------------------------------------
+
+    def get_many(
+        self, prefix: Any, version: Any, keys: Iterable[Any], partial: bool = False, on_failure: Any = None
+    ) -> dict[Any, Any]:
+        found: dict[Any, Any] = {}
+        for n, group in self._split(prefix, version, keys).items():
+            found.update(self.clients[n].get_many(prefix, version, group, partial, on_failure))
+        return found
+
+    def set_many(
+        self,
+        mapping: Mapping[Any, Any],
+        timeout: Any,
+        prefix: Any = None,
+        version: Any = None,
+        partial: bool = False,
+        on_failure: Any = None,
+    ) -> list[Any]:
+        failed: list[Any] = []
+        for n, group in self._split(prefix, version, mapping).items():
+            part = {k: mapping[k] for k in group}
+            failed += self.clients[n].set_many(part, timeout, prefix, version, partial, on_failure)
+        return failed
+
+    def delete_many(self, prefix: Any, version: Any, keys: Iterable[Any]) -> None:
+        for n, group in self._split(prefix, version, keys).items():
+            self.clients[n].delete_many(prefix, version, group)
+
+    def execute(self, *args: Any, write: bool = True, idempotent: bool = False) -> Any:
+        """One command, on the server of its key; DEL/UNLINK/EXISTS/TOUCH and MGET split by
+        server; EVAL on the server of its first key (a script's keys must share a server)."""
+        name = str(args[0]).upper()
+        if name in _MULTI_KEY or name == "MGET":
+            groups: dict[int, list[int]] = defaultdict(list)
+            for i, key in enumerate(args[1:]):
+                groups[self._place(_text(key))].append(i)
+            if name == "MGET":
+                values: list[Any] = [None] * (len(args) - 1)
+                for n, where in groups.items():
+                    got = self.clients[n].execute("MGET", *(args[1 + i] for i in where), write=write, idempotent=True)
+                    for i, value in zip(where, got, strict=True):
+                        values[i] = value
+                return values
+            return _MULTI_KEY[name](
+                self.clients[n].execute(name, *(args[1 + i] for i in where), write=write, idempotent=idempotent)
+                for n, where in groups.items()
+            )
+        if name in ("EVAL", "EVALSHA"):
+            client = self.shard(args[3]) if int(args[2]) > 0 else self.clients[0]
+        elif len(args) > 1:
+            client = self.shard(args[1])
+        else:
+            raise ValueError(f"{name} has no key to place it by: send it to each of .clients")
+        return client.execute(*args, write=write, idempotent=idempotent)
+
+    # --- every server ----------------------------------------------------------------------------
+
+    def clear(self) -> bool:
+        return all([c.clear() for c in self.clients])
+
+    def servers(self) -> list[dict[str, Any]]:
+        return [s for c in self.clients for s in c.servers()]
+
+    def client_stats(self) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        for c in self.clients:
+            for k, v in c.client_stats().items():
+                total[k] += v
+        return dict(total)
+
+    def loads(self, data: bytes) -> Any:
+        return self.clients[0].loads(data)
+
+    def dumps(self, value: Any) -> bytes:
+        return self.clients[0].dumps(value)
+
+    def server_for(self, write: bool = False) -> int:
+        return 0

@@ -1,0 +1,152 @@
+"""django-redis-cache's ShardedRedisCache: every key on the server its own hash ring picks, and
+every call that spans keys or servers answered across all of them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RedisServer
+
+
+def predecessor(name: str):
+    """A module of the installed django-redis-cache, loaded alone (its package imports a redis-py
+    older than ours)."""
+    spec = importlib.util.find_spec("redis_cache")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("django-redis-cache is not installed (pip install --no-deps django-redis-cache)")
+    path = Path(next(iter(spec.submodule_search_locations))) / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"predecessor_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def their_node(server: str, db: int):
+    """The node django-redis-cache names a server by, through its own code."""
+    utils, connection = predecessor("utils"), predecessor("connection")
+    kwargs = utils.parse_connection_kwargs(
+        server, db=db, password=None, socket_timeout=None, socket_connect_timeout=None
+    )
+    if kwargs.get("ssl", False):
+        for name in ("socket_timeout", "socket_connect_timeout", "unix_socket_path"):
+            del kwargs[name]
+
+    class Pool:
+        def __init__(self, **kwargs):
+            pass
+
+    pool = connection.CacheConnectionPool().get_connection_pool(
+        object(), **kwargs, parser_class=None, connection_pool_class=Pool, connection_pool_class_kwargs={}
+    )
+    return pool.connection_identifier
+
+
+@pytest.mark.parametrize("db", [1, 0, 7])
+def test_every_key_lands_where_django_redis_cache_put_it(db):
+    from django_rustcache._shards import DjangoRedisCacheRing, django_redis_cache_node
+
+    sharder = predecessor("sharder")
+    servers = [
+        "127.0.0.1:6379",
+        "redis://10.0.0.2:6380",
+        "redis://cache.example.com:6381/3",
+        "redis://10.0.0.4?db=5",
+        "rediss://10.0.0.5:6390",
+        "unix:///run/redis/one.sock?db=2",
+        "unix:///run/redis/two.sock",
+        "/run/redis/three.sock",
+    ]
+    ring = sharder.HashRing()
+    for server in servers:
+        ring.add(their_node(server, db))
+    nodes = [django_redis_cache_node(s, db) for s in servers]
+    assert nodes == [their_node(s, db) for s in servers]
+    ours = DjangoRedisCacheRing(nodes)
+    for i in range(10_000):
+        for made in (f":1:key{i}", f"site:2:user:{i}", f"p:{i % 7}:{i * 7919}"):
+            assert nodes[ours.index(made)] == ring.get_node(made), made
+
+
+@pytest.fixture(scope="module")
+def shards():
+    servers = [RedisServer(), RedisServer(), RedisServer(unix=True)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def make_sharded(shards, **params):
+    from django_rustcache.redis_cache import ShardedRedisCache
+
+    location = [f"127.0.0.1:{shards[0].port}", f"redis://127.0.0.1:{shards[1].port}/4", shards[2].socket_path]
+    params.setdefault("KEY_PREFIX", "sharded")
+    return ShardedRedisCache(location, params)
+
+
+def raw(shards):
+    redis = pytest.importorskip("redis")
+    return [
+        redis.Redis(port=shards[0].port, db=1),
+        redis.Redis(port=shards[1].port, db=4),
+        redis.Redis(unix_socket_path=shards[2].socket_path, db=1),
+    ]
+
+
+def test_keys_are_spread_and_found_on_their_servers(shards):
+    from django_rustcache._shards import DjangoRedisCacheRing, django_redis_cache_node
+
+    cache = make_sharded(shards)
+    cache.clear()
+    data = {f"k{i}": i for i in range(300)}
+    assert cache.set_many(data) == []
+    nodes = [django_redis_cache_node(s, 1) for s in cache._servers]
+    ring = DjangoRedisCacheRing(nodes)
+    clients = raw(shards)
+    per_server = [0, 0, 0]
+    for key in data:
+        made = cache.make_key(key)
+        n = ring.index(made)
+        per_server[n] += 1
+        assert clients[n].exists(made), (key, n)
+        assert not any(c.exists(made) for i, c in enumerate(clients) if i != n)
+    assert all(count > 30 for count in per_server), per_server
+    assert cache.get_many([*data, "missing"]) == data
+    assert cache.get("k7") == 7
+    assert cache.incr("k7", 3) == 10
+    assert sorted(cache.keys("k1*")) == sorted(k for k in data if k.startswith("k1"))
+    assert cache.delete_pattern("k2*") == len([k for k in data if k.startswith("k2")])
+    cache.set("versioned", "v", version=2)
+    cache.clear(version=2)
+    assert cache.get("versioned", version=2) is None
+    assert cache.get("k3") == 3
+    # incr_version moves a key to the server its new name belongs to, keeping its TTL.
+    for i in range(20):
+        cache.set(f"moving{i}", i, 100)
+        assert cache.incr_version(f"moving{i}") == 2
+        assert cache.get(f"moving{i}", version=2) == i
+        assert 90 < cache.ttl(f"moving{i}", version=2) <= 100
+    assert cache.delete_many([f"k{i}" for i in range(100)]) is None
+    assert cache.get_many([f"k{i}" for i in range(100)]) == {}
+    assert cache.reinsert_keys() == 0
+    assert len(cache.stats()["servers"]) == 3
+    assert cache.clear() is True
+    assert not any(c.dbsize() for c in clients)
+
+
+def test_herd_and_locks_on_their_servers(shards):
+    cache = make_sharded(shards, KEY_PREFIX="herd")
+    calls = []
+    assert cache.get_or_set("h", lambda: calls.append(1) or "v", 10, 5, 20) == "v"
+    assert cache.get_or_set("h", lambda: calls.append(1) or "w", 10) == "v"
+    assert calls == [1]
+    lock = cache.lock("jobs", 10, 0.01, 0.05)
+    assert lock.acquire()
+    assert cache.lock("jobs", 10, 0.01, 0.05).acquire() is False
+    lock.release()
+    import pickle
+
+    again = pickle.loads(pickle.dumps(cache))
+    assert again.get_or_set("h", "x", 10) == "v"
