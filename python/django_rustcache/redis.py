@@ -422,17 +422,24 @@ class RedisCache(NetworkCache):
             for made in batch:
                 yield self._user_key(made, version)
 
+    def _scan_clients(self) -> list[Any]:
+        """The clients whose keys a SCAN must visit (one, unsharded)."""
+        return [self._cache]
+
     def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
-        """The keys matching a glob pattern, a SCAN batch at a time (never KEYS)."""
-        cursor: Any = b"0"
-        while True:
-            cursor, batch = self._cache.execute(
-                "SCAN", cursor, "MATCH", match, "COUNT", itersize or self._scan_itersize, write=write, idempotent=True
-            )
-            if batch:
-                yield batch
-            if cursor in (b"0", 0, "0"):
-                return
+        """The keys matching a glob pattern, a SCAN batch at a time (never KEYS), on every server
+        that holds this cache's keys."""
+        for client in self._scan_clients():
+            cursor: Any = b"0"
+            while True:
+                count = itersize or self._scan_itersize
+                cursor, batch = client.execute(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
+                )
+                if batch:
+                    yield batch
+                if cursor in (b"0", 0, "0"):
+                    break
 
     @answers(list)
     def keys(self, search: str, version: Any = None) -> list[str]:

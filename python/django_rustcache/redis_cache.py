@@ -17,7 +17,6 @@ django-redis-cache accepted) where django-redis-cache answers differently from D
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any, ClassVar
 
@@ -146,7 +145,7 @@ class RedisCache(_RedisCache):
         version: Any = None,  # the lock is named by the key as given
     ) -> Lock:
         """A redis lock named ``key`` as given, as django-redis-cache names it."""
-        return Lock(self._cache, key, timeout, sleep, True, blocking_timeout)
+        return Lock(self._client_for(key), key, timeout, sleep, True, blocking_timeout)
 
 
 class ShardedRedisCache(RedisCache):
@@ -172,27 +171,5 @@ class ShardedRedisCache(RedisCache):
     def _client_for(self, made_key: str) -> Any:
         return self._cache.shard(made_key)
 
-    def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
-        for client in self._cache.clients:
-            cursor: Any = b"0"
-            while True:
-                count = itersize or self._scan_itersize
-                cursor, batch = client.execute(
-                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
-                )
-                if batch:
-                    yield batch
-                if cursor in (b"0", 0, "0"):
-                    break
-
-    def lock(  # type: ignore[override]
-        self,
-        key: str,
-        timeout: float | None = None,
-        sleep: float = 0.1,
-        blocking_timeout: float | None = None,
-        thread_local: bool = True,
-        version: Any = None,
-    ) -> Lock:
-        """A redis lock named ``key`` as given, on the server the ring gives that name."""
-        return Lock(self._cache.shard(key), key, timeout, sleep, True, blocking_timeout)
+    def _scan_clients(self) -> list[Any]:
+        return list(self._cache.clients)
