@@ -150,3 +150,44 @@ def test_herd_and_locks_on_their_servers(shards):
 
     again = pickle.loads(pickle.dumps(cache))
     assert again.get_or_set("h", "x", 10) == "v"
+
+
+def test_django_redis_shard_client_placement():
+    from django_redis.hash_ring import HashRing
+
+    from django_rustcache._shards import DjangoRedisRing
+
+    names = ["redis://127.0.0.1:6379/1", "redis://127.0.0.1:6380/1", "unix:///run/redis.sock?db=2"]
+    theirs = HashRing(names)
+    ours = DjangoRedisRing(names)
+    find_tag = __import__("re").compile(r".*\{(.*)\}.*")
+    for i in range(10_000):
+        for made in (f":1:key{i}", f"site:2:{{user{i % 50}}}:cart", f"p:1:{{a}}{{b{i}}}"):
+            tag = find_tag.match(made)
+            assert names[ours.index(made)] == theirs.get_node(tag.group(1) if tag else made), made
+
+
+def test_django_redis_shard_client_site(shards):
+    from tests.conftest import make_redis
+
+    location = [f"redis://127.0.0.1:{shards[0].port}/1", f"redis://127.0.0.1:{shards[1].port}/1"]
+    options = {"CLIENT_CLASS": "django_redis.client.ShardClient"}
+    cache = make_redis(location, KEY_PREFIX="drshard", OPTIONS=options)
+    cache.clear()
+    data = {f"k{i}": i for i in range(200)}
+    assert cache.set_many(data) == []
+    from django_redis.hash_ring import HashRing
+
+    ring = HashRing(location)
+    redis = pytest.importorskip("redis")
+    clients = {location[0]: redis.Redis(port=shards[0].port, db=1), location[1]: redis.Redis(port=shards[1].port, db=1)}
+    for key in data:
+        made = cache.make_key(key)
+        assert clients[ring.get_node(made)].exists(made), key
+    assert cache.get_many(list(data)) == data
+    assert len(cache.keys("k*")) == 200
+    # {tag}s keep related keys on one server.
+    cache.set_many({"{cart7}:a": 1, "{cart7}:b": 2})
+    assert clients[ring.get_node("cart7")].exists(cache.make_key("{cart7}:a"), cache.make_key("{cart7}:b")) == 2
+    assert cache.delete_pattern("k1*") == len([k for k in data if k.startswith("k1")])
+    assert cache.clear() is True

@@ -6,6 +6,8 @@ per server at ``md5("{i}:{node}")``'s last 8 hex digits, where ``node`` is the s
 ``(host, port, db, unix_socket_path)`` as django-redis-cache computes it; a key goes to the last
 point at or below the same hash of the key (the last point of all for keys below the first).
 
+``DjangoRedisRing`` is django-redis's ShardClient ring (below).
+
 ``ShardedClient`` has a redis client's interface over one client per server: single-key calls go to
 the key's server, multi-key calls are split by server and merged.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -61,6 +64,30 @@ class DjangoRedisCacheRing:
     def index(self, key: str) -> int:
         """The server (by position in LOCATION) that holds ``key`` (the made key)."""
         return self._owners[bisect.bisect(self._positions, _slot(key)) - 1]
+
+
+class DjangoRedisRing:
+    """django-redis's ShardClient ring (``django_redis.hash_ring.HashRing``): 128 points per server
+    at ``sha256("{location}:{i}")`` (hex, compared as text), the location as written in LOCATION;
+    a key goes to the last point at or below ``sha256`` of the key, or of its ``{tag}`` when it has
+    one (the text between the last ``{`` and the last ``}`` after it)."""
+
+    REPLICAS = 128
+    _TAG = re.compile(r".*\{(.*)\}.*")
+
+    def __init__(self, names: list[str]) -> None:
+        ring: dict[str, int] = {}
+        for n, name in enumerate(names):
+            for x in range(self.REPLICAS):
+                ring[hashlib.sha256(f"{name}:{x}".encode()).hexdigest()] = n
+        self._hashes = sorted(ring)
+        self._owners = [ring[h] for h in self._hashes]
+
+    def index(self, key: str) -> int:
+        tag = self._TAG.match(key)
+        if tag is not None:
+            key = tag.group(1)
+        return self._owners[bisect.bisect(self._hashes, hashlib.sha256(key.encode()).hexdigest()) - 1]
 
 
 def _made(prefix: Any, version: Any, key: Any) -> str:

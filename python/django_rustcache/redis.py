@@ -27,6 +27,7 @@ from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._shards import DjangoRedisRing, ShardedClient
 
 __all__ = ["Lock", "LockError", "RedisCache", "location_url"]
 
@@ -157,6 +158,9 @@ REDIS_PY_CLASSES = frozenset(
     }
 )  # fmt: skip
 
+# django-redis's ShardClient (or ours by name): the LOCATION list is shards, placed by its ring.
+SHARD_CLIENTS = frozenset({"django_redis.client.ShardClient", "django_redis.client.sharded.ShardClient"})
+
 # CLIENT_CLASS values whose behaviour is ours already; any other client class changes the data
 # format or the topology (django-redis's HerdClient, ShardClient, SentinelClient).
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
@@ -207,7 +211,7 @@ class RedisCache(NetworkCache):
         nothing to do here (a note in the log); a client class with another data format or
         topology is an error rather than a silent change."""
         client_class = self._options.get("CLIENT_CLASS")
-        if client_class is not None and client_class not in DEFAULT_CLIENTS:
+        if client_class is not None and client_class not in DEFAULT_CLIENTS | SHARD_CLIENTS:
             raise ImproperlyConfigured(
                 f"OPTIONS['CLIENT_CLASS'] = {client_class!r} is not supported by django-rustcache's RedisCache: "
                 "it would change how values are stored or routed. Remove it to use the default client."
@@ -252,7 +256,25 @@ class RedisCache(NetworkCache):
             value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
         )
 
-    def _make_client(self, s: RedisSettings) -> RedisClient:
+    @property
+    def _sharded(self) -> bool:
+        return self._options.get("CLIENT_CLASS") in SHARD_CLIENTS
+
+    def _make_client(self, s: RedisSettings) -> Any:
+        if self._sharded and len(s.servers) > 1:
+            clients = [self._make_one(dataclasses.replace(s, servers=(url,))) for url in s.servers]
+            # Its ring names the servers as django-redis does: LOCATION split at "," (not
+            # stripped), or the list as written.
+            raw = self._init_args[0]
+            names = raw.split(",") if isinstance(raw, str) else [str(x) for x in raw]
+            return ShardedClient(clients, DjangoRedisRing(names).index)
+        return self._make_one(s)
+
+    def _scan_clients(self) -> list[Any]:
+        """The clients whose keys a SCAN must visit (every shard, or the one client)."""
+        return list(getattr(self._cache, "clients", [self._cache]))
+
+    def _make_one(self, s: RedisSettings) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
         return RedisClient(
             list(s.servers),
@@ -421,10 +443,6 @@ class RedisCache(NetworkCache):
         for batch in self._scan(pattern, itersize, write=False):
             for made in batch:
                 yield self._user_key(made, version)
-
-    def _scan_clients(self) -> list[Any]:
-        """The clients whose keys a SCAN must visit (one, unsharded)."""
-        return [self._cache]
 
     def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
         """The keys matching a glob pattern, a SCAN batch at a time (never KEYS), on every server

@@ -163,13 +163,9 @@ class ShardedRedisCache(RedisCache):
         return settings
 
     def _make_client(self, s: Any) -> ShardedClient:
-        make = super()._make_client
-        clients = [make(dataclasses.replace(s, servers=(url,))) for url in s.servers]
+        clients = [self._make_one(dataclasses.replace(s, servers=(url,))) for url in s.servers]
         ring = DjangoRedisCacheRing(self._nodes)
         return ShardedClient(clients, ring.index)
 
     def _client_for(self, made_key: str) -> Any:
         return self._cache.shard(made_key)
-
-    def _scan_clients(self) -> list[Any]:
-        return list(self._cache.clients)
