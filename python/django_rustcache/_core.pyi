@@ -370,8 +370,10 @@ class RedisClient:
     def loads(self, data: bytes) -> Any:
         """Decode stored bytes as ``get`` does (inflated if compressed, then deserialized)."""
 
-    def dumps(self, value: Any) -> bytes:
-        """Encode a value as ``set`` stores it (serialized, then compressed if configured)."""
+    def dumps(self, value: Any, ints_as_digits: bool = True, pickle_protocol: int | None = None) -> bytes:
+        """Encode a value as ``set`` stores it (serialized, then compressed if configured); with
+        ``ints_as_digits=False``, an int is serialized like any other value; ``pickle_protocol``
+        overrides the client's (when values are pickled)."""
 
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""

@@ -229,8 +229,8 @@ class ShardedClient:
     def loads(self, data: bytes) -> Any:
         return self.clients[0].loads(data)
 
-    def dumps(self, value: Any) -> bytes:
-        return self.clients[0].dumps(value)
+    def dumps(self, value: Any, ints_as_digits: bool = True, pickle_protocol: int | None = None) -> bytes:
+        return self.clients[0].dumps(value, ints_as_digits, pickle_protocol)
 
     def server_for(self, write: bool = False) -> int:
         return 0

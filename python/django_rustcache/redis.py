@@ -24,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
+from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
@@ -166,8 +167,9 @@ SHARD_CLIENTS = frozenset({"django_redis.client.ShardClient", "django_redis.clie
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
 
 
-class RedisCache(NetworkCache):
-    """Redis backend with Django's RedisCache semantics."""
+class RedisCache(NetworkCache, RedisCollections):
+    """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
+    collection API."""
 
     known_options = OPTIONS | NO_MEANING
     _failure_logger = logger

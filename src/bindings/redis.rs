@@ -48,9 +48,13 @@ struct Codec {
 
 impl Codec {
     fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Encoded> {
-        if self.ints_as_digits
-            && let Ok(i) = value.cast_exact::<PyInt>()
-        {
+        self.encode_as(py, value, self.ints_as_digits, self.pickle_protocol)
+    }
+
+    /// `encode`, with ints as digits only when `digits` (sorted-set members never are, in
+    /// django-redis) and pickle's `protocol` (set members must be byte for byte django-redis's).
+    fn encode_as(&self, py: Python<'_>, value: &Bound<'_, PyAny>, digits: bool, protocol: i32) -> PyResult<Encoded> {
+        if digits && let Ok(i) = value.cast_exact::<PyInt>() {
             let data = match i.extract::<i64>() {
                 Ok(n) => n.to_string().into_bytes(),
                 Err(_) => i.str()?.to_str()?.as_bytes().to_vec(),
@@ -58,7 +62,7 @@ impl Codec {
             return Ok(Encoded { data, compressible: false });
         }
         let out = match &self.serializer {
-            None => PICKLE_DUMPS.import(py, "pickle", "dumps")?.call1((value, self.pickle_protocol))?,
+            None => PICKLE_DUMPS.import(py, "pickle", "dumps")?.call1((value, protocol))?,
             Some((dumps, _)) => dumps.bind(py).call1((value,))?,
         };
         let data = if let Ok(b) = out.cast::<PyBytes>() {
@@ -186,10 +190,20 @@ impl PyRedisClient {
         codec.decode(py, &data)
     }
 
-    /// Encode a value as ``set`` stores it (serialized, then compressed if configured).
-    fn dumps<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    /// Encode a value as ``set`` stores it (serialized, then compressed if configured); with
+    /// ``ints_as_digits=False``, an int is serialized like any other value; ``pickle_protocol``
+    /// overrides the client's (when values are pickled).
+    #[pyo3(signature = (value, ints_as_digits=true, pickle_protocol=None))]
+    fn dumps<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        ints_as_digits: bool,
+        pickle_protocol: Option<i32>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let codec = &self.codec;
-        let encoded = codec.encode(py, value)?;
+        let protocol = pickle_protocol.filter(|p| *p >= 0).unwrap_or(codec.pickle_protocol);
+        let encoded = codec.encode_as(py, value, codec.ints_as_digits && ints_as_digits, protocol)?;
         Ok(PyBytes::new(py, &py.detach(|| codec.finish(encoded))?))
     }
 
