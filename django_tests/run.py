@@ -48,6 +48,11 @@ VARIANTS = {
         "RUSTCACHE_REDIS": "tcp",
         "RUSTCACHE_REDIS_OPTIONS": '{"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}',
     },
+    "redis-sharded": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "shards",
+        "RUSTCACHE_REDIS_OPTIONS": '{"CLIENT_CLASS": "django_redis.client.ShardClient"}',
+    },
     "memcached-binary": {
         "RUSTCACHE_SUITE": "memcached",
         "RUSTCACHE_MEMCACHED": "tcp",
@@ -115,7 +120,11 @@ def main() -> int:
             sasl = ("django", "suite-secret") if kind == "sasl" else None
             server = MemcachedServer(unix=kind == "unix", sasl=sasl)
             env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
-        if env.get("RUSTCACHE_REDIS"):
+        extra: list = []
+        if env.get("RUSTCACHE_REDIS") == "shards":
+            server, *extra = [RedisServer() for _ in range(3)]
+            env["RUSTCACHE_REDIS_LOCATION"] = ",".join(s.location for s in (server, *extra))
+        elif env.get("RUSTCACHE_REDIS"):
             kind = env["RUSTCACHE_REDIS"]
             server = RedisServer(unix=kind == "unix", password="suite-secret" if kind == "auth" else None)
             # The password travels in OPTIONS, not in the URL.
@@ -135,8 +144,9 @@ def main() -> int:
                 env=env,
             )
         finally:
-            if server:
-                server.close()
+            for each in (server, *extra):
+                if each:
+                    each.close()
         if proc.returncode != 0:
             failed.append(name)
     print(f"=== failed: {', '.join(failed)} ===" if failed else "=== every variant passed ===")

@@ -7,7 +7,8 @@ Django's is copied. The environment picks what runs:
 * ``RUSTCACHE_SUITE=lru``: LRUObjectCache with BaseCacheTests + LocMemCacheTests;
   ``RUSTCACHE_MODE`` is ``object`` (live objects) or ``pickled`` (``OPTIONS={"PICKLE": True}``).
 * ``RUSTCACHE_SUITE=redis``: RedisCache with BaseCacheTests and the RedisCacheTests that apply,
-  against ``RUSTCACHE_REDIS_LOCATION``, with ``RUSTCACHE_REDIS_OPTIONS`` (JSON) as its OPTIONS.
+  against ``RUSTCACHE_REDIS_LOCATION``, with ``RUSTCACHE_REDIS_OPTIONS`` (JSON) as its OPTIONS
+  (with django-redis's ShardClient, the LOCATION is three servers, keys placed by its ring).
 * ``RUSTCACHE_SUITE=memcached``: MemcachedCache with BaseMemcachedTests, against the server at
   ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one), with ``RUSTCACHE_MEMCACHED_OPTIONS``
   (JSON): the text protocol over TCP or a unix socket, the binary protocol, or SASL.
@@ -159,7 +160,10 @@ if SUITE == "redis":
 
             cache = caches["default"]
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", REDIS)
-            self.assertEqual(type(cache._cache).__name__, "RedisClient")
+            sharded = REDIS_PARAMS["OPTIONS"].get("CLIENT_CLASS") == "django_redis.client.ShardClient"
+            self.assertEqual(type(cache._cache).__name__, "ShardedClient" if sharded else "RedisClient")
+            if sharded:
+                self.assertEqual(len(cache._cache.clients), len(REDIS_PARAMS["LOCATION"].split(",")))
 
     for _name, _reason in REDIS_CLIENT_INTERNALS.items():
         if hasattr(django_tests.RedisCacheTests, _name):
