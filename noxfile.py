@@ -144,6 +144,8 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmark against the peers (release build)."""
     ensure_servers(session)
     install_package(session, "bench", release=True)
+    # django-redis-cache for the sharded suite (without its redis<4 pin; it runs on redis-py 8).
+    session.install("--no-deps", "django-redis-cache>=3")
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/orm.py")
 

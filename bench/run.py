@@ -418,11 +418,77 @@ def redis_zlib_suite() -> Suite:
     )
 
 
+def redis_sharded_suite() -> Suite:
+    """Three redis servers as shards: ours (django-redis-cache's ring, and django-redis's
+    ShardClient ring) against django-redis's ShardClient and django-redis-cache's
+    ShardedRedisCache, each placing keys by its own ring."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import RedisServer
+
+    servers = [RedisServer() for _ in range(3)]
+    urls = [s.location for s in servers]
+    hostports = [f"127.0.0.1:{s.port}" for s in servers]
+    shard_client = {"CLIENT_CLASS": "django_redis.client.ShardClient"}
+    backends = [
+        Backend(
+            "rust_sharded",
+            "django_rustcache ShardedRedisCache",
+            {"BACKEND": "django_rustcache.redis_cache.ShardedRedisCache", "LOCATION": hostports},
+            True,
+        ),
+        Backend(
+            "rust_shardclient",
+            "django_rustcache RedisCache + ShardClient",
+            {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": urls, "OPTIONS": shard_client},
+        ),
+    ]
+    try:
+        import django_redis  # noqa: F401
+
+        backends.append(
+            Backend(
+                "django_redis_shards",
+                "django-redis ShardClient",
+                {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": urls, "OPTIONS": shard_client},
+            )
+        )
+    except ImportError:
+        print("django-redis is not installed: its column is left out", file=sys.stderr)
+    try:
+        import redis_cache  # noqa: F401
+
+        backends.append(
+            Backend(
+                "redis_cache_shards",
+                "django-redis-cache ShardedRedisCache",
+                {"BACKEND": "redis_cache.ShardedRedisCache", "LOCATION": hostports},
+            )
+        )
+    except ImportError:
+        print("django-redis-cache is not installed: its column is left out", file=sys.stderr)
+    for b in backends:
+        b.params = {**b.params, "KEY_PREFIX": f"bench-{b.alias}"}
+    many = {"django-redis ShardClient": 0.3, "django-redis-cache ShardedRedisCache": 0.3}
+
+    def close() -> None:
+        for server in servers:
+            server.close()
+
+    return Suite(
+        "redis-sharded",
+        backends,
+        targets={"get_many(100)": many, "set_many(100)": many},
+        cleanup=[close],
+        server_pids=[s.proc.pid for s in servers],
+    )
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "lru": lru_suite,
     "memcached": memcached_suite,
     "redis": redis_suite,
     "redis-zlib": redis_zlib_suite,
+    "redis-sharded": redis_sharded_suite,
 }
 
 

@@ -106,9 +106,22 @@ _MULTI_KEY = {"DEL": sum, "UNLINK": sum, "EXISTS": sum, "TOUCH": sum}
 class ShardedClient:
     """A redis client's interface over several servers, one client each."""
 
+    # Placements remembered (a ring lookup is a hash and a bisect: most of a multi-key call's
+    # Python time); forgotten wholesale past this many keys.
+    MEMO = 1 << 16
+
     def __init__(self, clients: list[Any], place: Callable[[str], int]) -> None:
         self.clients = clients
-        self._place = place
+        self._ring = place
+        self._memo: dict[str, int] = {}
+
+    def _place(self, made_key: str) -> int:
+        where = self._memo.get(made_key)
+        if where is None:
+            if len(self._memo) >= self.MEMO:
+                self._memo.clear()
+            where = self._memo[made_key] = self._ring(made_key)
+        return where
 
     def shard(self, made_key: Any) -> Any:
         return self.clients[self._place(_text(made_key))]
