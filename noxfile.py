@@ -60,7 +60,11 @@ DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
 
 
 # Server binaries the tests start themselves, and the Debian packages that bring them.
-SERVERS = {"memcached": "memcached", "saslpasswd2": "sasl2-bin", "redis-server": "redis-server"}
+SERVERS = {
+    "memcached": "memcached", "saslpasswd2": "sasl2-bin", "redis-server": "redis-server",
+    # The TLS tests make their CA and certificates with it.
+    "openssl": "openssl",
+}  # fmt: skip
 
 
 def ensure_servers(session: nox.Session) -> None:

@@ -15,6 +15,7 @@ here and stopped by PID.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ ROOT = HERE.parent
 SUITE = HERE / "rustcache_suite.py"
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import MemcachedServer, RedisServer  # noqa: E402
+from tests.servers import Certificates, MemcachedServer, RedisServer, TlsRedisServer  # noqa: E402
 
 # name -> environment for rustcache_suite.py; "{memcached}" is filled with a live server's LOCATION.
 VARIANTS = {
@@ -53,6 +54,9 @@ VARIANTS = {
         "RUSTCACHE_REDIS": "shards",
         "RUSTCACHE_REDIS_OPTIONS": '{"CLIENT_CLASS": "django_redis.client.ShardClient"}',
     },
+    # Mutual TLS with the certificate's chain and name checked; the options are filled in with
+    # the certificates the run makes.
+    "redis-tls": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tls"},
     "memcached-binary": {
         "RUSTCACHE_SUITE": "memcached",
         "RUSTCACHE_MEMCACHED": "tcp",
@@ -121,7 +125,15 @@ def main() -> int:
             server = MemcachedServer(unix=kind == "unix", sasl=sasl)
             env["RUSTCACHE_MEMCACHED_LOCATION"] = server.location
         extra: list = []
-        if env.get("RUSTCACHE_REDIS") == "shards":
+        if env.get("RUSTCACHE_REDIS") == "tls":
+            certs = Certificates()
+            extra.append(certs)
+            server = TlsRedisServer(certs, auth_clients="yes")
+            env["RUSTCACHE_REDIS_LOCATION"] = server.location
+            env["RUSTCACHE_REDIS_OPTIONS"] = json.dumps(
+                {"ssl_ca_certs": certs.ca, "ssl_certfile": certs.client, "ssl_keyfile": certs.client_key}
+            )
+        elif env.get("RUSTCACHE_REDIS") == "shards":
             server, *extra = [RedisServer() for _ in range(3)]
             env["RUSTCACHE_REDIS_LOCATION"] = ",".join(s.location for s in (server, *extra))
         elif env.get("RUSTCACHE_REDIS"):

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Io,
     /// A deadline passed.
     Timeout,
+    /// A TLS handshake or record failed (an untrusted certificate, a name mismatch, an alert).
+    Tls,
     /// A peer answered something the protocol does not allow.
     Protocol,
     /// A peer answered with an error of its own.
@@ -59,7 +61,10 @@ impl Error {
     /// Whether the failure leaves a connection unusable and says something about the server
     /// (so it counts against the server's health): I/O, deadlines, protocol violations.
     pub fn is_connection_failure(&self) -> bool {
-        matches!(self.kind, ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Protocol | ErrorKind::TooLarge)
+        matches!(
+            self.kind,
+            ErrorKind::Io | ErrorKind::Timeout | ErrorKind::Tls | ErrorKind::Protocol | ErrorKind::TooLarge
+        )
     }
 }
 

@@ -20,7 +20,7 @@ mod _core {
     use crate::bindings::lru::PyLruStore;
 
     #[pymodule_export]
-    use crate::bindings::errors::{CacheError, ProtocolError, ServerDown, ServerError};
+    use crate::bindings::errors::{CacheError, ProtocolError, ServerDown, ServerError, TLSError};
 
     #[pymodule_export]
     use crate::bindings::memcached::PyMemcachedClient;

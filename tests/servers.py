@@ -310,3 +310,114 @@ class FakeReplyServer(_Peer):
                         conn.sendall(b"x")
             except OSError:
                 pass
+
+
+class Certificates:
+    """A CA, a server certificate it signed (for localhost and 127.0.0.1), a client certificate
+    it signed (for mutual TLS), and a second CA that signed nothing here, made with the openssl
+    command-line tool in a directory of their own."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("openssl")
+        if exe is None:
+            raise RuntimeError("openssl is not installed (Debian: apt-get install openssl)")
+        self.dir = Path(tempfile.mkdtemp(prefix="rustcache-certs-"))
+        self._openssl = exe
+        self.ca, self.ca_key = self._ca("ca", "rustcache test CA")
+        self.other_ca, _ = self._ca("other-ca", "some other CA")
+        self.server, self.server_key = self._signed("server", "localhost", "DNS:localhost,IP:127.0.0.1")
+        self.client, self.client_key = self._signed("client", "rustcache client", None)
+        # A certificate naming another host only (for hostname checks).
+        self.elsewhere, self.elsewhere_key = self._signed("elsewhere", "cache.example.com", "DNS:cache.example.com")
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([self._openssl, *args], check=True, capture_output=True, cwd=self.dir)
+
+    def _ca(self, name: str, cn: str) -> tuple[str, str]:
+        cert, key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        self._run(
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
+            "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert),
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )  # fmt: skip
+        return str(cert), str(key)
+
+    def _signed(self, name: str, cn: str, san: str | None) -> tuple[str, str]:
+        cert, key, csr = self.dir / f"{name}.crt", self.dir / f"{name}.key", self.dir / f"{name}.csr"
+        ext = self.dir / f"{name}.ext"
+        # Servers present theirs as clients too (a replica to its leader).
+        usage = "serverAuth,clientAuth" if san else "clientAuth"
+        ext.write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+            f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+        )
+        self._run(
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", f"/CN={cn}",
+            "-keyout", str(key), "-out", str(csr),
+        )  # fmt: skip
+        self._run(
+            "x509", "-req", "-in", str(csr), "-CA", self.ca, "-CAkey", self.ca_key, "-CAcreateserial",
+            "-days", "30", "-extfile", str(ext), "-out", str(cert),
+        )  # fmt: skip
+        return str(cert), str(key)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TlsRedisServer(RedisServer):
+    """A redis-server that speaks only TLS, on 127.0.0.1:<free port>, with `certs`' server
+    certificate (or `cert`/`key`). `auth_clients`: "no", "yes" (mutual TLS) or "optional"."""
+
+    name = "redis-server (TLS)"
+
+    def __init__(
+        self,
+        certs: Certificates,
+        *,
+        auth_clients: str = "no",
+        cert: tuple[str, str] | None = None,
+        password: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.certs = certs
+        self.auth_clients = auth_clients
+        self.cert, self.key = cert or (certs.server, certs.server_key)
+        super().__init__(password=password, args=args)
+
+    @property
+    def location(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.exe, "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--bind", "127.0.0.1"]
+        cmd += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.cert, "--tls-key-file", self.key]
+        cmd += ["--tls-ca-cert-file", self.certs.ca, "--tls-auth-clients", self.auth_clients]
+        # As a replica it connects to its leader over TLS, with its certificate as the client's.
+        cmd += ["--tls-replication", "yes"]
+        if self.password:
+            cmd += ["--requirepass", self.password, "--masterauth", self.password]
+        return cmd + list(self.args)
+
+    def _connect(self) -> socket.socket:
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.certs.ca)
+        context.check_hostname = False
+        context.load_cert_chain(self.certs.client, self.certs.client_key)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        try:
+            return context.wrap_socket(raw)
+        except OSError:
+            raw.close()
+            raise
+
+    def raw(self, command: bytes) -> bytes:
+        """Send one inline command over TLS; the first reply's bytes."""
+        with self._connect() as s:
+            if self.password:
+                s.sendall(f"AUTH {self.password}\r\n".encode())
+                s.recv(64)
+            s.sendall(command + b"\r\n")
+            return s.recv(65536)

@@ -292,14 +292,6 @@ def test_pool_is_bounded(redis_server):
     assert cache.stats()["servers"][0]["open_connections"] <= 2
 
 
-def test_tls_locations_are_refused_clearly_for_now():
-    from django.core.exceptions import ImproperlyConfigured
-
-    cache = make_redis("rediss://cache.example:6380/0")
-    with pytest.raises(ImproperlyConfigured, match="TLS"):
-        cache.get("k")
-
-
 def test_writes_go_to_the_leader_and_reads_are_spread_over_replicas():
     leader = RedisServer()
     replicas = [RedisServer(args=("--replicaof", "127.0.0.1", str(leader.port))) for _ in range(2)]

@@ -24,6 +24,7 @@ __all__ = [
     "RedisClient",
     "ServerDown",
     "ServerError",
+    "TLSError",
     "__version__",
     "check_key",
 ]
@@ -34,6 +35,10 @@ class CacheError(Exception):
 
 class ServerDown(CacheError):
     """A cache server cannot be reached, did not answer in time, or is marked down after a failure."""
+
+class TLSError(ServerDown):
+    """A TLS handshake with a cache server failed: its certificate is not trusted or does not
+    name it, or it refused ours."""
 
 class ServerError(CacheError):
     """A cache server answered with an error."""
@@ -279,7 +284,10 @@ class RedisClient:
     ``ints_as_digits`` is false), anything else pickled, or passed to ``serializer``'s
     ``(dumps, loads)``; then compressed with ``compressor`` (zlib, gzip, lzma, lz4, zstd, bz2) when
     longer than ``compress_min_len`` bytes, without the GIL. Compressed values are recognised by
-    their header when read."""
+    their header when read. ``tls`` gives, per server, None or its TLS settings ``(verify,
+    ca_certs, ca_path, ca_data, certfile, keyfile, tls13_only)`` (``verify``: "none", "chain" or
+    "full"); the handshake runs within the connect deadline, and a failed one raises
+    ``TLSError``."""
 
     def __new__(
         cls,
@@ -299,6 +307,7 @@ class RedisClient:
         compressor: str | None = None,
         compress_level: int | None = None,
         compress_min_len: int = 15,
+        tls: list[tuple[str, str | None, str | None, str | None, str | None, str | None, bool] | None] = ...,
     ) -> RedisClient: ...
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""

@@ -29,6 +29,9 @@ from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
 from django_rustcache._shards import DjangoRedisRing, ShardedClient
+from django_rustcache._tls import ALL_NAMES as TLS_NAMES
+from django_rustcache._tls import option_items as tls_option_items
+from django_rustcache._tls import split as tls_split
 
 __all__ = ["Lock", "LockError", "RedisCache", "location_url"]
 
@@ -43,7 +46,7 @@ OPTIONS = frozenset(
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME",
     }
-) | FORMAT_OPTIONS  # fmt: skip
+) | FORMAT_OPTIONS | TLS_NAMES  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
 # RedisCache passes its OPTIONS on to redis-py's pool): accepted, with nothing to do here. Our
 # pool bounds every call with one deadline and retries a stale pooled connection once.
@@ -123,6 +126,8 @@ class RedisSettings:
     client_name: str | None
     # The value format, by what the OPTIONS say (their classes are made once per client).
     value_format: str
+    # The TLS settings OPTIONS give, for the servers whose URLs are rediss:// (see _tls).
+    tls_options: tuple[tuple[str, Any], ...] = ()
 
 
 def with_db(url: str, db: int | None) -> str:
@@ -200,13 +205,11 @@ class RedisCache(NetworkCache, RedisCollections):
             # django-redis-cache: MASTER_CACHE names the server that takes the writes.
             rest = [s for s in self._servers if location_url(s) != location_url(leader)]
             self._servers = [leader, *rest]
-        for s in self._servers:
-            if location_url(s).startswith(("rediss://", "valkeys://")):
-                raise ImproperlyConfigured(
-                    f"redis LOCATION {s!r}: TLS (rediss://) is not supported by django-rustcache yet"
-                )
         self._note_foreign_machinery()
-        return self._client_settings()
+        made = self._client_settings()
+        for url in made.servers:
+            tls_split(url, made.tls_options)  # a TLS setting that cannot work fails now
+        return made
 
     def _note_foreign_machinery(self) -> None:
         """Options that name the predecessors' client, parser or pool classes: their defaults have
@@ -256,6 +259,7 @@ class RedisCache(NetworkCache, RedisCollections):
             pickle_protocol=None if protocol is None or int(protocol) < 0 else int(protocol),
             client_name=o.get("client_name", o.get("CLIENT_NAME")),
             value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
+            tls_options=tls_option_items(o),
         )
 
     @property
@@ -278,8 +282,10 @@ class RedisCache(NetworkCache, RedisCollections):
 
     def _make_one(self, s: RedisSettings) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
+        urls, tls = zip(*(tls_split(url, s.tls_options) for url in s.servers), strict=True)
         return RedisClient(
-            list(s.servers),
+            list(urls),
+            tls=list(tls) if any(tls) else [],
             username=s.username,
             password=s.password,
             connect_timeout=s.connect_timeout,

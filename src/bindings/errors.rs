@@ -3,6 +3,7 @@
 //! ```text
 //! CacheError
 //!  ├── ServerDown      a server cannot be reached, timed out, or is marked down
+//!  │    └── TLSError   a TLS handshake failed (an untrusted certificate, a name mismatch)
 //!  ├── ServerError     a server answered with an error of its own
 //!  └── ProtocolError   a server answered something the protocol does not allow
 //! ```
@@ -32,6 +33,12 @@ create_exception!(
     ServerDown,
     CacheError,
     "A cache server cannot be reached, did not answer in time, or is marked down after a failure."
+);
+create_exception!(
+    django_rustcache,
+    TLSError,
+    ServerDown,
+    "A TLS handshake with a cache server failed: its certificate is not trusted or does not\n    name it, or it refused ours."
 );
 create_exception!(django_rustcache, ServerError, CacheError, "A cache server answered with an error.");
 create_exception!(
@@ -82,6 +89,7 @@ impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e.kind() {
             ErrorKind::Io | ErrorKind::Timeout | ErrorKind::ServerDown => ServerDown::new_err(e.to_string()),
+            ErrorKind::Tls => TLSError::new_err(e.to_string()),
             ErrorKind::Server => ServerError::new_err(e.to_string()),
             ErrorKind::Protocol | ErrorKind::TooLarge => ProtocolError::new_err(e.to_string()),
             ErrorKind::InvalidKey | ErrorKind::NotFound | ErrorKind::Config => PyValueError::new_err(e.to_string()),

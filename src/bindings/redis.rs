@@ -15,11 +15,35 @@ use redis::Value;
 use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
+use crate::net::{Tls, TlsSettings, Verify};
 use crate::redis::client::{Client, Counter};
 use crate::redis::pool::{Pool, PoolConfig};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// One server's TLS settings as the Python layer gives them: (verify: "none" | "chain" |
+/// "full", ca_certs, ca_path, ca_data, certfile, keyfile, tls13_only).
+type TlsArgs = (String, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, bool);
+
+fn tls_settings(args: TlsArgs) -> PyResult<TlsSettings> {
+    let (verify, ca_certs, ca_path, ca_data, certfile, keyfile, tls13_only) = args;
+    let verify = match verify.as_str() {
+        "none" => Verify::Nothing,
+        "chain" => Verify::Chain,
+        "full" => Verify::ChainAndName,
+        other => return Err(PyValueError::new_err(format!("tls verify {other:?}: none, chain or full"))),
+    };
+    Ok(TlsSettings {
+        verify,
+        ca_certs: ca_certs.map(Into::into),
+        ca_path: ca_path.map(Into::into),
+        ca_data,
+        certfile: certfile.map(Into::into),
+        keyfile: keyfile.map(Into::into),
+        tls13_only,
+    })
+}
 
 fn seconds(s: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
@@ -213,7 +237,7 @@ impl PyRedisClient {
     #[pyo3(signature = (
         servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
         max_connections=64, retry_timeout=1.0, client_name=None, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
-        compress_level=None, compress_min_len=15
+        compress_level=None, compress_min_len=15, tls=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -232,6 +256,7 @@ impl PyRedisClient {
         compressor: Option<&str>,
         compress_level: Option<i32>,
         compress_min_len: usize,
+        tls: Vec<Option<TlsArgs>>,
     ) -> PyResult<Self> {
         let compressor = compressor
             .map(|name| {
@@ -259,11 +284,28 @@ impl PyRedisClient {
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
             client_name,
         };
-        let pools = servers
-            .iter()
-            .map(|url| Pool::new(url, db, username.as_deref(), password.as_deref(), config.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        if !tls.is_empty() && tls.len() != servers.len() {
+            return Err(PyValueError::new_err("tls: one entry (or None) per server"));
+        }
+        // One configuration per distinct setting: the CA files are read once.
+        let mut made: Vec<(TlsSettings, Tls)> = Vec::new();
+        let mut pools = Vec::with_capacity(servers.len());
+        for (i, url) in servers.iter().enumerate() {
+            let server_tls = match tls.get(i).cloned().flatten() {
+                None => None,
+                Some(args) => {
+                    let settings = tls_settings(args)?;
+                    if let Some((_, t)) = made.iter().find(|(s, _)| *s == settings) {
+                        Some(t.clone())
+                    } else {
+                        let t = Tls::new(&settings)?;
+                        made.push((settings, t.clone()));
+                        Some(t)
+                    }
+                }
+            };
+            pools.push(Pool::new(url, db, username.as_deref(), password.as_deref(), server_tls, config.clone())?);
+        }
         Ok(Self { client: Client::new(pools)?, codec })
     }
 

@@ -8,9 +8,11 @@
 
 pub mod counters;
 pub mod stream;
+pub mod tls;
 
 pub use counters::{ClientStats, Counters};
 pub use stream::{Address, Stream};
+pub use tls::{Tls, TlsSettings, Verify};
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
-//! A TCP (with TCP_NODELAY) or unix-socket stream whose connect, writes and reads each take the
-//! call's deadline, wait in slices, retry interrupted system calls and run the interrupt hook.
+//! A TCP (with TCP_NODELAY) or unix-socket stream, optionally under TLS, whose connect (and
+//! handshake), writes and reads each take the call's deadline, wait in slices, retry interrupted
+//! system calls and run the interrupt hook.
 
 use std::io::{IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -7,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::tls::{Tls, tls_error};
 use super::{SLICE, check_interrupt, remaining};
 use crate::error::{Error, ErrorKind};
 
@@ -34,9 +36,41 @@ enum Inner {
     Unix(UnixStream),
 }
 
+/// The socket itself, for rustls to read records from and write them to.
+impl Read for Inner {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Inner::Tcp(s) => s.read(buf),
+            Inner::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Inner {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Inner::Tcp(s) => s.write(buf),
+            Inner::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Inner::Tcp(s) => s.write_vectored(bufs),
+            Inner::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A connected stream. `label` ("memcached host:port") starts every error message.
 pub struct Stream {
     inner: Inner,
+    /// The TLS session over `inner`, once [`Stream::start_tls`] completed its handshake.
+    tls: Option<Box<rustls::ClientConnection>>,
     label: String,
     /// The socket timeouts last set, so the common case costs no system call.
     read_timeout: Option<Duration>,
@@ -97,7 +131,125 @@ impl Stream {
             }
             Address::Unix(path) => Inner::Unix(UnixStream::connect(path).map_err(|e| io_error(label, "connect", &e))?),
         };
-        Ok(Self { inner, label: label.to_owned(), read_timeout: None, write_timeout: None })
+        Ok(Self { inner, tls: None, label: label.to_owned(), read_timeout: None, write_timeout: None })
+    }
+
+    /// Connect to `addr`, then (with `tls`) complete a TLS handshake for `host`, all before
+    /// `deadline`.
+    pub fn connect_with(addr: &Address, tls: Option<&Tls>, deadline: Instant, label: &str) -> Result<Self, Error> {
+        let mut stream = Self::connect(addr, deadline, label)?;
+        if let Some(tls) = tls {
+            let host = match addr {
+                Address::Tcp(host, _) => host.as_str(),
+                // TLS over a unix socket: the certificate can only name the local host.
+                Address::Unix(_) => "localhost",
+            };
+            stream.tls = Some(Box::new(tls.session(host, label)?));
+            stream.handshake(deadline)?;
+        }
+        Ok(stream)
+    }
+
+    /// Whether the stream is under TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn handshake(&mut self, deadline: Instant) -> Result<(), Error> {
+        loop {
+            let Some(session) = self.tls.as_deref() else { return Ok(()) };
+            if !session.is_handshaking() {
+                break;
+            }
+            if session.wants_write() {
+                self.flush_tls(deadline)?;
+            } else {
+                self.read_records(deadline, "TLS handshake")?;
+            }
+        }
+        // The client's last flight (its Finished, and its certificate for mutual TLS).
+        self.flush_tls(deadline)
+    }
+
+    /// Read what records have arrived (waiting for at least one byte) and process them.
+    fn read_records(&mut self, deadline: Instant, what: &str) -> Result<(), Error> {
+        loop {
+            let left = remaining(deadline, &self.label, what)?;
+            self.set_read_timeout(next_wait(left))?;
+            let Some(session) = self.tls.as_deref_mut() else { return Ok(()) };
+            match session.read_tls(&mut self.inner) {
+                Ok(0) => {
+                    return Err(Error::new(ErrorKind::Io, format!("{}: connection closed by the server", self.label)));
+                }
+                Ok(_) => {
+                    if let Err(e) = session.process_new_packets() {
+                        // Tell the server why (an alert), as far as the socket takes it at once.
+                        let _ = session.write_tls(&mut self.inner);
+                        return Err(tls_error(&self.label, &e));
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_wait_over(&e) => check_interrupt()?,
+                Err(e) => return Err(io_error(&self.label, "receive", &e)),
+            }
+        }
+    }
+
+    /// Send every TLS record waiting to go out.
+    fn flush_tls(&mut self, deadline: Instant) -> Result<(), Error> {
+        loop {
+            let Some(session) = self.tls.as_deref_mut() else { return Ok(()) };
+            if !session.wants_write() {
+                return Ok(());
+            }
+            let left = remaining(deadline, &self.label, "send")?;
+            self.set_write_timeout(next_wait(left))?;
+            let Some(session) = self.tls.as_deref_mut() else { return Ok(()) };
+            match session.write_tls(&mut self.inner) {
+                Ok(0) => {
+                    return Err(Error::new(ErrorKind::Io, format!("{}: connection closed while sending", self.label)));
+                }
+                Ok(_) => {}
+                Err(e) if is_wait_over(&e) => check_interrupt()?,
+                Err(e) => return Err(io_error(&self.label, "send", &e)),
+            }
+        }
+    }
+
+    fn read_tls_plain(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Error> {
+        loop {
+            let Some(session) = self.tls.as_deref_mut() else { return Ok(0) };
+            match session.reader().read(buf) {
+                Ok(0) if !buf.is_empty() => {
+                    return Err(Error::new(ErrorKind::Io, format!("{}: connection closed by the server", self.label)));
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!("{}: connection closed by the server (without a TLS close_notify)", self.label),
+                    ));
+                }
+                Err(e) => return Err(io_error(&self.label, "receive", &e)),
+            }
+            // Records the session wants sent first (a key update's answer, an alert).
+            self.flush_tls(deadline)?;
+            self.read_records(deadline, "no complete reply")?;
+        }
+    }
+
+    fn write_tls_plain(&mut self, parts: &[&[u8]], deadline: Instant) -> Result<(), Error> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let Some(session) = self.tls.as_deref_mut() else { return Ok(()) };
+            // Encrypted into the session's buffer (up to its limit), then sent.
+            let n = session.writer().write_vectored(rest).map_err(|e| io_error(&self.label, "send", &e))?;
+            IoSlice::advance_slices(&mut rest, n);
+            self.flush_tls(deadline)?;
+        }
+        Ok(())
     }
 
     /// The label errors start with.
@@ -131,6 +283,9 @@ impl Stream {
 
     /// Read some bytes (at least one) before `deadline`. A closed connection is an error.
     pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Error> {
+        if self.tls.is_some() {
+            return self.read_tls_plain(buf, deadline);
+        }
         loop {
             let left = remaining(deadline, &self.label, "no complete reply")?;
             self.set_read_timeout(next_wait(left))?;
@@ -152,6 +307,9 @@ impl Stream {
     /// Write all of `parts`, in order, with vectored writes (no copy into one buffer), before
     /// `deadline`.
     pub fn write_all(&mut self, parts: &[&[u8]], deadline: Instant) -> Result<(), Error> {
+        if self.tls.is_some() {
+            return self.write_tls_plain(parts, deadline);
+        }
         let mut slices: Vec<IoSlice<'_>> = parts.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
 
 use crate::error::{Error, ErrorKind};
-use crate::net::{Address, Stream};
+use crate::net::{Address, Stream, Tls};
 
 /// The most one reply may be: redis's own bulk limit (`proto-max-bulk-len`, 512 MiB) plus room
 /// for the framing. A longer reply is a protocol error that drops the connection.
@@ -150,9 +150,9 @@ pub struct Login<'a> {
 impl Conn {
     /// Connect to `addr`, then log in (AUTH, SELECT, CLIENT SETNAME) in one round trip, all
     /// before `deadline`.
-    pub fn connect(addr: &Address, login: &Login<'_>, deadline: Instant) -> Result<Self, Error> {
-        let label = format!("redis {addr}");
-        let stream = Stream::connect(addr, deadline, &label)?;
+    pub fn connect(addr: &Address, tls: Option<&Tls>, login: &Login<'_>, deadline: Instant) -> Result<Self, Error> {
+        let label = if tls.is_some() { format!("redis {addr} (TLS)") } else { format!("redis {addr}") };
+        let stream = Stream::connect_with(addr, tls, deadline, &label)?;
         let db = login.db;
         let mut conn = Self {
             stream,

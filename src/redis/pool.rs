@@ -10,7 +10,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use super::conn::{Conn, Login};
 use crate::error::{Error, ErrorKind};
-use crate::net::{Address, SLICE, check_interrupt};
+use crate::net::{Address, SLICE, Tls, check_interrupt};
 
 /// Deadlines and bounds of one pool.
 #[derive(Debug, Clone)]
@@ -56,6 +56,7 @@ struct Health {
 pub struct Pool {
     name: String,
     addr: Address,
+    tls: Option<Tls>,
     username: Option<String>,
     password: Option<String>,
     db: i64,
@@ -92,12 +93,14 @@ pub struct PoolState {
 
 impl Pool {
     /// A pool for `url` (`redis://`, `unix://`, ...): `db` overrides what the URL says;
-    /// `username` and `password` apply where the URL gives none (as in redis-py's `from_url`).
+    /// `username` and `password` apply where the URL gives none (as in redis-py's `from_url`);
+    /// with `tls`, every connection is under TLS (the URL's scheme stays `redis://`).
     pub fn new(
         url: &str,
         db: Option<i64>,
         username: Option<&str>,
         password: Option<&str>,
+        tls: Option<Tls>,
         config: PoolConfig,
     ) -> Result<Self, Error> {
         let info = url
@@ -107,13 +110,17 @@ impl Pool {
             ConnectionAddr::Tcp(host, port) => Address::Tcp(host.clone(), *port),
             ConnectionAddr::Unix(path) => Address::Unix(PathBuf::from(path)),
             _ => {
-                return Err(Error::new(ErrorKind::Config, format!("redis LOCATION {url:?}: TLS is not supported yet")));
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("redis LOCATION {url:?}: give TLS settings with a redis:// URL"),
+                ));
             }
         };
         let settings = info.redis_settings();
         Ok(Self {
             name: addr.to_string(),
             addr,
+            tls,
             username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
             password: settings.password().map(str::to_owned).or_else(|| password.map(str::to_owned)),
             db: db.unwrap_or_else(|| settings.db()),
@@ -204,7 +211,7 @@ impl Pool {
             db: self.db,
             client_name: self.config.client_name.as_deref(),
         };
-        match Conn::connect(&self.addr, &login, deadline) {
+        match Conn::connect(&self.addr, self.tls.as_ref(), &login, deadline) {
             Ok(conn) => Ok(conn),
             Err(e) => {
                 self.forget();
