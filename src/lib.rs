@@ -26,7 +26,7 @@ mod _core {
     use crate::bindings::memcached::PyMemcachedClient;
 
     #[pymodule_export]
-    use crate::bindings::redis::PyRedisClient;
+    use crate::bindings::redis::{PyRedisClient, sharded_delete_many, sharded_get_many, sharded_set_many};
 
     #[pymodule_export]
     use crate::bindings::keys::check_key;

@@ -3,6 +3,7 @@ by PID. Used by pytest's fixtures and by django_tests/run.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -421,3 +422,67 @@ class TlsRedisServer(RedisServer):
                 s.recv(64)
             s.sendall(command + b"\r\n")
             return s.recv(65536)
+
+
+class DelayProxy:
+    """Forwards a TCP connection to `upstream_port`, adding `delay` seconds of latency to the
+    server's replies: a real server, made slow."""
+
+    def __init__(self, upstream_port: int, delay: float) -> None:
+        import threading
+
+        self.upstream_port, self.delay = upstream_port, delay
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.location = f"redis://127.0.0.1:{self.port}"
+        self._threads = threading
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._open += [client, upstream]
+            self._threads.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            self._threads.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delay: float) -> None:
+        """Copy src to dst, each chunk sent `delay` after it arrived (a latency: chunks that
+        arrive together leave together)."""
+        import queue
+
+        chunks: queue.Queue = queue.Queue()
+
+        def send() -> None:
+            try:
+                while (item := chunks.get()) is not None:
+                    arrived, chunk = item
+                    time.sleep(max(0.0, arrived + delay - time.monotonic()))
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        self._threads.Thread(target=send, daemon=True).start()
+        try:
+            while chunk := src.recv(65536):
+                chunks.put((time.monotonic(), chunk))
+        except OSError:
+            pass
+        chunks.put(None)
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self._open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()

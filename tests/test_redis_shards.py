@@ -191,3 +191,71 @@ def test_django_redis_shard_client_site(shards):
     assert clients[ring.get_node("cart7")].exists(cache.make_key("{cart7}:a"), cache.make_key("{cart7}:b")) == 2
     assert cache.delete_pattern("k1*") == len([k for k in data if k.startswith("k1")])
     assert cache.clear() is True
+
+
+def test_multi_key_calls_have_every_shard_working_at_once():
+    """Three shards that each answer 0.25 s late: a get_many/set_many/delete_many spanning them
+    takes about one delay, not three (each server's request is sent before any reply is read);
+    and with a SOCKET_TIMEOUT shorter than the delay, it fails after one deadline."""
+    import time
+
+    from django_rustcache import ServerDown
+    from tests.conftest import make_redis
+    from tests.servers import DelayProxy
+
+    server = RedisServer()
+    proxies = [DelayProxy(server.port, 0.25) for _ in range(3)]
+    try:
+        location = [f"{p.location}/{db}" for db, p in enumerate(proxies)]
+        options = {"CLIENT_CLASS": "django_redis.client.ShardClient", "RETRY_TIMEOUT": 0}
+        cache = make_redis(location, OPTIONS=options)
+        keys = [f"k{i}" for i in range(60)]
+        assert len({id(cache._cache.shard(cache.make_key(k))) for k in keys}) == 3
+        cache.get("warm")  # connections are made (and logged in) before timing
+        for call, answer in (
+            (lambda: cache.set_many(dict.fromkeys(keys, 1)), []),
+            (lambda: cache.get_many(keys), dict.fromkeys(keys, 1)),
+            (lambda: cache.delete_many(keys), 60),
+        ):
+            call()  # each shard's first connection
+            if answer == 60:
+                cache.set_many(dict.fromkeys(keys, 1))
+            start = time.monotonic()
+            assert call() == answer
+            took = time.monotonic() - start
+            assert 0.24 < took < 0.6, took
+        hurried = make_redis(location, KEY_PREFIX=cache.key_prefix, OPTIONS={**options, "SOCKET_TIMEOUT": 0.15})
+        start = time.monotonic()
+        with pytest.raises(ServerDown, match="timed out"):
+            hurried.get_many(keys)
+        assert time.monotonic() - start < 0.35
+        # Every connection was settled, none left out of step: the next calls answer right.
+        assert cache.get_many(keys) == {}
+        cache.set_many({k: k for k in keys})
+        assert cache.get_many(keys) == {k: k for k in keys}
+    finally:
+        for p in proxies:
+            p.close()
+        server.close()
+
+
+def test_multi_key_calls_survive_a_shard_restart(shards):
+    """A pooled connection gone stale (its shard restarted) is retried on a new one within the
+    call, so a restart costs no error; values land on and come from every shard."""
+    cache = make_sharded(shards, KEY_PREFIX="restart")
+    data = {f"k{i}": i for i in range(90)}
+    cache.set_many(data)
+    assert cache.get_many(list(data)) == data
+    shards[1].restart()
+    cache.set_many(data)
+    assert cache.get_many(list(data)) == data
+    shards[0].restart()
+    assert cache.get_many(list(data)) == {
+        k: v for k, v in data.items() if cache._cache.shard(cache.make_key(k)) is not cache._cache.clients[0]
+    }
+    cache.delete_many(list(data))
+    assert cache.get_many(list(data)) == {}
+    # set_many with timeout 0 deletes on every shard.
+    cache.set_many(data)
+    cache.set_many(data, 0)
+    assert cache.get_many(list(data)) == {}

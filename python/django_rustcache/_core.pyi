@@ -27,6 +27,9 @@ __all__ = [
     "TLSError",
     "__version__",
     "check_key",
+    "sharded_delete_many",
+    "sharded_get_many",
+    "sharded_set_many",
 ]
 __version__: str
 
@@ -386,3 +389,16 @@ class RedisClient:
 
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""
+
+def sharded_get_many(prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]]) -> dict[Any, Any]:
+    """``get_many`` over shards at once: every ``(client, keys)`` part's MGET is sent before any
+    reply is read (the servers work in parallel), on one deadline, with the GIL released. The
+    found keys (as given) and their values."""
+
+def sharded_set_many(
+    prefix: Any, version: Any, parts: list[tuple[RedisClient, dict[Any, Any]]], timeout: int | None
+) -> None:
+    """``set_many`` over shards at once (one pipeline per part); a timeout of 0 deletes."""
+
+def sharded_delete_many(prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]]) -> int:
+    """``delete_many`` over shards at once; how many keys were there."""

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from django_rustcache._core import sharded_delete_many, sharded_get_many, sharded_set_many
+
 
 def _slot(text: str) -> int:
     return int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[-8:], 16)
@@ -173,10 +175,9 @@ class ShardedClient:
     def get_many(
         self, prefix: Any, version: Any, keys: Iterable[Any], partial: bool = False, on_failure: Any = None
     ) -> dict[Any, Any]:
-        found: dict[Any, Any] = {}
-        for n, group in self._split(prefix, version, keys).items():
-            found.update(self.clients[n].get_many(prefix, version, group, partial, on_failure))
-        return found
+        # Every server's MGET is sent before any reply is read: one round trip, one deadline.
+        parts = [(self.clients[n], group) for n, group in self._split(prefix, version, keys).items()]
+        return sharded_get_many(prefix, version, parts)
 
     def set_many(
         self,
@@ -187,15 +188,16 @@ class ShardedClient:
         partial: bool = False,
         on_failure: Any = None,
     ) -> list[Any]:
-        failed: list[Any] = []
-        for n, group in self._split(prefix, version, mapping).items():
-            part = {k: mapping[k] for k in group}
-            failed += self.clients[n].set_many(part, timeout, prefix, version, partial, on_failure)
-        return failed
+        parts = [
+            (self.clients[n], {k: mapping[k] for k in group})
+            for n, group in self._split(prefix, version, mapping).items()
+        ]
+        sharded_set_many(prefix, version, parts, timeout)
+        return []
 
     def delete_many(self, prefix: Any, version: Any, keys: Iterable[Any]) -> None:
-        for n, group in self._split(prefix, version, keys).items():
-            self.clients[n].delete_many(prefix, version, group)
+        parts = [(self.clients[n], group) for n, group in self._split(prefix, version, keys).items()]
+        sharded_delete_many(prefix, version, parts)
 
     def execute(self, *args: Any, write: bool = True, idempotent: bool = False) -> Any:
         """One command, on the server of its key; DEL/UNLINK/EXISTS/TOUCH and MGET split by
@@ -205,6 +207,10 @@ class ShardedClient:
             groups: dict[int, list[int]] = defaultdict(list)
             for i, key in enumerate(args[1:]):
                 groups[self._place(_text(key))].append(i)
+            if name == "DEL":
+                # Every server's DEL at once.
+                parts = [(self.clients[n], [args[1 + i] for i in where]) for n, where in groups.items()]
+                return sharded_delete_many(None, None, parts)
             if name == "MGET":
                 values: list[Any] = [None] * (len(args) - 1)
                 for n, where in groups.items():

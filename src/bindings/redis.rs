@@ -16,7 +16,7 @@ use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
 use crate::net::{Tls, TlsSettings, Verify};
-use crate::redis::client::{Client, Counter};
+use crate::redis::client::{Client, Counter, Items, delete_across, get_many_across, set_many_across};
 use crate::redis::pool::{Pool, PoolConfig};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -576,4 +576,117 @@ impl PyRedisClient {
     fn server_for(&self, write: bool) -> usize {
         self.client.server_for(write)
     }
+}
+
+/// One shard's part of a call: its client and the keys (as given) that live on it.
+type KeysPart<'py> = (PyRef<'py, PyRedisClient>, Vec<Bound<'py, PyAny>>);
+
+/// The made keys of every part.
+fn made_parts<'py>(
+    py: Python<'py>,
+    prefix: &Bound<'py, PyAny>,
+    version: &Bound<'py, PyAny>,
+    parts: &[KeysPart<'py>],
+) -> PyResult<Vec<Vec<String>>> {
+    parts.iter().map(|(_, keys)| keys.iter().map(|k| make_key(py, prefix, version, k)).collect()).collect()
+}
+
+/// `get_many` over shards at once: each `(client, keys)` part's MGET is sent before any reply
+/// is read, so the servers work in parallel, on one deadline, with the GIL released. The found
+/// keys (as given) and their values, merged.
+#[pyfunction]
+pub fn sharded_get_many<'py>(
+    py: Python<'py>,
+    prefix: &Bound<'py, PyAny>,
+    version: &Bound<'py, PyAny>,
+    parts: Vec<KeysPart<'py>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let made = made_parts(py, prefix, version, &parts)?;
+    let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
+    let values = py.detach(|| {
+        let refs: Vec<(&Client, Vec<&[u8]>)> =
+            cores.iter().zip(&made).map(|(c, keys)| (&c.client, keys.iter().map(String::as_bytes).collect())).collect();
+        let found = get_many_across(&refs)?;
+        Ok::<_, crate::error::Error>(
+            found
+                .into_iter()
+                .zip(&cores)
+                .map(|(values, c)| values.into_iter().map(|v| v.map(|data| c.codec.unpack(data))).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let out = PyDict::new(py);
+    for ((client, keys), values) in parts.iter().zip(values) {
+        for (key, value) in keys.iter().zip(values) {
+            if let Some(data) = value {
+                out.set_item(key, client.codec.decode(py, &data)?)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `set_many` over shards at once (see [`sharded_get_many`]): each `(client, mapping)` part is
+/// one pipeline; a timeout of 0 deletes the keys instead.
+#[pyfunction]
+pub fn sharded_set_many<'py>(
+    py: Python<'py>,
+    prefix: &Bound<'py, PyAny>,
+    version: &Bound<'py, PyAny>,
+    parts: Vec<(PyRef<'py, PyRedisClient>, Bound<'py, PyDict>)>,
+    timeout: Option<u64>,
+) -> PyResult<()> {
+    let mut made = Vec::with_capacity(parts.len());
+    for (client, mapping) in &parts {
+        let mut items = Vec::with_capacity(mapping.len());
+        for (k, v) in mapping.iter() {
+            let key = make_key(py, prefix, version, &k)?;
+            let value = if timeout == Some(0) { None } else { Some(client.codec.encode(py, &v)?) };
+            items.push((key, value));
+        }
+        made.push(items);
+    }
+    let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
+    py.detach(|| {
+        if timeout == Some(0) {
+            let refs: Vec<(&Client, Vec<&[u8]>)> = cores
+                .iter()
+                .zip(&made)
+                .map(|(c, items)| (&c.client, items.iter().map(|(k, _)| k.as_bytes()).collect()))
+                .collect();
+            return delete_across(&refs).map(|_| ());
+        }
+        let mut packed = Vec::with_capacity(made.len());
+        for (c, items) in cores.iter().zip(made) {
+            let items = items
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| c.codec.finish(v).map(|data| (k, data))))
+                .collect::<Result<Vec<_>, crate::error::Error>>()?;
+            packed.push(items);
+        }
+        let refs: Vec<(&Client, Items<'_>)> = cores
+            .iter()
+            .zip(&packed)
+            .map(|(c, items)| (&c.client, items.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect()))
+            .collect();
+        set_many_across(&refs, timeout)
+    })?;
+    Ok(())
+}
+
+/// `delete_many` over shards at once (see [`sharded_get_many`]); how many keys were there.
+#[pyfunction]
+pub fn sharded_delete_many<'py>(
+    py: Python<'py>,
+    prefix: &Bound<'py, PyAny>,
+    version: &Bound<'py, PyAny>,
+    parts: Vec<KeysPart<'py>>,
+) -> PyResult<u64> {
+    let made = made_parts(py, prefix, version, &parts)?;
+    let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
+    Ok(py.detach(|| {
+        let refs: Vec<(&Client, Vec<&[u8]>)> =
+            cores.iter().zip(&made).map(|(c, keys)| (&c.client, keys.iter().map(String::as_bytes).collect())).collect();
+        delete_across(&refs)
+    })?)
 }

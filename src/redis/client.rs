@@ -3,9 +3,10 @@
 //! commands a cache backend needs, each one round trip.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use num_bigint::BigInt;
-use redis::{Script, Value};
+use redis::{ConnectionLike, Script, Value};
 
 use super::conn::{Conn, classify};
 use super::pool::{Loan, Pool};
@@ -44,6 +45,149 @@ impl Route<'_> {
             Route::AnyReplica => false,
         }
     }
+}
+
+/// An exchange sent to one server whose replies are still to be read. Sending to every server
+/// first and then reading each one's replies has all of them working at once: a call over
+/// several shards costs about one round trip, on one deadline.
+pub struct InFlight<'a> {
+    client: &'a Client,
+    pool: &'a Pool,
+    packed: Vec<u8>,
+    replies: usize,
+    deadline: Instant,
+    sent: Result<(Loan, redis::RedisResult<()>), Error>,
+}
+
+impl InFlight<'_> {
+    /// Read the replies (every one, so the connection stays in step). A pooled connection that
+    /// turned out stale runs the exchange again on a new one, within the same deadline.
+    pub fn finish(self) -> Result<Vec<Value>, Error> {
+        let (client, pool, deadline) = (self.client, self.pool, self.deadline);
+        let (Loan { mut conn, pooled }, sent) = self.sent?;
+        let (packed, replies) = (self.packed, self.replies);
+        match sent.and_then(|()| conn.read_replies(0, replies)) {
+            Ok(values) => {
+                pool.put(conn);
+                Ok(values)
+            }
+            Err(e) => {
+                if let Some(err) = client.failed(pool, conn, pooled, true, &e) {
+                    return Err(err);
+                }
+                let fresh = Loan { conn: pool.replace(deadline)?, pooled: false };
+                client.run_on(pool, fresh, deadline, true, |c| c.req_packed_commands(&packed, 0, replies))
+            }
+        }
+    }
+}
+
+/// The first error reply among `values`, as ours.
+fn error_reply(pool: &Pool, values: &[Value]) -> Result<(), Error> {
+    match values.iter().find_map(|v| if let Value::ServerError(e) = v { Some(e.clone()) } else { None }) {
+        Some(e) => Err(classify(&format!("redis {}", pool.name()), &e.into())),
+        None => Ok(()),
+    }
+}
+
+/// The deadline of a call over `clients` that starts now: the first's (the clients of one
+/// cache share their settings).
+fn shared_deadline(clients: &[&Client]) -> Instant {
+    clients.first().map_or_else(Instant::now, |c| c.pools[0].deadline())
+}
+
+/// Finish every exchange (even after one failed, so each connection is settled), then the
+/// first failure is the answer.
+fn finish_all(flights: Vec<InFlight<'_>>) -> Result<Vec<Vec<Value>>, Error> {
+    let mut out = Vec::with_capacity(flights.len());
+    let mut first_error = None;
+    for flight in flights {
+        let pool = flight.pool;
+        match flight.finish().and_then(|values| error_reply(pool, &values).map(|()| values)) {
+            Ok(values) => out.push(values),
+            Err(e) => {
+                first_error.get_or_insert(e);
+                out.push(Vec::new());
+            }
+        }
+    }
+    first_error.map_or(Ok(out), Err)
+}
+
+/// MGET on several clients (shards) at once: `parts` pairs a client with its keys; the values
+/// come back per part, `None` for a key not found.
+pub fn get_many_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<Vec<Vec<Option<Vec<u8>>>>, Error> {
+    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
+    let deadline = shared_deadline(&clients);
+    let flights = parts
+        .iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(c, keys)| c.send(false, redis::cmd("MGET").arg(keys).get_packed_command(), 1, deadline))
+        .collect();
+    let mut replies = finish_all(flights)?.into_iter();
+    let mut out = Vec::with_capacity(parts.len());
+    for (client, keys) in parts {
+        if keys.is_empty() {
+            out.push(Vec::new());
+            continue;
+        }
+        let reply = replies.next().and_then(|mut r| r.pop()).unwrap_or(Value::Nil);
+        let found: Vec<Option<Vec<u8>>> =
+            redis::from_redis_value(reply).map_err(|e| Error::new(ErrorKind::Protocol, format!("redis MGET: {e}")))?;
+        if found.len() != keys.len() {
+            return Err(Error::new(ErrorKind::Protocol, "redis MGET: a reply of another length than the keys"));
+        }
+        let hits = found.iter().filter(|v| v.is_some()).count();
+        client.counters.lookups(hits, found.len() - hits);
+        out.push(found);
+    }
+    Ok(out)
+}
+
+/// Items to store on one client: its `(key, value)` pairs.
+pub type Items<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// `SET k v [EX ttl]` for every item, on several clients (shards) at once, one pipeline each.
+pub fn set_many_across(parts: &[(&Client, Items<'_>)], ttl: Option<u64>) -> Result<(), Error> {
+    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
+    let deadline = shared_deadline(&clients);
+    let flights = parts
+        .iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(c, items)| {
+            let mut pipe = redis::pipe();
+            for (k, v) in items {
+                let cmd = pipe.cmd("SET").arg(*k).arg(*v);
+                if let Some(ttl) = ttl {
+                    cmd.arg("EX").arg(ttl);
+                }
+            }
+            c.send(true, pipe.get_packed_pipeline(), items.len(), deadline)
+        })
+        .collect();
+    finish_all(flights)?;
+    for (client, items) in parts {
+        client.counters.sets(items.len());
+    }
+    Ok(())
+}
+
+/// DEL on several clients (shards) at once; how many keys were there in all.
+pub fn delete_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<u64, Error> {
+    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
+    let deadline = shared_deadline(&clients);
+    let flights = parts
+        .iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(c, keys)| c.send(true, redis::cmd("DEL").arg(keys).get_packed_command(), 1, deadline))
+        .collect();
+    let mut total = 0u64;
+    for mut reply in finish_all(flights)? {
+        if let Some(Value::Int(n)) = reply.pop() {
+            total += n.max(0) as u64;
+        }
+    }
+    Ok(total)
 }
 
 /// The value an increment came to: exact at any size.
@@ -114,11 +258,23 @@ impl Client {
         &self,
         route: Route<'_>,
         idempotent: bool,
-        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
+        f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, Error> {
         let pool = &self.pools[self.server_for(route.writes())];
         let deadline = pool.deadline();
-        let Loan { mut conn, mut pooled } = pool.take(deadline)?;
+        let loan = pool.take(deadline)?;
+        self.run_on(pool, loan, deadline, idempotent, f)
+    }
+
+    fn run_on<T>(
+        &self,
+        pool: &Pool,
+        loan: Loan,
+        deadline: Instant,
+        idempotent: bool,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let Loan { mut conn, mut pooled } = loan;
         loop {
             conn.begin(deadline);
             match f(&mut conn) {
@@ -127,35 +283,64 @@ impl Client {
                     return Ok(v);
                 }
                 Err(e) => {
-                    let Some(failure) = conn.take_failure() else {
-                        let err = classify(conn.label(), &e);
-                        if err.is_connection_failure() {
-                            // An unparsable reply: out of step.
-                            drop(conn);
-                            pool.forget();
-                            self.counters.failure();
-                            pool.record_failure(&err);
-                        } else {
-                            pool.put(conn);
-                        }
+                    if let Some(err) = self.failed(pool, conn, pooled, idempotent, &e) {
                         return Err(err);
-                    };
-                    drop(conn);
-                    if pooled && idempotent && failure.kind() == ErrorKind::Io {
-                        pool.drop_idle();
-                        conn = pool.replace(deadline)?;
-                        pooled = false;
-                        continue;
                     }
-                    pool.forget();
-                    if failure.is_connection_failure() {
-                        self.counters.failure();
-                        pool.record_failure(&failure);
-                    }
-                    return Err(failure);
+                    conn = pool.replace(deadline)?;
+                    pooled = false;
                 }
             }
         }
+    }
+
+    /// Settle a connection whose exchange ended in `e`: an error reply leaves it in step (it goes
+    /// back); a failure of its own drops it and counts against the server. `None`: it was a
+    /// pooled connection gone stale and the exchange may run again, on a new connection in the
+    /// same slot.
+    fn failed(
+        &self,
+        pool: &Pool,
+        mut conn: Conn,
+        pooled: bool,
+        idempotent: bool,
+        e: &redis::RedisError,
+    ) -> Option<Error> {
+        let Some(failure) = conn.take_failure() else {
+            let err = classify(conn.label(), e);
+            if err.is_connection_failure() {
+                // An unparsable reply: out of step.
+                drop(conn);
+                pool.forget();
+                self.counters.failure();
+                pool.record_failure(&err);
+            } else {
+                pool.put(conn);
+            }
+            return Some(err);
+        };
+        drop(conn);
+        if pooled && idempotent && failure.kind() == ErrorKind::Io {
+            pool.drop_idle();
+            return None;
+        }
+        pool.forget();
+        if failure.is_connection_failure() {
+            self.counters.failure();
+            pool.record_failure(&failure);
+        }
+        Some(failure)
+    }
+
+    /// Send an idempotent exchange (`replies` replies) to the server for a read or a write,
+    /// before `deadline`, without waiting for its replies: see [`InFlight::finish`].
+    pub fn send(&self, write: bool, packed: Vec<u8>, replies: usize, deadline: Instant) -> InFlight<'_> {
+        let pool = &self.pools[self.server_for(write)];
+        let sent = pool.take(deadline).map(|mut loan| {
+            loan.conn.begin(deadline);
+            let result = loan.conn.send(&packed);
+            (loan, result)
+        });
+        InFlight { client: self, pool, packed, replies, deadline, sent }
     }
 
     /// GET.

@@ -210,7 +210,33 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
+    /// Read the replies of `offset + count` commands sent, keeping the last `count`: every reply
+    /// is read, errors included, so the connection stays in step; the first error reply (or
+    /// one among the skipped) is the answer then.
+    pub fn read_replies(&mut self, offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        let mut out = Vec::with_capacity(count);
+        let mut first_error = None;
+        let mut index = 0;
+        while index < offset + count {
+            match self.read_one()? {
+                // RESP3 pushes are not replies (we speak RESP2, but a proxy might not).
+                Value::Push { .. } => continue,
+                Value::ServerError(e) if index < offset => {
+                    first_error.get_or_insert(e);
+                }
+                value if index >= offset => out.push(value),
+                _ => {}
+            }
+            index += 1;
+        }
+        match first_error {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+
+    /// Send packed commands (their replies are read later, with [`Conn::read_replies`]).
+    pub fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
         self.stream.write_all(&[cmd], self.deadline).map_err(|e| {
             self.failure = Some(e);
             RedisError::from(std::io::Error::other("connection failed"))
@@ -259,25 +285,7 @@ impl ConnectionLike for Conn {
 
     fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
         self.send(cmd)?;
-        let mut out = Vec::with_capacity(count);
-        let mut first_error = None;
-        let mut index = 0;
-        // Every reply is read, errors included, so the connection stays in step.
-        while index < offset + count {
-            match self.read_one()? {
-                Value::Push { .. } => continue,
-                Value::ServerError(e) if index < offset => {
-                    first_error.get_or_insert(e);
-                }
-                value if index >= offset => out.push(value),
-                _ => {}
-            }
-            index += 1;
-        }
-        match first_error {
-            Some(e) => Err(e.into()),
-            None => Ok(out),
-        }
+        self.read_replies(offset, count)
     }
 
     fn get_db(&self) -> i64 {
