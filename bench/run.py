@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import django
 from django.conf import settings
@@ -245,10 +246,12 @@ class RawRedisFloor:
     """The least a redis client called from Python can do: pre-encoded RESP on one socket per
     thread, the reply read until it is complete."""
 
-    def __init__(self, port: int, prefix: str) -> None:
+    def __init__(self, port: int, prefix: str, tls: Any = None) -> None:
         self.port = port
         self.prefix = prefix.encode()
         self.local = threading.local()
+        # An ssl.SSLContext: the socket is under TLS (Python's ssl module, OpenSSL).
+        self.tls = tls
 
     def _conn(self):
         conn = getattr(self.local, "sock", None)
@@ -257,6 +260,8 @@ class RawRedisFloor:
 
             conn = socket.create_connection(("127.0.0.1", self.port))
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_hostname="127.0.0.1")
             self.local.sock = conn
         return conn
 
@@ -483,12 +488,79 @@ def redis_sharded_suite() -> Suite:
     )
 
 
+def redis_tls_suite() -> Suite:
+    """TLS: ours over rustls against ours over plain TCP (the cost of TLS), and django-redis over
+    Python's ssl module (TLS in both), each on its own redis-server: one that speaks only TLS
+    (with a CA and certificates the fixture makes), one plain."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import Certificates, RedisServer, TlsRedisServer
+
+    certs = Certificates()
+    tls, plain = TlsRedisServer(certs), RedisServer()
+    verified = {"ssl_ca_certs": certs.ca}
+    backends = [
+        Backend(
+            "rust_tls",
+            "django_rustcache RedisCache, TLS",
+            {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": tls.location, "OPTIONS": verified},
+            True,
+        ),
+        Backend(
+            "rust_plain",
+            "django_rustcache RedisCache, plain TCP",
+            {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": plain.location},
+        ),
+    ]
+    try:
+        import django_redis  # noqa: F401
+
+        backends.append(
+            Backend(
+                "django_redis_tls",
+                "django-redis, TLS",
+                {
+                    "BACKEND": "django_redis.cache.RedisCache",
+                    "LOCATION": tls.location,
+                    "OPTIONS": {"CONNECTION_POOL_KWARGS": verified},
+                },
+            )
+        )
+    except ImportError:
+        print("django-redis is not installed: its column is left out", file=sys.stderr)
+    for b in backends:
+        b.params = {**b.params, "KEY_PREFIX": f"bench-{b.alias}"}
+    within = {"django_rustcache RedisCache, plain TCP": 1.3}
+    import ssl
+
+    # What TLS costs at the least: the raw-socket floor over TLS against the same floor plain.
+    context = ssl.create_default_context(cafile=certs.ca)
+    floors = {
+        "raw socket floor, plain": lambda: RawRedisFloor(plain.port, "bench-raw"),
+        "raw socket floor, TLS": lambda: RawRedisFloor(tls.port, "bench-raw", context),
+    }
+
+    def close() -> None:
+        tls.close()
+        plain.close()
+        certs.close()
+
+    return Suite(
+        "redis-tls",
+        backends,
+        targets={"get hit": within, "get miss": within, "set": within},
+        floors=floors,
+        cleanup=[close],
+        server_pids=[tls.proc.pid, plain.proc.pid],
+    )
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "lru": lru_suite,
     "memcached": memcached_suite,
     "redis": redis_suite,
     "redis-zlib": redis_zlib_suite,
     "redis-sharded": redis_sharded_suite,
+    "redis-tls": redis_tls_suite,
 }
 
 
