@@ -273,3 +273,17 @@ def test_the_backend_pickles_with_its_tls_settings(tls_server, certs):
     cache = make_redis(tls_server.location, OPTIONS=trusting(certs))
     cache.set("k", "v")
     assert pickle.loads(pickle.dumps(cache)).get("k") == "v"
+
+
+def test_a_restarted_tls_server_costs_no_error(certs):
+    """A pooled TLS connection gone stale (the server restarted) is retried on a new one, with
+    a new handshake, within the call."""
+    server = TlsRedisServer(certs)
+    try:
+        cache = make_redis(server.location, OPTIONS=trusting(certs))
+        round_trip(cache)
+        server.restart()
+        assert cache.get("k") is None  # a new server without persistence: empty, and no error
+        round_trip(cache, "again")
+    finally:
+        server.close()
