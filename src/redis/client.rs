@@ -90,10 +90,10 @@ fn error_reply(pool: &Pool, values: &[Value]) -> Result<(), Error> {
     }
 }
 
-/// The deadline of a call over `clients` that starts now: the first's (the clients of one
-/// cache share their settings).
-fn shared_deadline(clients: &[&Client]) -> Instant {
-    clients.first().map_or_else(Instant::now, |c| c.pools[0].deadline())
+/// The deadline of a call over `parts` that starts now: the first client's (the clients of
+/// one cache share their settings).
+fn shared_deadline<T>(parts: &[(&Client, T)]) -> Instant {
+    parts.first().map_or_else(Instant::now, |(c, _)| c.pools[0].deadline())
 }
 
 /// Finish every exchange (even after one failed, so each connection is settled), then the
@@ -117,8 +117,7 @@ fn finish_all(flights: Vec<InFlight<'_>>) -> Result<Vec<Vec<Value>>, Error> {
 /// MGET on several clients (shards) at once: `parts` pairs a client with its keys; the values
 /// come back per part, `None` for a key not found.
 pub fn get_many_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<Vec<Vec<Option<Vec<u8>>>>, Error> {
-    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
-    let deadline = shared_deadline(&clients);
+    let deadline = shared_deadline(parts);
     let flights = parts
         .iter()
         .filter(|(_, keys)| !keys.is_empty())
@@ -149,8 +148,7 @@ pub type Items<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 /// `SET k v [EX ttl]` for every item, on several clients (shards) at once, one pipeline each.
 pub fn set_many_across(parts: &[(&Client, Items<'_>)], ttl: Option<u64>) -> Result<(), Error> {
-    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
-    let deadline = shared_deadline(&clients);
+    let deadline = shared_deadline(parts);
     let flights = parts
         .iter()
         .filter(|(_, items)| !items.is_empty())
@@ -174,8 +172,7 @@ pub fn set_many_across(parts: &[(&Client, Items<'_>)], ttl: Option<u64>) -> Resu
 
 /// DEL on several clients (shards) at once; how many keys were there in all.
 pub fn delete_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<u64, Error> {
-    let clients: Vec<&Client> = parts.iter().map(|(c, _)| *c).collect();
-    let deadline = shared_deadline(&clients);
+    let deadline = shared_deadline(parts);
     let flights = parts
         .iter()
         .filter(|(_, keys)| !keys.is_empty())
