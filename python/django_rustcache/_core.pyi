@@ -11,6 +11,7 @@ together); while a call waits, Python's signal handlers run every 50 ms or so, a
 one raises (``KeyboardInterrupt`` for Ctrl-C) ends the call and is raised as it is.
 """
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, final
 
@@ -389,6 +390,44 @@ class RedisClient:
 
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""
+
+    # Async twins: each returns an asyncio future of the running loop (RuntimeError outside
+    # one); the call runs on the process's I/O runtime, over multiplexed connections, within
+    # the same deadline as its sync twin. The value is decoded on the loop's thread.
+    def aget(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> asyncio.Future[Any]: ...
+    def aget_many(
+        self,
+        prefix: str | None,
+        version: Any,
+        keys: Iterable[Any],
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> asyncio.Future[dict[Any, Any]]: ...
+    def aset(
+        self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None
+    ) -> asyncio.Future[None]: ...
+    def aadd(
+        self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None
+    ) -> asyncio.Future[bool]: ...
+    def atouch(self, prefix: str | None, version: Any, key: Any, timeout: int | None) -> asyncio.Future[bool]: ...
+    def adelete(self, prefix: str | None, version: Any, key: Any) -> asyncio.Future[bool]: ...
+    def ahas_key(self, prefix: str | None, version: Any, key: Any) -> asyncio.Future[bool]: ...
+    def aincr(self, prefix: str | None, version: Any, key: Any, delta: int) -> asyncio.Future[int]: ...
+    def aset_many(
+        self,
+        mapping: Mapping[Any, Any],
+        timeout: int | None,
+        prefix: Any = None,
+        version: Any = None,
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> asyncio.Future[list[Any]]: ...
+    def adelete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> asyncio.Future[int]: ...
+    def arename(self, source: str, target: str) -> asyncio.Future[None]: ...
+    def aclear(self) -> asyncio.Future[bool]: ...
+    def aexecute(
+        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False
+    ) -> asyncio.Future[Any]: ...
 
 def sharded_get_many(prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]]) -> dict[Any, Any]:
     """``get_many`` over shards at once: every ``(client, keys)`` part's MGET is sent before any

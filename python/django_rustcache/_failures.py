@@ -35,8 +35,8 @@ class FailurePolicy:
 def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a backend method so that, when failures are ignored, a server failure answers
     ``value`` (a fresh one each time when it is a type such as ``list``) instead of raising; a
-    generator method then simply ends. Django's own contract errors (``ValueError`` for a missing
-    key) are not failures and still raise."""
+    generator method then simply ends; a coroutine method answers it when awaited. Django's own
+    contract errors (``ValueError`` for a missing key) are not failures and still raise."""
 
     def fresh() -> Any:
         return value() if isinstance(value, type) else value
@@ -52,6 +52,17 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     self._failed(e, None)
 
             return generate
+
+        if inspect.iscoroutinefunction(method):
+
+            @functools.wraps(method)
+            async def await_call(self: FailurePolicy, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await method(self, *args, **kwargs)
+                except CacheError as e:
+                    return self._failed(e, fresh())
+
+            return await_call
 
         @functools.wraps(method)
         def call(self: FailurePolicy, *args: Any, **kwargs: Any) -> Any:

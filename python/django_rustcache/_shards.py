@@ -14,6 +14,7 @@ the key's server, multi-key calls are split by server and merged.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import re
@@ -204,9 +205,7 @@ class ShardedClient:
         server; EVAL on the server of its first key (a script's keys must share a server)."""
         name = str(args[0]).upper()
         if name in _MULTI_KEY or name == "MGET":
-            groups: dict[int, list[int]] = defaultdict(list)
-            for i, key in enumerate(args[1:]):
-                groups[self._place(_text(key))].append(i)
+            groups = self._arg_groups(args)
             if name == "DEL":
                 # Every server's DEL at once.
                 parts = [(self.clients[n], [args[1 + i] for i in where]) for n, where in groups.items()]
@@ -222,13 +221,110 @@ class ShardedClient:
                 self.clients[n].execute(name, *(args[1 + i] for i in where), write=write, idempotent=idempotent)
                 for n, where in groups.items()
             )
+        return self._keyed(name, args).execute(*args, write=write, idempotent=idempotent)
+
+    def _arg_groups(self, args: tuple[Any, ...]) -> dict[int, list[int]]:
+        """A multi-key command's keys (``args[1:]``) by server: their positions."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(args[1:]):
+            groups[self._place(_text(key))].append(i)
+        return groups
+
+    def _keyed(self, name: str, args: tuple[Any, ...]) -> Any:
+        """The client of a one-key command: EVAL on the server of its first key."""
         if name in ("EVAL", "EVALSHA"):
-            client = self.shard(args[3]) if int(args[2]) > 0 else self.clients[0]
-        elif len(args) > 1:
-            client = self.shard(args[1])
-        else:
-            raise ValueError(f"{name} has no key to place it by: send it to each of .clients")
-        return client.execute(*args, write=write, idempotent=idempotent)
+            return self.shard(args[3]) if int(args[2]) > 0 else self.clients[0]
+        if len(args) > 1:
+            return self.shard(args[1])
+        raise ValueError(f"{name} has no key to place it by: send it to each of .clients")
+
+    # --- async twins: one key on its server; many keys on every server at once ------------------
+
+    async def aget(self, prefix: Any, version: Any, key: Any, default: Any = None) -> Any:
+        return await self.shard(_made(prefix, version, key)).aget(prefix, version, key, default)
+
+    async def aset(self, prefix: Any, version: Any, key: Any, value: Any, timeout: Any) -> None:
+        return await self.shard(_made(prefix, version, key)).aset(prefix, version, key, value, timeout)
+
+    async def aadd(self, prefix: Any, version: Any, key: Any, value: Any, timeout: Any) -> bool:
+        return await self.shard(_made(prefix, version, key)).aadd(prefix, version, key, value, timeout)
+
+    async def atouch(self, prefix: Any, version: Any, key: Any, timeout: Any) -> bool:
+        return await self.shard(_made(prefix, version, key)).atouch(prefix, version, key, timeout)
+
+    async def adelete(self, prefix: Any, version: Any, key: Any) -> bool:
+        return await self.shard(_made(prefix, version, key)).adelete(prefix, version, key)
+
+    async def ahas_key(self, prefix: Any, version: Any, key: Any) -> bool:
+        return await self.shard(_made(prefix, version, key)).ahas_key(prefix, version, key)
+
+    async def aincr(self, prefix: Any, version: Any, key: Any, delta: int) -> int:
+        return await self.shard(_made(prefix, version, key)).aincr(prefix, version, key, delta)
+
+    async def arename(self, source: str, target: str) -> None:
+        old, new = self.shard(source), self.shard(target)
+        if old is new:
+            return await old.arename(source, target)
+        data = await old.aexecute("DUMP", source, idempotent=True)
+        if data is None:
+            raise ValueError(f"Key {source!r} not found")
+        ttl = await old.aexecute("PTTL", source, idempotent=True)
+        await new.aexecute("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
+        await old.aexecute("DEL", source)
+        return None
+
+    async def aget_many(
+        self, prefix: Any, version: Any, keys: Iterable[Any], partial: bool = False, on_failure: Any = None
+    ) -> dict[Any, Any]:
+        groups = self._split(prefix, version, keys).items()
+        found: dict[Any, Any] = {}
+        for part in await asyncio.gather(*(self.clients[n].aget_many(prefix, version, g) for n, g in groups)):
+            found.update(part)
+        return found
+
+    async def aset_many(
+        self,
+        mapping: Mapping[Any, Any],
+        timeout: Any,
+        prefix: Any = None,
+        version: Any = None,
+        partial: bool = False,
+        on_failure: Any = None,
+    ) -> list[Any]:
+        groups = self._split(prefix, version, mapping).items()
+        await asyncio.gather(
+            *(self.clients[n].aset_many({k: mapping[k] for k in g}, timeout, prefix, version) for n, g in groups)
+        )
+        return []
+
+    async def adelete_many(self, prefix: Any, version: Any, keys: Iterable[Any]) -> int:
+        groups = self._split(prefix, version, keys).items()
+        return sum(await asyncio.gather(*(self.clients[n].adelete_many(prefix, version, g) for n, g in groups)))
+
+    async def aexecute(self, *args: Any, write: bool = True, idempotent: bool = False) -> Any:
+        """``execute``'s async twin: multi-key commands go to every server at once."""
+        name = str(args[0]).upper()
+        if name in _MULTI_KEY or name == "MGET":
+            groups = self._arg_groups(args)
+            replies = await asyncio.gather(
+                *(
+                    self.clients[n].aexecute(
+                        name, *(args[1 + i] for i in where), write=write, idempotent=idempotent or name == "MGET"
+                    )
+                    for n, where in groups.items()
+                )
+            )
+            if name != "MGET":
+                return _MULTI_KEY[name](replies)
+            values: list[Any] = [None] * (len(args) - 1)
+            for where, got in zip(groups.values(), replies, strict=True):
+                for i, value in zip(where, got, strict=True):
+                    values[i] = value
+            return values
+        return await self._keyed(name, args).aexecute(*args, write=write, idempotent=idempotent)
+
+    async def aclear(self) -> bool:
+        return all(await asyncio.gather(*(c.aclear() for c in self.clients)))
 
     # --- every server ----------------------------------------------------------------------------
 

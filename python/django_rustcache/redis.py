@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -23,6 +23,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
+from django_rustcache._async import NativeAsync
 from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
 from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
@@ -172,7 +173,7 @@ SHARD_CLIENTS = frozenset({"django_redis.client.ShardClient", "django_redis.clie
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
 
 
-class RedisCache(NetworkCache, RedisCollections):
+class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
     collection API."""
 
@@ -360,8 +361,151 @@ class RedisCache(NetworkCache, RedisCollections):
             raise ValueError(f"Key '{key}' not found") from None
         return version + delta
 
+    # --- async twins of the above (the rest of Django's API: NativeAsync) -----------------------
+
+    async def aset(  # type: ignore[override]
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool | None:
+        try:
+            if nx:
+                return await self._cache.aadd(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+            if xx:
+                ttl = self.get_backend_timeout(timeout)
+                if ttl == 0:
+                    return bool(await self._cache.aexecute("DEL", self._made(key, version), idempotent=True))
+                args: list[Any] = ["SET", self._made(key, version), self._cache.dumps(value)]
+                if ttl is not None:
+                    args += ["EX", ttl]
+                return await self._cache.aexecute(*args, "XX") is not None
+            await self._cache.aset(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+        except CacheError as e:
+            return self._failed(e, False if (nx or xx) else None)
+        return None
+
+    @answers(None)
+    async def aincr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
+        parts = self._parts(key, version)
+        if ignore_key_check:
+            for _ in range(8):
+                try:
+                    return await self._cache.aincr(*parts, delta)
+                except ValueError:
+                    if await self._cache.aadd(*parts, int(delta), None):
+                        return int(delta)
+            raise CacheError(f"incr of {key!r} lost 8 races with deletes")
+        return await self._cache.aincr(*parts, delta)
+
+    @answers(None)
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await sync_to_async(self.incr_version, thread_sensitive=True)(key, delta, version)
+        if version is None:
+            version = self.version
+        try:
+            await self._cache.arename(self._made(key, version), self._made(key, version + delta))
+        except ValueError:
+            raise ValueError(f"Key '{key}' not found") from None
+        return version + delta
+
+    async def adecr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await self.aincr_version(key, -delta, version)
+
+    @answers(0)
+    async def adelete_many(self, keys: Any, version: Any = None) -> int | None:  # type: ignore[override]
+        made = [self._made(k, version) for k in keys]
+        if not made:
+            return None
+        return int(await self._cache.aexecute("DEL", *made, idempotent=True))
+
+    async def aclear(self, version: Any = None) -> bool:  # type: ignore[override]
+        if version is None:
+            try:
+                return await self._cache.aclear()
+            except CacheError as e:
+                return self._failed(e, False)
+        await self.adelete_pattern("*", version=version)
+        return True
+
+    @answers(None)
+    async def attl(self, key: Any, version: Any = None) -> int | None:
+        left = await self._cache.aexecute("TTL", self._made(key, version), write=False, idempotent=True)
+        return None if left == -1 else max(left, 0)
+
+    @answers(None)
+    async def apttl(self, key: Any, version: Any = None) -> int | None:
+        left = await self._cache.aexecute("PTTL", self._made(key, version), write=False, idempotent=True)
+        return None if left == -1 else max(left, 0)
+
+    @answers(None)
+    async def apersist(self, key: Any, version: Any = None) -> bool:
+        return bool(await self._cache.aexecute("PERSIST", self._made(key, version), idempotent=True))
+
+    @answers(None)
+    async def aexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        made = self._made(key, version)
+        if timeout is None:
+            await self._cache.aexecute("PERSIST", made, idempotent=True)
+            return bool(await self._cache.aexecute("EXISTS", made, idempotent=True))
+        return bool(await self._cache.aexecute("EXPIRE", made, int(timeout), idempotent=True))
+
+    @answers(None)
+    async def apexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = None if self.default_timeout is None else self.default_timeout * 1000
+        if timeout is None:
+            return await self.aexpire(key, None, version)
+        return bool(await self._cache.aexecute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
+
+    @answers(None)
+    async def aexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
+        stamp = int(when.timestamp()) if isinstance(when, datetime.datetime) else int(when)
+        return bool(await self._cache.aexecute("EXPIREAT", self._made(key, version), stamp, idempotent=True))
+
+    @answers(None)
+    async def apexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
+        stamp = int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else int(when)
+        return bool(await self._cache.aexecute("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
+
+    async def _ascan(self, match: str, itersize: int | None, write: bool = True) -> AsyncIterator[list[bytes]]:
+        for client in self._scan_clients():
+            cursor: Any = b"0"
+            while True:
+                count = itersize or self._scan_itersize
+                cursor, batch = await client.aexecute(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
+                )
+                if batch:
+                    yield batch
+                if cursor in (b"0", 0, "0"):
+                    break
+
+    async def aiter_keys(self, search: str, itersize: int | None = None, version: Any = None) -> AsyncIterator[str]:
+        """``iter_keys`` as an async iterator (``async for key in cache.aiter_keys("a*")``)."""
+        pattern = self._pattern(search, version)
+        try:
+            async for batch in self._ascan(pattern, itersize, write=False):
+                for made in batch:
+                    yield self._user_key(made, version)
+        except CacheError as e:
+            self._failed(e, None)
+
+    @answers(list)
+    async def akeys(self, search: str, version: Any = None) -> list[str]:
+        return [key async for key in self.aiter_keys(search, version=version)]
+
+    @answers(0)
+    async def adelete_pattern(self, pattern: str, version: Any = None, itersize: int | None = None) -> int:
+        match = self._pattern(pattern, version)
+        deleted = 0
+        async for batch in self._ascan(match, itersize):
+            deleted += await self._cache.aexecute("UNLINK", *batch, idempotent=True)
+        return deleted
 
     # --- django-redis / django-redis-cache extension API ------------------------------------
 
@@ -569,7 +713,10 @@ class RedisCache(NetworkCache, RedisCollections):
         lock_timeout: float | None = None,
         stale_cache_timeout: float | None = None,
     ) -> Any:
-        """The async twin of our get_or_set (with its thundering-herd options), in a thread."""
+        """The async twin of our get_or_set: native; with its thundering-herd options, in a
+        thread (the lock is the sync one)."""
+        if lock_timeout is None and stale_cache_timeout is None:
+            return await super().aget_or_set(key, default, timeout, version)
         return await sync_to_async(self.get_or_set, thread_sensitive=True)(
             key,
             default,

@@ -70,6 +70,31 @@ class RedisCache(_RedisCache):
             return self._failed(e, False)
         return True
 
+    async def aset(  # type: ignore[override]
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: Any = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        seconds = self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
+        if seconds is not None and int(seconds) < 0:
+            return False
+        if seconds is not None and int(seconds) == 0:
+            return await self.adelete(key, version)
+        if nx or xx:
+            return bool(await super().aset(key, value, timeout, version, nx=nx, xx=xx))
+        try:
+            await self._cache.aset(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+        except CacheError as e:
+            return self._failed(e, False)
+        return True
+
+    async def adelete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
+        await super().adelete_many(keys, version)
+
     def _client_for(self, made_key: str) -> Any:
         """The client that holds ``made_key`` (the only one, unsharded)."""
         return self._cache
@@ -131,6 +156,8 @@ class RedisCache(_RedisCache):
         stale_cache_timeout: float | None = None,
         version: Any = None,
     ) -> Any:
+        if lock_timeout is None and stale_cache_timeout is None:
+            return await super().aget_or_set(key, default, timeout, version=version)
         return await sync_to_async(self.get_or_set, thread_sensitive=True)(
             key, default, timeout, lock_timeout, stale_cache_timeout, version=version
         )

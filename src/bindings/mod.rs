@@ -1,6 +1,7 @@
 //! Everything Python sees. The only module that uses pyo3, and the one place core errors
 //! become Python exceptions.
 
+pub mod aio;
 pub mod errors;
 pub mod keys;
 pub mod lru;

@@ -4,14 +4,17 @@
 //! Values are stored as Django's RedisCache (and django-redis) store them: an exact `int` as its
 //! decimal digits (so INCR works on it and other clients read it), anything else pickled.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use redis::Value;
 
+use super::aio::{self, Make, spawn};
 use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
@@ -138,8 +141,8 @@ impl Codec {
 /// A redis client shared by every backend instance of one configuration.
 #[pyclass(frozen, subclass, name = "RedisClient", module = "django_rustcache._core")]
 pub struct PyRedisClient {
-    client: Client,
-    codec: Codec,
+    client: Arc<Client>,
+    codec: Arc<Codec>,
 }
 
 /// A command argument as bytes: bytes as they are, str as UTF-8, numbers as their digits.
@@ -306,7 +309,7 @@ impl PyRedisClient {
             };
             pools.push(Pool::new(url, db, username.as_deref(), password.as_deref(), server_tls, config.clone())?);
         }
-        Ok(Self { client: Client::new(pools)?, codec })
+        Ok(Self { client: Arc::new(Client::new(pools)?), codec: Arc::new(codec) })
     }
 
     #[pyo3(signature = (prefix, version, key, default=None))]
@@ -487,17 +490,7 @@ impl PyRedisClient {
         on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let _ = (partial, on_failure);
-        let mapping = match mapping.cast::<PyDict>() {
-            Ok(d) => d.clone(),
-            Err(_) => PyDict::from_sequence(&mapping.call_method0("items")?)?,
-        };
-        let none = py.None().into_bound(py);
-        let prefix = prefix.unwrap_or_else(|| none.clone());
-        let version = version.unwrap_or_else(|| none.clone());
-        let mut items = Vec::with_capacity(mapping.len());
-        for (k, v) in mapping.iter() {
-            items.push((make_key(py, &prefix, &version, &k)?, self.codec.encode(py, &v)?));
-        }
+        let items = self.encode_items(py, mapping, prefix, version)?;
         let (client, codec) = (&self.client, &self.codec);
         py.detach(|| {
             if timeout == Some(0) {
@@ -549,6 +542,263 @@ impl PyRedisClient {
         Ok(true)
     }
 
+    // --- async: each returns an asyncio future of the running loop (see `bindings::aio`) ----
+
+    /// ``execute``'s async twin.
+    #[pyo3(signature = (*args, write=true, idempotent=false))]
+    fn aexecute<'py>(
+        &self,
+        py: Python<'py>,
+        args: Vec<Bound<'py, PyAny>>,
+        write: bool,
+        idempotent: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = args.iter().map(arg_bytes).collect::<PyResult<Vec<_>>>()?;
+        let client = self.client.clone();
+        spawn(py, async move {
+            let found = client.execute_async(&args, write, idempotent).await?;
+            Ok(Box::new(move |py: Python<'_>| reply(py, found).map(Bound::unbind)) as Make)
+        })
+    }
+
+    #[pyo3(signature = (prefix, version, key, default=None))]
+    fn aget<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let default = default.map(Bound::unbind);
+        spawn(py, async move {
+            let data = match client.get_async(key.as_bytes()).await? {
+                Some(data) => Some(unpack_async(&codec, data).await?),
+                None => None,
+            };
+            Ok(Box::new(move |py: Python<'_>| match data {
+                Some(data) => codec.decode(py, &data).map(Bound::unbind),
+                None => Ok(default.unwrap_or_else(|| py.None())),
+            }) as Make)
+        })
+    }
+
+    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
+    fn aget_many<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+        partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (partial, on_failure);
+        let mut originals = Vec::new();
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            made.push(make_key(py, prefix, version, &key)?);
+            originals.push(key.unbind());
+        }
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        spawn(py, async move {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            let found = client.get_many_async(&refs).await?;
+            let mut values = Vec::with_capacity(found.len());
+            for v in found {
+                values.push(match v {
+                    Some(data) => Some(unpack_async(&codec, data).await?),
+                    None => None,
+                });
+            }
+            Ok(Box::new(move |py: Python<'_>| {
+                let out = PyDict::new(py);
+                for (original, value) in originals.iter().zip(values) {
+                    if let Some(data) = value {
+                        out.set_item(original, codec.decode(py, &data)?)?;
+                    }
+                }
+                Ok(out.into_any().unbind())
+            }) as Make)
+        })
+    }
+
+    fn aset<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let encoded = self.codec.encode(py, value)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        spawn(py, async move {
+            if timeout == Some(0) {
+                client.delete_async(&[key.as_bytes()]).await?;
+            } else {
+                let data = finish_async(&codec, encoded).await?;
+                client.set_async(key.as_bytes(), &data, timeout, false, false).await?;
+            }
+            Ok(none())
+        })
+    }
+
+    fn aadd<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let encoded = self.codec.encode(py, value)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        spawn(py, async move {
+            let data = finish_async(&codec, encoded).await?;
+            let stored = if timeout == Some(0) {
+                let stored = client.set_async(key.as_bytes(), &data, None, true, false).await?;
+                if stored {
+                    client.delete_async(&[key.as_bytes()]).await?;
+                }
+                stored
+            } else {
+                client.set_async(key.as_bytes(), &data, timeout, true, false).await?
+            };
+            Ok(aio::value(stored))
+        })
+    }
+
+    fn atouch<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        timeout: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = self.client.clone();
+        spawn(py, async move { Ok(aio::value(client.touch_async(key.as_bytes(), timeout).await?)) })
+    }
+
+    fn adelete<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = self.client.clone();
+        spawn(py, async move { Ok(aio::value(client.delete_async(&[key.as_bytes()]).await? > 0)) })
+    }
+
+    fn ahas_key<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = self.client.clone();
+        spawn(py, async move { Ok(aio::value(client.exists_async(key.as_bytes()).await?)) })
+    }
+
+    fn aincr<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        delta: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = make_key(py, prefix, version, key)?;
+        let client = self.client.clone();
+        spawn(py, async move {
+            let counter = client.incr_async(key.into_bytes(), delta).await?;
+            Ok(Box::new(move |py: Python<'_>| match counter {
+                Counter::Small(n) => n.into_py_any(py),
+                Counter::Big(digits) => Ok(py.get_type::<PyInt>().call1((digits,))?.unbind()),
+            }) as Make)
+        })
+    }
+
+    #[pyo3(signature = (mapping, timeout, prefix=None, version=None, partial=false, on_failure=None))]
+    #[allow(clippy::too_many_arguments)] // Django's set_many arguments plus the shared failure-policy pair
+    fn aset_many<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        timeout: Option<u64>,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+        partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (partial, on_failure);
+        let items = self.encode_items(py, mapping, prefix, version)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        spawn(py, async move {
+            if timeout == Some(0) {
+                let keys: Vec<&[u8]> = items.iter().map(|(k, _)| k.as_bytes()).collect();
+                client.delete_async(&keys).await?;
+            } else {
+                let mut packed = Vec::with_capacity(items.len());
+                for (k, v) in items {
+                    packed.push((k, finish_async(&codec, v).await?));
+                }
+                let refs: Vec<(&[u8], &[u8])> = packed.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+                client.set_many_async(&refs, timeout).await?;
+            }
+            Ok(Box::new(|py: Python<'_>| Ok(PyList::empty(py).into_any().unbind())) as Make)
+        })
+    }
+
+    /// One DEL for every key; how many were there.
+    fn adelete_many<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            made.push(make_key(py, prefix, version, &key?)?);
+        }
+        let client = self.client.clone();
+        spawn(py, async move {
+            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+            Ok(aio::value(client.delete_async(&refs).await?))
+        })
+    }
+
+    fn arename<'py>(&self, py: Python<'py>, source: &str, target: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (source, target) = (source.to_owned(), target.to_owned());
+        let client = self.client.clone();
+        spawn(py, async move {
+            client.rename_async(source.as_bytes(), target.as_bytes()).await?;
+            Ok(none())
+        })
+    }
+
+    fn aclear<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        spawn(py, async move {
+            client.clear_async().await?;
+            Ok(aio::value(true))
+        })
+    }
+
     /// Each server's pool: address, health (up, errors, last_error), idle and open connections.
     fn servers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
@@ -578,6 +828,61 @@ impl PyRedisClient {
     }
 }
 
+impl PyRedisClient {
+    /// `mapping`'s items as made keys and encoded values.
+    fn encode_items<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<(String, Encoded)>> {
+        let mapping = match mapping.cast::<PyDict>() {
+            Ok(d) => d.clone(),
+            Err(_) => PyDict::from_sequence(&mapping.call_method0("items")?)?,
+        };
+        let none = py.None().into_bound(py);
+        let prefix = prefix.unwrap_or_else(|| none.clone());
+        let version = version.unwrap_or_else(|| none.clone());
+        let mut items = Vec::with_capacity(mapping.len());
+        for (k, v) in mapping.iter() {
+            items.push((make_key(py, &prefix, &version, &k)?, self.codec.encode(py, &v)?));
+        }
+        Ok(items)
+    }
+}
+
+/// Values past this are compressed or inflated on a blocking thread, not on an I/O thread
+/// (which would hold up every other call meanwhile).
+const OFF_IO_FROM: usize = 256 * 1024;
+
+/// Stored bytes inflated if compressed, off the I/O threads when large.
+async fn unpack_async(codec: &Arc<Codec>, data: Vec<u8>) -> Result<Vec<u8>, crate::error::Error> {
+    if !codec.inflate || data.len() < OFF_IO_FROM {
+        return Ok(codec.unpack(data));
+    }
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || codec.unpack(data))
+        .await
+        .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Io, format!("inflating a value: {e}")))
+}
+
+/// The bytes to store, compressed off the I/O threads when large.
+async fn finish_async(codec: &Arc<Codec>, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
+    if codec.compressor.is_none() || !value.compressible || value.data.len() < OFF_IO_FROM {
+        return codec.finish(value);
+    }
+    let codec = codec.clone();
+    tokio::task::spawn_blocking(move || codec.finish(value))
+        .await
+        .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Io, format!("compressing a value: {e}")))?
+}
+
+/// None, as a call's result.
+fn none() -> Make {
+    Box::new(|py: Python<'_>| Ok(py.None()))
+}
+
 /// One shard's part of a call: its client and the keys (as given) that live on it.
 type KeysPart<'py> = (PyRef<'py, PyRedisClient>, Vec<Bound<'py, PyAny>>);
 
@@ -604,8 +909,11 @@ pub fn sharded_get_many<'py>(
     let made = made_parts(py, prefix, version, &parts)?;
     let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
     let values = py.detach(|| {
-        let refs: Vec<(&Client, Vec<&[u8]>)> =
-            cores.iter().zip(&made).map(|(c, keys)| (&c.client, keys.iter().map(String::as_bytes).collect())).collect();
+        let refs: Vec<(&Client, Vec<&[u8]>)> = cores
+            .iter()
+            .zip(&made)
+            .map(|(c, keys)| (&*c.client, keys.iter().map(String::as_bytes).collect()))
+            .collect();
         let found = get_many_across(&refs)?;
         Ok::<_, crate::error::Error>(
             found
@@ -652,7 +960,7 @@ pub fn sharded_set_many<'py>(
             let refs: Vec<(&Client, Vec<&[u8]>)> = cores
                 .iter()
                 .zip(&made)
-                .map(|(c, items)| (&c.client, items.iter().map(|(k, _)| k.as_bytes()).collect()))
+                .map(|(c, items)| (&*c.client, items.iter().map(|(k, _)| k.as_bytes()).collect()))
                 .collect();
             return delete_across(&refs).map(|_| ());
         }
@@ -667,7 +975,7 @@ pub fn sharded_set_many<'py>(
         let refs: Vec<(&Client, Items<'_>)> = cores
             .iter()
             .zip(&packed)
-            .map(|(c, items)| (&c.client, items.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect()))
+            .map(|(c, items)| (&*c.client, items.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect()))
             .collect();
         set_many_across(&refs, timeout)
     })?;
@@ -685,8 +993,11 @@ pub fn sharded_delete_many<'py>(
     let made = made_parts(py, prefix, version, &parts)?;
     let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
     Ok(py.detach(|| {
-        let refs: Vec<(&Client, Vec<&[u8]>)> =
-            cores.iter().zip(&made).map(|(c, keys)| (&c.client, keys.iter().map(String::as_bytes).collect())).collect();
+        let refs: Vec<(&Client, Vec<&[u8]>)> = cores
+            .iter()
+            .zip(&made)
+            .map(|(c, keys)| (&*c.client, keys.iter().map(String::as_bytes).collect()))
+            .collect();
         delete_across(&refs)
     })?)
 }

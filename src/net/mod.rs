@@ -6,6 +6,7 @@
 //! (EINTR), the interrupt hook runs: the bindings install one that runs Python's pending signal
 //! handlers, so a handler that raises ends the call within about one slice.
 
+pub mod aio;
 pub mod counters;
 pub mod stream;
 pub mod tls;

@@ -260,10 +260,19 @@ impl Tls {
     /// A client session for `host`, the name the certificate must carry (a DNS name or an IP
     /// address).
     pub fn session(&self, host: &str, label: &str) -> Result<rustls::ClientConnection, Error> {
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
-            .map_err(|e| Error::new(ErrorKind::Config, format!("{label}: TLS server name {host:?}: {e}")))?;
-        rustls::ClientConnection::new(self.config.clone(), name)
+        rustls::ClientConnection::new(self.config.clone(), self.server_name(host, label)?)
             .map_err(|e| Error::new(ErrorKind::Tls, format!("{label}: TLS: {e}")))
+    }
+
+    /// The name the server's certificate must carry for `host` (a DNS name or an IP address).
+    pub fn server_name(&self, host: &str, label: &str) -> Result<ServerName<'static>, Error> {
+        ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .map_err(|e| Error::new(ErrorKind::Config, format!("{label}: TLS server name {host:?}: {e}")))
+    }
+
+    /// The client configuration (for the async streams).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
     }
 }
 

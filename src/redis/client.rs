@@ -17,12 +17,12 @@ use crate::net::{ClientStats, Counters};
 /// server, and a missing key is reported instead of created. The result is read back with GET:
 /// returning INCRBY's integer would pass it through a Lua number (a double), which is inexact
 /// past 2**53.
-const INCR_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
+pub(crate) const INCR_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
                               redis.call('INCRBY', KEYS[1], ARGV[1]) \
                               return redis.call('GET', KEYS[1])";
 
 /// RENAME that reports a missing source key instead of failing with an error reply.
-const RENAME_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
+pub(crate) const RENAME_IF_EXISTS: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
                                 redis.call('RENAME', KEYS[1], KEYS[2]) return 1";
 
 /// Where a command goes. One interface for every topology: today a leader and its read
@@ -38,7 +38,7 @@ pub enum Route<'a> {
 }
 
 impl Route<'_> {
-    fn writes(&self) -> bool {
+    pub(crate) fn writes(&self) -> bool {
         match self {
             Route::Key { write, .. } => *write,
             Route::Primary => true,
@@ -340,6 +340,48 @@ impl Client {
         InFlight { client: self, pool, packed, replies, deadline, sent }
     }
 
+    /// The counters (for the async calls).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The script behind [`Client::incr`].
+    pub(crate) fn incr_script(&self) -> &Script {
+        &self.incr
+    }
+
+    /// The script behind [`Client::rename`].
+    pub(crate) fn rename_script(&self) -> &Script {
+        &self.rename
+    }
+
+    /// `SET key value [EX ttl] [NX|XX]`.
+    pub(crate) fn set_cmd(key: &[u8], value: &[u8], ttl: Option<u64>, nx: bool, xx: bool) -> redis::Cmd {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("EX").arg(ttl);
+        }
+        if nx {
+            cmd.arg("NX");
+        } else if xx {
+            cmd.arg("XX");
+        }
+        cmd
+    }
+
+    /// A command as given: its name, then its arguments.
+    pub(crate) fn command(args: &[Vec<u8>]) -> Result<redis::Cmd, Error> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(Error::new(ErrorKind::Config, "execute() needs a command"));
+        };
+        let mut cmd = redis::cmd(&String::from_utf8_lossy(name));
+        for a in rest {
+            cmd.arg(a.as_slice());
+        }
+        Ok(cmd)
+    }
+
     /// GET.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let found: Option<Vec<u8>> =
@@ -362,16 +404,7 @@ impl Client {
 
     /// SET with an optional expiry in seconds and NX/XX; whether it was stored.
     pub fn set(&self, key: &[u8], value: &[u8], ttl: Option<u64>, nx: bool, xx: bool) -> Result<bool, Error> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            cmd.arg("EX").arg(ttl);
-        }
-        if nx {
-            cmd.arg("NX");
-        } else if xx {
-            cmd.arg("XX");
-        }
+        let cmd = Self::set_cmd(key, value, ttl, nx, xx);
         // A plain SET may be repeated; SET NX/XX may not (the first may have applied).
         let stored =
             self.run(Route::Key { key, write: true }, !nx && !xx, |c| cmd.query::<Option<String>>(c))?.is_some();
@@ -441,7 +474,7 @@ impl Client {
 
     /// Add `delta` to an integer of any size: WATCH, GET, then `SET ... KEEPTTL` in MULTI/EXEC,
     /// again until no other client changed the key in between.
-    fn incr_big(&self, key: &[u8], delta: i64) -> Result<Counter, Error> {
+    pub(crate) fn incr_big(&self, key: &[u8], delta: i64) -> Result<Counter, Error> {
         let outcome = self.run(Route::Key { key, write: true }, false, |c| {
             loop {
                 redis::cmd("WATCH").arg(key).query::<()>(c)?;
@@ -491,13 +524,7 @@ impl Client {
     /// Any command, as given: for the extension API (TTL, SCAN, EVAL, ...). Not retried on a
     /// stale connection unless `idempotent`.
     pub fn execute(&self, args: &[Vec<u8>], write: bool, idempotent: bool) -> Result<Value, Error> {
-        let Some((name, rest)) = args.split_first() else {
-            return Err(Error::new(ErrorKind::Config, "execute() needs a command"));
-        };
-        let mut cmd = redis::cmd(&String::from_utf8_lossy(name));
-        for a in rest {
-            cmd.arg(a.as_slice());
-        }
+        let cmd = Self::command(args)?;
         let route = if write { Route::Primary } else { Route::AnyReplica };
         self.run(route, idempotent, |c| cmd.query::<Value>(c))
     }
@@ -508,12 +535,12 @@ impl Client {
     }
 }
 
-fn missing(key: &[u8]) -> Error {
+pub(crate) fn missing(key: &[u8]) -> Error {
     Error::new(ErrorKind::NotFound, format!("Key '{}' not found.", String::from_utf8_lossy(key)))
 }
 
 /// The digits a counter came to, as a number.
-fn counter(digits: &[u8]) -> Counter {
+pub(crate) fn counter(digits: &[u8]) -> Counter {
     let text = String::from_utf8_lossy(digits);
     match text.trim().parse::<i64>() {
         Ok(n) => Counter::Small(n),

@@ -25,10 +25,15 @@ pub const MAX_ELEMENTS: i64 = 1 << 24;
 /// (small) one, so a few large values do not keep their buffers for good.
 const TRIM_ABOVE: usize = 1024 * 1024;
 
+/// Aggregates may nest this deep at most (a deeper reply is hostile).
+const MAX_DEPTH: usize = 128;
+
 /// Follows the RESP framing of every byte read, so a length a server announces is checked the
-/// moment its header line is complete, before the parser waits for (or reserves) that much.
+/// moment its header line is complete, before the parser waits for (or reserves) that much; and
+/// tells where each whole reply ends (for the multiplexed connections, which cut replies from
+/// what they read).
 #[derive(Debug, Default)]
-struct Framing {
+pub struct Framing {
     /// Raw bytes (a bulk string and its CRLF) still to pass before the next header.
     skip: usize,
     /// Within a header line: its type byte.
@@ -36,20 +41,36 @@ struct Framing {
     /// The line's number so far, and its sign.
     number: i64,
     negative: bool,
+    /// The open aggregates: elements each still waits for, and whether it is an attribute
+    /// (which precedes the element it annotates instead of being one).
+    open: Vec<(i64, bool)>,
 }
 
 impl Framing {
     /// Follow `bytes`; an error names the first length past the bounds.
     fn follow(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
-        while !bytes.is_empty() {
+        while let Some(end) = self.advance(bytes)? {
+            bytes = &bytes[end..];
+        }
+        Ok(())
+    }
+
+    /// Follow `bytes` up to the end of a whole reply: how many bytes that took, or `None` when
+    /// they all went without one ending.
+    pub fn advance(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
+        let mut at = 0;
+        while at < bytes.len() {
             if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
+                let n = self.skip.min(bytes.len() - at);
                 self.skip -= n;
-                bytes = &bytes[n..];
+                at += n;
+                if self.skip == 0 && self.element_done() {
+                    return Ok(Some(at));
+                }
                 continue;
             }
-            let b = bytes[0];
-            bytes = &bytes[1..];
+            let b = bytes[at];
+            at += 1;
             let Some(kind) = self.kind else {
                 self.kind = Some(b);
                 self.number = 0;
@@ -60,13 +81,27 @@ impl Framing {
                 b'\n' => {
                     self.kind = None;
                     let n = if self.negative { -self.number } else { self.number };
-                    match kind {
+                    let done = match kind {
                         b'$' | b'=' | b'!' if n > MAX_BULK_LEN => return Err("a bulk string past 512 MiB"),
-                        b'$' | b'=' | b'!' if n >= 0 => self.skip = n as usize + 2,
+                        b'$' | b'=' | b'!' if n >= 0 => {
+                            self.skip = n as usize + 2;
+                            false
+                        }
                         b'*' | b'%' | b'~' | b'>' | b'|' if n > MAX_ELEMENTS => {
                             return Err("an array past 2**24 elements");
                         }
-                        _ => {}
+                        b'*' | b'%' | b'~' | b'>' | b'|' if n > 0 => {
+                            if self.open.len() >= MAX_DEPTH {
+                                return Err("aggregates nested past 128 levels");
+                            }
+                            let pairs = matches!(kind, b'%' | b'|');
+                            self.open.push((if pairs { 2 * n } else { n }, kind == b'|'));
+                            false
+                        }
+                        _ => self.element_done(),
+                    };
+                    if done {
+                        return Ok(Some(at));
                     }
                 }
                 b'-' if self.number == 0 => self.negative = true,
@@ -76,7 +111,24 @@ impl Framing {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// One element ended: whether that ended a whole reply.
+    fn element_done(&mut self) -> bool {
+        loop {
+            let Some((left, attribute)) = self.open.last_mut() else { return true };
+            *left -= 1;
+            if *left > 0 {
+                return false;
+            }
+            let attribute = *attribute;
+            self.open.pop();
+            if attribute {
+                // An attribute's pairs are in; the element it annotates comes next.
+                return false;
+            }
+        }
     }
 }
 
@@ -163,21 +215,7 @@ impl Conn {
             framing: Framing::default(),
             db,
         };
-        let mut handshake = redis::pipe();
-        if let Some(password) = login.password {
-            let auth = handshake.cmd("AUTH");
-            if let Some(username) = login.username {
-                auth.arg(username);
-            }
-            auth.arg(password);
-        }
-        if db != 0 {
-            handshake.cmd("SELECT").arg(db);
-        }
-        if let Some(name) = login.client_name {
-            handshake.cmd("CLIENT").arg("SETNAME").arg(name);
-        }
-        if login.password.is_some() || db != 0 || login.client_name.is_some() {
+        if let Some(handshake) = handshake(login) {
             conn.begin(deadline);
             if let Err(e) = handshake.query::<()>(&mut conn) {
                 return Err(conn.take_failure().unwrap_or_else(|| classify(&label, &e)));
@@ -257,6 +295,25 @@ impl Conn {
     }
 }
 
+/// The commands a new connection sends first (AUTH, SELECT, CLIENT SETNAME), if any.
+pub fn handshake(login: &Login<'_>) -> Option<redis::Pipeline> {
+    let mut pipe = redis::pipe();
+    if let Some(password) = login.password {
+        let auth = pipe.cmd("AUTH");
+        if let Some(username) = login.username {
+            auth.arg(username);
+        }
+        auth.arg(password);
+    }
+    if login.db != 0 {
+        pipe.cmd("SELECT").arg(login.db);
+    }
+    if let Some(name) = login.client_name {
+        pipe.cmd("CLIENT").arg("SETNAME").arg(name);
+    }
+    (login.password.is_some() || login.db != 0 || login.client_name.is_some()).then_some(pipe)
+}
+
 /// A `redis` crate error as ours: the server's error replies, conversions of a reply to the
 /// wanted type (the connection is still in step after both), and unparsable replies (it is not).
 pub fn classify(label: &str, e: &RedisError) -> Error {
@@ -314,6 +371,48 @@ mod tests {
             f.follow(&stream[cut..]).unwrap();
             assert_eq!((f.skip, f.kind), (0, None), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn framing_finds_where_each_reply_ends() {
+        let replies: [&[u8]; 8] = [
+            b"+OK\r\n",
+            b"$5\r\nhe\r\nl\r\n",
+            b"*2\r\n:1\r\n$-1\r\n",
+            b"*-1\r\n",
+            b"*0\r\n",
+            b"*2\r\n*1\r\n$4\r\n*1\r\n\r\n%1\r\n+a\r\n*0\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$1\r\nx\r\n",
+            b"-ERR x\r\n",
+        ];
+        let stream: Vec<u8> = replies.concat();
+        for cut in 0..stream.len() {
+            let mut f = Framing::default();
+            let mut ends = Vec::new();
+            let mut base = 0;
+            for part in [&stream[..cut], &stream[cut..]] {
+                let mut at = 0;
+                while let Some(n) = f.advance(&part[at..]).unwrap() {
+                    at += n;
+                    ends.push(base + at);
+                }
+                base += part.len();
+            }
+            let expected: Vec<usize> = replies
+                .iter()
+                .scan(0, |sum, r| {
+                    *sum += r.len();
+                    Some(*sum)
+                })
+                .collect();
+            assert_eq!(ends, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn framing_refuses_deep_nesting() {
+        let mut f = Framing::default();
+        assert!(f.follow(&b"*1\r\n".repeat(200)).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! read-replica topology Django gives a LOCATION list, and the commands the backend needs. No
 //! Python types here.
 
+pub mod aio;
 pub mod client;
 pub mod conn;
 pub mod pool;

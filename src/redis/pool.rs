@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
+use super::aio::RedisWire;
 use super::conn::{Conn, Login};
 use crate::error::{Error, ErrorKind};
+use crate::net::aio::Slots;
 use crate::net::{Address, SLICE, Tls, check_interrupt};
+
+/// Multiplexed connections per server at most (and never more than `max_connections`): one
+/// carries hundreds of calls at once; a second opens only while the first is busy.
+pub const ASYNC_CONNECTIONS: usize = 2;
 
 /// Deadlines and bounds of one pool.
 #[derive(Debug, Clone)]
@@ -64,6 +70,8 @@ pub struct Pool {
     state: Mutex<State>,
     returned: Condvar,
     health: Mutex<Health>,
+    /// The multiplexed connections of the async calls.
+    slots: Slots<RedisWire>,
 }
 
 /// A connection on loan; give it back with [`Pool::put`] only when its last exchange completed.
@@ -124,16 +132,60 @@ impl Pool {
             username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
             password: settings.password().map(str::to_owned).or_else(|| password.map(str::to_owned)),
             db: db.unwrap_or_else(|| settings.db()),
-            config,
             state: Mutex::new(State { idle: Vec::new(), open: 0 }),
             returned: Condvar::new(),
             health: Mutex::new(Health::default()),
+            slots: Slots::new(config.max_connections.min(ASYNC_CONNECTIONS)),
+            config,
         })
     }
 
     /// The server's address, for messages.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// "redis host:port", with "(TLS)" under TLS: how messages name the server.
+    pub fn label(&self) -> String {
+        if self.tls.is_some() { format!("redis {} (TLS)", self.name) } else { format!("redis {}", self.name) }
+    }
+
+    /// The pool's deadlines and bounds.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> &Address {
+        &self.addr
+    }
+
+    /// The TLS configuration, if connections are under TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// The user name and password to log in with.
+    pub fn credentials(&self) -> (Option<&str>, Option<&str>) {
+        (self.username.as_deref(), self.password.as_deref())
+    }
+
+    /// The db selected on every connection.
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    /// The multiplexed connections of the async calls.
+    pub(crate) fn slots(&self) -> &Slots<RedisWire> {
+        &self.slots
+    }
+
+    /// An async exchange completed: the server is fine.
+    pub(crate) fn mark_up(&self) {
+        let mut h = self.health.lock();
+        if h.down_until.is_some() {
+            h.down_until = None;
+        }
     }
 
     /// The deadline of a call that starts now.
@@ -146,7 +198,7 @@ impl Pool {
         self.health.lock().down_until.is_none_or(|until| until <= Instant::now())
     }
 
-    fn check_up(&self) -> Result<(), Error> {
+    pub(crate) fn check_up(&self) -> Result<(), Error> {
         let h = self.health.lock();
         match h.down_until {
             Some(until) if until > Instant::now() => Err(Error::new(
