@@ -32,7 +32,7 @@ from django.conf import settings
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import SMALL, Placement, RawRedisFloor, RawSocketFloor  # noqa: E402
+from run import SMALL, Placement, RawRedisFloor, RawSocketFloor
 
 CONCURRENCY = (1, 16, 256)
 
@@ -59,7 +59,11 @@ def backends(redis_loc: str, memcached_loc: str) -> list[Backend]:
         print("django-redis is not installed: its column is left out", file=sys.stderr)
     out.append(
         Backend(
-            "rust_mc", "ours MemcachedCache", {"BACKEND": "django_rustcache.memcached.MemcachedCache"}, "memcached", True
+            "rust_mc",
+            "ours MemcachedCache",
+            {"BACKEND": "django_rustcache.memcached.MemcachedCache"},
+            "memcached",
+            True,
         )
     )
     try:
@@ -196,7 +200,9 @@ def main() -> int:
         peers = [b for b in fam if not b.ours]
         print(f"### {family}: ops/s, N tasks, 80 % aget / 20 % aset")
         print()
-        print("| N | " + " | ".join(b.label for b in fam) + " | " + " | ".join(f"ours / {p.label}" for p in peers) + " |")
+        print(
+            "| N | " + " | ".join(b.label for b in fam) + " | " + " | ".join(f"ours / {p.label}" for p in peers) + " |"
+        )
         print("|---" * (1 + len(fam) + len(peers)) + "|")
         for n in CONCURRENCY:
             med = {b.label: statistics.median(ops[(b.label, n)]) for b in fam}

@@ -170,9 +170,7 @@ def test_a_silent_server_fails_every_concurrent_call_within_one_deadline():
 def test_ignored_failures_answer_as_misses():
     silent = SilentServer()
     try:
-        cache = make_redis(
-            f"redis://{silent.location}", OPTIONS={"SOCKET_TIMEOUT": 0.3, "IGNORE_EXCEPTIONS": True}
-        )
+        cache = make_redis(f"redis://{silent.location}", OPTIONS={"SOCKET_TIMEOUT": 0.3, "IGNORE_EXCEPTIONS": True})
 
         async def main():
             return await asyncio.gather(
@@ -301,9 +299,9 @@ def test_sync_and_async_callers_share_one_backend(cache):
                 wrong.append(got)
             i += 1
 
-    async def async_worker(t):
+    async def async_worker(lp, t):
         for i in range(200):
-            key = f"a{t}-{i % 10}"
+            key = f"a{lp}-{t}-{i % 10}"
             await cache.aset(key, (t, i))
             got = await cache.aget(key)
             if got != (t, i):
@@ -314,10 +312,11 @@ def test_sync_and_async_callers_share_one_backend(cache):
         t.start()
     try:
 
-        async def main():
-            await asyncio.gather(*(async_worker(t) for t in range(16)))
+        async def main(lp):
+            await asyncio.gather(*(async_worker(lp, t) for t in range(16)))
 
-        loops = [threading.Thread(target=run, args=(main(),)) for _ in range(2)]
+        # Two event loops, in two threads, on the same backend and connections.
+        loops = [threading.Thread(target=run, args=(main(lp),)) for lp in range(2)]
         for lp in loops:
             lp.start()
         for lp in loops:

@@ -14,7 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use redis::Value;
 
-use super::aio::{self, Make, spawn};
+use super::aio::{self, Make, none, promise, spawn};
 use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
@@ -554,11 +554,16 @@ impl PyRedisClient {
         idempotent: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let args = args.iter().map(arg_bytes).collect::<PyResult<Vec<_>>>()?;
-        let client = self.client.clone();
-        spawn(py, async move {
-            let found = client.execute_async(&args, write, idempotent).await?;
-            Ok(Box::new(move |py: Python<'_>| reply(py, found).map(Bound::unbind)) as Make)
-        })
+        let (future, promise) = promise(py)?;
+        self.client.execute_then(
+            &args,
+            write,
+            idempotent,
+            Box::new(move |found| {
+                promise.keep(found.map(|v| Box::new(move |py: Python<'_>| reply(py, v).map(Bound::unbind)) as Make));
+            }),
+        );
+        Ok(future)
     }
 
     #[pyo3(signature = (prefix, version, key, default=None))]
@@ -571,18 +576,21 @@ impl PyRedisClient {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
-        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let (future, promise) = promise(py)?;
+        let codec = self.codec.clone();
         let default = default.map(Bound::unbind);
-        spawn(py, async move {
-            let data = match client.get_async(key.as_bytes()).await? {
-                Some(data) => Some(unpack_async(&codec, data).await?),
-                None => None,
-            };
-            Ok(Box::new(move |py: Python<'_>| match data {
-                Some(data) => codec.decode(py, &data).map(Bound::unbind),
-                None => Ok(default.unwrap_or_else(|| py.None())),
-            }) as Make)
-        })
+        self.client.get_then(
+            key.as_bytes(),
+            Box::new(move |found| match found {
+                Ok(Some(data)) => unpacked(&codec.clone(), vec![Some(data)], move |mut values| {
+                    let data = values.pop().flatten().unwrap_or_default();
+                    promise.keep(Ok(Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind))));
+                }),
+                Ok(None) => promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None()))))),
+                Err(e) => promise.keep(Err(e)),
+            }),
+        );
+        Ok(future)
     }
 
     #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
@@ -603,27 +611,27 @@ impl PyRedisClient {
             made.push(make_key(py, prefix, version, &key)?);
             originals.push(key.unbind());
         }
-        let (client, codec) = (self.client.clone(), self.codec.clone());
-        spawn(py, async move {
-            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-            let found = client.get_many_async(&refs).await?;
-            let mut values = Vec::with_capacity(found.len());
-            for v in found {
-                values.push(match v {
-                    Some(data) => Some(unpack_async(&codec, data).await?),
-                    None => None,
-                });
-            }
-            Ok(Box::new(move |py: Python<'_>| {
-                let out = PyDict::new(py);
-                for (original, value) in originals.iter().zip(values) {
-                    if let Some(data) = value {
-                        out.set_item(original, codec.decode(py, &data)?)?;
-                    }
-                }
-                Ok(out.into_any().unbind())
-            }) as Make)
-        })
+        let (future, promise) = promise(py)?;
+        let codec = self.codec.clone();
+        let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+        self.client.get_many_then(
+            &refs,
+            Box::new(move |found| match found {
+                Ok(found) => unpacked(&codec.clone(), found, move |values| {
+                    promise.keep(Ok(Box::new(move |py: Python<'_>| {
+                        let out = PyDict::new(py);
+                        for (original, value) in originals.iter().zip(values) {
+                            if let Some(data) = value {
+                                out.set_item(original, codec.decode(py, &data)?)?;
+                            }
+                        }
+                        Ok(out.into_any().unbind())
+                    })));
+                }),
+                Err(e) => promise.keep(Err(e)),
+            }),
+        );
+        Ok(future)
     }
 
     fn aset<'py>(
@@ -637,16 +645,24 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
         let encoded = self.codec.encode(py, value)?;
-        let (client, codec) = (self.client.clone(), self.codec.clone());
-        spawn(py, async move {
-            if timeout == Some(0) {
-                client.delete_async(&[key.as_bytes()]).await?;
-            } else {
-                let data = finish_async(&codec, encoded).await?;
-                client.set_async(key.as_bytes(), &data, timeout, false, false).await?;
-            }
-            Ok(none())
-        })
+        let (future, promise) = promise(py)?;
+        let client = self.client.clone();
+        if timeout == Some(0) {
+            client.delete_then(&[key.as_bytes()], Box::new(move |r| promise.keep(r.map(|_| none()))));
+            return Ok(future);
+        }
+        finished(&self.codec, vec![encoded], move |data| match data {
+            Ok(data) => client.set_then(
+                key.as_bytes(),
+                &data[0],
+                timeout,
+                false,
+                false,
+                Box::new(move |r| promise.keep(r.map(|_| none()))),
+            ),
+            Err(e) => promise.keep(Err(e)),
+        });
+        Ok(future)
     }
 
     fn aadd<'py>(
@@ -660,20 +676,30 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
         let encoded = self.codec.encode(py, value)?;
-        let (client, codec) = (self.client.clone(), self.codec.clone());
-        spawn(py, async move {
-            let data = finish_async(&codec, encoded).await?;
-            let stored = if timeout == Some(0) {
-                let stored = client.set_async(key.as_bytes(), &data, None, true, false).await?;
-                if stored {
-                    client.delete_async(&[key.as_bytes()]).await?;
-                }
-                stored
-            } else {
-                client.set_async(key.as_bytes(), &data, timeout, true, false).await?
+        let (future, promise) = promise(py)?;
+        let client = self.client.clone();
+        finished(&self.codec, vec![encoded], move |data| {
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => return promise.keep(Err(e)),
             };
-            Ok(aio::value(stored))
-        })
+            // A timeout of 0: whether it would have been stored, and nothing kept.
+            let ttl = if timeout == Some(0) { None } else { timeout };
+            let (again, made) = (client.clone(), key.clone());
+            client.set_then(
+                made.as_bytes(),
+                &data[0],
+                ttl,
+                true,
+                false,
+                Box::new(move |stored| match stored {
+                    Ok(true) if timeout == Some(0) => again
+                        .delete_then(&[key.as_bytes()], Box::new(move |r| promise.keep(r.map(|_| aio::value(true))))),
+                    stored => promise.keep(stored.map(aio::value)),
+                }),
+            );
+        });
+        Ok(future)
     }
 
     fn atouch<'py>(
@@ -697,8 +723,9 @@ impl PyRedisClient {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
-        let client = self.client.clone();
-        spawn(py, async move { Ok(aio::value(client.delete_async(&[key.as_bytes()]).await? > 0)) })
+        let (future, promise) = promise(py)?;
+        self.client.delete_then(&[key.as_bytes()], Box::new(move |r| promise.keep(r.map(|n| aio::value(n > 0)))));
+        Ok(future)
     }
 
     fn ahas_key<'py>(
@@ -709,8 +736,9 @@ impl PyRedisClient {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?;
-        let client = self.client.clone();
-        spawn(py, async move { Ok(aio::value(client.exists_async(key.as_bytes()).await?)) })
+        let (future, promise) = promise(py)?;
+        self.client.exists_then(key.as_bytes(), Box::new(move |r| promise.keep(r.map(aio::value))));
+        Ok(future)
     }
 
     fn aincr<'py>(
@@ -745,22 +773,25 @@ impl PyRedisClient {
         on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (partial, on_failure);
-        let items = self.encode_items(py, mapping, prefix, version)?;
-        let (client, codec) = (self.client.clone(), self.codec.clone());
-        spawn(py, async move {
-            if timeout == Some(0) {
-                let keys: Vec<&[u8]> = items.iter().map(|(k, _)| k.as_bytes()).collect();
-                client.delete_async(&keys).await?;
-            } else {
-                let mut packed = Vec::with_capacity(items.len());
-                for (k, v) in items {
-                    packed.push((k, finish_async(&codec, v).await?));
-                }
-                let refs: Vec<(&[u8], &[u8])> = packed.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
-                client.set_many_async(&refs, timeout).await?;
+        let (keys, values): (Vec<String>, Vec<Encoded>) =
+            self.encode_items(py, mapping, prefix, version)?.into_iter().unzip();
+        let (future, promise) = promise(py)?;
+        let client = self.client.clone();
+        let empty_list = || Box::new(|py: Python<'_>| Ok(PyList::empty(py).into_any().unbind())) as Make;
+        if timeout == Some(0) {
+            let refs: Vec<&[u8]> = keys.iter().map(String::as_bytes).collect();
+            client.delete_then(&refs, Box::new(move |r| promise.keep(r.map(|_| empty_list()))));
+            return Ok(future);
+        }
+        finished(&self.codec, values, move |data| match data {
+            Ok(data) => {
+                let items: Vec<(&[u8], &[u8])> =
+                    keys.iter().zip(&data).map(|(k, v)| (k.as_bytes(), v.as_slice())).collect();
+                client.set_many_then(&items, timeout, Box::new(move |r| promise.keep(r.map(|()| empty_list()))));
             }
-            Ok(Box::new(|py: Python<'_>| Ok(PyList::empty(py).into_any().unbind())) as Make)
-        })
+            Err(e) => promise.keep(Err(e)),
+        });
+        Ok(future)
     }
 
     /// One DEL for every key; how many were there.
@@ -775,11 +806,10 @@ impl PyRedisClient {
         for key in keys.try_iter()? {
             made.push(make_key(py, prefix, version, &key?)?);
         }
-        let client = self.client.clone();
-        spawn(py, async move {
-            let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-            Ok(aio::value(client.delete_async(&refs).await?))
-        })
+        let (future, promise) = promise(py)?;
+        let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+        self.client.delete_then(&refs, Box::new(move |r| promise.keep(r.map(aio::value))));
+        Ok(future)
     }
 
     fn arename<'py>(&self, py: Python<'py>, source: &str, target: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -856,31 +886,47 @@ impl PyRedisClient {
 /// (which would hold up every other call meanwhile).
 const OFF_IO_FROM: usize = 256 * 1024;
 
-/// Stored bytes inflated if compressed, off the I/O threads when large.
-async fn unpack_async(codec: &Arc<Codec>, data: Vec<u8>) -> Result<Vec<u8>, crate::error::Error> {
-    if !codec.inflate || data.len() < OFF_IO_FROM {
-        return Ok(codec.unpack(data));
+/// The bytes to store for `values`, then `go` with them: compressed (where they are to be) off
+/// the loop's thread and without the GIL, on a blocking thread when large; at once when nothing
+/// is to be compressed.
+fn finished(
+    codec: &Arc<Codec>,
+    values: Vec<Encoded>,
+    go: impl FnOnce(Result<Vec<Vec<u8>>, crate::error::Error>) + Send + 'static,
+) {
+    let compresses =
+        |v: &Encoded| codec.compressor.as_ref().is_some_and(|c| v.compressible && v.data.len() >= c.min_length);
+    if !values.iter().any(compresses) {
+        return go(Ok(values.into_iter().map(|v| v.data).collect()));
     }
+    let handle = match crate::net::aio::runtime() {
+        Ok(handle) => handle,
+        Err(e) => return go(Err(e)),
+    };
+    let large = values.iter().map(|v| v.data.len()).sum::<usize>() >= OFF_IO_FROM;
     let codec = codec.clone();
-    tokio::task::spawn_blocking(move || codec.unpack(data))
-        .await
-        .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Io, format!("inflating a value: {e}")))
+    let work = move || go(values.into_iter().map(|v| codec.finish(v)).collect());
+    if large {
+        drop(handle.spawn_blocking(work));
+    } else {
+        drop(handle.spawn(async move { work() }));
+    }
 }
 
-/// The bytes to store, compressed off the I/O threads when large.
-async fn finish_async(codec: &Arc<Codec>, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
-    if codec.compressor.is_none() || !value.compressible || value.data.len() < OFF_IO_FROM {
-        return codec.finish(value);
-    }
+/// Stored bytes inflated where compressed, then `go` with them (the caller is on an I/O thread:
+/// large values go to a blocking thread).
+fn unpacked(codec: &Arc<Codec>, values: Vec<Option<Vec<u8>>>, go: impl FnOnce(Vec<Option<Vec<u8>>>) + Send + 'static) {
+    let large = codec.inflate && values.iter().flatten().map(Vec::len).sum::<usize>() >= OFF_IO_FROM;
     let codec = codec.clone();
-    tokio::task::spawn_blocking(move || codec.finish(value))
-        .await
-        .map_err(|e| crate::error::Error::new(crate::error::ErrorKind::Io, format!("compressing a value: {e}")))?
-}
-
-/// None, as a call's result.
-fn none() -> Make {
-    Box::new(|py: Python<'_>| Ok(py.None()))
+    let work = move || go(values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect());
+    if !large {
+        return work();
+    }
+    let handle = crate::net::aio::runtime();
+    match handle {
+        Ok(handle) => drop(handle.spawn_blocking(work)),
+        Err(_) => work(),
+    }
 }
 
 /// One shard's part of a call: its client and the keys (as given) that live on it.

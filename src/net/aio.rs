@@ -8,25 +8,26 @@
 //! gone.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
+use tokio::net::{TcpStream, UnixStream, tcp, unix};
 use tokio::runtime::{Builder, Handle, Runtime};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::tls::{Tls, tls_error};
 use super::{Address, SLICE};
 use crate::error::{Error, ErrorKind};
 
-/// The runtime of this process, and the process it was made in.
-static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+/// The runtime of this process, its deadline watch, and the process they were made in.
+static RUNTIME: Mutex<Option<(u32, &'static Runtime, &'static Watch)>> = Mutex::new(None);
 
 /// How many I/O threads the runtime has: `DJANGO_RUSTCACHE_IO_THREADS` (1 to 8), else 1. One
 /// thread carries thousands of calls in flight; the work per call is a few microseconds.
@@ -37,15 +38,15 @@ fn io_threads() -> usize {
         .map_or(1, |n| n.clamp(1, 8))
 }
 
-/// The process's I/O runtime, made now if this process has none yet (the first async call, or
-/// the first after a fork).
-pub fn runtime() -> Result<Handle, Error> {
+/// The process's I/O runtime and deadline watch, made now if this process has none yet (the
+/// first async call, or the first after a fork).
+fn io() -> Result<(Handle, &'static Watch), Error> {
     let mut slot = RUNTIME.lock();
     let pid = std::process::id();
-    if let Some((made_in, rt)) = *slot
+    if let Some((made_in, rt, watch)) = *slot
         && made_in == pid
     {
-        return Ok(rt.handle().clone());
+        return Ok((rt.handle().clone(), watch));
     }
     let rt = Builder::new_multi_thread()
         .worker_threads(io_threads())
@@ -57,8 +58,16 @@ pub fn runtime() -> Result<Handle, Error> {
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start the I/O runtime: {e}")))?;
     // Kept for the life of the process (a parent's, in a child, is never dropped: see above).
     let rt: &'static Runtime = Box::leak(Box::new(rt));
-    *slot = Some((pid, rt));
-    Ok(rt.handle().clone())
+    let watch: &'static Watch =
+        Box::leak(Box::new(Watch { conns: Mutex::new(Vec::new()), idle: AtomicBool::new(false), wake: Notify::new() }));
+    rt.spawn(watch.run());
+    *slot = Some((pid, rt, watch));
+    Ok((rt.handle().clone(), watch))
+}
+
+/// The process's I/O runtime, made now if this process has none yet.
+pub fn runtime() -> Result<Handle, Error> {
+    io().map(|(handle, _)| handle)
 }
 
 /// `fut`, or a `Timeout` naming `label` and `what` once `deadline` passes.
@@ -192,28 +201,90 @@ pub trait Wire: Send + Sync + 'static {
 /// A request's answer: its frames, or the error that ended the connection first.
 pub type Answer<W> = Result<Vec<<W as Wire>::Frame>, Error>;
 
-struct Request<W: Wire> {
-    bytes: Vec<u8>,
-    expect: W::Expect,
-    reply: oneshot::Sender<Answer<W>>,
-    permit: OwnedSemaphorePermit,
-}
+/// What gets a request's answer: called once, on an I/O thread (or on the caller's, at once,
+/// when the request could not be sent at all).
+pub type OnAnswer<W> = Box<dyn FnOnce(Answer<W>) + Send>;
 
 struct Pending<W: Wire> {
     expect: W::Expect,
-    reply: oneshot::Sender<Answer<W>>,
     frames: Vec<W::Frame>,
+    deadline: Instant,
+    on_answer: OnAnswer<W>,
     _permit: OwnedSemaphorePermit,
 }
 
-/// What both halves of a connection share: why it ended, once it has.
-struct Shared {
+/// The most requests written (or queued) and still waiting for their replies on one
+/// connection; past it a caller waits (within its deadline) for one to be answered.
+pub const MAX_IN_FLIGHT: usize = 512;
+
+/// Room reserved at most for a frame whose header announces its length; past it the buffer
+/// grows as the bytes come.
+const MAX_RESERVE: usize = 16 * 1024 * 1024;
+
+/// The writer hands the socket at most this much per write.
+const GATHER: usize = 256 * 1024;
+
+/// A plain socket's sending side: written from any thread, without the runtime
+/// (`try_write` takes `&self`).
+enum Direct {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl Direct {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Direct::Tcp(w) => w.try_write_vectored(bufs),
+            Direct::Unix(w) => w.try_write_vectored(bufs),
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Direct::Tcp(w) => w.try_write(buf),
+            Direct::Unix(w) => w.try_write(buf),
+        }
+    }
+
+    async fn writable(&self) -> std::io::Result<()> {
+        match self {
+            Direct::Tcp(w) => w.writable().await,
+            Direct::Unix(w) => w.writable().await,
+        }
+    }
+}
+
+/// Bytes still to send, shared (a request that may be sent again on another connection keeps
+/// its bytes without a copy).
+struct Chunk {
+    bytes: Arc<Vec<u8>>,
+    at: usize,
+}
+
+/// What is on its way out, in order.
+struct Outgoing<W: Wire> {
+    queue: VecDeque<Chunk>,
+    /// The writer holds chunks it took from the queue and has not finished.
+    writing: bool,
+    /// The requests sent and not yet answered, oldest first: each is here before its bytes can
+    /// reach the server. The reader takes them as their replies come (it is not woken for a new
+    /// one: only the socket wakes it), and the deadline watch looks at the oldest.
+    waiting: VecDeque<Pending<W>>,
+    /// Nobody can send any more (the connection was dropped): it ends once nothing waits.
+    closing: bool,
+}
+
+/// What the connection's tasks share with it.
+struct Inner<W: Wire> {
+    out: Mutex<Outgoing<W>>,
+    wake_writer: Notify,
     ended: Mutex<Option<Error>>,
     dead: AtomicBool,
     stop: watch::Sender<bool>,
+    label: String,
 }
 
-impl Shared {
+impl<W: Wire> Inner<W> {
     fn end(&self, e: Error) {
         let mut ended = self.ended.lock();
         if ended.is_none() {
@@ -224,30 +295,64 @@ impl Shared {
         self.stop.send_replace(true);
     }
 
-    fn error(&self, label: &str) -> Error {
-        self.ended.lock().clone().unwrap_or_else(|| Error::new(ErrorKind::Io, format!("{label}: connection closed")))
+    fn error(&self) -> Error {
+        self.ended
+            .lock()
+            .clone()
+            .unwrap_or_else(|| Error::new(ErrorKind::Io, format!("{}: connection closed", self.label)))
+    }
+
+    /// The next chunks to write (the writer then holds them), or `None` when the queue is empty.
+    fn take(&self) -> Option<VecDeque<Chunk>> {
+        let mut out = self.out.lock();
+        if out.queue.is_empty() {
+            out.writing = false;
+            return None;
+        }
+        out.writing = true;
+        Some(std::mem::take(&mut out.queue))
+    }
+
+    /// Whether the writer should end: nobody can send any more and nothing is left.
+    fn finished(&self) -> bool {
+        let out = self.out.lock();
+        out.closing && out.queue.is_empty()
     }
 }
 
-/// The most requests written and still waiting for their replies on one connection; a caller
-/// past it waits (within its deadline) for one to be answered.
-pub const MAX_IN_FLIGHT: usize = 512;
-
-/// Room reserved at most for a frame whose header announces its length; past it the buffer
-/// grows as the bytes come.
-const MAX_RESERVE: usize = 16 * 1024 * 1024;
-
-/// Small requests are gathered into one write up to this much.
-const GATHER: usize = 64 * 1024;
+impl<W: Wire> Expire for Inner<W> {
+    fn expire(&self, now: Instant) -> bool {
+        let out = self.out.lock();
+        let due = out.waiting.front().map(|p| p.deadline);
+        drop(out);
+        match due {
+            Some(deadline) if deadline <= now => {
+                self.end(Error::new(
+                    ErrorKind::Timeout,
+                    format!("{}: no reply before the call's deadline", self.label),
+                ));
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+}
 
 /// A multiplexed connection: requests are written in the order they are sent and their replies
-/// matched in that order by a reader of their own. A request whose caller gave up (cancelled,
-/// timed out) still has its reply read, and dropped: a reply never goes to another request.
+/// matched in that order by a reader of its own. A request whose caller gave up (cancelled)
+/// still has its reply read, and dropped: a reply never goes to another request. A request
+/// still unanswered at its deadline closes the connection (its server is not answering): every
+/// request on it fails then, rather than each waiting out its own deadline.
+///
+/// On a plain socket, a request sent while nothing else is in flight is written at once by the
+/// caller's own thread (no hop to an I/O thread); under load, requests queue and the writer
+/// sends them together.
 pub struct Mux<W: Wire> {
-    tx: mpsc::Sender<Request<W>>,
+    inner: Arc<Inner<W>>,
+    direct: Option<Arc<Direct>>,
     room: Arc<Semaphore>,
-    shared: Arc<Shared>,
-    label: String,
+    watch: &'static Watch,
     /// When the connection was made (a request that started before is on a connection that
     /// may have gone stale since).
     pub made: Instant,
@@ -255,43 +360,139 @@ pub struct Mux<W: Wire> {
 
 impl<W: Wire> Mux<W> {
     /// Start the connection's writer and reader on the runtime.
-    pub fn start(stream: AsyncStream, label: &str, handle: &Handle) -> Self {
-        let (tx, rx) = mpsc::channel::<Request<W>>(MAX_IN_FLIGHT);
-        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending<W>>();
+    pub fn start(stream: AsyncStream, label: &str) -> Result<Self, Error> {
+        let (handle, watch) = io()?;
         let (stop, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared { ended: Mutex::new(None), dead: AtomicBool::new(false), stop });
-        let (read, write) = tokio::io::split(stream);
-        handle.spawn(write_loop::<W>(write, rx, pending_tx, shared.clone(), stopped.clone(), label.to_owned()));
-        handle.spawn(read_loop::<W>(read, pending_rx, shared.clone(), stopped, label.to_owned()));
-        Self {
-            tx,
-            room: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            shared,
+        let inner = Arc::new(Inner {
+            out: Mutex::new(Outgoing {
+                queue: VecDeque::new(),
+                writing: false,
+                waiting: VecDeque::new(),
+                closing: false,
+            }),
+            wake_writer: Notify::new(),
+            ended: Mutex::new(None),
+            dead: AtomicBool::new(false),
+            stop,
             label: label.to_owned(),
-            made: Instant::now(),
-        }
+        });
+        let direct = match stream {
+            AsyncStream::Tcp(tcp) => {
+                let (read, write) = tcp.into_split();
+                let direct = Arc::new(Direct::Tcp(write));
+                handle.spawn(write_plain(inner.clone(), direct.clone(), stopped.clone()));
+                handle.spawn(read_loop::<W, _>(read, inner.clone(), stopped));
+                Some(direct)
+            }
+            AsyncStream::Unix(unix) => {
+                let (read, write) = unix.into_split();
+                let direct = Arc::new(Direct::Unix(write));
+                handle.spawn(write_plain(inner.clone(), direct.clone(), stopped.clone()));
+                handle.spawn(read_loop::<W, _>(read, inner.clone(), stopped));
+                Some(direct)
+            }
+            tls => {
+                let (read, write) = tokio::io::split(tls);
+                handle.spawn(write_stream(inner.clone(), write, stopped.clone()));
+                handle.spawn(read_loop::<W, _>(read, inner.clone(), stopped));
+                None
+            }
+        };
+        let watched: Arc<dyn Expire> = inner.clone();
+        watch.add(Arc::downgrade(&watched));
+        Ok(Self { inner, direct, room: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), watch, made: Instant::now() })
     }
 
     /// Whether the connection still works (it has not failed, nor been closed).
     pub fn is_alive(&self) -> bool {
-        !self.shared.dead.load(Ordering::Acquire)
+        !self.inner.dead.load(Ordering::Acquire)
+    }
+
+    /// Requests sent (or queued) and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        MAX_IN_FLIGHT - self.room.available_permits()
+    }
+
+    /// Whether another request can be sent without waiting.
+    pub fn has_room(&self) -> bool {
+        self.room.available_permits() > 0
     }
 
     /// Close the connection: every request still on it gets `e`.
     pub fn kill(&self, e: Error) {
-        self.shared.end(e);
+        self.inner.end(e);
     }
 
-    /// Send one request and wait for its answer: `expect` says which replies are its. The
-    /// caller bounds the wait (a deadline); if it gives up, the reply is still read and dropped.
-    pub async fn call(&self, bytes: Vec<u8>, expect: W::Expect) -> Answer<W> {
-        let permit = self.room.clone().acquire_owned().await.map_err(|_| self.shared.error(&self.label))?;
-        let (reply, answer) = oneshot::channel();
-        if !self.is_alive() {
-            return Err(self.shared.error(&self.label));
+    /// Send one request; `on_answer` gets its answer (the replies `expect` says are its), or
+    /// the error that ended the connection first, or a timeout once `deadline` passes. Sent at
+    /// once only when there is room: see [`Mux::has_room`] (else the answer is an error).
+    pub fn send(&self, bytes: Arc<Vec<u8>>, expect: W::Expect, deadline: Instant, on_answer: OnAnswer<W>) {
+        match self.room.clone().try_acquire_owned() {
+            Ok(permit) => self.send_with(permit, bytes, expect, deadline, on_answer),
+            Err(_) => on_answer(Err(Error::new(
+                ErrorKind::Io,
+                format!("{}: {MAX_IN_FLIGHT} requests in flight", self.inner.label),
+            ))),
         }
-        self.tx.send(Request { bytes, expect, reply, permit }).await.map_err(|_| self.shared.error(&self.label))?;
-        answer.await.unwrap_or_else(|_| Err(self.shared.error(&self.label)))
+    }
+
+    fn send_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        bytes: Arc<Vec<u8>>,
+        expect: W::Expect,
+        deadline: Instant,
+        on_answer: OnAnswer<W>,
+    ) {
+        let mut out = self.inner.out.lock();
+        if !self.is_alive() {
+            drop(out);
+            return on_answer(Err(self.inner.error()));
+        }
+        out.waiting.push_back(Pending { expect, frames: Vec::new(), deadline, on_answer, _permit: permit });
+        self.watch.waiting();
+        let idle = out.queue.is_empty() && !out.writing;
+        let mut at = 0;
+        if idle
+            && let Some(direct) = &self.direct
+            && self.in_flight() <= 1
+        {
+            while at < bytes.len() {
+                match direct.try_write(&bytes[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        drop(out);
+                        // The reader fails every request on the connection, this one too.
+                        return self.inner.end(io_error(&self.inner.label, "send", &e));
+                    }
+                }
+            }
+            if at == bytes.len() {
+                return;
+            }
+        }
+        out.queue.push_back(Chunk { bytes, at });
+        drop(out);
+        if idle {
+            self.inner.wake_writer.notify_one();
+        }
+    }
+
+    /// Send one request and wait for its answer (see [`Mux::send`]); waits for room first.
+    pub async fn call(&self, bytes: Arc<Vec<u8>>, expect: W::Expect, deadline: Instant) -> Answer<W> {
+        let permit = self.room.clone().acquire_owned().await.map_err(|_| self.inner.error())?;
+        let (tx, rx) = oneshot::channel();
+        self.send_with(
+            permit,
+            bytes,
+            expect,
+            deadline,
+            Box::new(move |answer| {
+                let _ = tx.send(answer);
+            }),
+        );
+        rx.await.unwrap_or_else(|_| Err(self.inner.error()))
     }
 }
 
@@ -299,94 +500,112 @@ impl<W: Wire> Drop for Mux<W> {
     fn drop(&mut self) {
         // Nobody can send any more: the writer ends once it has written what it holds, and the
         // reader once the last reply is in.
-        self.room.close();
+        let mut out = self.inner.out.lock();
+        out.closing = true;
+        let idle = out.waiting.is_empty() && out.queue.is_empty() && !out.writing;
+        drop(out);
+        if idle {
+            self.inner.end(Error::new(ErrorKind::Io, format!("{}: connection closed", self.inner.label)));
+        }
+        self.inner.wake_writer.notify_one();
     }
 }
 
-async fn write_loop<W: Wire>(
-    mut write: WriteHalf<AsyncStream>,
-    mut rx: mpsc::Receiver<Request<W>>,
-    pending: mpsc::UnboundedSender<Pending<W>>,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-    label: String,
-) {
-    let mut gathered: Vec<u8> = Vec::with_capacity(GATHER);
+/// The writer of a plain socket: what the callers queued, gathered into few system calls.
+async fn write_plain<W: Wire>(inner: Arc<Inner<W>>, direct: Arc<Direct>, mut stopped: watch::Receiver<bool>) {
     loop {
-        let first = tokio::select! {
-            request = rx.recv() => match request {
-                Some(r) => r,
-                None => break,
-            },
-            _ = stopped.wait_for(|stop| *stop) => break,
+        let Some(mut chunks) = inner.take() else {
+            if inner.finished() {
+                return;
+            }
+            tokio::select! {
+                () = inner.wake_writer.notified() => continue,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
         };
-        let mut batch = vec![first];
-        let mut size = batch[0].bytes.len();
-        while size < GATHER
-            && let Ok(next) = rx.try_recv()
-        {
-            size += next.bytes.len();
-            batch.push(next);
-        }
-        // Each request is known to the reader before its bytes can reach the server.
-        let mut large = Vec::new();
-        for Request { bytes, expect, reply, permit } in batch {
-            if pending.send(Pending { expect, reply, frames: Vec::new(), _permit: permit }).is_err() {
-                return;
-            }
-            if bytes.len() >= GATHER {
-                large.push(bytes);
-            } else {
-                gathered.extend_from_slice(&bytes);
-            }
-            // Order is kept: a large request after small ones waits for them.
-            for big in large.drain(..) {
-                if !gathered.is_empty() {
-                    if let Err(e) = write.write_all(&gathered).await {
-                        shared.end(io_error(&label, "send", &e));
-                        return;
+        while !chunks.is_empty() {
+            let mut size = 0;
+            let slices: Vec<IoSlice<'_>> = chunks
+                .iter()
+                .take_while(|c| {
+                    let fits = size < GATHER;
+                    size += c.bytes.len() - c.at;
+                    fits
+                })
+                .map(|c| IoSlice::new(&c.bytes[c.at..]))
+                .collect();
+            let written = match direct.try_write_vectored(&slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        ready = direct.writable() => if let Err(e) = ready {
+                            return inner.end(io_error(&inner.label, "send", &e));
+                        },
+                        _ = stopped.wait_for(|stop| *stop) => return,
                     }
-                    gathered.clear();
+                    continue;
                 }
-                if let Err(e) = write.write_all(&big).await {
-                    shared.end(io_error(&label, "send", &e));
-                    return;
+                Err(e) => return inner.end(io_error(&inner.label, "send", &e)),
+            };
+            drop(slices);
+            let mut left = written;
+            while left > 0 {
+                let Some(front) = chunks.front_mut() else { break };
+                let n = (front.bytes.len() - front.at).min(left);
+                front.at += n;
+                left -= n;
+                if front.at == front.bytes.len() {
+                    chunks.pop_front();
                 }
             }
-        }
-        if !gathered.is_empty() {
-            if let Err(e) = write.write_all(&gathered).await {
-                shared.end(io_error(&label, "send", &e));
-                return;
-            }
-            gathered.clear();
-        }
-        if gathered.capacity() > 4 * GATHER {
-            gathered = Vec::with_capacity(GATHER);
-        }
-        if let Err(e) = write.flush().await {
-            shared.end(io_error(&label, "send", &e));
-            return;
         }
     }
-    // Closed from our side, or ended: TLS says goodbye; a failure here changes nothing.
+}
+
+/// The writer of a TLS stream (rustls holds one session for both directions, so nobody else
+/// writes to it).
+async fn write_stream<W: Wire>(
+    inner: Arc<Inner<W>>,
+    mut write: WriteHalf<AsyncStream>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let Some(chunks) = inner.take() else {
+            if inner.finished() {
+                break;
+            }
+            tokio::select! {
+                () = inner.wake_writer.notified() => continue,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        };
+        for chunk in chunks {
+            tokio::select! {
+                written = write.write_all(&chunk.bytes[chunk.at..]) => if let Err(e) = written {
+                    return inner.end(io_error(&inner.label, "send", &e));
+                },
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+        if let Err(e) = write.flush().await {
+            return inner.end(io_error(&inner.label, "send", &e));
+        }
+    }
+    // Closed from our side: TLS says goodbye; a failure here changes nothing.
     let _ = tokio::time::timeout(SLICE, write.shutdown()).await;
 }
 
-async fn read_loop<W: Wire>(
-    mut read: ReadHalf<AsyncStream>,
-    mut incoming: mpsc::UnboundedReceiver<Pending<W>>,
-    shared: Arc<Shared>,
+async fn read_loop<W: Wire, R: AsyncRead + Unpin>(
+    mut read: R,
+    inner: Arc<Inner<W>>,
     mut stopped: watch::Receiver<bool>,
-    label: String,
 ) {
-    let mut queue: VecDeque<Pending<W>> = VecDeque::new();
+    let label = inner.label.clone();
     let mut scan = W::Scan::default();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut start = 0usize;
-    let mut writer_done = false;
     let failure = 'run: loop {
-        // Every whole frame read so far goes to the request it answers.
+        // Every whole frame read so far goes to the request it answers (the oldest waiting).
         while start < buf.len() {
             let (frame, used) = match W::next_frame(&mut scan, &buf[start..]) {
                 Ok(Some(found)) => found,
@@ -394,17 +613,24 @@ async fn read_loop<W: Wire>(
                 Err(e) => break 'run e,
             };
             start += used;
-            while let Ok(p) = incoming.try_recv() {
-                queue.push_back(p);
-            }
-            let Some(head) = queue.front_mut() else {
+            let mut out = inner.out.lock();
+            let Some(head) = out.waiting.front_mut() else {
+                drop(out);
                 break 'run Error::new(ErrorKind::Protocol, format!("{label}: a reply to no request"));
             };
             let last = W::is_last(&head.expect, &frame, head.frames.len());
             head.frames.push(frame);
-            if last && let Some(done) = queue.pop_front() {
-                // A caller that gave up is gone: its reply is dropped here.
-                let _ = done.reply.send(Ok(done.frames));
+            if last && let Some(done) = out.waiting.pop_front() {
+                let closed = out.closing && out.waiting.is_empty();
+                drop(out);
+                let Pending { frames, on_answer, _permit: permit, .. } = done;
+                // The request is done before its caller hears of it (the caller's next request
+                // then finds the connection idle).
+                drop(permit);
+                on_answer(Ok(frames));
+                if closed {
+                    break 'run Error::new(ErrorKind::Io, format!("{label}: connection closed"));
+                }
             }
         }
         if start == buf.len() {
@@ -424,21 +650,9 @@ async fn read_loop<W: Wire>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        if writer_done && queue.is_empty() {
-            while let Ok(p) = incoming.try_recv() {
-                queue.push_back(p);
-            }
-            if queue.is_empty() {
-                return;
-            }
-        }
         tokio::select! {
             biased;
-            _ = stopped.wait_for(|stop| *stop) => break 'run shared.error(&label),
-            p = incoming.recv(), if !writer_done => match p {
-                Some(p) => queue.push_back(p),
-                None => writer_done = true,
-            },
+            _ = stopped.wait_for(|stop| *stop) => break 'run inner.error(),
             n = read.read_buf(&mut buf) => match n {
                 Ok(0) => break 'run Error::new(ErrorKind::Io, format!("{label}: the server closed the connection")),
                 Ok(_) => {}
@@ -446,21 +660,75 @@ async fn read_loop<W: Wire>(
             },
         }
     };
-    shared.end(failure.clone());
-    let failure = shared.error(&label);
-    incoming.close();
-    while let Ok(p) = incoming.try_recv() {
-        queue.push_back(p);
-    }
-    for p in queue {
-        let _ = p.reply.send(Err(failure.clone()));
+    inner.end(failure);
+    let failure = inner.error();
+    let waiting = std::mem::take(&mut inner.out.lock().waiting);
+    for p in waiting {
+        (p.on_answer)(Err(failure.clone()));
     }
 }
 
-impl<W: Wire> Mux<W> {
-    /// Requests written (or queued) and not yet answered.
-    pub fn in_flight(&self) -> usize {
-        MAX_IN_FLIGHT - self.room.available_permits()
+/// What the deadline watch asks of a connection: end it when its oldest request is past its
+/// deadline (the server is not answering); whether anything still waits on it.
+trait Expire: Send + Sync {
+    fn expire(&self, now: Instant) -> bool;
+}
+
+/// How often the deadline watch looks while requests are out: how late past its deadline a
+/// request at worst fails. (One watch for every connection, instead of a timer per request:
+/// a request costs no wake-up of an I/O thread until its reply.)
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+
+/// The deadline watch of one runtime.
+struct Watch {
+    /// The connections watched (dropped ones fall out).
+    conns: Mutex<Vec<std::sync::Weak<dyn Expire>>>,
+    /// Set while the watch sleeps because nothing waits anywhere: the next request wakes it.
+    idle: AtomicBool,
+    wake: Notify,
+}
+
+impl Watch {
+    fn add(&self, conn: std::sync::Weak<dyn Expire>) {
+        self.conns.lock().push(conn);
+    }
+
+    /// A request was queued: wake the watch if it sleeps.
+    fn waiting(&self) {
+        if self.idle.load(Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn any_waiting(&self, now: Instant) -> bool {
+        let live: Vec<Arc<dyn Expire>> = {
+            let mut conns = self.conns.lock();
+            conns.retain(|w| w.strong_count() > 0);
+            conns.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        live.iter().fold(false, |busy, conn| conn.expire(now) | busy)
+    }
+
+    /// While requests wait, look every [`WATCH_EVERY`]; asleep once nothing has waited for a
+    /// second.
+    async fn run(&self) {
+        let mut busy_at = Instant::now();
+        loop {
+            let now = Instant::now();
+            if self.any_waiting(now) {
+                busy_at = now;
+            } else if now.duration_since(busy_at) > Duration::from_secs(1) {
+                self.idle.store(true, Ordering::SeqCst);
+                // A request queued before the flag was seen is found by this look.
+                if !self.any_waiting(Instant::now()) {
+                    self.wake.notified().await;
+                }
+                self.idle.store(false, Ordering::SeqCst);
+                busy_at = Instant::now();
+                continue;
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
     }
 }
 
@@ -491,12 +759,8 @@ impl<W: Wire> Slots<W> {
         }
     }
 
-    /// A working connection, made with `connect` when the slot chosen has none.
-    pub async fn get<F, Fut>(&self, connect: F) -> Result<Arc<Mux<W>>, Error>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Mux<W>, Error>>,
-    {
+    /// The least busy working connection, and the first empty slot (when there is one).
+    fn pick(&self) -> (Option<Arc<Mux<W>>>, Option<usize>) {
         let mut best: Option<(usize, Arc<Mux<W>>)> = None;
         let mut empty = None;
         for (i, slot) in self.slots.iter().enumerate() {
@@ -512,9 +776,25 @@ impl<W: Wire> Slots<W> {
                 }
             }
         }
-        let index = match (best, empty) {
-            (Some((load, _)), Some(i)) if load >= SHARE_UP_TO => i,
-            (Some((_, c)), _) => return Ok(c),
+        match (best, empty) {
+            (Some((load, _)), Some(i)) if load >= SHARE_UP_TO => (None, Some(i)),
+            (best, empty) => (best.map(|(_, c)| c), empty),
+        }
+    }
+
+    /// A working connection with room for a request, if one is open (no waiting).
+    pub fn ready(&self) -> Option<Arc<Mux<W>>> {
+        self.pick().0.filter(|c| c.has_room())
+    }
+
+    /// A working connection, made with `connect` when the slot chosen has none.
+    pub async fn get<F, Fut>(&self, connect: F) -> Result<Arc<Mux<W>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Mux<W>, Error>>,
+    {
+        let index = match self.pick() {
+            (Some(c), _) => return Ok(c),
             (None, Some(i)) => i,
             (None, None) => 0,
         };

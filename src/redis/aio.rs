@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use redis::{FromRedisValue, Value};
+use tokio::sync::oneshot;
 
-use super::client::{Client, Counter, INCR_IF_EXISTS, RENAME_IF_EXISTS, Route, counter, missing};
+use super::client::{Client, Counter, INCR_IF_EXISTS, RENAME_IF_EXISTS, counter, missing};
 use super::conn::{Framing, Login, MAX_REPLY_BYTES, classify, handshake};
 use super::pool::Pool;
 use crate::error::{Error, ErrorKind};
-use crate::net::Counters;
-use crate::net::aio::{self, Mux, Wire, within};
+use crate::net::aio::{self, Answer, Mux, Wire, within};
 
 /// RESP as the multiplexed connections read it: whole replies cut at their ends (lengths
 /// bounded as they are announced), each parsed by the `redis` crate.
@@ -84,56 +84,54 @@ fn no_error_reply(label: &str, values: &[Value]) -> Result<(), Error> {
     }
 }
 
+/// What gets an exchange's replies (or its error), with the pool of the server that answered.
+pub type Then = Box<dyn FnOnce(&Pool, Result<Vec<Value>, Error>) + Send>;
+
+/// What gets a call's result.
+pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
+
 impl Pool {
     /// A new multiplexed connection, logged in, before `deadline` (and within the connect
     /// timeout).
     async fn connect_mux(&self, deadline: Instant) -> Result<Mux<RedisWire>, Error> {
         let deadline = deadline.min(Instant::now() + self.config().connect_timeout);
         let label = self.label();
-        let stream = aio::connect(self.addr(), self.tls(), deadline, &label).await?;
-        let mux = Mux::start(stream, &label, &aio::runtime()?);
+        let stream = aio::connect(self.addr(), self.tls(), deadline, label).await?;
+        let mux = Mux::start(stream, label)?;
         let (username, password) = self.credentials();
         let login = Login { username, password, db: self.db(), client_name: self.config().client_name.as_deref() };
         if let Some(pipe) = handshake(&login) {
             let count = pipe.cmd_iter().count();
-            let replies = within(deadline, &label, "login", mux.call(pipe.get_packed_pipeline(), count)).await?;
-            no_error_reply(&label, &replies)?;
+            let packed = Arc::new(pipe.get_packed_pipeline());
+            let replies = within(deadline, label, "login", mux.call(packed, count, deadline)).await?;
+            no_error_reply(label, &replies)?;
         }
         Ok(mux)
     }
 
-    /// One exchange (`replies` replies to `packed`) on a multiplexed connection, within one
-    /// deadline (a connection, connecting, sending, every reply). A connection made before the
-    /// call that turns out dead is replaced and, when `idempotent`, the exchange runs once more.
-    /// A deadline that passes closes the connection (its server is not answering): the other
-    /// calls on it fail then too, rather than each waiting out its own deadline.
-    pub async fn exchange(
+    /// One exchange when no connection was ready: connect (or wait for room) first, all before
+    /// `deadline`. A connection made before `started` that turns out dead is replaced and,
+    /// when `idempotent`, the exchange runs once more on a new one.
+    async fn exchange(
         &self,
-        counters: &Counters,
         idempotent: bool,
-        packed: Vec<u8>,
+        started: Instant,
+        packed: Arc<Vec<u8>>,
         replies: usize,
+        deadline: Instant,
     ) -> Result<Vec<Value>, Error> {
-        let started = Instant::now();
-        let deadline = started + self.config().socket_timeout;
-        let mut used: Option<Arc<Mux<RedisWire>>> = None;
         let attempt = async {
-            self.check_up()?;
-            let mut packed = Some(packed);
             let mut retried = false;
             loop {
                 let mux = self.slots().get(|| self.connect_mux(deadline)).await?;
-                used = Some(mux.clone());
-                let may_retry = idempotent && !retried && mux.made < started;
-                let bytes = if may_retry { packed.clone() } else { packed.take() }.unwrap_or_default();
-                match mux.call(bytes, replies).await {
+                match mux.call(packed.clone(), replies, deadline).await {
                     Ok(values) => {
                         self.mark_up();
                         return Ok(values);
                     }
                     Err(e) => {
                         self.slots().forget(&mux);
-                        if may_retry && e.kind() == ErrorKind::Io {
+                        if idempotent && !retried && mux.made < started && e.kind() == ErrorKind::Io {
                             retried = true;
                             continue;
                         }
@@ -142,86 +140,226 @@ impl Pool {
                 }
             }
         };
-        let outcome = tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
-            let e = Error::new(
+        tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
+            Err(Error::new(
                 ErrorKind::Timeout,
                 format!("{}: no reply within {:.1}s", self.label(), self.config().socket_timeout.as_secs_f64()),
-            );
-            if let Some(mux) = used {
-                mux.kill(e.clone());
-                self.slots().forget(&mux);
-            }
-            Err(e)
-        });
-        if let Err(e) = &outcome
-            && e.is_connection_failure()
-        {
-            counters.failure();
-            self.record_failure(e);
-        }
-        outcome
+            ))
+        })
     }
 }
 
 impl Client {
-    fn label_for(&self, write: bool) -> (usize, String) {
+    /// Start one exchange (`replies` replies to `packed`) on the server for a read or a write,
+    /// within one deadline; `then` gets the replies. With a connection open, the request is
+    /// written now, on the caller's thread, and `then` runs on an I/O thread when the reply is
+    /// in; otherwise the exchange connects first, on the I/O runtime.
+    pub fn start(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
         let index = self.server_for(write);
-        (index, self.pools()[index].label())
+        let pool = &self.pools()[index];
+        let started = Instant::now();
+        let deadline = started + pool.config().socket_timeout;
+        if let Err(e) = pool.check_up() {
+            return then(pool, Err(e));
+        }
+        let packed = Arc::new(packed);
+        if let Some(mux) = pool.slots().ready() {
+            let retry = (idempotent && mux.made < started).then(|| packed.clone());
+            let (client, conn) = (self.clone(), mux.clone());
+            mux.send(
+                packed,
+                replies,
+                deadline,
+                Box::new(move |answer| client.settle(index, &conn, answer, retry, replies, deadline, then)),
+            );
+            return;
+        }
+        self.spawn_exchange(index, idempotent, started, packed, replies, deadline, then);
     }
 
-    /// One command's reply, from the server for `route`.
-    async fn one(&self, route: Route<'_>, idempotent: bool, cmd: &redis::Cmd) -> Result<(String, Value), Error> {
-        let (index, label) = self.label_for(route.writes());
-        let mut values = self.pools()[index].exchange(self.counters(), idempotent, cmd.get_packed_command(), 1).await?;
+    /// An answer from a connection that was ready: a stale connection's failure runs the
+    /// exchange once more (when it may be), on a new connection.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        self: &Arc<Self>,
+        index: usize,
+        mux: &Arc<Mux<RedisWire>>,
+        answer: Answer<RedisWire>,
+        retry: Option<Arc<Vec<u8>>>,
+        replies: usize,
+        deadline: Instant,
+        then: Then,
+    ) {
+        let pool = &self.pools()[index];
+        match answer {
+            Ok(values) => {
+                pool.mark_up();
+                then(pool, Ok(values));
+            }
+            Err(e) => {
+                pool.slots().forget(mux);
+                if e.kind() == ErrorKind::Io
+                    && let Some(packed) = retry
+                {
+                    return self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
+                }
+                self.account(pool, &e);
+                then(pool, Err(e));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_exchange(
+        self: &Arc<Self>,
+        index: usize,
+        idempotent: bool,
+        started: Instant,
+        packed: Arc<Vec<u8>>,
+        replies: usize,
+        deadline: Instant,
+        then: Then,
+    ) {
+        let handle = match aio::runtime() {
+            Ok(handle) => handle,
+            Err(e) => return then(&self.pools()[index], Err(e)),
+        };
+        let client = self.clone();
+        handle.spawn(async move {
+            let pool = &client.pools()[index];
+            let result = pool.exchange(idempotent, started, packed, replies, deadline).await;
+            if let Err(e) = &result {
+                client.account(pool, e);
+            }
+            then(pool, result);
+        });
+    }
+
+    /// A call failed on the connection (not on the server's answer): it counts, and the server
+    /// is skipped for the retry window.
+    fn account(&self, pool: &Pool, e: &Error) {
+        if e.is_connection_failure() {
+            self.counters().failure();
+            pool.record_failure(e);
+        }
+    }
+
+    /// One command's reply as `T`, to `done`.
+    pub fn query_then<T: FromRedisValue + Send + 'static>(
+        self: &Arc<Self>,
+        write: bool,
+        idempotent: bool,
+        cmd: &redis::Cmd,
+        done: Done<T>,
+    ) {
+        self.start(
+            write,
+            idempotent,
+            cmd.get_packed_command(),
+            1,
+            Box::new(move |pool, r| done(r.and_then(|mut v| typed(pool.label(), v.pop().unwrap_or(Value::Nil))))),
+        );
+    }
+
+    /// One exchange, awaited: the replies and the label of the server that answered.
+    async fn exchange_on(
+        self: &Arc<Self>,
+        write: bool,
+        idempotent: bool,
+        packed: Vec<u8>,
+        replies: usize,
+    ) -> Result<(String, Vec<Value>), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.start(
+            write,
+            idempotent,
+            packed,
+            replies,
+            Box::new(move |pool, r| {
+                let _ = tx.send(r.map(|v| (pool.label().to_owned(), v)));
+            }),
+        );
+        rx.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped")))
+    }
+
+    async fn one(self: &Arc<Self>, write: bool, idempotent: bool, cmd: &redis::Cmd) -> Result<(String, Value), Error> {
+        let (label, mut values) = self.exchange_on(write, idempotent, cmd.get_packed_command(), 1).await?;
         Ok((label, values.pop().unwrap_or(Value::Nil)))
     }
 
-    async fn query<T: FromRedisValue>(&self, route: Route<'_>, idempotent: bool, cmd: &redis::Cmd) -> Result<T, Error> {
-        let (label, value) = self.one(route, idempotent, cmd).await?;
-        typed(&label, value)
-    }
-
-    /// GET.
-    pub async fn get_async(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let found: Option<Vec<u8>> =
-            self.query(Route::Key { key, write: false }, true, redis::cmd("GET").arg(key)).await?;
-        self.counters().lookups(usize::from(found.is_some()), usize::from(found.is_none()));
-        Ok(found)
+    /// GET; `None` when the key is missing.
+    pub fn get_then(self: &Arc<Self>, key: &[u8], done: Done<Option<Vec<u8>>>) {
+        let client = self.clone();
+        self.query_then(
+            false,
+            true,
+            redis::cmd("GET").arg(key),
+            Box::new(move |found: Result<Option<Vec<u8>>, Error>| {
+                if let Ok(f) = &found {
+                    client.counters().lookups(usize::from(f.is_some()), usize::from(f.is_none()));
+                }
+                done(found);
+            }),
+        );
     }
 
     /// MGET; `None` for the keys not found.
-    pub async fn get_many_async(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    pub fn get_many_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<Vec<Option<Vec<u8>>>>) {
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return done(Ok(Vec::new()));
         }
-        let found: Vec<Option<Vec<u8>>> = self.query(Route::AnyReplica, true, redis::cmd("MGET").arg(keys)).await?;
-        if found.len() != keys.len() {
-            return Err(Error::new(ErrorKind::Protocol, "redis MGET: a reply of another length than the keys"));
-        }
-        let hits = found.iter().filter(|v| v.is_some()).count();
-        self.counters().lookups(hits, found.len() - hits);
-        Ok(found)
+        let (client, count) = (self.clone(), keys.len());
+        self.query_then(
+            false,
+            true,
+            redis::cmd("MGET").arg(keys),
+            Box::new(move |found: Result<Vec<Option<Vec<u8>>>, Error>| {
+                let found = found.and_then(|f| {
+                    if f.len() == count {
+                        Ok(f)
+                    } else {
+                        Err(Error::new(ErrorKind::Protocol, "redis MGET: a reply of another length than the keys"))
+                    }
+                });
+                if let Ok(f) = &found {
+                    let hits = f.iter().filter(|v| v.is_some()).count();
+                    client.counters().lookups(hits, f.len() - hits);
+                }
+                done(found);
+            }),
+        );
     }
 
     /// SET with an optional expiry and NX/XX; whether it was stored.
-    pub async fn set_async(
-        &self,
+    pub fn set_then(
+        self: &Arc<Self>,
         key: &[u8],
         value: &[u8],
         ttl: Option<u64>,
         nx: bool,
         xx: bool,
-    ) -> Result<bool, Error> {
-        let cmd = Self::set_cmd(key, value, ttl, nx, xx);
-        let stored: Option<String> = self.query(Route::Key { key, write: true }, !nx && !xx, &cmd).await?;
-        self.counters().sets(usize::from(stored.is_some()));
-        Ok(stored.is_some())
+        done: Done<bool>,
+    ) {
+        let client = self.clone();
+        // A plain SET may be repeated; SET NX/XX may not (the first may have applied).
+        self.query_then(
+            true,
+            !nx && !xx,
+            &Self::set_cmd(key, value, ttl, nx, xx),
+            Box::new(move |stored: Result<Option<String>, Error>| {
+                let stored = stored.map(|s| s.is_some());
+                if let Ok(true) = stored {
+                    client.counters().sets(1);
+                }
+                done(stored);
+            }),
+        );
     }
 
     /// `SET k v [EX ttl]` for every item, in one pipeline.
-    pub async fn set_many_async(&self, items: &[(&[u8], &[u8])], ttl: Option<u64>) -> Result<(), Error> {
+    pub fn set_many_then(self: &Arc<Self>, items: &[(&[u8], &[u8])], ttl: Option<u64>, done: Done<()>) {
         if items.is_empty() {
-            return Ok(());
+            return done(Ok(()));
         }
         let mut pipe = redis::pipe();
         for (k, v) in items {
@@ -230,54 +368,79 @@ impl Client {
                 cmd.arg("EX").arg(ttl);
             }
         }
-        let (index, label) = self.label_for(true);
-        let values =
-            self.pools()[index].exchange(self.counters(), true, pipe.get_packed_pipeline(), items.len()).await?;
-        no_error_reply(&label, &values)?;
-        self.counters().sets(items.len());
-        Ok(())
+        let (client, count) = (self.clone(), items.len());
+        self.start(
+            true,
+            true,
+            pipe.get_packed_pipeline(),
+            count,
+            Box::new(move |pool, r| {
+                let stored = r.and_then(|values| no_error_reply(pool.label(), &values));
+                if stored.is_ok() {
+                    client.counters().sets(count);
+                }
+                done(stored);
+            }),
+        );
     }
 
     /// DEL; how many keys were there.
-    pub async fn delete_async(&self, keys: &[&[u8]]) -> Result<u64, Error> {
+    pub fn delete_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<u64>) {
         if keys.is_empty() {
-            return Ok(0);
+            return done(Ok(0));
         }
-        self.query(Route::Primary, true, redis::cmd("DEL").arg(keys)).await
+        self.query_then(true, true, redis::cmd("DEL").arg(keys), done);
     }
 
     /// EXISTS.
-    pub async fn exists_async(&self, key: &[u8]) -> Result<bool, Error> {
-        self.query(Route::Key { key, write: false }, true, redis::cmd("EXISTS").arg(key)).await
+    pub fn exists_then(self: &Arc<Self>, key: &[u8], done: Done<bool>) {
+        self.query_then(false, true, redis::cmd("EXISTS").arg(key), done);
+    }
+
+    /// Any command, as given (see [`Client::execute`]).
+    pub fn execute_then(self: &Arc<Self>, args: &[Vec<u8>], write: bool, idempotent: bool, done: Done<Value>) {
+        let cmd = match Self::command(args) {
+            Ok(cmd) => cmd,
+            Err(e) => return done(Err(e)),
+        };
+        self.start(
+            write,
+            idempotent,
+            cmd.get_packed_command(),
+            1,
+            Box::new(move |pool, r| {
+                done(r.and_then(|mut values| match values.pop().unwrap_or(Value::Nil) {
+                    Value::ServerError(e) => Err(classify(pool.label(), &e.into())),
+                    value => Ok(value),
+                }));
+            }),
+        );
     }
 
     /// EXPIRE (seconds), or PERSIST with `None`; whether the key exists.
-    pub async fn touch_async(&self, key: &[u8], seconds: Option<u64>) -> Result<bool, Error> {
-        let route = Route::Key { key, write: true };
+    pub async fn touch_async(self: &Arc<Self>, key: &[u8], seconds: Option<u64>) -> Result<bool, Error> {
         let Some(seconds) = seconds else {
             // PERSIST answers 0 for a key without a TTL: ask for its existence in the same trip.
-            let (index, label) = self.label_for(true);
             let mut pipe = redis::pipe();
             pipe.cmd("PERSIST").arg(key).cmd("EXISTS").arg(key);
-            let mut values = self.pools()[index].exchange(self.counters(), true, pipe.get_packed_pipeline(), 2).await?;
+            let (label, mut values) = self.exchange_on(true, true, pipe.get_packed_pipeline(), 2).await?;
             no_error_reply(&label, &values)?;
             return typed(&label, values.pop().unwrap_or(Value::Nil));
         };
-        self.query(route, true, redis::cmd("EXPIRE").arg(key).arg(seconds)).await
+        let (label, value) = self.one(true, true, redis::cmd("EXPIRE").arg(key).arg(seconds)).await?;
+        typed(&label, value)
     }
 
     /// INCRBY on an existing key only, atomically, its TTL kept (see [`Client::incr`]); past
     /// 64 bits or on a non-integer it goes on as the blocking call does, off the I/O threads
     /// (WATCH needs a connection of its own).
     pub async fn incr_async(self: &Arc<Self>, key: Vec<u8>, delta: i64) -> Result<Counter, Error> {
-        let route = Route::Key { key: &key, write: true };
         let sha = self.incr_script().get_hash().to_owned();
-        let mut reply = self.one(route, false, redis::cmd("EVALSHA").arg(&sha).arg(1).arg(&key).arg(delta)).await?;
+        let mut reply = self.one(true, false, redis::cmd("EVALSHA").arg(&sha).arg(1).arg(&key).arg(delta)).await?;
         if let (_, Value::ServerError(e)) = &reply
             && e.code() == "NOSCRIPT"
         {
-            let source = INCR_IF_EXISTS;
-            reply = self.one(route, false, redis::cmd("EVAL").arg(source).arg(1).arg(&key).arg(delta)).await?;
+            reply = self.one(true, false, redis::cmd("EVAL").arg(INCR_IF_EXISTS).arg(1).arg(&key).arg(delta)).await?;
         }
         match reply {
             (_, Value::BulkString(digits)) => Ok(counter(&digits)),
@@ -292,15 +455,13 @@ impl Client {
     }
 
     /// RENAME `from` to `to` (atomic, the TTL kept); `NotFound` when `from` is missing.
-    pub async fn rename_async(&self, from: &[u8], to: &[u8]) -> Result<(), Error> {
-        let route = Route::Key { key: from, write: true };
+    pub async fn rename_async(self: &Arc<Self>, from: &[u8], to: &[u8]) -> Result<(), Error> {
         let sha = self.rename_script().get_hash().to_owned();
-        let mut reply = self.one(route, false, redis::cmd("EVALSHA").arg(&sha).arg(2).arg(from).arg(to)).await?;
+        let mut reply = self.one(true, false, redis::cmd("EVALSHA").arg(&sha).arg(2).arg(from).arg(to)).await?;
         if let (_, Value::ServerError(e)) = &reply
             && e.code() == "NOSCRIPT"
         {
-            let source = RENAME_IF_EXISTS;
-            reply = self.one(route, false, redis::cmd("EVAL").arg(source).arg(2).arg(from).arg(to)).await?;
+            reply = self.one(true, false, redis::cmd("EVAL").arg(RENAME_IF_EXISTS).arg(2).arg(from).arg(to)).await?;
         }
         match reply {
             (_, Value::Int(_)) => Ok(()),
@@ -309,19 +470,18 @@ impl Client {
         }
     }
 
-    /// Any command, as given (see [`Client::execute`]).
-    pub async fn execute_async(&self, args: &[Vec<u8>], write: bool, idempotent: bool) -> Result<Value, Error> {
-        let cmd = Self::command(args)?;
-        let route = if write { Route::Primary } else { Route::AnyReplica };
-        let (label, value) = self.one(route, idempotent, &cmd).await?;
-        if let Value::ServerError(e) = value {
-            return Err(classify(&label, &e.into()));
-        }
-        Ok(value)
-    }
-
     /// FLUSHDB.
-    pub async fn clear_async(&self) -> Result<(), Error> {
-        self.query(Route::Primary, true, &redis::cmd("FLUSHDB")).await
+    pub async fn clear_async(self: &Arc<Self>) -> Result<(), Error> {
+        let (label, value) = self.one(true, true, &redis::cmd("FLUSHDB")).await?;
+        typed(&label, value)
     }
+}
+
+/// A callback's result, awaited.
+pub async fn awaited<T: Send + 'static>(start: impl FnOnce(Done<T>)) -> Result<T, Error> {
+    let (tx, rx) = oneshot::channel();
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped")))
 }

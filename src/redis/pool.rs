@@ -72,6 +72,7 @@ pub struct Pool {
     health: Mutex<Health>,
     /// The multiplexed connections of the async calls.
     slots: Slots<RedisWire>,
+    label: String,
 }
 
 /// A connection on loan; give it back with [`Pool::put`] only when its last exchange completed.
@@ -125,8 +126,10 @@ impl Pool {
             }
         };
         let settings = info.redis_settings();
+        let name = addr.to_string();
         Ok(Self {
-            name: addr.to_string(),
+            label: if tls.is_some() { format!("redis {name} (TLS)") } else { format!("redis {name}") },
+            name,
             addr,
             tls,
             username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
@@ -146,8 +149,8 @@ impl Pool {
     }
 
     /// "redis host:port", with "(TLS)" under TLS: how messages name the server.
-    pub fn label(&self) -> String {
-        if self.tls.is_some() { format!("redis {} (TLS)", self.name) } else { format!("redis {}", self.name) }
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The pool's deadlines and bounds.
