@@ -269,13 +269,46 @@ class MemcachedClient:
         """Each server's ``stats`` (None when it failed)."""
 
     def servers(self) -> list[dict[str, Any]]:
-        """Each server's health: address, up, removed, errors, last_error, idle_connections."""
+        """Each server's health: address, up, removed, errors, last_error, idle_connections,
+        async_connections."""
 
     def client_stats(self) -> dict[str, int]:
         """Client-side counters since the client was made: hits, misses, sets, failures."""
 
     def server_index(self, key: str) -> int:
         """The index of the configured server a made key goes to."""
+
+    # Async twins: each returns an asyncio future of the running loop (RuntimeError outside
+    # one); requests are pipelined on a few multiplexed connections per server, within the
+    # same deadline as the sync calls. Values are decoded on the loop's thread.
+    def aget(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> asyncio.Future[Any]: ...
+    def aget_multi(
+        self,
+        prefix: str | None,
+        version: Any,
+        keys: Iterable[Any],
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> asyncio.Future[dict[Any, Any]]: ...
+    def aset(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> asyncio.Future[bool]: ...
+    def aadd(self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int) -> asyncio.Future[bool]: ...
+    def areplace(
+        self, prefix: str | None, version: Any, key: Any, value: Any, exptime: int
+    ) -> asyncio.Future[bool]: ...
+    def aset_multi(
+        self,
+        mapping: Mapping[Any, Any],
+        exptime: int = 0,
+        prefix: Any = None,
+        version: Any = None,
+        partial: bool = False,
+        on_failure: Callable[[CacheError], object] | None = None,
+    ) -> asyncio.Future[list[Any]]: ...
+    def adelete(self, prefix: str | None, version: Any, key: Any) -> asyncio.Future[bool]: ...
+    def adelete_multi(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> asyncio.Future[None]: ...
+    def aincr(self, prefix: str | None, version: Any, key: Any, delta: int) -> asyncio.Future[int]: ...
+    def atouch(self, prefix: str | None, version: Any, key: Any, exptime: int) -> asyncio.Future[bool]: ...
+    def aflush_all(self) -> asyncio.Future[None]: ...
 
 @disjoint_base
 class RedisClient:
@@ -370,7 +403,8 @@ class RedisClient:
         """FLUSHDB on the leader."""
 
     def servers(self) -> list[dict[str, Any]]:
-        """Each server's pool: address, up, errors, last_error, idle_connections, open_connections."""
+        """Each server's pool: address, up, errors, last_error, idle_connections, open_connections,
+        async_connections (the multiplexed connections of the async calls)."""
 
     def client_stats(self) -> dict[str, int]:
         """Client-side counters: hits, misses, sets, failures."""

@@ -26,6 +26,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
+from django_rustcache._async import NativeAsync
 from django_rustcache._core import CacheError, MemcachedClient, check_key
 from django_rustcache._failures import answers
 from django_rustcache._network import (
@@ -167,7 +168,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class MemcachedCache(NetworkCache):
+class MemcachedCache(NativeAsync, NetworkCache):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
@@ -335,6 +336,26 @@ class MemcachedCache(NetworkCache):
     @answers(None)
     def clear(self) -> None:
         self._cache.flush_all()
+
+    # --- the async twins of the above (the rest of Django's API: NativeAsync) ---------------
+
+    async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any:
+        try:
+            stored = await self._cache.aset(*self._parts(key, version), value, self.get_backend_timeout(timeout))
+        except CacheError as e:
+            stored = self._failed(e, False)
+        return stored if self._set_returns_bool else None
+
+    async def ahas_key(self, key: Any, version: Any = None) -> bool:
+        return await self.aget(key, self._missing_key, version) is not self._missing_key
+
+    @answers(None)
+    async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await self._cache.aincr(*self._parts(key, version), delta)
+
+    @answers(None)
+    async def aclear(self) -> None:  # type: ignore[override]
+        await self._cache.aflush_all()
 
     def server_stats(self) -> dict[str, Any]:
         """Each server's own ``stats`` output."""

@@ -210,6 +210,20 @@ where
     Ok(future)
 }
 
+/// Run `work` off the loop's thread, without the GIL: on a blocking thread when it is `large`
+/// (compressing a big value would hold up every call on an I/O thread), else on an I/O thread.
+/// Here, at once, only if the runtime cannot start.
+pub fn off_loop(large: bool, work: impl FnOnce() + Send + 'static) {
+    match crate::net::aio::runtime() {
+        Ok(handle) if large => drop(handle.spawn_blocking(work)),
+        Ok(handle) => drop(handle.spawn(async move { work() })),
+        Err(_) => work(),
+    }
+}
+
+/// Work on values past this size goes to a blocking thread, not an I/O thread.
+pub const OFF_IO_FROM: usize = 256 * 1024;
+
 /// A result that is plain data.
 pub fn value<T>(v: T) -> Make
 where

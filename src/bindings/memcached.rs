@@ -2,6 +2,7 @@
 //! values encoded while attached to the interpreter; every round trip, and compression, runs
 //! detached (the GIL released), with only bytes crossing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -9,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString};
 
+use super::aio::{self, Make, OFF_IO_FROM, none, off_loop, promise};
 use super::errors::ServerDown;
 use super::keys::{OnInvalid, make_key_checked};
 use super::stats::client_stats;
@@ -59,6 +61,11 @@ impl Codec {
         Ok((codec::FLAG_PICKLE, pickled.as_bytes().to_vec()))
     }
 
+    /// Whether `data` is to be compressed before it is stored.
+    fn compresses(&self, data: &[u8]) -> bool {
+        self.min_compress_len > 0 && data.len() >= self.min_compress_len
+    }
+
     fn decode<'py>(py: Python<'py>, flags: u32, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         match flags & codec::TYPE_MASK {
             codec::FLAG_PICKLE => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),)),
@@ -91,8 +98,8 @@ fn unpack(item: Item) -> Result<(u32, Vec<u8>), crate::error::Error> {
 /// A memcached client shared by every backend instance of one configuration.
 #[pyclass(frozen, subclass, name = "MemcachedClient", module = "django_rustcache._core")]
 pub struct PyMemcachedClient {
-    client: Client,
-    codec: Codec,
+    client: Arc<Client>,
+    codec: Arc<Codec>,
     behaviors: Py<PyDict>,
 }
 
@@ -128,6 +135,105 @@ impl PyMemcachedClient {
         })?;
         Ok(stored == Stored::Yes)
     }
+}
+
+/// Made keys and encoded values of a mapping, and its keys as given.
+type Entries = (Vec<Py<PyAny>>, Vec<(String, (u32, Vec<u8>))>);
+
+impl PyMemcachedClient {
+    /// A mapping's items as made keys and encoded values, with the keys as given.
+    fn entries<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Entries> {
+        let none = py.None().into_bound(py);
+        let prefix = prefix.unwrap_or_else(|| none.clone());
+        let version = version.unwrap_or_else(|| none.clone());
+        let mut originals = Vec::new();
+        let mut entries = Vec::new();
+        let items = match mapping.cast::<PyDict>() {
+            Ok(d) => d.items(),
+            Err(_) => mapping
+                .call_method0("items")?
+                .try_iter()?
+                .collect::<PyResult<Vec<_>>>()
+                .map(|v| PyList::new(py, v))??,
+        };
+        for item in items.iter() {
+            let (k, v) = item.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()?;
+            let made = Self::key(py, &prefix, &version, &k)?;
+            entries.push((made, self.codec.encode(py, &v)?));
+            originals.push(k.unbind());
+        }
+        Ok((originals, entries))
+    }
+
+    /// An incr's delta as a direction and a 64-bit magnitude.
+    fn delta(delta: &Bound<'_, PyAny>) -> PyResult<(bool, u64)> {
+        let delta: i128 = delta.extract().map_err(|_| PyTypeError::new_err("delta must be an int"))?;
+        let magnitude =
+            u64::try_from(delta.unsigned_abs()).map_err(|_| PyValueError::new_err("delta does not fit in 64 bits"))?;
+        Ok((delta < 0, magnitude))
+    }
+
+    /// `store_one`'s async twin: the value compressed (if it is to be) off the loop's thread.
+    #[allow(clippy::too_many_arguments)]
+    fn astore<'py>(
+        &self,
+        py: Python<'py>,
+        cmd: Store,
+        key: String,
+        value: &Bound<'py, PyAny>,
+        exptime: i64,
+        delete_on_refusal: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let encoded = self.codec.encode(py, value)?;
+        let (future, promise) = promise(py)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let go = move |(flags, data): (u32, Vec<u8>)| {
+            let (again, made) = (client.clone(), key.clone());
+            client.store_then(
+                cmd,
+                key.as_bytes(),
+                flags,
+                exptime,
+                &data,
+                Box::new(move |stored| match stored {
+                    // Django: make sure the key does not keep its old value (memcached's 1 MB limit).
+                    Ok(Stored::Refused(_)) if delete_on_refusal => again
+                        .delete_then(made.as_bytes(), Box::new(move |r| promise.keep(r.map(|_| aio::value(false))))),
+                    stored => promise.keep(stored.map(|s| aio::value(s == Stored::Yes))),
+                }),
+            );
+        };
+        if codec.compresses(&encoded.1) {
+            let large = encoded.1.len() >= OFF_IO_FROM;
+            off_loop(large, move || go(pack(&codec, encoded)));
+        } else {
+            go(encoded);
+        }
+        Ok(future)
+    }
+}
+
+/// Items inflated where compressed, then `go` with them (the caller is on an I/O thread:
+/// large compressed values go to a blocking thread).
+fn unpacked(
+    items: Vec<Option<Item>>,
+    go: impl FnOnce(Result<Vec<Option<(u32, Vec<u8>)>>, crate::error::Error>) + Send + 'static,
+) {
+    let large = items
+        .iter()
+        .flatten()
+        .filter(|item| item.flags & codec::FLAG_ZLIB != 0)
+        .map(|item| item.data.len())
+        .sum::<usize>()
+        >= OFF_IO_FROM / 4;
+    let work = move || go(items.into_iter().map(|item| item.map(unpack).transpose()).collect());
+    if large { off_loop(true, work) } else { work() }
 }
 
 /// A multi-key call that went on without a failed server: its error goes to `on_failure` (the
@@ -227,8 +333,8 @@ impl PyMemcachedClient {
         };
         let pickle_protocol = pickle_protocol.filter(|p| *p >= 0).unwrap_or(5);
         Ok(Self {
-            client: Client::new(config)?,
-            codec: Codec { pickle_protocol, min_compress_len, compress_level },
+            client: Arc::new(Client::new(config)?),
+            codec: Arc::new(Codec { pickle_protocol, min_compress_len, compress_level }),
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
         })
     }
@@ -359,25 +465,7 @@ impl PyMemcachedClient {
         partial: bool,
         on_failure: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let none = py.None().into_bound(py);
-        let prefix = prefix.unwrap_or_else(|| none.clone());
-        let version = version.unwrap_or_else(|| none.clone());
-        let mut originals = Vec::new();
-        let mut entries = Vec::new();
-        let items = match mapping.cast::<PyDict>() {
-            Ok(d) => d.items(),
-            Err(_) => mapping
-                .call_method0("items")?
-                .try_iter()?
-                .collect::<PyResult<Vec<_>>>()
-                .map(|v| PyList::new(py, v))??,
-        };
-        for item in items.iter() {
-            let (k, v) = item.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()?;
-            let made = Self::key(py, &prefix, &version, &k)?;
-            entries.push((made, self.codec.encode(py, &v)?));
-            originals.push(k);
-        }
+        let (originals, entries) = self.entries(py, mapping, prefix, version)?;
         let (client, codec) = (&self.client, &self.codec);
         let outcome = py.detach(|| -> Result<(Vec<bool>, Option<crate::error::Error>), crate::error::Error> {
             let packed: Vec<(String, (u32, Vec<u8>))> = entries.into_iter().map(|(k, e)| (k, pack(codec, e))).collect();
@@ -457,9 +545,7 @@ impl PyMemcachedClient {
         delta: &Bound<'_, PyAny>,
     ) -> PyResult<u64> {
         let key = Self::key(py, prefix, version, key)?;
-        let delta: i128 = delta.extract().map_err(|_| PyTypeError::new_err("delta must be an int"))?;
-        let (decr, magnitude) = (delta < 0, delta.unsigned_abs());
-        let magnitude = u64::try_from(magnitude).map_err(|_| PyValueError::new_err("delta does not fit in 64 bits"))?;
+        let (decr, magnitude) = Self::delta(delta)?;
         let client = &self.client;
         match py.detach(|| client.incr(key.as_bytes(), magnitude, decr))? {
             Some(n) => Ok(n),
@@ -479,6 +565,287 @@ impl PyMemcachedClient {
         let key = Self::key(py, prefix, version, key)?;
         let client = &self.client;
         Ok(py.detach(|| client.touch(key.as_bytes(), exptime))?)
+    }
+
+    // --- async: each returns an asyncio future of the running loop (see `bindings::aio`) ----
+
+    #[pyo3(signature = (prefix, version, key, default=None))]
+    fn aget<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        let (future, promise) = promise(py)?;
+        let default = default.map(Bound::unbind);
+        self.client.get_then(
+            key.as_bytes(),
+            Box::new(move |found| match found {
+                Ok(item) => unpacked(vec![item], move |items| {
+                    let item = items.map(|mut items| items.pop().flatten());
+                    promise.keep(item.map(|item| {
+                        Box::new(move |py: Python<'_>| match item {
+                            Some((flags, data)) => Codec::decode(py, flags, &data).map(Bound::unbind),
+                            None => Ok(default.unwrap_or_else(|| py.None())),
+                        }) as Make
+                    }));
+                }),
+                Err(e) => promise.keep(Err(e)),
+            }),
+        );
+        Ok(future)
+    }
+
+    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
+    fn aget_multi<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+        partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut originals = Vec::new();
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            made.push(Self::key(py, prefix, version, &key)?);
+            originals.push(key.unbind());
+        }
+        let (future, promise) = promise(py)?;
+        let on_failure = on_failure.map(Bound::unbind);
+        let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+        self.client.get_many_then(
+            &refs,
+            Box::new(move |found| match found {
+                Ok((items, errors)) => unpacked(items, move |items| {
+                    promise.keep(items.map(|items| {
+                        Box::new(move |py: Python<'_>| {
+                            report_partial(
+                                py,
+                                partial,
+                                on_failure.as_ref().map(|f| f.bind(py)),
+                                errors.into_iter().next(),
+                            )?;
+                            let out = PyDict::new(py);
+                            for (original, item) in originals.iter().zip(items) {
+                                if let Some((flags, data)) = item {
+                                    out.set_item(original, Codec::decode(py, flags, &data)?)?;
+                                }
+                            }
+                            Ok(out.into_any().unbind())
+                        }) as Make
+                    }));
+                }),
+                Err(e) => promise.keep(Err(e)),
+            }),
+        );
+        Ok(future)
+    }
+
+    fn aset<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        exptime: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.astore(py, Store::Set, key, value, exptime, true)
+    }
+
+    fn aadd<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        exptime: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.astore(py, Store::Add, key, value, exptime, false)
+    }
+
+    fn areplace<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+        exptime: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        self.astore(py, Store::Replace, key, value, exptime, false)
+    }
+
+    #[pyo3(signature = (mapping, exptime=0, prefix=None, version=None, partial=false, on_failure=None))]
+    #[allow(clippy::too_many_arguments)] // Django's set_many arguments plus the shared failure-policy pair
+    fn aset_multi<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        exptime: i64,
+        prefix: Option<Bound<'py, PyAny>>,
+        version: Option<Bound<'py, PyAny>>,
+        partial: bool,
+        on_failure: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (originals, entries) = self.entries(py, mapping, prefix, version)?;
+        let (future, promise) = promise(py)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let on_failure = on_failure.map(Bound::unbind);
+        let large = entries.iter().map(|(_, (_, d))| d.len()).sum::<usize>() >= OFF_IO_FROM;
+        let compress = entries.iter().any(|(_, (_, d))| codec.compresses(d));
+        let work = move || {
+            let packed: Vec<(String, (u32, Vec<u8>))> =
+                entries.into_iter().map(|(k, e)| (k, pack(&codec, e))).collect();
+            let items: Vec<(&[u8], u32, &[u8])> =
+                packed.iter().map(|(k, (f, d))| (k.as_bytes(), *f, d.as_slice())).collect();
+            let again = client.clone();
+            let keys: Vec<String> = packed.iter().map(|(k, _)| k.clone()).collect();
+            client.set_many_then(
+                &items,
+                exptime,
+                Box::new(move |results| {
+                    let results = match results {
+                        Ok(results) => results,
+                        Err(e) => return promise.keep(Err(e)),
+                    };
+                    let failure = results.iter().find_map(|r| r.as_ref().err().cloned());
+                    if !partial && let Some(e) = failure {
+                        return promise.keep(Err(e));
+                    }
+                    let stored: Vec<bool> = results.iter().map(|r| matches!(r, Ok(Stored::Yes))).collect();
+                    let finish = move |r: Result<(), crate::error::Error>| {
+                        promise.keep(r.map(|()| {
+                            Box::new(move |py: Python<'_>| {
+                                report_partial(py, partial, on_failure.as_ref().map(|f| f.bind(py)), failure)?;
+                                let failed = PyList::empty(py);
+                                for (original, ok) in originals.iter().zip(stored) {
+                                    if !ok {
+                                        failed.append(original)?;
+                                    }
+                                }
+                                Ok(failed.into_any().unbind())
+                            }) as Make
+                        }));
+                    };
+                    // A refused item also loses its old value, as with `set`.
+                    let refused: Vec<&[u8]> = keys
+                        .iter()
+                        .zip(&results)
+                        .filter(|(_, r)| matches!(r, Ok(Stored::Refused(_))))
+                        .map(|(k, _)| k.as_bytes())
+                        .collect();
+                    if refused.is_empty() {
+                        return finish(Ok(()));
+                    }
+                    again.delete_many_then(
+                        &refused,
+                        Box::new(move |errors| finish(errors.and_then(|e| e.into_iter().next().map_or(Ok(()), Err)))),
+                    );
+                }),
+            );
+        };
+        if compress {
+            off_loop(large, work);
+        } else {
+            work();
+        }
+        Ok(future)
+    }
+
+    fn adelete<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        let (future, promise) = promise(py)?;
+        self.client.delete_then(key.as_bytes(), Box::new(move |r| promise.keep(r.map(aio::value))));
+        Ok(future)
+    }
+
+    fn adelete_multi<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut made = Vec::new();
+        for key in keys.try_iter()? {
+            made.push(Self::key(py, prefix, version, &key?)?);
+        }
+        let (future, promise) = promise(py)?;
+        let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
+        self.client.delete_many_then(
+            &refs,
+            Box::new(move |errors| {
+                promise.keep(errors.and_then(|e| e.into_iter().next().map_or(Ok(()), Err)).map(|()| none()));
+            }),
+        );
+        Ok(future)
+    }
+
+    fn aincr<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        delta: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        let (decr, magnitude) = Self::delta(delta)?;
+        let (future, promise) = promise(py)?;
+        let made = key.clone();
+        self.client.incr_then(
+            key.as_bytes(),
+            magnitude,
+            decr,
+            Box::new(move |r| {
+                promise.keep(r.map(|found| {
+                    Box::new(move |py: Python<'_>| match found {
+                        Some(n) => n.into_pyobject(py).map(|n| n.into_any().unbind()).map_err(Into::into),
+                        None => Err(PyValueError::new_err(format!("Key '{made}' not found"))),
+                    }) as Make
+                }));
+            }),
+        );
+        Ok(future)
+    }
+
+    fn atouch<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        version: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+        exptime: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let key = Self::key(py, prefix, version, key)?;
+        let (future, promise) = promise(py)?;
+        self.client.touch_then(key.as_bytes(), exptime, Box::new(move |r| promise.keep(r.map(aio::value))));
+        Ok(future)
+    }
+
+    fn aflush_all<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (future, promise) = promise(py)?;
+        self.client.clear_then(Box::new(move |errors| {
+            promise.keep(errors.and_then(|e| e.into_iter().next().map_or(Ok(()), Err)).map(|()| none()));
+        }));
+        Ok(future)
     }
 
     /// `flush_all` on every server.
@@ -537,6 +904,7 @@ impl PyMemcachedClient {
             d.set_item("errors", s.errors)?;
             d.set_item("last_error", s.last_error)?;
             d.set_item("idle_connections", s.idle)?;
+            d.set_item("async_connections", s.async_connections)?;
             out.append(d)?;
         }
         Ok(out)

@@ -14,7 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 use redis::Value;
 
-use super::aio::{self, Make, none, promise, spawn};
+use super::aio::{self, Make, OFF_IO_FROM, none, off_loop, promise, spawn};
 use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
@@ -841,6 +841,7 @@ impl PyRedisClient {
             d.set_item("last_error", state.last_error)?;
             d.set_item("idle_connections", state.idle)?;
             d.set_item("open_connections", state.open)?;
+            d.set_item("async_connections", pool.slots().open())?;
             out.append(d)?;
         }
         Ok(out)
@@ -882,10 +883,6 @@ impl PyRedisClient {
     }
 }
 
-/// Values past this are compressed or inflated on a blocking thread, not on an I/O thread
-/// (which would hold up every other call meanwhile).
-const OFF_IO_FROM: usize = 256 * 1024;
-
 /// The bytes to store for `values`, then `go` with them: compressed (where they are to be) off
 /// the loop's thread and without the GIL, on a blocking thread when large; at once when nothing
 /// is to be compressed.
@@ -899,18 +896,9 @@ fn finished(
     if !values.iter().any(compresses) {
         return go(Ok(values.into_iter().map(|v| v.data).collect()));
     }
-    let handle = match crate::net::aio::runtime() {
-        Ok(handle) => handle,
-        Err(e) => return go(Err(e)),
-    };
     let large = values.iter().map(|v| v.data.len()).sum::<usize>() >= OFF_IO_FROM;
     let codec = codec.clone();
-    let work = move || go(values.into_iter().map(|v| codec.finish(v)).collect());
-    if large {
-        drop(handle.spawn_blocking(work));
-    } else {
-        drop(handle.spawn(async move { work() }));
-    }
+    off_loop(large, move || go(values.into_iter().map(|v| codec.finish(v)).collect()));
 }
 
 /// Stored bytes inflated where compressed, then `go` with them (the caller is on an I/O thread:
@@ -919,14 +907,7 @@ fn unpacked(codec: &Arc<Codec>, values: Vec<Option<Vec<u8>>>, go: impl FnOnce(Ve
     let large = codec.inflate && values.iter().flatten().map(Vec::len).sum::<usize>() >= OFF_IO_FROM;
     let codec = codec.clone();
     let work = move || go(values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect());
-    if !large {
-        return work();
-    }
-    let handle = crate::net::aio::runtime();
-    match handle {
-        Ok(handle) => drop(handle.spawn_blocking(work)),
-        Err(_) => work(),
-    }
+    if large { off_loop(true, work) } else { work() }
 }
 
 /// One shard's part of a call: its client and the keys (as given) that live on it.

@@ -6,14 +6,20 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::aio::MemcachedWire;
 use super::conn::{Address, Conn, Timeouts};
-use super::dialect::{Dialect, Simple, VECTORED_FROM};
+use super::dialect::{Dialect, Reading, Simple, VECTORED_FROM};
 use super::pool::Pool;
 use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
 use super::router::{FailurePolicy, Router};
 use crate::error::{Error, ErrorKind};
 use crate::net::Counters;
+use crate::net::aio::Slots;
+
+/// Multiplexed connections per server for the async calls: one carries hundreds of calls at
+/// once; a second opens only while the first is busy.
+pub const ASYNC_CONNECTIONS: usize = 2;
 
 pub use super::dialect::{Item, Stored};
 pub use crate::net::ClientStats;
@@ -91,12 +97,14 @@ pub struct ServerState {
     pub last_error: Option<String>,
     /// Idle pooled connections.
     pub idle: usize,
+    /// Open multiplexed connections (the async calls').
+    pub async_connections: usize,
 }
 
 /// Whether an exchange may run again on a new connection when a pooled one turns out dead: not
 /// for `incr`/`decr`, whose first attempt may have applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
+pub(crate) enum Retry {
     Yes,
     No,
 }
@@ -104,10 +112,12 @@ enum Retry {
 /// The client. Thread-safe; meant to be shared by every backend instance of one configuration.
 pub struct Client {
     config: Config,
-    dialect: Dialect,
-    router: Router,
-    pool: Pool,
-    counters: Counters,
+    pub(super) dialect: Dialect,
+    pub(super) router: Router,
+    pub(super) pool: Pool,
+    pub(super) counters: Counters,
+    /// The multiplexed connections of the async calls, per server.
+    pub(super) slots: Vec<Slots<MemcachedWire>>,
 }
 
 impl Client {
@@ -128,6 +138,7 @@ impl Client {
             router: Router::new(&servers, config.distribution, config.hash, policy),
             pool: Pool::new(servers.len(), config.max_idle, config.timeouts, config.credentials.clone()),
             counters: Counters::default(),
+            slots: (0..servers.len()).map(|_| Slots::new(ASYNC_CONNECTIONS)).collect(),
             config,
         })
     }
@@ -150,13 +161,13 @@ impl Client {
     // --- one exchange, one deadline ----------------------------------------------------------
 
     /// The deadline of a call that starts now: connect, send and every reply together.
-    fn deadline(&self) -> Instant {
+    pub(super) fn deadline(&self) -> Instant {
         Instant::now() + self.pool.timeouts().call
     }
 
     /// A failed exchange: a connection-level failure counts against the server (its retry
     /// window starts and its idle connections, likely dead too, are dropped).
-    fn failed(&self, si: usize, e: &Error) {
+    pub(super) fn failed(&self, si: usize, e: &Error) {
         if e.is_connection_failure() {
             self.counters.failure();
             self.router.record_failure(si, e);
@@ -291,7 +302,7 @@ impl Client {
 
     /// One request per server that holds some of `keys`, each built by `encode` from that
     /// server's share of the positions.
-    fn requests_by_server(
+    pub(super) fn requests_by_server(
         groups: &[Vec<usize>],
         mut encode: impl FnMut(&mut Vec<u8>, &[usize]) -> Result<(), Error>,
     ) -> Result<Vec<(usize, Vec<u8>)>, Error> {
@@ -315,7 +326,7 @@ impl Client {
         self.dialect.encode_get(&mut request, &[key])?;
         let dialect = self.dialect;
         let found = self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
-            Ok(dialect.read_get(conn, deadline)?.into_iter().next().map(|(_, item)| item))
+            Ok(dialect.read_get(&mut Reading { conn, deadline })?.into_iter().next().map(|(_, item)| item))
         })?;
         self.counters.lookups(usize::from(found.is_some()), usize::from(found.is_none()));
         Ok(found)
@@ -339,7 +350,9 @@ impl Client {
             positions.entry(*key).or_default().push(i);
         }
         let mut errors = Vec::new();
-        for (_, result) in self.fan_out(&requests, |_, conn, deadline| dialect.read_get(conn, deadline))? {
+        for (_, result) in
+            self.fan_out(&requests, |_, conn, deadline| dialect.read_get(&mut Reading { conn, deadline }))?
+        {
             match result {
                 Ok(hits) => {
                     for (key, item) in hits {
@@ -362,7 +375,7 @@ impl Client {
         let si = self.router.route(key)?;
         let mut head = Vec::with_capacity(key.len() + 48);
         let dialect = self.dialect;
-        let read = |conn: &mut Conn, deadline: Instant| dialect.read_stored(conn, deadline);
+        let read = |conn: &mut Conn, deadline: Instant| dialect.read_stored(&mut Reading { conn, deadline });
         let stored = if data.len() < VECTORED_FROM {
             dialect.encode_store(&mut head, cmd, key, flags, exptime, data)?;
             self.exchange(si, &[&head], Retry::Yes, read)?
@@ -387,7 +400,10 @@ impl Client {
             })
         })?;
         let results = self.fan_out(&requests, |si, conn, deadline| {
-            groups[si].iter().map(|_| dialect.read_stored(conn, deadline)).collect::<Result<Vec<_>, _>>()
+            groups[si]
+                .iter()
+                .map(|_| dialect.read_stored(&mut Reading { conn, deadline }))
+                .collect::<Result<Vec<_>, _>>()
         })?;
         let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
         scatter(&mut out, &groups, results);
@@ -401,7 +417,9 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 32);
         self.dialect.encode_delete(&mut request, key)?;
         let dialect = self.dialect;
-        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| dialect.read_deleted(conn, deadline))
+        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
+            dialect.read_deleted(&mut Reading { conn, deadline })
+        })
     }
 
     /// Delete several keys, pipelined per server. The errors of the servers that failed.
@@ -412,7 +430,7 @@ impl Client {
             group.iter().try_for_each(|&i| dialect.encode_delete(request, keys[i]))
         })?;
         let results = self.fan_out(&requests, |si, conn, deadline| {
-            groups[si].iter().try_for_each(|_| dialect.read_deleted(conn, deadline).map(|_| ()))
+            groups[si].iter().try_for_each(|_| dialect.read_deleted(&mut Reading { conn, deadline }).map(|_| ()))
         })?;
         Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
@@ -425,7 +443,9 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 48);
         self.dialect.encode_incr(&mut request, key, delta, decr)?;
         let dialect = self.dialect;
-        self.exchange(si, &[&request], Retry::No, |conn, deadline| dialect.read_counter(conn, deadline, key))
+        self.exchange(si, &[&request], Retry::No, |conn, deadline| {
+            dialect.read_counter(&mut Reading { conn, deadline }, key)
+        })
     }
 
     /// Give a key a new expiry; whether it was there.
@@ -434,7 +454,9 @@ impl Client {
         let mut request = Vec::with_capacity(key.len() + 32);
         self.dialect.encode_touch(&mut request, key, exptime)?;
         let dialect = self.dialect;
-        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| dialect.read_touched(conn, deadline))
+        self.exchange(si, &[&request], Retry::Yes, |conn, deadline| {
+            dialect.read_touched(&mut Reading { conn, deadline })
+        })
     }
 
     /// A command without arguments on every server, in server order.
@@ -454,20 +476,22 @@ impl Client {
     /// `flush_all` on every server. The errors of the servers that failed.
     pub fn clear(&self) -> Result<Vec<Error>, Error> {
         let dialect = self.dialect;
-        let results = self.on_every_server(Simple::Flush, |_, conn, deadline| dialect.read_flushed(conn, deadline))?;
+        let results = self.on_every_server(Simple::Flush, |_, conn, deadline| {
+            dialect.read_flushed(&mut Reading { conn, deadline })
+        })?;
         Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
     }
 
     /// `version` of every server.
     pub fn versions(&self) -> Result<ByServer<String>, Error> {
         let dialect = self.dialect;
-        self.on_every_server(Simple::Version, |_, conn, deadline| dialect.read_version(conn, deadline))
+        self.on_every_server(Simple::Version, |_, conn, deadline| dialect.read_version(&mut Reading { conn, deadline }))
     }
 
     /// `stats` of every server.
     pub fn stats(&self) -> Result<ByServer<Vec<(String, String)>>, Error> {
         let dialect = self.dialect;
-        self.on_every_server(Simple::Stats, |_, conn, deadline| dialect.read_stats(conn, deadline))
+        self.on_every_server(Simple::Stats, |_, conn, deadline| dialect.read_stats(&mut Reading { conn, deadline }))
     }
 
     /// The health of every server.
@@ -482,6 +506,7 @@ impl Client {
                     errors: h.errors,
                     last_error: h.last_error,
                     idle: self.pool.idle_count(si),
+                    async_connections: self.slots[si].open(),
                 }
             })
             .collect()
@@ -494,7 +519,7 @@ impl Client {
 }
 
 /// Put each server's per-item replies (or its error, for all its items) back in item order.
-fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: PerServer<Vec<T>>) {
+pub(super) fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: PerServer<Vec<T>>) {
     for (si, result) in results {
         match result {
             Ok(replies) => {

@@ -11,6 +11,39 @@ use super::conn::{Address, Conn};
 use super::protocol::{self, Reply, Store};
 use crate::error::{Error, ErrorKind};
 
+/// Where a reply's frames come from: a connection, read under the call's deadline, or the frames
+/// a multiplexed connection already read for the request.
+pub trait Replies {
+    /// The next text-protocol reply.
+    fn reply(&mut self) -> Result<Reply, Error>;
+    /// The next binary-protocol packet.
+    fn packet(&mut self) -> Result<Packet, Error>;
+    /// The server's address, for messages.
+    fn addr(&self) -> &Address;
+}
+
+/// A connection's replies, each read before `deadline`.
+pub struct Reading<'a> {
+    /// The connection.
+    pub conn: &'a mut Conn,
+    /// The call's deadline.
+    pub deadline: Instant,
+}
+
+impl Replies for Reading<'_> {
+    fn reply(&mut self) -> Result<Reply, Error> {
+        self.conn.read_reply(self.deadline)
+    }
+
+    fn packet(&mut self) -> Result<Packet, Error> {
+        self.conn.read_packet(self.deadline)
+    }
+
+    fn addr(&self) -> &Address {
+        self.conn.addr()
+    }
+}
+
 /// A value as stored: the client flags and the bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -88,18 +121,18 @@ impl Dialect {
     }
 
     /// Read the hits of one [`Dialect::encode_get`] request: each key with its item.
-    pub fn read_get(self, conn: &mut Conn, deadline: Instant) -> Result<Vec<(Vec<u8>, Item)>, Error> {
+    pub fn read_get(self, r: &mut impl Replies) -> Result<Vec<(Vec<u8>, Item)>, Error> {
         let mut hits = Vec::new();
         match self {
             Dialect::Text => loop {
-                match conn.read_reply(deadline)? {
+                match r.reply()? {
                     Reply::Value { key, flags, data, cas } => hits.push((key, Item { flags, data, cas })),
                     Reply::End => return Ok(hits),
-                    other => return Err(unexpected(conn.addr(), &other)),
+                    other => return Err(unexpected(r.addr(), &other)),
                 }
             },
             Dialect::Binary => loop {
-                let p = conn.read_packet(deadline)?;
+                let p = r.packet()?;
                 if p.opcode == Op::Noop as u8 {
                     return Ok(hits);
                 }
@@ -108,7 +141,7 @@ impl Dialect {
                         hits.push((p.key.clone(), Item { flags: p.flags(), cas: Some(p.cas), data: p.value }));
                     }
                     status::NOT_FOUND => {}
-                    _ => return Err(packet_error(conn.addr(), &p)),
+                    _ => return Err(packet_error(r.addr(), &p)),
                 }
             },
         }
@@ -154,21 +187,21 @@ impl Dialect {
     }
 
     /// Read the reply to one storage request.
-    pub fn read_stored(self, conn: &mut Conn, deadline: Instant) -> Result<Stored, Error> {
+    pub fn read_stored(self, r: &mut impl Replies) -> Result<Stored, Error> {
         match self {
-            Dialect::Text => match conn.read_reply(deadline)? {
+            Dialect::Text => match r.reply()? {
                 Reply::Stored => Ok(Stored::Yes),
                 Reply::NotStored | Reply::Exists | Reply::NotFound => Ok(Stored::No),
                 Reply::Error(message) if message.starts_with("SERVER_ERROR") => Ok(Stored::Refused(message)),
-                other => Err(unexpected(conn.addr(), &other)),
+                other => Err(unexpected(r.addr(), &other)),
             },
             Dialect::Binary => {
-                let p = conn.read_packet(deadline)?;
+                let p = r.packet()?;
                 match p.status {
                     status::OK => Ok(Stored::Yes),
                     status::NOT_FOUND | status::EXISTS | status::NOT_STORED => Ok(Stored::No),
                     status::TOO_LARGE => Ok(Stored::Refused(p.status_text())),
-                    _ => Err(packet_error(conn.addr(), &p)),
+                    _ => Err(packet_error(r.addr(), &p)),
                 }
             }
         }
@@ -183,8 +216,8 @@ impl Dialect {
     }
 
     /// Read the reply to a delete: whether the key was there.
-    pub fn read_deleted(self, conn: &mut Conn, deadline: Instant) -> Result<bool, Error> {
-        self.read_found(conn, deadline, Reply::Deleted)
+    pub fn read_deleted(self, r: &mut impl Replies) -> Result<bool, Error> {
+        self.read_found(r, Reply::Deleted)
     }
 
     /// Append a touch request.
@@ -196,23 +229,23 @@ impl Dialect {
     }
 
     /// Read the reply to a touch: whether the key was there.
-    pub fn read_touched(self, conn: &mut Conn, deadline: Instant) -> Result<bool, Error> {
-        self.read_found(conn, deadline, Reply::Touched)
+    pub fn read_touched(self, r: &mut impl Replies) -> Result<bool, Error> {
+        self.read_found(r, Reply::Touched)
     }
 
-    fn read_found(self, conn: &mut Conn, deadline: Instant, done: Reply) -> Result<bool, Error> {
+    fn read_found(self, r: &mut impl Replies, done: Reply) -> Result<bool, Error> {
         match self {
-            Dialect::Text => match conn.read_reply(deadline)? {
+            Dialect::Text => match r.reply()? {
                 Reply::NotFound => Ok(false),
                 reply if reply == done => Ok(true),
-                other => Err(unexpected(conn.addr(), &other)),
+                other => Err(unexpected(r.addr(), &other)),
             },
             Dialect::Binary => {
-                let p = conn.read_packet(deadline)?;
+                let p = r.packet()?;
                 match p.status {
                     status::OK => Ok(true),
                     status::NOT_FOUND => Ok(false),
-                    _ => Err(packet_error(conn.addr(), &p)),
+                    _ => Err(packet_error(r.addr(), &p)),
                 }
             }
         }
@@ -227,17 +260,17 @@ impl Dialect {
     }
 
     /// Read the reply to an incr/decr of `key`: the new value, or None when the key is missing.
-    pub fn read_counter(self, conn: &mut Conn, deadline: Instant, key: &[u8]) -> Result<Option<u64>, Error> {
+    pub fn read_counter(self, r: &mut impl Replies, key: &[u8]) -> Result<Option<u64>, Error> {
         match self {
-            Dialect::Text => match conn.read_reply(deadline)? {
+            Dialect::Text => match r.reply()? {
                 Reply::Number(n) => Ok(Some(n)),
                 Reply::NotFound => Ok(None),
                 // The text protocol's only CLIENT_ERROR for a well-formed incr: a non-numeric value.
                 Reply::Error(message) if message.starts_with("CLIENT_ERROR") => Err(non_numeric(key)),
-                other => Err(unexpected(conn.addr(), &other)),
+                other => Err(unexpected(r.addr(), &other)),
             },
             Dialect::Binary => {
-                let p = conn.read_packet(deadline)?;
+                let p = r.packet()?;
                 match p.status {
                     status::OK => match p.value.get(..8) {
                         Some(b) => Ok(Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))),
@@ -245,7 +278,7 @@ impl Dialect {
                     },
                     status::NOT_FOUND => Ok(None),
                     status::NON_NUMERIC => Err(non_numeric(key)),
-                    _ => Err(packet_error(conn.addr(), &p)),
+                    _ => Err(packet_error(r.addr(), &p)),
                 }
             }
         }
@@ -263,41 +296,39 @@ impl Dialect {
     }
 
     /// Read the reply to `flush_all`.
-    pub fn read_flushed(self, conn: &mut Conn, deadline: Instant) -> Result<(), Error> {
+    pub fn read_flushed(self, r: &mut impl Replies) -> Result<(), Error> {
         match self {
-            Dialect::Text => match conn.read_reply(deadline)? {
+            Dialect::Text => match r.reply()? {
                 Reply::Ok => Ok(()),
-                other => Err(unexpected(conn.addr(), &other)),
+                other => Err(unexpected(r.addr(), &other)),
             },
-            Dialect::Binary => Self::read_ok_packet(conn, deadline).map(|_| ()),
+            Dialect::Binary => Self::read_ok_packet(r).map(|_| ()),
         }
     }
 
     /// Read the reply to `version`.
-    pub fn read_version(self, conn: &mut Conn, deadline: Instant) -> Result<String, Error> {
+    pub fn read_version(self, r: &mut impl Replies) -> Result<String, Error> {
         match self {
-            Dialect::Text => match conn.read_reply(deadline)? {
+            Dialect::Text => match r.reply()? {
                 Reply::Version(v) => Ok(v),
-                other => Err(unexpected(conn.addr(), &other)),
+                other => Err(unexpected(r.addr(), &other)),
             },
-            Dialect::Binary => {
-                Self::read_ok_packet(conn, deadline).map(|p| String::from_utf8_lossy(&p.value).into_owned())
-            }
+            Dialect::Binary => Self::read_ok_packet(r).map(|p| String::from_utf8_lossy(&p.value).into_owned()),
         }
     }
 
     /// Read the reply to `stats`: name/value pairs.
-    pub fn read_stats(self, conn: &mut Conn, deadline: Instant) -> Result<Vec<(String, String)>, Error> {
+    pub fn read_stats(self, r: &mut impl Replies) -> Result<Vec<(String, String)>, Error> {
         let mut stats = Vec::new();
         loop {
             match self {
-                Dialect::Text => match conn.read_reply(deadline)? {
+                Dialect::Text => match r.reply()? {
                     Reply::Stat(name, value) => stats.push((name, value)),
                     Reply::End => return Ok(stats),
-                    other => return Err(unexpected(conn.addr(), &other)),
+                    other => return Err(unexpected(r.addr(), &other)),
                 },
                 Dialect::Binary => {
-                    let p = Self::read_ok_packet(conn, deadline)?;
+                    let p = Self::read_ok_packet(r)?;
                     if p.key.is_empty() {
                         return Ok(stats);
                     }
@@ -310,9 +341,9 @@ impl Dialect {
         }
     }
 
-    fn read_ok_packet(conn: &mut Conn, deadline: Instant) -> Result<Packet, Error> {
-        let p = conn.read_packet(deadline)?;
-        if p.status == status::OK { Ok(p) } else { Err(packet_error(conn.addr(), &p)) }
+    fn read_ok_packet(r: &mut impl Replies) -> Result<Packet, Error> {
+        let p = r.packet()?;
+        if p.status == status::OK { Ok(p) } else { Err(packet_error(r.addr(), &p)) }
     }
 }
 

@@ -7,6 +7,7 @@
 //!   idle connections per server;
 //! - `client`: the commands, written once, with one deadline per call.
 
+pub mod aio;
 pub mod binary;
 pub mod client;
 pub mod conn;

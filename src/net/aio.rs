@@ -187,8 +187,8 @@ pub trait Wire: Send + Sync + 'static {
     /// an error (a hostile length, an unparsable reply) drops the connection.
     fn next_frame(scan: &mut Self::Scan, buf: &[u8]) -> Result<Option<(Self::Frame, usize)>, Error>;
 
-    /// Whether `frame`, after `seen` frames of the same answer, is its last.
-    fn is_last(expect: &Self::Expect, frame: &Self::Frame, seen: usize) -> bool;
+    /// Whether `frame` is the last of its answer (`expect` keeps count as frames come).
+    fn is_last(expect: &mut Self::Expect, frame: &Self::Frame) -> bool;
 
     /// How many bytes the frame starting `buf` will take, when its header tells (room is
     /// reserved for it at once, up to a bound).
@@ -618,7 +618,7 @@ async fn read_loop<W: Wire, R: AsyncRead + Unpin>(
                 drop(out);
                 break 'run Error::new(ErrorKind::Protocol, format!("{label}: a reply to no request"));
             };
-            let last = W::is_last(&head.expect, &frame, head.frames.len());
+            let last = W::is_last(&mut head.expect, &frame);
             head.frames.push(frame);
             if last && let Some(done) = out.waiting.pop_front() {
                 let closed = out.closing && out.waiting.is_empty();

@@ -62,8 +62,9 @@ impl Wire for RedisWire {
         }
     }
 
-    fn is_last(expect: &usize, _frame: &Value, seen: usize) -> bool {
-        seen + 1 >= *expect
+    fn is_last(expect: &mut usize, _frame: &Value) -> bool {
+        *expect = expect.saturating_sub(1);
+        *expect == 0
     }
 }
 

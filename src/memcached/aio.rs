@@ -1,0 +1,532 @@
+//! The memcached client's async calls: the same commands, routing, deadlines, retry rule and
+//! failure accounting as the blocking ones, over multiplexed connections (a few per server,
+//! requests pipelined and their replies matched in order) on the process's I/O runtime. Each
+//! command's reply is read by the same dialect code as the blocking path, from the frames the
+//! connection cut for it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::binary::{self, Op, Packet};
+use super::client::{Client, Item, PerServer, Retry, Stored, scatter};
+use super::conn::Address;
+use super::dialect::{Replies, Simple};
+use super::protocol::{self, Reply, Store};
+use crate::error::{Error, ErrorKind};
+use crate::net::aio::{self, Answer, Mux, Wire, within};
+
+/// One reply frame: a text-protocol reply (with its data block), or a binary packet.
+pub enum Frame {
+    /// Text protocol.
+    Text(Reply),
+    /// Binary protocol.
+    Binary(Packet),
+}
+
+/// Which frames are a request's answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// This many frames (one per pipelined store, delete, incr, ...).
+    Frames(usize),
+    /// This many answers, each ending at its terminator: `END` or an error line (text), the
+    /// closing no-op of quiet gets or the empty stat (binary).
+    Answers(usize),
+}
+
+/// Memcached's replies as the multiplexed connections read them: each frame parsed by the
+/// same pure parsers as the blocking path (lengths bounded), text or binary by its first byte.
+pub struct MemcachedWire;
+
+/// The first byte of every binary-protocol response.
+const BINARY_RESPONSE: u8 = 0x81;
+
+impl Wire for MemcachedWire {
+    type Frame = Frame;
+    type Expect = Expect;
+    type Scan = ();
+
+    fn next_frame((): &mut (), buf: &[u8]) -> Result<Option<(Frame, usize)>, Error> {
+        if buf.first() == Some(&BINARY_RESPONSE) {
+            Ok(binary::parse(buf)?.map(|(p, used)| (Frame::Binary(p), used)))
+        } else {
+            Ok(protocol::parse(buf)?.map(|(r, used)| (Frame::Text(r), used)))
+        }
+    }
+
+    fn is_last(expect: &mut Expect, frame: &Frame) -> bool {
+        let ends = match (&*expect, frame) {
+            (Expect::Frames(_), _) => true,
+            (Expect::Answers(_), Frame::Text(reply)) => matches!(reply, Reply::End | Reply::Error(_)),
+            (Expect::Answers(_), Frame::Binary(p)) => {
+                p.opcode == Op::Noop as u8 || (p.opcode == Op::Stat as u8 && p.key.is_empty())
+            }
+        };
+        let (Expect::Frames(left) | Expect::Answers(left)) = expect;
+        if ends {
+            *left = left.saturating_sub(1);
+        }
+        *left == 0
+    }
+
+    fn frame_len(buf: &[u8]) -> Option<usize> {
+        if buf.first() == Some(&BINARY_RESPONSE) { binary::frame_len(buf) } else { protocol::value_frame_len(buf) }
+    }
+}
+
+/// The frames one request got, read by the dialect as a connection's replies.
+pub struct Frames<'a> {
+    frames: VecDeque<Frame>,
+    addr: &'a Address,
+}
+
+impl<'a> Frames<'a> {
+    fn new(frames: Vec<Frame>, addr: &'a Address) -> Self {
+        Self { frames: frames.into(), addr }
+    }
+
+    fn short(&self) -> Error {
+        Error::new(ErrorKind::Protocol, format!("memcached {}: a reply shorter than its request", self.addr))
+    }
+}
+
+impl Replies for Frames<'_> {
+    fn reply(&mut self) -> Result<Reply, Error> {
+        match self.frames.pop_front() {
+            Some(Frame::Text(r)) => Ok(r),
+            Some(Frame::Binary(_)) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("memcached {}: a binary reply to a text request", self.addr),
+            )),
+            None => Err(self.short()),
+        }
+    }
+
+    fn packet(&mut self) -> Result<Packet, Error> {
+        match self.frames.pop_front() {
+            Some(Frame::Binary(p)) => Ok(p),
+            Some(Frame::Text(_)) => Err(Error::new(
+                ErrorKind::Protocol,
+                format!("memcached {}: a text reply to a binary request", self.addr),
+            )),
+            None => Err(self.short()),
+        }
+    }
+
+    fn addr(&self) -> &Address {
+        self.addr
+    }
+}
+
+/// What gets a call's result.
+pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
+
+/// What reads one server's answer from its frames (the dialect, on an I/O thread).
+type Read<T> = Arc<dyn Fn(usize, &mut Frames<'_>) -> Result<T, Error> + Send + Sync>;
+
+impl Client {
+    fn label(&self, si: usize) -> String {
+        format!("memcached {}", self.router.addr(si))
+    }
+
+    /// A new multiplexed connection to server `si` (SASL where configured), before `deadline`
+    /// and within the connect timeout.
+    async fn connect_mux(&self, si: usize, deadline: Instant) -> Result<Mux<MemcachedWire>, Error> {
+        let deadline = deadline.min(Instant::now() + self.pool.timeouts().connect);
+        let label = self.label(si);
+        let stream = aio::connect(self.router.addr(si), None, deadline, &label).await?;
+        let mux = Mux::start(stream, &label)?;
+        if let Some((username, password)) = &self.config().credentials {
+            let mut request = Vec::new();
+            binary::encode_sasl_plain(&mut request, username, password)?;
+            let mut frames =
+                within(deadline, &label, "SASL", mux.call(Arc::new(request), Expect::Frames(1), deadline)).await?;
+            match frames.pop() {
+                Some(Frame::Binary(p)) if p.status == binary::status::OK => {}
+                Some(Frame::Binary(p)) => {
+                    return Err(Error::new(
+                        ErrorKind::Server,
+                        format!("{label}: SASL authentication as {username:?} failed ({})", p.status_text()),
+                    ));
+                }
+                _ => return Err(Error::new(ErrorKind::Protocol, format!("{label}: an unexpected SASL reply"))),
+            }
+        }
+        Ok(mux)
+    }
+
+    /// Start one exchange with server `si`, within one deadline; `then` gets its answer's
+    /// frames. With a connection open, the request is written now, on the caller's thread, and
+    /// `then` runs on an I/O thread when the reply is in; otherwise the exchange connects first,
+    /// on the I/O runtime.
+    fn start(
+        self: &Arc<Self>,
+        si: usize,
+        request: Vec<u8>,
+        expect: Expect,
+        retry: Retry,
+        then: Box<dyn FnOnce(Result<Vec<Frame>, Error>) + Send>,
+    ) {
+        let started = Instant::now();
+        let deadline = self.deadline();
+        if let Err(e) = self.router.check_up(si) {
+            return then(Err(e));
+        }
+        let request = Arc::new(request);
+        if let Some(mux) = self.slots[si].ready() {
+            let again = (retry == Retry::Yes && mux.made < started).then(|| request.clone());
+            let (client, conn) = (self.clone(), mux.clone());
+            let settle = move |answer: Answer<MemcachedWire>| match answer {
+                Ok(frames) => {
+                    client.router.record_success(si);
+                    then(Ok(frames));
+                }
+                Err(e) => {
+                    client.slots[si].forget(&conn);
+                    if e.kind() == ErrorKind::Io
+                        && let Some(request) = again
+                    {
+                        // Made before the call and gone stale since: once more, on a new one.
+                        return client.spawn_exchange(si, request, expect, Retry::No, Instant::now(), deadline, then);
+                    }
+                    client.failed(si, &e);
+                    then(Err(e));
+                }
+            };
+            mux.send(request, expect, deadline, Box::new(settle));
+            return;
+        }
+        self.spawn_exchange(si, request, expect, retry, started, deadline, then);
+    }
+
+    /// One exchange when no connection was ready: connect (or wait for room) first.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_exchange(
+        self: &Arc<Self>,
+        si: usize,
+        request: Arc<Vec<u8>>,
+        expect: Expect,
+        retry: Retry,
+        started: Instant,
+        deadline: Instant,
+        then: Box<dyn FnOnce(Result<Vec<Frame>, Error>) + Send>,
+    ) {
+        let handle = match aio::runtime() {
+            Ok(handle) => handle,
+            Err(e) => return then(Err(e)),
+        };
+        let client = self.clone();
+        handle.spawn(async move {
+            let attempt = async {
+                let mut retried = false;
+                loop {
+                    let mux = client.slots[si].get(|| client.connect_mux(si, deadline)).await?;
+                    match mux.call(request.clone(), expect, deadline).await {
+                        Ok(frames) => {
+                            client.router.record_success(si);
+                            return Ok(frames);
+                        }
+                        Err(e) => {
+                            client.slots[si].forget(&mux);
+                            if retry == Retry::Yes && !retried && mux.made < started && e.kind() == ErrorKind::Io {
+                                retried = true;
+                                continue;
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            let label = client.label(si);
+            let result = tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
+                Err(Error::new(ErrorKind::Timeout, format!("{label}: no reply before the call's deadline")))
+            });
+            if let Err(e) = &result {
+                client.failed(si, e);
+            }
+            then(result);
+        });
+    }
+
+    /// One request to server `si`, its answer read by `read`.
+    fn one_then<T: Send + 'static>(
+        self: &Arc<Self>,
+        si: usize,
+        request: Vec<u8>,
+        expect: Expect,
+        retry: Retry,
+        read: impl FnOnce(&mut Frames<'_>) -> Result<T, Error> + Send + 'static,
+        done: Done<T>,
+    ) {
+        let client = self.clone();
+        self.start(
+            si,
+            request,
+            expect,
+            retry,
+            Box::new(move |frames| {
+                done(frames.and_then(|frames| read(&mut Frames::new(frames, client.router.addr(si)))));
+            }),
+        );
+    }
+
+    /// One request about `key`, to the server that holds it: written by `encode`, its answer
+    /// read by `read`.
+    #[allow(clippy::too_many_arguments)]
+    fn keyed_then<T: Send + 'static>(
+        self: &Arc<Self>,
+        key: &[u8],
+        extra: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+        expect: Expect,
+        retry: Retry,
+        read: impl FnOnce(&mut Frames<'_>) -> Result<T, Error> + Send + 'static,
+        done: Done<T>,
+    ) {
+        let mut request = Vec::with_capacity(key.len() + extra + 48);
+        match self.router.route(key).and_then(|si| encode(&mut request).map(|()| si)) {
+            Ok(si) => self.one_then(si, request, expect, retry, read, done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// One request per server, all at once; `done` gets each server's answer (or error) once
+    /// the last is in.
+    fn fan_out_then<T: Send + 'static>(
+        self: &Arc<Self>,
+        requests: Vec<(usize, Vec<u8>, Expect)>,
+        read: Read<T>,
+        done: Done<PerServer<T>>,
+    ) {
+        if requests.is_empty() {
+            return done(Ok(Vec::new()));
+        }
+        let joined = Arc::new(Mutex::new((Vec::with_capacity(requests.len()), requests.len(), Some(done))));
+        for (si, request, expect) in requests {
+            let (client, read, joined) = (self.clone(), read.clone(), joined.clone());
+            self.start(
+                si,
+                request,
+                expect,
+                Retry::Yes,
+                Box::new(move |frames| {
+                    let result = frames.and_then(|frames| read(si, &mut Frames::new(frames, client.router.addr(si))));
+                    let mut j = joined.lock();
+                    j.0.push((si, result));
+                    j.1 -= 1;
+                    if j.1 == 0
+                        && let Some(done) = j.2.take()
+                    {
+                        let results = std::mem::take(&mut j.0);
+                        drop(j);
+                        done(Ok(results));
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Fetch one key.
+    pub fn get_then(self: &Arc<Self>, key: &[u8], done: Done<Option<Item>>) {
+        let (dialect, client) = (self.dialect, self.clone());
+        self.keyed_then(
+            key,
+            0,
+            |request| dialect.encode_get(request, &[key]),
+            Expect::Answers(1),
+            Retry::Yes,
+            move |r| Ok(dialect.read_get(r)?.into_iter().next().map(|(_, item)| item)),
+            Box::new(move |found: Result<Option<Item>, Error>| {
+                if let Ok(f) = &found {
+                    client.counters.lookups(usize::from(f.is_some()), usize::from(f.is_none()));
+                }
+                done(found);
+            }),
+        );
+    }
+
+    /// Fetch several keys: one request per server, all at once. The items in the order of
+    /// `keys`, and the errors of the servers that failed (their keys read as misses).
+    pub fn get_many_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<(Vec<Option<Item>>, Vec<Error>)>) {
+        if keys.is_empty() {
+            return done(Ok((Vec::new(), Vec::new())));
+        }
+        let dialect = self.dialect;
+        let built = self.router.group(keys.iter().copied()).and_then(|groups| {
+            Self::requests_by_server(&groups, |request, group| {
+                let group_keys: Vec<&[u8]> = group.iter().map(|&i| keys[i]).collect();
+                dialect.encode_get(request, &group_keys)
+            })
+        });
+        let requests = match built {
+            Ok(requests) => requests,
+            Err(e) => return done(Err(e)),
+        };
+        let mut positions: HashMap<Vec<u8>, Vec<usize>> = HashMap::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            positions.entry(key.to_vec()).or_default().push(i);
+        }
+        let (count, client) = (keys.len(), self.clone());
+        self.fan_out_then(
+            requests.into_iter().map(|(si, r)| (si, r, Expect::Answers(1))).collect(),
+            Arc::new(move |_, r: &mut Frames<'_>| dialect.read_get(r)),
+            Box::new(move |results| {
+                let results = match results {
+                    Ok(results) => results,
+                    Err(e) => return done(Err(e)),
+                };
+                let mut found: Vec<Option<Item>> = vec![None; count];
+                let mut errors = Vec::new();
+                for (_, result) in results {
+                    match result {
+                        Ok(hits) => {
+                            for (key, item) in hits {
+                                // A key asked for twice is answered at each of its positions.
+                                for &i in positions.get(&key).map_or(&[][..], Vec::as_slice) {
+                                    found[i] = Some(item.clone());
+                                }
+                            }
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                let hits = found.iter().filter(|f| f.is_some()).count();
+                client.counters.lookups(hits, found.len() - hits);
+                done(Ok((found, errors)));
+            }),
+        );
+    }
+
+    /// One storage command.
+    pub fn store_then(
+        self: &Arc<Self>,
+        cmd: Store,
+        key: &[u8],
+        flags: u32,
+        exptime: i64,
+        data: &[u8],
+        done: Done<Stored>,
+    ) {
+        let (dialect, client) = (self.dialect, self.clone());
+        self.keyed_then(
+            key,
+            data.len(),
+            |request| dialect.encode_store(request, cmd, key, flags, exptime, data),
+            Expect::Frames(1),
+            Retry::Yes,
+            move |r| dialect.read_stored(r),
+            Box::new(move |stored: Result<Stored, Error>| {
+                if let Ok(Stored::Yes) = stored {
+                    client.counters.sets(1);
+                }
+                done(stored);
+            }),
+        );
+    }
+
+    /// Store every item, pipelined per server, all servers at once: one result per item.
+    pub fn set_many_then(
+        self: &Arc<Self>,
+        items: &[(&[u8], u32, &[u8])],
+        exptime: i64,
+        done: Done<Vec<Result<Stored, Error>>>,
+    ) {
+        let dialect = self.dialect;
+        let built = self.router.group(items.iter().map(|(k, _, _)| *k)).and_then(|groups| {
+            let requests = Self::requests_by_server(&groups, |request, group| {
+                request.reserve(group.iter().map(|&i| items[i].0.len() + items[i].2.len() + 48).sum());
+                group.iter().try_for_each(|&i| {
+                    let (key, flags, data) = items[i];
+                    dialect.encode_store(request, Store::Set, key, flags, exptime, data)
+                })
+            })?;
+            Ok((groups, requests))
+        });
+        let (groups, requests) = match built {
+            Ok(built) => built,
+            Err(e) => return done(Err(e)),
+        };
+        let groups = Arc::new(groups);
+        let (count, client, reading) = (items.len(), self.clone(), groups.clone());
+        self.fan_out_then(
+            requests.into_iter().map(|(si, r)| (si, r, Expect::Frames(groups[si].len()))).collect(),
+            Arc::new(move |si, r: &mut Frames<'_>| {
+                reading[si].iter().map(|_| dialect.read_stored(r)).collect::<Result<Vec<_>, _>>()
+            }),
+            Box::new(move |results| {
+                let results = match results {
+                    Ok(results) => results,
+                    Err(e) => return done(Err(e)),
+                };
+                let mut out: Vec<Result<Stored, Error>> = (0..count).map(|_| Ok(Stored::No)).collect();
+                scatter(&mut out, &groups, results);
+                client.counters.sets(out.iter().filter(|r| matches!(r, Ok(Stored::Yes))).count());
+                done(Ok(out));
+            }),
+        );
+    }
+
+    /// Delete one key; whether it was there.
+    pub fn delete_then(self: &Arc<Self>, key: &[u8], done: Done<bool>) {
+        let dialect = self.dialect;
+        let encode = |request: &mut Vec<u8>| dialect.encode_delete(request, key);
+        self.keyed_then(key, 0, encode, Expect::Frames(1), Retry::Yes, move |r| dialect.read_deleted(r), done);
+    }
+
+    /// Delete several keys, pipelined per server: the errors of the servers that failed.
+    pub fn delete_many_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<Vec<Error>>) {
+        let dialect = self.dialect;
+        let built = self.router.group(keys.iter().copied()).and_then(|groups| {
+            let requests = Self::requests_by_server(&groups, |request, group| {
+                group.iter().try_for_each(|&i| dialect.encode_delete(request, keys[i]))
+            })?;
+            Ok((groups, requests))
+        });
+        let (groups, requests) = match built {
+            Ok(built) => built,
+            Err(e) => return done(Err(e)),
+        };
+        let groups = Arc::new(groups);
+        let reading = groups.clone();
+        self.fan_out_then(
+            requests.into_iter().map(|(si, r)| (si, r, Expect::Frames(groups[si].len()))).collect(),
+            Arc::new(move |si, r: &mut Frames<'_>| {
+                reading[si].iter().try_for_each(|_| dialect.read_deleted(r).map(|_| ()))
+            }),
+            Box::new(move |results| done(results.map(|rs| rs.into_iter().filter_map(|(_, r)| r.err()).collect()))),
+        );
+    }
+
+    /// `incr`/`decr` by `delta`: the new value, or None when the key is missing. Not retried
+    /// on a stale connection: the first attempt may have applied.
+    pub fn incr_then(self: &Arc<Self>, key: &[u8], delta: u64, decr: bool, done: Done<Option<u64>>) {
+        let (dialect, made) = (self.dialect, key.to_vec());
+        let encode = |request: &mut Vec<u8>| dialect.encode_incr(request, key, delta, decr);
+        let read = move |r: &mut Frames<'_>| dialect.read_counter(r, &made);
+        self.keyed_then(key, 0, encode, Expect::Frames(1), Retry::No, read, done);
+    }
+
+    /// Give a key a new expiry; whether it was there.
+    pub fn touch_then(self: &Arc<Self>, key: &[u8], exptime: i64, done: Done<bool>) {
+        let dialect = self.dialect;
+        let encode = |request: &mut Vec<u8>| dialect.encode_touch(request, key, exptime);
+        self.keyed_then(key, 0, encode, Expect::Frames(1), Retry::Yes, move |r| dialect.read_touched(r), done);
+    }
+
+    /// `flush_all` on every server: the errors of the servers that failed.
+    pub fn clear_then(self: &Arc<Self>, done: Done<Vec<Error>>) {
+        let mut request = Vec::new();
+        if let Err(e) = self.dialect.encode_simple(&mut request, Simple::Flush) {
+            return done(Err(e));
+        }
+        let dialect = self.dialect;
+        let requests = (0..self.router.len()).map(|si| (si, request.clone(), Expect::Frames(1))).collect();
+        self.fan_out_then(
+            requests,
+            Arc::new(move |_, r: &mut Frames<'_>| dialect.read_flushed(r)),
+            Box::new(move |results| done(results.map(|rs| rs.into_iter().filter_map(|(_, r)| r.err()).collect()))),
+        );
+    }
+}
