@@ -151,6 +151,7 @@ def bench(session: nox.Session) -> None:
     # django-redis-cache for the sharded suite (without its redis<4 pin; it runs on redis-py 8).
     session.install("--no-deps", "django-redis-cache>=3")
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/async_run.py")
     session.run("python", "bench/orm.py")
 
 

@@ -57,6 +57,21 @@ VARIANTS = {
     # Mutual TLS with the certificate's chain and name checked; the options are filled in with
     # the certificates the run makes.
     "redis-tls": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tls"},
+    # Django's suite on the native async methods: every sync call made by its async twin.
+    "redis-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp", "RUSTCACHE_VIA_ASYNC": "1"},
+    "redis-sharded-async": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "shards",
+        "RUSTCACHE_REDIS_OPTIONS": '{"CLIENT_CLASS": "django_redis.client.ShardClient"}',
+        "RUSTCACHE_VIA_ASYNC": "1",
+    },
+    "memcached-async": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "tcp", "RUSTCACHE_VIA_ASYNC": "1"},
+    "memcached-binary-async": {
+        "RUSTCACHE_SUITE": "memcached",
+        "RUSTCACHE_MEMCACHED": "tcp",
+        "RUSTCACHE_MEMCACHED_OPTIONS": '{"binary": true}',
+        "RUSTCACHE_VIA_ASYNC": "1",
+    },
     "memcached-binary": {
         "RUSTCACHE_SUITE": "memcached",
         "RUSTCACHE_MEMCACHED": "tcp",

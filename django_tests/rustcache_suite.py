@@ -13,24 +13,103 @@ Django's is copied. The environment picks what runs:
   ``RUSTCACHE_MEMCACHED_LOCATION`` (run.py starts one), with ``RUSTCACHE_MEMCACHED_OPTIONS``
   (JSON): the text protocol over TCP or a unix socket, the binary protocol, or SASL.
 
+With ``RUSTCACHE_VIA_ASYNC=1`` the backend is a subclass whose every sync method of Django's API
+(``get``, ``set``, ``get_many``, ``incr_version``, ``get_or_set``, ...) awaits its async twin
+(``aget``, ``aset``, ...) on an event loop in another thread: Django's whole cache contract, as
+its suite checks it, is then checked on the native async methods. (Django's own async cache
+tests, ``tests_async.py``, are DummyCache's: they assert that nothing is ever stored.)
+
 Tests that cannot apply are listed in ``NOT_APPLICABLE`` with the reason, and reported as skipped
 with that reason; nothing is skipped silently.
 """
 
+import asyncio
 import inspect
 import json
 import os
+import threading
 import unittest
 
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.test import TestCase, override_settings
+
+from django_rustcache.memcached import MemcachedCache
+from django_rustcache.redis import RedisCache
 
 from . import tests as django_tests
 
-LRU = "django_rustcache.lru.LRUObjectCache"
-MEMCACHED = "django_rustcache.memcached.MemcachedCache"
-REDIS = "django_rustcache.redis.RedisCache"
 SUITE = os.environ.get("RUSTCACHE_SUITE", "lru")
 MODE = os.environ.get("RUSTCACHE_MODE", "object")
+VIA_ASYNC = os.environ.get("RUSTCACHE_VIA_ASYNC") == "1"
+LRU = "django_rustcache.lru.LRUObjectCache"
+MEMCACHED = f"{__name__}.MemcachedViaAsync" if VIA_ASYNC else "django_rustcache.memcached.MemcachedCache"
+REDIS = f"{__name__}.RedisViaAsync" if VIA_ASYNC else "django_rustcache.redis.RedisCache"
+
+_LOOP = asyncio.new_event_loop()
+if VIA_ASYNC:
+    threading.Thread(target=_LOOP.run_forever, daemon=True).start()
+
+
+def _awaited(coroutine):
+    return asyncio.run_coroutine_threadsafe(coroutine, _LOOP).result()
+
+
+class ViaAsync:
+    """Django's sync API, each call made by its async twin on the event loop."""
+
+    def get(self, key, default=None, version=None):
+        return _awaited(self.aget(key, default, version))
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None, **kwargs):
+        return _awaited(self.aset(key, value, timeout, version, **kwargs))
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return _awaited(self.aadd(key, value, timeout, version))
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        return _awaited(self.atouch(key, timeout, version))
+
+    def delete(self, key, version=None):
+        return _awaited(self.adelete(key, version))
+
+    def get_many(self, keys, version=None):
+        return _awaited(self.aget_many(keys, version))
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        return _awaited(self.aset_many(data, timeout, version))
+
+    def delete_many(self, keys, version=None):
+        return _awaited(self.adelete_many(keys, version))
+
+    def has_key(self, key, version=None):
+        return _awaited(self.ahas_key(key, version))
+
+    def incr(self, key, delta=1, version=None):
+        return _awaited(self.aincr(key, delta, version))
+
+    def decr(self, key, delta=1, version=None):
+        return _awaited(self.adecr(key, delta, version))
+
+    def incr_version(self, key, delta=1, version=None):
+        return _awaited(self.aincr_version(key, delta, version))
+
+    def decr_version(self, key, delta=1, version=None):
+        return _awaited(self.adecr_version(key, delta, version))
+
+    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        return _awaited(self.aget_or_set(key, default, timeout, version))
+
+    def clear(self):
+        return _awaited(self.aclear())
+
+
+class RedisViaAsync(ViaAsync, RedisCache):
+    pass
+
+
+class MemcachedViaAsync(ViaAsync, MemcachedCache):
+    pass
+
 
 NOT_PICKLED = (
     "object mode stores live objects and never pickles; OPTIONS={'PICKLE': True} raises "
@@ -46,9 +125,28 @@ NOT_APPLICABLE = {
 }
 
 
+# Through the async twins (RUSTCACHE_VIA_ASYNC=1), on top of the above.
+QUERYSET_IN_LOOP = (
+    "pickling a lazy QuerySet runs its SQL, and inside an event loop Django refuses that "
+    "(SynchronousOnlyOperation), as it does for any async caller"
+)
+NOT_APPLICABLE_VIA_ASYNC = {
+    "test_cache_read_for_model_instance_with_deferred": QUERYSET_IN_LOOP,
+    "test_cache_write_for_model_instance_with_deferred": QUERYSET_IN_LOOP,
+    "test_set_many_returns_failing_keys": (
+        "patches the client's sync set_multi; the async twin sends through aset_multi "
+        "(its failing keys are tested in tests/test_async.py)"
+    ),
+}
+
+
 def _not_applicable(cls):
-    for name, reason in NOT_APPLICABLE.get((SUITE, MODE), {}).items():
-        setattr(cls, name, unittest.skip(reason)(getattr(cls, name)))
+    skips = dict(NOT_APPLICABLE.get((SUITE, MODE), {}))
+    if VIA_ASYNC:
+        skips.update(NOT_APPLICABLE_VIA_ASYNC)
+    for name, reason in skips.items():
+        if hasattr(cls, name):
+            setattr(cls, name, unittest.skip(reason)(getattr(cls, name)))
     return cls
 
 
@@ -122,6 +220,7 @@ if SUITE == "memcached":
             cache = caches["default"]
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", MEMCACHED)
             self.assertEqual(type(cache._cache).__mro__[1].__name__, "MemcachedClient")
+            self.assertIs(isinstance(cache, ViaAsync), VIA_ASYNC)
             options = MEMCACHED_PARAMS["OPTIONS"]
             self.assertIs(cache._cache.binary, bool(options.get("binary") or options.get("username")))
             self.assertEqual(cache.client_servers, [MEMCACHED_PARAMS["LOCATION"].removeprefix("unix:")])
@@ -146,6 +245,7 @@ if SUITE == "redis":
         "OPTIONS": json.loads(os.environ.get("RUSTCACHE_REDIS_OPTIONS", "{}")),
     }
 
+    @_not_applicable
     @override_settings(
         CACHES=django_tests.caches_setting_for_tests(base=REDIS_PARAMS, exclude=django_tests.redis_excluded_caches)
     )
@@ -160,6 +260,7 @@ if SUITE == "redis":
 
             cache = caches["default"]
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", REDIS)
+            self.assertIs(isinstance(cache, ViaAsync), VIA_ASYNC)
             sharded = REDIS_PARAMS["OPTIONS"].get("CLIENT_CLASS") == "django_redis.client.ShardClient"
             self.assertEqual(type(cache._cache).__name__, "ShardedClient" if sharded else "RedisClient")
             if sharded:

@@ -441,3 +441,85 @@ def test_an_asgi_request_through_the_cache_middleware(site):
     a, b = sync.get("/sync-cached/"), sync.get("/sync-cached/")
     assert a.content == b.content
     assert sync.get("/cached/").content == run(AsyncClient().get("/cached/")).content
+
+
+# The collection API's async twins: each the same body as its sync method, so a script of calls
+# answers the same both ways (random members aside).
+COLLECTION_SCRIPT = [
+    ("sadd", ("s", 1, "two", (3, "t"), 2**70), {}),
+    ("smembers", ("s",), {}),
+    ("scard", ("s",), {}),
+    ("sismember", ("s", "two"), {}),
+    ("smismember", ("s", 1, "x"), {}),
+    ("sadd", ("t", "two", 9), {}),
+    ("sinter", ("s", "t"), {}),
+    ("sunionstore", ("u", "s", "t"), {}),
+    ("smove", ("t", "m", 9), {}),
+    ("srem", ("s", 1, "absent"), {}),
+    ("sscan", ("s",), {"count": 100}),
+    ("hset", ("h", "a", 1), {"mapping": {"b": [2]}}),
+    ("hget", ("h", "b"), {}),
+    ("hmget", ("h", "a", "b", "zz"), {}),
+    ("hgetall", ("h",), {}),
+    ("hkeys", ("h",), {}),
+    ("hexists", ("h", "a"), {}),
+    ("hdel", ("h", "a"), {}),
+    ("hlen", ("h",), {}),
+    ("zadd", ("z", {"a": 1, "b": 2.5, (1, 2): 3}), {}),
+    ("zrange", ("z", 0, -1), {"withscores": True}),
+    ("zrangebyscore", ("z", 1, 2.5), {}),
+    ("zrevrange", ("z", 0, 1), {}),
+    ("zincrby", ("z", 2, "a"), {}),
+    ("zscore", ("z", "a"), {}),
+    ("zrank", ("z", "b"), {}),
+    ("zcount", ("z", 0, 10), {}),
+    ("zpopmin", ("z",), {}),
+    ("zrem", ("z", "b"), {}),
+    ("zcard", ("z",), {}),
+]
+
+
+def test_the_collection_api_has_async_twins_that_answer_alike(redis_server):
+    sync = make_redis(redis_server.location)
+    asynchronous = make_redis(redis_server.location)
+    expected = [getattr(sync, name)(*args, **kwargs) for name, args, kwargs in COLLECTION_SCRIPT]
+
+    async def main():
+        got = [await getattr(asynchronous, f"a{name}")(*args, **kwargs) for name, args, kwargs in COLLECTION_SCRIPT]
+        members = [m async for m in asynchronous.asscan_iter("s", count=1)]
+        return got, members
+
+    got, members = run(main())
+    assert got == expected
+    assert sorted(map(repr, members)) == sorted(map(repr, sync.smembers("s")))
+    # The data is the same too: the async calls wrote what the sync ones read.
+    assert sync.smembers("s") != set() and asynchronous.smembers("s") == sync.smembers("s")
+
+
+def test_collection_twins_follow_the_failure_policy():
+    silent = SilentServer()
+    try:
+        cache = make_at("redis-tcp", silent.location, timeout=0.3, ignore=True)
+        assert run(cache.asmembers("s")) == set()
+        assert run(cache.ahlen("h")) == 0
+        raising = make_at("redis-tcp", silent.location, timeout=0.3)
+        with pytest.raises(ServerDown):
+            run(raising.asadd("s", 1))
+    finally:
+        silent.close()
+
+
+def test_memcached_aset_many_returns_the_keys_it_could_not_store(servers):
+    """A value past memcached's item size is refused: its key comes back (and any old value under
+    it is gone, as Django's set does), the others are stored."""
+    for kind in ("memcached-text", "memcached-binary"):
+        cache = make(kind, servers)
+        cache.set("huge", "old")
+
+        async def main(cache=cache):
+            failed = await cache.aset_many({"ok": 1, "huge": os.urandom(2 << 20), "also": 2})
+            return failed, await cache.aget_many(["ok", "huge", "also"])
+
+        failed, found = run(main())
+        assert failed == ["huge"], kind
+        assert found == {"ok": 1, "also": 2}, kind

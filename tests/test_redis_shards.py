@@ -259,3 +259,41 @@ def test_multi_key_calls_survive_a_shard_restart(shards):
     cache.set_many(data)
     cache.set_many(data, 0)
     assert cache.get_many(list(data)) == {}
+
+
+def test_async_calls_go_to_every_shard_at_once():
+    """The async multi-key calls send every shard's part at once, as the blocking ones do."""
+    import asyncio
+    import time
+
+    from tests.conftest import make_redis
+    from tests.servers import DelayProxy
+
+    server = RedisServer()
+    proxies = [DelayProxy(server.port, 0.25) for _ in range(3)]
+    try:
+        location = [f"{p.location}/{db}" for db, p in enumerate(proxies)]
+        cache = make_redis(location, OPTIONS={"CLIENT_CLASS": "django_redis.client.ShardClient"})
+        keys = [f"k{i}" for i in range(60)]
+        assert len({id(cache._cache.shard(cache.make_key(k))) for k in keys}) == 3
+
+        async def timed(call):
+            start = time.monotonic()
+            answer = await call
+            return answer, time.monotonic() - start
+
+        async def main():
+            await cache.aset_many(dict.fromkeys(keys, 1))  # each shard's first connection
+            set_many = await timed(cache.aset_many({k: k for k in keys}))
+            get_many = await timed(cache.aget_many(keys))
+            deleted = await timed(cache.adelete_many(keys))
+            return set_many, get_many, deleted
+
+        (stored, t1), (found, t2), (deleted, t3) = asyncio.run(main())
+        assert stored == [] and found == {k: k for k in keys} and deleted == 60
+        assert all(0.24 < t < 0.6 for t in (t1, t2, t3)), (t1, t2, t3)
+        assert cache.get_many(keys) == {}
+    finally:
+        for p in proxies:
+            p.close()
+        server.close()

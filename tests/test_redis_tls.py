@@ -287,3 +287,29 @@ def test_a_restarted_tls_server_costs_no_error(certs):
         round_trip(cache, "again")
     finally:
         server.close()
+
+
+def test_async_calls_over_mutual_tls(mtls_server, certs):
+    """The async calls' multiplexed connections handshake as the blocking ones do (the chain
+    and name verified, our client certificate shown), and carry many calls at once."""
+    import asyncio
+
+    from django_rustcache import TLSError
+
+    options = trusting(certs, ssl_certfile=certs.client, ssl_keyfile=certs.client_key)
+    cache = make_redis(mtls_server.location, OPTIONS=options)
+    big = "x" * (1 << 20)
+
+    async def main():
+        await asyncio.gather(*(cache.aset(f"k{i}", i) for i in range(200)))
+        got = await asyncio.gather(*(cache.aget(f"k{i}") for i in range(200)))
+        await cache.aset("big", big)
+        return got, await cache.aget("big"), await cache.aget_many(["k1", "k2"])
+
+    got, back, many = asyncio.run(main())
+    assert got == list(range(200)) and back == big and many == {"k1": 1, "k2": 2}
+    assert cache.get("k7") == 7
+    # Without a client certificate the server refuses, as it does the blocking calls.
+    refused = make_redis(mtls_server.location, OPTIONS=trusting(certs))
+    with pytest.raises(TLSError):
+        asyncio.run(refused.aget("k1"))

@@ -12,10 +12,13 @@ django-redis's.
 
 from __future__ import annotations
 
+import inspect
 import pickle
-from collections.abc import Iterator
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from django_rustcache._core import CacheError
 from django_rustcache._failures import answers
 
 
@@ -349,3 +352,90 @@ class RedisCollections:
     def zscore(self, key: Any, value: Any, version: Any = None) -> float | None:
         result = self._run("ZSCORE", self._made(key, version), self._member(value), write=False)
         return None if result is None else float(result)
+
+
+# --- async twins -------------------------------------------------------------------------------
+#
+# Every collection method above sends one command through ``self._run`` and shapes its reply.
+# Its async twin (``asadd``, ``ahgetall``, ``azrange``, ...: django-valkey's names) runs the same
+# body: the first run stops at the command (handed over as ``_Command``), which is sent with the
+# native ``aexecute``; the second run gets the reply from ``_run`` and shapes it. One body, both
+# ways, and the twin never blocks the event loop.
+
+
+class _Command(BaseException):
+    """A command a twin's body wants sent (not an Exception: no ``except`` in a body catches it)."""
+
+    def __init__(self, args: tuple[Any, ...], write: bool) -> None:
+        self.args_, self.write = args, write
+
+
+class _Replay:
+    """The backend as a twin's body sees it: ``_run`` gives the replies got so far, in order, and
+    stops at the next command; everything else is the backend's (its helper methods bound to
+    this object, so their ``_run`` is this one)."""
+
+    def __init__(self, backend: Any, replies: list[Any]) -> None:
+        self._backend, self._replies, self._used = backend, replies, 0
+
+    def _run(self, *args: Any, write: bool = True) -> Any:
+        if self._used < len(self._replies):
+            self._used += 1
+            return self._replies[self._used - 1]
+        raise _Command(args, write)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = inspect.getattr_static(type(self._backend), name, None)
+        if inspect.isfunction(attr):
+            return types.MethodType(attr, self)
+        return getattr(self._backend, name)
+
+
+def _async_twin(method: Callable[..., Any]) -> Callable[..., Any]:
+    answer = getattr(method, "__answer__", None)
+
+    async def twin(self: Any, *args: Any, **kwargs: Any) -> Any:
+        replies: list[Any] = []
+        while True:
+            try:
+                return method(_Replay(self, replies), *args, **kwargs)
+            except _Command as command:
+                try:
+                    reply = await self._cache.aexecute(
+                        *command.args_, write=command.write, idempotent=not command.write
+                    )
+                except CacheError as e:
+                    if answer is None:
+                        raise
+                    return self._failed(e, answer())
+                replies.append(reply)
+
+    twin.__name__ = twin.__qualname__ = f"a{method.__name__}"
+    twin.__doc__ = f"``{method.__name__}``'s async twin."
+    return twin
+
+
+async def _asscan_iter(
+    self: Any, key: Any, match: Any = None, count: int | None = 10, version: Any = None
+) -> AsyncIterator[Any]:
+    """``sscan_iter``'s async twin (``async for member in cache.asscan_iter(key)``)."""
+    extra = self._sscan_args(match, count)
+    made, cursor = self._made(key, version), b"0"
+    try:
+        while True:
+            cursor, found = await self._cache.aexecute("SSCAN", made, cursor, *extra, write=False, idempotent=True)
+            for v in found:
+                yield self._dec(v)
+            if cursor in (b"0", 0, "0"):
+                return
+    except CacheError as e:
+        self._failed(e, None)
+
+
+for _name, _method in list(vars(RedisCollections).items()):
+    if _name.startswith("_") or not inspect.isfunction(_method):
+        continue
+    if _name == "sscan_iter":
+        RedisCollections.asscan_iter = _asscan_iter  # type: ignore[attr-defined]
+    else:
+        setattr(RedisCollections, f"a{_name}", _async_twin(_method))

@@ -71,6 +71,7 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             except CacheError as e:
                 return self._failed(e, fresh())
 
+        call.__answer__ = fresh  # type: ignore[attr-defined]  # for the async twins made from it
         return call
 
     return wrap

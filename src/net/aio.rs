@@ -127,16 +127,18 @@ impl AsyncWrite for AsyncStream {
 }
 
 fn io_error(label: &str, what: &str, e: &std::io::Error) -> Error {
+    // TLS 1.3 servers refuse a client certificate after the handshake: the alert comes with the
+    // first read, and is a TLS error like the handshake's own.
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return tls_error(label, tls);
+    }
     let kind = if e.kind() == std::io::ErrorKind::TimedOut { ErrorKind::Timeout } else { ErrorKind::Io };
     Error::new(kind, format!("{label}: {what}: {e}"))
 }
 
 /// A failed handshake as ours: rustls's own error (with its hints) where there is one.
 fn handshake_error(label: &str, e: &std::io::Error) -> Error {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(tls) => tls_error(label, tls),
-        None => io_error(label, "TLS handshake", e),
-    }
+    io_error(label, "TLS handshake", e)
 }
 
 async fn tls_over<S>(tls: &Tls, host: &str, label: &str, io: S) -> Result<tokio_rustls::client::TlsStream<S>, Error>
