@@ -6,7 +6,9 @@ call of the process queued on one thread, as in an ASGI site. Ours run natively 
 runtime, many calls in flight on shared connections).
 
 Also: at N = 1, the latency of one ``aget`` against our own sync ``get`` (mean us per call over a
-batch), with ``median - floor`` against a raw socket.
+batch), with ``median - floor`` against a raw socket, and the asyncio raw-socket floor: the same
+get with the loop's own non-blocking socket calls and no thread, the least any asyncio client
+can pay.
 
 Rounds interleave the backends in a shuffled order; cells are medians over rounds. Placement as
 in ``run.py`` (default: the benchmark and its servers pinned to one CPU).
@@ -132,6 +134,29 @@ async def latency_async(cache, n: int = 2000) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
+async def latency_asyncio_floor(port: int, request: bytes, terminator: bytes, n: int = 2000) -> float:
+    """The least an asyncio caller can pay for a get: the pre-encoded request on a non-blocking
+    socket with the loop's own ``sock_sendall``/``sock_recv_into`` (no thread at all), the reply
+    read until its terminator."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    buf = memoryview(bytearray(1 << 16))
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            await loop.sock_sendall(sock, request)
+            got = await loop.sock_recv_into(sock, buf)
+            while buf[got - len(terminator) : got] != terminator:
+                got += await loop.sock_recv_into(sock, buf[got:])
+        return (time.perf_counter_ns() - start) / n / 1000
+    finally:
+        sock.close()
+
+
 def latency_sync(cache, n: int = 2000) -> float:
     cache.set("hit", SMALL)
     start = time.perf_counter_ns()
@@ -166,8 +191,9 @@ def main() -> int:
     from django.core.cache import caches
 
     ops: dict[tuple[str, int], list[float]] = {}
-    lat: dict[str, list[float]] = {"ours aget": [], "ours get (sync)": [], "raw socket floor": []}
-    lat_mc: dict[str, list[float]] = {"ours aget": [], "ours get (sync)": [], "raw socket floor": []}
+    names = ("ours aget", "ours get (sync)", "raw socket floor", "asyncio raw socket floor")
+    lat: dict[str, list[float]] = {name: [] for name in names}
+    lat_mc: dict[str, list[float]] = {name: [] for name in names}
     try:
         redis_floor = RawRedisFloor(redis_server.port, "abench-raw")
         mc_floor = RawSocketFloor(memcached_server.port, "abench-raw")
@@ -176,6 +202,16 @@ def main() -> int:
             random.shuffle(order)
             for b, n in order:
                 ops.setdefault((b.label, n), []).append(asyncio.run(throughput(caches[b.alias], n, args.seconds)))
+        redis_floor.set("hit", SMALL)
+        mc_floor.set("hit", SMALL)
+        # The floors' "hit" keys (their prefix, version 1), read as the floors read them.
+        redis_get = RawRedisFloor._resp(b"GET", b"abench-raw:1:hit")
+        redis_end = b"\r\n" + SMALL.encode() + b"\r\n"
+        mc_get, mc_end = b"get abench-raw:1:hit\r\n", b"END\r\n"
+        ports = {
+            "redis": (redis_server.port, redis_get, redis_end),
+            "memcached": (memcached_server.port, mc_get, mc_end),
+        }
         for _ in range(args.latency_rounds):
             for family, table, floor in (("redis", lat, redis_floor), ("memcached", lat_mc, mc_floor)):
                 ours = next(b for b in chosen if b.ours and b.family == family)
@@ -184,6 +220,7 @@ def main() -> int:
                     ("ours aget", lambda c=cache: asyncio.run(latency_async(c))),
                     ("ours get (sync)", lambda c=cache: latency_sync(c)),
                     ("raw socket floor", lambda f=floor: latency_sync(f)),
+                    ("asyncio raw socket floor", lambda p=ports[family]: asyncio.run(latency_asyncio_floor(*p))),
                 ]
                 random.shuffle(steps)
                 for name, step in steps:

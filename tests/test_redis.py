@@ -463,6 +463,41 @@ def test_lock(redis_server):
     assert taker.owned()
 
 
+def test_the_lock_on_the_event_loop(redis_server):
+    import asyncio
+
+    from django_rustcache.redis import LockError
+
+    cache = make_redis(redis_server.location)
+
+    async def main():
+        first = cache.alock("ajob", timeout=5)
+        assert await first.aacquire() is True
+        second = cache.lock("ajob", timeout=5, blocking=False)
+        assert await second.aacquire() is False
+        # Waiting for the lock sleeps the task: another task runs meanwhile.
+        ticks = []
+
+        async def tick():
+            for _ in range(5):
+                ticks.append(1)
+                await asyncio.sleep(0.02)
+
+        waited, _ = await asyncio.gather(cache.lock("ajob", blocking_timeout=0.2, sleep=0.05).aacquire(), tick())
+        assert waited is False and len(ticks) == 5
+        with pytest.raises(LockError):
+            await second.arelease()
+        assert await first.alocked() and await first.aowned()
+        assert await first.aextend(10) is True
+        await first.arelease()
+        assert not await first.alocked()
+        async with cache.alock("ajob", timeout=1) as held:
+            assert await held.aowned() and held.owned()
+        assert not cache.lock("ajob").locked()
+
+    asyncio.run(main())
+
+
 def test_bad_values_and_keys(cache):
     import pickle as _pickle
 

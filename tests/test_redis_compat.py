@@ -331,3 +331,38 @@ def test_django_redis_answers_for_delete_many_expire_and_incr(redis_server):
     assert cache.incr("big", 1, ignore_key_check=True) == 2**70 + 1
     with pytest.raises(ValueError):
         cache.incr("still-missing")
+
+
+def test_aget_or_set_keeps_the_same_herd_semantics(redis_server):
+    """The async twin follows django-redis-cache's get_or_set too: the same keys, the lock taken
+    without waiting, the stale copy while someone else holds it."""
+    import asyncio
+
+    cache = make_compat(redis_server.location, KEY_PREFIX="aherd")
+    raw = raw_client(redis_server, 1)
+    made = cache.make_key("k")
+    calls = []
+
+    def compute(value):
+        def f():
+            calls.append(value)
+            return value
+
+        return f
+
+    async def main():
+        assert await cache.aget_or_set("k", compute("v1"), 10, lock_timeout=5, stale_cache_timeout=20) == "v1"
+        assert 25 <= raw.ttl(made) <= 30 and raw.get(f"__fresh__{made}") == b"1"
+        assert not raw.exists(f"__lock__{made}")
+        assert await cache.aget_or_set("k", compute("other"), 10) == "v1"
+        raw.delete(f"__fresh__{made}")
+        raw.set(f"__lock__{made}", "someone-else")
+        assert await cache.aget_or_set("k", compute("v2"), 10, lock_timeout=5) == "v1"
+        raw.delete(f"__lock__{made}")
+        assert await cache.aget_or_set("k", compute("v3"), 10) == "v3"
+        cache.set("plain", "old")
+        assert await cache.aget_or_set("plain", compute("new")) == "new"
+
+    asyncio.run(main())
+    assert calls == ["v1", "v3", "new"]
+    assert cache.get("plain") == "new"

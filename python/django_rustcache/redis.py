@@ -7,6 +7,7 @@ data format (ints as digits, everything else pickled), so a site switching keeps
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -17,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
@@ -713,18 +713,50 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         lock_timeout: float | None = None,
         stale_cache_timeout: float | None = None,
     ) -> Any:
-        """The async twin of our get_or_set: native; with its thundering-herd options, in a
-        thread (the lock is the sync one)."""
+        """The async twin of our get_or_set, herd protection included (the lock's waits sleep
+        the task)."""
         if lock_timeout is None and stale_cache_timeout is None:
             return await super().aget_or_set(key, default, timeout, version)
-        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
-            key,
-            default,
-            timeout=timeout,
-            version=version,
-            lock_timeout=lock_timeout,
-            stale_cache_timeout=stale_cache_timeout,
-        )
+        missing = self._missing_key
+        value = await self.aget(key, missing, version)
+        if value is not missing:
+            return value
+        stale_key = f"{key}:stale"
+        lock = Lock(self._cache, self._made(f"{key}:compute", version), lock_timeout or 10, 0.02, True, None)
+        if await lock.aacquire(blocking=False):
+            try:
+                value = default() if callable(default) else default
+                await self.aset(key, value, timeout, version)
+                ttl = self.get_backend_timeout(timeout)
+                if stale_cache_timeout and ttl is not None:
+                    await self.aset(stale_key, value, ttl + int(stale_cache_timeout), version)
+                return value
+            finally:
+                await lock.arelease()
+        stale = await self.aget(stale_key, missing, version)
+        if stale is not missing:
+            return stale
+        if await lock.aacquire(blocking=True, blocking_timeout=lock_timeout or 10):
+            await lock.arelease()
+        value = await self.aget(key, missing, version)
+        if value is missing:
+            value = default() if callable(default) else default
+            await self.aset(key, value, timeout, version)
+        return value
+
+    def alock(
+        self,
+        key: Any,
+        version: Any = None,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        thread_local: bool = True,
+    ) -> Lock:
+        """``lock``, for ``async with cache.alock(key):`` (django-valkey's name); the same lock
+        has ``aacquire``, ``arelease``, ``aextend``, ``alocked`` and ``aowned``."""
+        return self.lock(key, version, timeout, sleep, blocking, blocking_timeout, thread_local)
 
     def lock(
         self,
@@ -784,21 +816,60 @@ class Lock:
         self.blocking_timeout = blocking_timeout
         self._token: str | None = None
 
-    def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
+    def _attempt(self, blocking: bool | None, blocking_timeout: float | None) -> tuple[list[Any], bool, float | None]:
+        """The SET that takes the lock with a new token, whether to wait, and until when."""
         blocking = self.blocking if blocking is None else blocking
         blocking_timeout = self.blocking_timeout if blocking_timeout is None else blocking_timeout
-        token = uuid.uuid4().hex
-        deadline = None if blocking_timeout is None else time.monotonic() + blocking_timeout
+        args: list[Any] = ["SET", self.name, uuid.uuid4().hex, "NX"]
+        if self.timeout is not None:
+            args += ["PX", int(self.timeout * 1000)]
+        return args, blocking, None if blocking_timeout is None else time.monotonic() + blocking_timeout
+
+    def acquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
+        args, blocking, deadline = self._attempt(blocking, blocking_timeout)
         while True:
-            args: list[Any] = ["SET", self.name, token, "NX"]
-            if self.timeout is not None:
-                args += ["PX", int(self.timeout * 1000)]
             if self._client.execute(*args) is not None:
-                self._token = token
+                self._token = args[2]
                 return True
             if not blocking or (deadline is not None and time.monotonic() >= deadline):
                 return False
             time.sleep(self.sleep)
+
+    async def aacquire(self, blocking: bool | None = None, blocking_timeout: float | None = None) -> bool:
+        """``acquire`` on the event loop: waiting for the lock sleeps the task, not the thread."""
+        args, blocking, deadline = self._attempt(blocking, blocking_timeout)
+        while True:
+            if await self._client.aexecute(*args) is not None:
+                self._token = args[2]
+                return True
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            await asyncio.sleep(self.sleep)
+
+    async def alocked(self) -> bool:
+        return await self._client.aexecute("EXISTS", self.name, idempotent=True) == 1
+
+    async def aowned(self) -> bool:
+        return self._token is not None and await self._client.aexecute("GET", self.name) == self._token.encode()
+
+    async def arelease(self) -> None:
+        if self._token is None or not await self._client.aexecute("EVAL", _RELEASE, 1, self.name, self._token):
+            raise LockError(f"cannot release lock {self.name!r}: it is not held by this owner")
+        self._token = None
+
+    async def aextend(self, additional_time: float) -> bool:
+        if self._token is None:
+            raise LockError(f"cannot extend lock {self.name!r}: it is not held")
+        ms = int(additional_time * 1000)
+        return bool(await self._client.aexecute("EVAL", _EXTEND, 1, self.name, self._token, ms))
+
+    async def __aenter__(self) -> Lock:
+        if not await self.aacquire():
+            raise LockError(f"could not acquire lock {self.name!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.arelease()
 
     def locked(self) -> bool:
         return self._client.execute("EXISTS", self.name, idempotent=True) == 1

@@ -20,7 +20,6 @@ import dataclasses
 from contextlib import suppress
 from typing import Any, ClassVar
 
-from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache._core import CacheError
@@ -156,11 +155,47 @@ class RedisCache(_RedisCache):
         stale_cache_timeout: float | None = None,
         version: Any = None,
     ) -> Any:
-        if lock_timeout is None and stale_cache_timeout is None:
-            return await super().aget_or_set(key, default, timeout, version=version)
-        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
-            key, default, timeout, lock_timeout, stale_cache_timeout, version=version
-        )
+        """``get_or_set``'s async twin, django-redis-cache's semantics and key layout included."""
+        made = self._made(key, version)
+        fresh_key, lock_key = f"__fresh__{made}", f"__lock__{made}"
+        client = self._client_for(made)
+        try:
+            stored = await client.aget_many(None, None, [fresh_key, made])
+        except CacheError as e:
+            return self._failed(e, default() if callable(default) else default)
+        if stored.get(fresh_key):
+            return stored.get(made)
+        ttl = self.get_backend_timeout(timeout)
+        lock = Lock(self._client_for(lock_key), lock_key, lock_timeout, 0.1, False, None)
+        try:
+            acquired = await lock.aacquire(blocking=False)
+        except CacheError as e:
+            return self._failed(e, stored.get(made))
+        if not acquired:
+            return stored.get(made)
+        try:
+            value = default() if callable(default) else default
+            if ttl is None or ttl > 0:
+                keep = None if stale_cache_timeout is None or ttl is None else ttl + int(stale_cache_timeout)
+                await client.aexecute(
+                    "EVAL", _STORE_FRESH, 2, made, fresh_key, client.dumps(value), keep or 0, ttl or 0
+                )
+            return value
+        finally:
+            with suppress(CacheError):
+                await lock.arelease()
+
+    def alock(  # type: ignore[override]
+        self,
+        key: str,
+        timeout: float | None = None,
+        sleep: float = 0.1,
+        blocking_timeout: float | None = None,
+        thread_local: bool = True,
+        version: Any = None,
+    ) -> Lock:
+        """``lock``, for ``async with cache.alock(key):``."""
+        return self.lock(key, timeout, sleep, blocking_timeout, thread_local, version)
 
     def lock(  # type: ignore[override]
         self,
