@@ -6,6 +6,7 @@ cache middleware under ASGI."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import pickle
 import random
@@ -523,3 +524,21 @@ def test_memcached_aset_many_returns_the_keys_it_could_not_store(servers):
         failed, found = run(main())
         assert failed == ["huge"], kind
         assert found == {"ok": 1, "also": 2}, kind
+
+
+def test_no_async_method_is_djangos_thread_hop():
+    """Every a* method of BaseCache is the backends' own: Django's defaults (in 6.1 even the
+    composite ones, aget_or_set, aincr_version, ...) run the sync method through
+    sync_to_async whenever a backend has its own."""
+    from django.core.cache.backends.base import BaseCache
+
+    from django_rustcache.memcached import MemcachedCache, PyLibMCCache
+    from django_rustcache.redis import RedisCache
+    from django_rustcache.redis_cache import RedisCache as RedisCacheCompat
+    from django_rustcache.redis_cache import ShardedRedisCache
+
+    names = [n for n in vars(BaseCache) if n.startswith("a") and inspect.iscoroutinefunction(getattr(BaseCache, n))]
+    assert {"aget", "aset", "aget_or_set", "aincr_version", "aclose"} <= set(names)
+    for backend in (MemcachedCache, PyLibMCCache, RedisCache, RedisCacheCompat, ShardedRedisCache):
+        inherited = [n for n in names if getattr(backend, n) is getattr(BaseCache, n)]
+        assert not inherited, (backend.__name__, inherited)

@@ -30,12 +30,15 @@ class NativeAsync:
         key_prefix: str
         version: int
         _partial: tuple[bool, Any]
+        _missing_key: Any
 
         def _failed(self, error: CacheError, answer: Any) -> Any: ...
         def make_key(self, key: Any, version: Any = None) -> Any: ...
         def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> Any: ...
         def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]: ...
         def _made_keys(self, keys: Any, version: Any) -> dict[Any, Any]: ...
+        async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any: ...
+        async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool: ...
 
     async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
@@ -111,6 +114,36 @@ class NativeAsync:
 
     async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return await self.aincr(key, -delta, version)
+
+    # Django 6.1's defaults for these run the sync method in a thread whenever a backend has its
+    # own sync one: here they are made of the native calls.
+
+    async def aget_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any:
+        missing = self._missing_key
+        value = await self.aget(key, missing, version=version)
+        if value is not missing:
+            return value
+        if callable(default):
+            default = default()
+        await self.aadd(key, default, timeout=timeout, version=version)
+        # Read again: another caller may have added a value between the aget and the aadd.
+        return await self.aget(key, default, version=version)
+
+    async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        if version is None:
+            version = self.version
+        value = await self.aget(key, self._missing_key, version=version)
+        if value is self._missing_key:
+            raise ValueError(f"Key '{key}' not found")
+        await self.aset(key, value, version=version + delta)
+        await self.adelete(key, version=version)
+        return version + delta
+
+    async def adecr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
+        return await self.aincr_version(key, -delta, version)
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """Keep the pool, as ``close`` does (nothing to hand to a thread)."""
 
     async def aclear(self) -> bool:
         try:
