@@ -486,3 +486,241 @@ class DelayProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+class SentinelServer(ServerProcess):
+    """One redis-sentinel (``redis-server --sentinel``) watching ``service`` at ``master_port``,
+    with a short down-after so a failover takes a few seconds."""
+
+    name = "redis-sentinel"
+
+    def __init__(
+        self,
+        service: str,
+        master_port: int,
+        *,
+        down_after_ms: int = 1000,
+        quorum: int = 2,
+        password: str | None = None,
+        master_password: str | None = None,
+    ) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        super().__init__("rustcache-sentinel-")
+        self.exe = exe
+        self.port = free_port()
+        # The sentinel rewrites its config file as it learns: it must be its own, and writable.
+        self.config = self.dir / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 2\n"
+            + (f"sentinel auth-pass {service} {master_password}\n" if master_password else "")
+            + (f"requirepass {password}\n" if password else "")
+        )
+        self.password = password
+        self.start()
+
+    @property
+    def location(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.exe, str(self.config), "--sentinel"]
+
+    def ready(self, sock: socket.socket) -> bool:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+
+    def ask(self, *args: str) -> bytes:
+        """One command's raw reply."""
+        return raw_command(self.port, *args, password=self.password)
+
+
+def raw_command(port: int, *args: str, password: str | None = None) -> bytes:
+    """One command to a redis (or sentinel) on 127.0.0.1:``port``, over a socket of our own; its
+    raw reply (read until the server pauses)."""
+
+    def packed(words: tuple[str, ...]) -> bytes:
+        return f"*{len(words)}\r\n".encode() + b"".join(f"${len(w.encode())}\r\n{w}\r\n".encode() for w in words)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        if password:
+            s.sendall(packed(("AUTH", password)))
+            s.recv(64)
+        s.sendall(packed(args))
+        data = s.recv(65536)
+        s.settimeout(0.05)
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+        return data
+
+
+class SentinelGroup:
+    """A master, two replicas and three sentinels on loopback: Sentinel's smallest sound setup.
+    ``master()`` is whichever data node the sentinels name now (it changes after a failover)."""
+
+    service = "rustcache"
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 2,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        self.password = password
+        auth = ("--masterauth", password) if password else ()
+        self.nodes = [RedisServer(password=password, args=auth)]
+        master_port = self.nodes[0].port
+        self.nodes += [
+            RedisServer(password=password, args=("--replicaof", "127.0.0.1", str(master_port), *auth))
+            for _ in range(replicas)
+        ]
+        self.replicas = replicas
+        self.sentinels = [
+            SentinelServer(
+                self.service,
+                master_port,
+                down_after_ms=down_after_ms,
+                quorum=min(2, sentinels),
+                password=sentinel_password,
+                master_password=password,
+            )
+            for _ in range(sentinels)
+        ]
+        self.wait_healthy()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    def master_port(self) -> int:
+        reply = self.sentinels[0].ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(reply.split(b"\r\n")[-2])
+
+    def master(self) -> RedisServer:
+        port = self.master_port()
+        return next(n for n in self.nodes if n.port == port)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every sentinel knows the other two and sees the master with two live replicas
+        in sync (so a failover can be agreed and has a replica to promote)."""
+
+        def healthy() -> bool:
+            others = f"\r\nnum-other-sentinels\r\n$1\r\n{len(self.sentinels) - 1}".encode()
+            for s in self.sentinels:
+                master = s.ask("SENTINEL", "MASTER", self.service)
+                if b"s_down" in master or b"o_down" in master or others not in master:
+                    return False
+                replicas = s.ask("SENTINEL", "REPLICAS", self.service)
+                if replicas.count(b"master-link-status\r\n$2\r\nok") < self.replicas or b"s_down" in replicas:
+                    return False
+            return True
+
+        wait_until(healthy, timeout, what="the sentinel group")
+
+    def fail_over(self, timeout: float = 30.0) -> tuple[int, int]:
+        """Kill the master and wait until the sentinels name another; (old port, new port)."""
+        old = self.master()
+        old.kill()
+        wait_until(lambda: self.master_port() != old.port, timeout, what="a failover")
+        return old.port, self.master_port()
+
+    def revive(self, port: int) -> None:
+        """Start a killed node again, as a replica of the current master (the sentinels would
+        convert it too, but later)."""
+        node = next(n for n in self.nodes if n.port == port)
+        auth = ("--masterauth", self.password) if self.password else ()
+        node.args = ("--replicaof", "127.0.0.1", str(self.master_port()), *auth)
+        node.start()
+
+    def close(self) -> None:
+        for p in self.sentinels + self.nodes:
+            p.close()
+
+
+class FakeSentinel(_Peer):
+    """A sentinel that names ``master_port`` (settable) as the master of ``service`` and never
+    announces a change: a sentinel that lags behind a failover, which real ones only do by
+    chance. It answers GET-MASTER-ADDR-BY-NAME, MASTER, REPLICAS (none), SUBSCRIBE and PING."""
+
+    def __init__(self, service: str, master_port: int) -> None:
+        self.service, self.master_port = service, master_port
+        self.asked = 0  # GET-MASTER-ADDR-BY-NAME requests answered
+        self.subscribed = 0  # SUBSCRIBE requests answered
+        super().__init__()
+
+    @staticmethod
+    def _commands(buf: bytearray) -> list[list[bytes]]:
+        """The whole commands at the front of ``buf`` (taken out of it)."""
+        out = []
+        while True:
+            if not buf.startswith(b"*") or b"\r\n" not in buf:
+                return out
+            head, rest = bytes(buf).split(b"\r\n", 1)
+            words, ok = [], True
+            for _ in range(int(head[1:])):
+                if b"\r\n" not in rest:
+                    ok = False
+                    break
+                size_line, rest = rest.split(b"\r\n", 1)
+                size = int(size_line[1:])
+                if len(rest) < size + 2:
+                    ok = False
+                    break
+                words.append(rest[:size])
+                rest = rest[size + 2 :]
+            if not ok:
+                return out
+            out.append(words)
+            buf[:] = rest
+
+    def _answer(self, words: list[bytes]) -> bytes:
+        def bulk(s: str) -> bytes:
+            return f"${len(s)}\r\n{s}\r\n".encode()
+
+        name = [w.decode().upper() for w in words[:2]]
+        port = str(self.master_port)
+        if name == ["SENTINEL", "GET-MASTER-ADDR-BY-NAME"]:
+            self.asked += 1
+            return b"*2\r\n" + bulk("127.0.0.1") + bulk(port)
+        if name == ["SENTINEL", "MASTER"]:
+            fields = ["name", self.service, "ip", "127.0.0.1", "port", port, "flags", "master"]
+            return f"*{len(fields)}\r\n".encode() + b"".join(bulk(f) for f in fields)
+        if name == ["SENTINEL", "REPLICAS"]:
+            return b"*0\r\n"
+        if name[:1] == ["SUBSCRIBE"]:
+            self.subscribed += 1
+            return b"".join(
+                b"*3\r\n" + bulk("subscribe") + bulk(ch.decode()) + f":{i}\r\n".encode()
+                for i, ch in enumerate(words[1:], 1)
+            )
+        if name[:1] == ["PING"]:
+            return b"+PONG\r\n"
+        return b"-ERR unknown command\r\n"
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        buf = bytearray()
+        with conn:
+            conn.settimeout(0.5)
+            while not self.stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                for words in self._commands(buf):
+                    conn.sendall(self._answer(words))

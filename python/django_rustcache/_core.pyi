@@ -324,7 +324,12 @@ class RedisClient:
     their header when read. ``tls`` gives, per server, None or its TLS settings ``(verify,
     ca_certs, ca_path, ca_data, certfile, keyfile, tls13_only)`` (``verify``: "none", "chain" or
     "full"); the handshake runs within the connect deadline, and a failed one raises
-    ``TLSError``."""
+    ``TLSError``. With ``sentinels`` ((host, port) pairs), the one URL in ``servers`` gives the
+    data nodes' credentials and db; writes go to ``service``'s master as the sentinels name it
+    (every new connection must answer ROLE with master; a failover announced on a sentinel, a
+    failed connection or a READONLY reply sends the pool back to the sentinels, and connections
+    to the old master are not used again), and with ``replica_reads`` reads go to its replicas
+    in turn (to the master when none is up). The ``sentinel_*`` settings are the sentinels' own."""
 
     def __new__(
         cls,
@@ -345,6 +350,13 @@ class RedisClient:
         compress_level: int | None = None,
         compress_min_len: int = 15,
         tls: list[tuple[str, str | None, str | None, str | None, str | None, str | None, bool] | None] = ...,
+        sentinels: list[tuple[str, int]] = ...,
+        service: str | None = None,
+        replica_reads: bool = False,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
+        sentinel_tls: tuple[str, str | None, str | None, str | None, str | None, str | None, bool] | None = None,
+        sentinel_connect_timeout: float | None = None,
     ) -> RedisClient: ...
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""

@@ -122,6 +122,11 @@ def split(url: str, options: tuple[tuple[str, Any], ...]) -> tuple[str, TlsArgs 
     where = f"redis LOCATION {urlunsplit(parts._replace(netloc=parts.netloc.rpartition('@')[2]))!r}"
     s: dict[str, Any] = dict(options)
     s.update(from_url)
+    return url, settings_args(s, where)
+
+
+def settings_args(s: dict[str, Any], where: str) -> TlsArgs:
+    """redis-py's ``ssl_*`` settings (a connection under TLS) as the core takes them."""
     for name, why in UNSUPPORTED.items():
         value = s.get(name)
         if value is not None and value is not False and value != "":
@@ -144,4 +149,4 @@ def split(url: str, options: tuple[tuple[str, Any], ...]) -> tuple[str, TlsArgs 
         keyfile,
         _tls13_only(s.get("ssl_min_version"), where),
     )
-    return url, args
+    return args

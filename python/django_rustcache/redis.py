@@ -29,6 +29,8 @@ from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._sentinel import OPTIONS as SENTINEL_OPTIONS
+from django_rustcache._sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
 from django_rustcache._shards import DjangoRedisRing, ShardedClient
 from django_rustcache._tls import ALL_NAMES as TLS_NAMES
 from django_rustcache._tls import option_items as tls_option_items
@@ -47,7 +49,7 @@ OPTIONS = frozenset(
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME",
     }
-) | FORMAT_OPTIONS | TLS_NAMES  # fmt: skip
+) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
 # RedisCache passes its OPTIONS on to redis-py's pool): accepted, with nothing to do here. Our
 # pool bounds every call with one deadline and retries a stale pooled connection once.
@@ -129,6 +131,8 @@ class RedisSettings:
     value_format: str
     # The TLS settings OPTIONS give, for the servers whose URLs are rediss:// (see _tls).
     tls_options: tuple[tuple[str, Any], ...] = ()
+    # With Redis Sentinel: the sentinels (``servers`` is then the data nodes' one URL).
+    sentinel: SentinelSettings | None = None
 
 
 def with_db(url: str, db: int | None) -> str:
@@ -163,7 +167,7 @@ REDIS_PY_CLASSES = frozenset(
         "redis._parsers._RESP3Parser", "redis.connection.ConnectionPool", "redis.ConnectionPool",
         "redis.connection.BlockingConnectionPool", "redis.BlockingConnectionPool",
     }
-)  # fmt: skip
+) | SENTINEL_POOLS  # fmt: skip
 
 # django-redis's ShardClient (or ours by name): the LOCATION list is shards, placed by its ring.
 SHARD_CLIENTS = frozenset({"django_redis.client.ShardClient", "django_redis.client.sharded.ShardClient"})
@@ -185,7 +189,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     _scan_itersize = 1000
 
     def _configure(self) -> RedisSettings:
-        if not self._servers:
+        if not self._servers and not self._options.get("SENTINELS"):
             raise ImproperlyConfigured("RedisCache needs a LOCATION")
         # django-redis's global switches, overridden per cache by OPTIONS.
         self._ignore_exc = setting_flag(
@@ -217,7 +221,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         nothing to do here (a note in the log); a client class with another data format or
         topology is an error rather than a silent change."""
         client_class = self._options.get("CLIENT_CLASS")
-        if client_class is not None and client_class not in DEFAULT_CLIENTS | SHARD_CLIENTS:
+        if client_class is not None and client_class not in DEFAULT_CLIENTS | SHARD_CLIENTS | SENTINEL_CLIENTS:
             raise ImproperlyConfigured(
                 f"OPTIONS['CLIENT_CLASS'] = {client_class!r} is not supported by django-rustcache's RedisCache: "
                 "it would change how values are stored or routed. Remove it to use the default client."
@@ -239,8 +243,15 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         db = None if db is None else setting_count(db, "OPTIONS['DB']", minimum=0)
         max_connections = o.get("max_connections", o.get("MAX_CONNECTIONS", pool_kwargs.get("max_connections", 64)))
         protocol = o.get("pickle_version", o.get("PICKLE_VERSION", -1))
+        servers = [str(s) for s in self._servers]
+        sentinel = sentinel_settings(servers, o, o.get("CLIENT_CLASS"))
+        if sentinel is not None:
+            if self._sharded:
+                raise ImproperlyConfigured("OPTIONS['SENTINELS'] and a sharding CLIENT_CLASS cannot be combined")
+            servers = [sentinel[0]]
         return RedisSettings(
-            servers=tuple(with_db(location_url(s), db) for s in self._servers),
+            servers=tuple(with_db(location_url(s), db) for s in servers),
+            sentinel=None if sentinel is None else sentinel[1],
             username=o.get("username", o.get("USERNAME")),
             password=o.get("password", o.get("PASSWORD")),
             connect_timeout=setting_seconds(
@@ -296,6 +307,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
             pickle_protocol=s.pickle_protocol,
             client_name=s.client_name,
             **fmt.client_kwargs(),
+            **(s.sentinel.client_kwargs() if s.sentinel else {}),
         )
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:

@@ -18,9 +18,10 @@ use super::aio::{self, Make, OFF_IO_FROM, none, off_loop, promise, spawn};
 use super::keys::make_key;
 use super::stats::client_stats;
 use crate::compress::{self, Compressor, Format};
-use crate::net::{Tls, TlsSettings, Verify};
+use crate::net::{Address, Tls, TlsSettings, Verify};
 use crate::redis::client::{Client, Counter, Items, delete_across, get_many_across, set_many_across};
 use crate::redis::pool::{Pool, PoolConfig};
+use crate::redis::sentinel::{Role, Sentinel, SentinelConfig};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -240,7 +241,9 @@ impl PyRedisClient {
     #[pyo3(signature = (
         servers, *, db=None, username=None, password=None, connect_timeout=1.0, socket_timeout=3.0,
         max_connections=64, retry_timeout=1.0, client_name=None, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
-        compress_level=None, compress_min_len=15, tls=Vec::new()
+        compress_level=None, compress_min_len=15, tls=Vec::new(), sentinels=Vec::new(), service=None,
+        replica_reads=false, sentinel_username=None, sentinel_password=None, sentinel_tls=None,
+        sentinel_connect_timeout=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -260,6 +263,13 @@ impl PyRedisClient {
         compress_level: Option<i32>,
         compress_min_len: usize,
         tls: Vec<Option<TlsArgs>>,
+        sentinels: Vec<(String, u16)>,
+        service: Option<String>,
+        replica_reads: bool,
+        sentinel_username: Option<String>,
+        sentinel_password: Option<String>,
+        sentinel_tls: Option<TlsArgs>,
+        sentinel_connect_timeout: Option<f64>,
     ) -> PyResult<Self> {
         let compressor = compressor
             .map(|name| {
@@ -307,7 +317,39 @@ impl PyRedisClient {
                     }
                 }
             };
-            pools.push(Pool::new(url, db, username.as_deref(), password.as_deref(), server_tls, config.clone())?);
+            if sentinels.is_empty() {
+                pools.push(Pool::new(
+                    url,
+                    db,
+                    username.as_deref(),
+                    password.as_deref(),
+                    server_tls,
+                    config.clone(),
+                    None,
+                )?);
+                continue;
+            }
+            if servers.len() != 1 {
+                return Err(PyValueError::new_err("sentinels: one URL (the data nodes' credentials and db)"));
+            }
+            let sentinel = Sentinel::new(SentinelConfig {
+                sentinels: sentinels.iter().map(|(host, port)| Address::Tcp(host.clone(), *port)).collect(),
+                service: service.clone().unwrap_or_default(),
+                username: sentinel_username.clone(),
+                password: sentinel_password.clone(),
+                tls: sentinel_tls.clone().map(tls_settings).transpose()?.map(|t| Tls::new(&t)).transpose()?,
+                connect_timeout: match sentinel_connect_timeout {
+                    Some(t) => seconds(t, "sentinel_connect_timeout")?,
+                    None => config.connect_timeout,
+                },
+            })?;
+            let (user, pass) = (username.as_deref(), password.as_deref());
+            let master = Some((sentinel.clone(), Role::Master));
+            pools.push(Pool::new(url, db, user, pass, server_tls.clone(), config.clone(), master)?);
+            if replica_reads {
+                let replica = Some((sentinel, Role::Replica));
+                pools.push(Pool::new(url, db, user, pass, server_tls, config.clone(), replica)?);
+            }
         }
         Ok(Self { client: Arc::new(Client::new(pools)?), codec: Arc::new(codec) })
     }
@@ -842,6 +884,11 @@ impl PyRedisClient {
             d.set_item("idle_connections", state.idle)?;
             d.set_item("open_connections", state.open)?;
             d.set_item("async_connections", pool.slots().open())?;
+            if let Some((sentinel, _)) = pool.sentinel() {
+                d.set_item("service", sentinel.service())?;
+                d.set_item("master", sentinel.known_master().map(|a| a.to_string()))?;
+                d.set_item("master_changes", sentinel.switches())?;
+            }
             out.append(d)?;
         }
         Ok(out)

@@ -126,7 +126,7 @@ impl AsyncWrite for AsyncStream {
     }
 }
 
-fn io_error(label: &str, what: &str, e: &std::io::Error) -> Error {
+pub(crate) fn io_error(label: &str, what: &str, e: &std::io::Error) -> Error {
     // TLS 1.3 servers refuse a client certificate after the handshake: the alert comes with the
     // first read, and is a TLS error like the handshake's own.
     if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
@@ -817,6 +817,14 @@ impl<W: Wire> Slots<W> {
             if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
                 *held = None;
             }
+        }
+    }
+
+    /// Forget every connection (their server is not the one to talk to any more); calls in
+    /// flight on them finish there.
+    pub fn clear(&self) {
+        for slot in &self.slots {
+            *slot.conn.lock() = None;
         }
     }
 

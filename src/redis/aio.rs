@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use redis::{FromRedisValue, Value};
+use redis::{FromRedisValue, ServerErrorKind, Value};
 use tokio::sync::oneshot;
 
 use super::client::{Client, Counter, INCR_IF_EXISTS, RENAME_IF_EXISTS, counter, missing};
-use super::conn::{Framing, Login, MAX_REPLY_BYTES, classify, handshake};
-use super::pool::Pool;
+use super::conn::{Framing, Login, MAX_REPLY_BYTES, classify, handshake, is_master};
+use super::pool::{Pool, Target};
+use super::sentinel::Role;
 use crate::error::{Error, ErrorKind};
+use crate::net::Address;
 use crate::net::aio::{self, Answer, Mux, Wire, within};
 
 /// RESP as the multiplexed connections read it: whole replies cut at their ends (lengths
@@ -77,6 +79,11 @@ fn typed<T: FromRedisValue>(label: &str, value: Value) -> Result<T, Error> {
     redis::from_redis_value(value).map_err(|e| Error::new(ErrorKind::Protocol, format!("{label}: {e}")))
 }
 
+/// Whether a server refused with READONLY (a replica now).
+fn read_only(values: &[Value]) -> bool {
+    values.iter().any(|v| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::ReadOnly)))
+}
+
 /// The first error reply among `values`, as ours.
 fn no_error_reply(label: &str, values: &[Value]) -> Result<(), Error> {
     match values.iter().find_map(|v| if let Value::ServerError(e) = v { Some(e.clone()) } else { None }) {
@@ -93,21 +100,83 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
 
 impl Pool {
     /// A new multiplexed connection, logged in, before `deadline` (and within the connect
-    /// timeout).
+    /// timeout). A Sentinel-managed pool that cannot reach the address it had asks the
+    /// sentinels again, and tries the new answer once.
     async fn connect_mux(&self, deadline: Instant) -> Result<Mux<RedisWire>, Error> {
         let deadline = deadline.min(Instant::now() + self.config().connect_timeout);
-        let label = self.label();
-        let stream = aio::connect(self.addr(), self.tls(), deadline, label).await?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (addr, epoch) = self.endpoint_async(deadline).await?;
+            let (made, epoch) = match self.connect_mux_to(&addr, deadline).await {
+                Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
+                    if let Some((s, _)) = self.sentinel() {
+                        s.suspect(&addr);
+                    }
+                    match self.endpoint_async(deadline).await {
+                        Ok((again, epoch)) if again != addr => (self.connect_mux_to(&again, deadline).await, epoch),
+                        _ => (Err(e), epoch),
+                    }
+                }
+                other => (other, epoch),
+            };
+            // The sentinels named another master while this one was connecting: ask again.
+            if made.is_ok() && epoch != self.current_epoch() && attempts < 3 {
+                continue;
+            }
+            return made;
+        }
+    }
+
+    async fn connect_mux_to(&self, addr: &Address, deadline: Instant) -> Result<Mux<RedisWire>, Error> {
+        let named;
+        let label = match self.target() {
+            Target::Fixed(_) => self.label(),
+            Target::Sentinel(..) => {
+                named = if self.tls().is_some() { format!("redis {addr} (TLS)") } else { format!("redis {addr}") };
+                &named
+            }
+        };
+        let stream = aio::connect(addr, self.tls(), deadline, label).await?;
         let mux = Mux::start(stream, label)?;
         let (username, password) = self.credentials();
-        let login = Login { username, password, db: self.db(), client_name: self.config().client_name.as_deref() };
+        let login = Login {
+            username,
+            password,
+            db: self.db(),
+            client_name: self.config().client_name.as_deref(),
+            master_only: self.master_only(),
+        };
         if let Some(pipe) = handshake(&login) {
             let count = pipe.cmd_iter().count();
             let packed = Arc::new(pipe.get_packed_pipeline());
             let replies = within(deadline, label, "login", mux.call(packed, count, deadline)).await?;
             no_error_reply(label, &replies)?;
+            if login.master_only {
+                is_master(label, replies.last())?;
+            }
         }
         Ok(mux)
+    }
+
+    /// [`Pool::endpoint`] without blocking the I/O thread: the sentinels' last answer when it
+    /// stands, else they are asked on a blocking thread.
+    async fn endpoint_async(&self, deadline: Instant) -> Result<(Address, u64), Error> {
+        match self.target() {
+            Target::Fixed(addr) => Ok((addr.clone(), 0)),
+            Target::Sentinel(s, role) => {
+                if let Some(addr) = s.cached(*role) {
+                    return Ok(addr);
+                }
+                let (s, role) = (s.clone(), *role);
+                tokio::task::spawn_blocking(move || match role {
+                    Role::Master => s.master(deadline),
+                    Role::Replica => s.replica(deadline),
+                })
+                .await
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis sentinel: the lookup was cancelled")))
+            }
+        }
     }
 
     /// One exchange when no connection was ready: connect (or wait for room) first, all before
@@ -123,9 +192,15 @@ impl Pool {
     ) -> Result<Vec<Value>, Error> {
         let attempt = async {
             let mut retried = false;
+            let mut redirected = false;
             loop {
                 let mux = self.slots().get(|| self.connect_mux(deadline)).await?;
                 match mux.call(packed.clone(), replies, deadline).await {
+                    Ok(values) if !redirected && self.master_only() && read_only(&values) => {
+                        // A demoted master refused: nothing was applied; once more on the new one.
+                        redirected = true;
+                        self.demoted();
+                    }
                     Ok(values) => {
                         self.mark_up();
                         return Ok(values);
@@ -158,6 +233,7 @@ impl Client {
     pub fn start(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
         let index = self.server_for(write);
         let pool = &self.pools()[index];
+        pool.refresh();
         let started = Instant::now();
         let deadline = started + pool.config().socket_timeout;
         if let Err(e) = pool.check_up() {
@@ -165,13 +241,13 @@ impl Client {
         }
         let packed = Arc::new(packed);
         if let Some(mux) = pool.slots().ready() {
-            let retry = (idempotent && mux.made < started).then(|| packed.clone());
-            let (client, conn) = (self.clone(), mux.clone());
+            let retry = idempotent && mux.made < started;
+            let (client, conn, request) = (self.clone(), mux.clone(), packed.clone());
             mux.send(
                 packed,
                 replies,
                 deadline,
-                Box::new(move |answer| client.settle(index, &conn, answer, retry, replies, deadline, then)),
+                Box::new(move |answer| client.settle(index, &conn, answer, (request, retry), replies, deadline, then)),
             );
             return;
         }
@@ -179,29 +255,33 @@ impl Client {
     }
 
     /// An answer from a connection that was ready: a stale connection's failure runs the
-    /// exchange once more (when it may be), on a new connection.
+    /// exchange once more (when `request` says it may be), on a new connection; so does a
+    /// demoted master's READONLY (nothing was applied).
     #[allow(clippy::too_many_arguments)]
     fn settle(
         self: &Arc<Self>,
         index: usize,
         mux: &Arc<Mux<RedisWire>>,
         answer: Answer<RedisWire>,
-        retry: Option<Arc<Vec<u8>>>,
+        request: (Arc<Vec<u8>>, bool),
         replies: usize,
         deadline: Instant,
         then: Then,
     ) {
         let pool = &self.pools()[index];
+        let (packed, retry) = request;
         match answer {
+            Ok(values) if pool.master_only() && read_only(&values) => {
+                pool.demoted();
+                self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
+            }
             Ok(values) => {
                 pool.mark_up();
                 then(pool, Ok(values));
             }
             Err(e) => {
                 pool.slots().forget(mux);
-                if e.kind() == ErrorKind::Io
-                    && let Some(packed) = retry
-                {
+                if e.kind() == ErrorKind::Io && retry {
                     return self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
                 }
                 self.account(pool, &e);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use num_bigint::BigInt;
 use redis::{ConnectionLike, Script, Value};
 
-use super::conn::{Conn, classify};
+use super::conn::{Conn, classify, is_read_only};
 use super::pool::{Loan, Pool};
 use crate::error::{Error, ErrorKind};
 use crate::net::{ClientStats, Counters};
@@ -303,6 +303,13 @@ impl Client {
         e: &redis::RedisError,
     ) -> Option<Error> {
         let Some(failure) = conn.take_failure() else {
+            if pooled && pool.master_only() && is_read_only(e) {
+                // A master demoted since the connection was pooled refused: nothing was
+                // applied, and the sentinels know the new one. Once more, on a new connection.
+                drop(conn);
+                pool.demoted();
+                return None;
+            }
             let err = classify(conn.label(), e);
             if err.is_connection_failure() {
                 // An unparsable reply: out of step.

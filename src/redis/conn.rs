@@ -144,6 +144,8 @@ pub struct Conn {
     largest: usize,
     framing: Framing,
     db: i64,
+    /// The sentinels' epoch the connection was made in (see `Pool::refresh`).
+    pub epoch: u64,
 }
 
 /// The socket as the crate's parser reads it: each read bounded by the call's deadline and by
@@ -197,6 +199,9 @@ pub struct Login<'a> {
     pub db: i64,
     /// The connection's name (CLIENT SETNAME).
     pub client_name: Option<&'a str>,
+    /// Ask the server its ROLE last, and refuse it unless it is a master (a Sentinel-managed
+    /// master pool: an address the sentinels gave may have been demoted since).
+    pub master_only: bool,
 }
 
 impl Conn {
@@ -214,11 +219,14 @@ impl Conn {
             largest: 0,
             framing: Framing::default(),
             db,
+            epoch: 0,
         };
         if let Some(handshake) = handshake(login) {
             conn.begin(deadline);
-            if let Err(e) = handshake.query::<()>(&mut conn) {
-                return Err(conn.take_failure().unwrap_or_else(|| classify(&label, &e)));
+            match handshake.query::<Vec<Value>>(&mut conn) {
+                Ok(replies) if login.master_only => is_master(&label, replies.last())?,
+                Ok(_) => {}
+                Err(e) => return Err(conn.take_failure().unwrap_or_else(|| classify(&label, &e))),
             }
         }
         Ok(conn)
@@ -311,7 +319,33 @@ pub fn handshake(login: &Login<'_>) -> Option<redis::Pipeline> {
     if let Some(name) = login.client_name {
         pipe.cmd("CLIENT").arg("SETNAME").arg(name);
     }
-    (login.password.is_some() || login.db != 0 || login.client_name.is_some()).then_some(pipe)
+    if login.master_only {
+        pipe.cmd("ROLE");
+    }
+    (login.password.is_some() || login.db != 0 || login.client_name.is_some() || login.master_only).then_some(pipe)
+}
+
+/// The reply to ROLE of a server taken for a master: anything else is refused as a failure of
+/// the connection (so the pool asks the sentinels again), never used for a write.
+pub fn is_master(label: &str, role: Option<&Value>) -> Result<(), Error> {
+    let said = match role {
+        Some(Value::Array(parts)) => match parts.first() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::SimpleString(s)) => s.clone(),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    if said == "master" {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::Io, format!("{label}: not a master (ROLE says {said:?}): the sentinels are asked again")))
+}
+
+/// Whether an error reply is READONLY: the server is a replica (a master demoted since the
+/// connection was made).
+pub fn is_read_only(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
 /// A `redis` crate error as ours: the server's error replies, conversions of a reply to the

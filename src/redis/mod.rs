@@ -6,3 +6,4 @@ pub mod aio;
 pub mod client;
 pub mod conn;
 pub mod pool;
+pub mod sentinel;

@@ -3,6 +3,8 @@
 //! every call a timeout.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -10,6 +12,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 
 use super::aio::RedisWire;
 use super::conn::{Conn, Login};
+use super::sentinel::{Role, Sentinel};
 use crate::error::{Error, ErrorKind};
 use crate::net::aio::Slots;
 use crate::net::{Address, SLICE, Tls, check_interrupt};
@@ -58,10 +61,20 @@ struct Health {
     errors: u64,
 }
 
+/// Where a pool's connections go.
+pub enum Target {
+    /// One server, at one address.
+    Fixed(Address),
+    /// Whichever server has `role` in the sentinels' service now.
+    Sentinel(Arc<Sentinel>, Role),
+}
+
 /// The pool of one server.
 pub struct Pool {
     name: String,
-    addr: Address,
+    target: Target,
+    /// The sentinels' epoch the pooled connections belong to.
+    epoch: AtomicU64,
     tls: Option<Tls>,
     username: Option<String>,
     password: Option<String>,
@@ -103,7 +116,9 @@ pub struct PoolState {
 impl Pool {
     /// A pool for `url` (`redis://`, `unix://`, ...): `db` overrides what the URL says;
     /// `username` and `password` apply where the URL gives none (as in redis-py's `from_url`);
-    /// with `tls`, every connection is under TLS (the URL's scheme stays `redis://`).
+    /// with `tls`, every connection is under TLS (the URL's scheme stays `redis://`). With
+    /// `sentinel`, the server is whichever has the role in the sentinels' service: `url` then
+    /// gives the credentials and the db, not the address.
     pub fn new(
         url: &str,
         db: Option<i64>,
@@ -111,6 +126,7 @@ impl Pool {
         password: Option<&str>,
         tls: Option<Tls>,
         config: PoolConfig,
+        sentinel: Option<(Arc<Sentinel>, Role)>,
     ) -> Result<Self, Error> {
         let info = url
             .into_connection_info()
@@ -126,11 +142,21 @@ impl Pool {
             }
         };
         let settings = info.redis_settings();
-        let name = addr.to_string();
+        let (name, target) = match sentinel {
+            None => (addr.to_string(), Target::Fixed(addr)),
+            Some((sentinel, role)) => {
+                let what = if role == Role::Master { "master" } else { "replicas" };
+                (format!("{} {what} (sentinel)", sentinel.service()), Target::Sentinel(sentinel, role))
+            }
+        };
         Ok(Self {
             label: if tls.is_some() { format!("redis {name} (TLS)") } else { format!("redis {name}") },
             name,
-            addr,
+            epoch: AtomicU64::new(match &target {
+                Target::Sentinel(s, _) => s.epoch(),
+                Target::Fixed(_) => 0,
+            }),
+            target,
             tls,
             username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
             password: settings.password().map(str::to_owned).or_else(|| password.map(str::to_owned)),
@@ -158,9 +184,69 @@ impl Pool {
         &self.config
     }
 
-    /// The server's address.
-    pub fn addr(&self) -> &Address {
-        &self.addr
+    /// Where the connections go.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The sentinels' service and the role this pool serves in it, if any.
+    pub fn sentinel(&self) -> Option<(&Arc<Sentinel>, Role)> {
+        match &self.target {
+            Target::Sentinel(s, role) => Some((s, *role)),
+            Target::Fixed(_) => None,
+        }
+    }
+
+    /// The address a new connection goes to now, and the sentinels' epoch it belongs to
+    /// (asking the sentinels, before `deadline`, when they were not asked yet or their answer
+    /// is suspect).
+    pub fn endpoint(&self, deadline: Instant) -> Result<(Address, u64), Error> {
+        match &self.target {
+            Target::Fixed(addr) => Ok((addr.clone(), 0)),
+            Target::Sentinel(s, Role::Master) => s.master(deadline),
+            Target::Sentinel(s, Role::Replica) => s.replica(deadline),
+        }
+    }
+
+    /// Whether new connections must answer ROLE with master.
+    pub(crate) fn master_only(&self) -> bool {
+        matches!(self.target, Target::Sentinel(_, Role::Master))
+    }
+
+    /// The sentinels' epoch now (0 for a fixed server).
+    pub(crate) fn current_epoch(&self) -> u64 {
+        match &self.target {
+            Target::Sentinel(s, _) => s.epoch(),
+            Target::Fixed(_) => 0,
+        }
+    }
+
+    /// The sentinels named another master since the pooled connections were made: they all go
+    /// (a demoted master must not serve another call), and so does the old server's health.
+    pub(crate) fn refresh(&self) {
+        let Target::Sentinel(s, _) = &self.target else { return };
+        let now = s.epoch();
+        if self.epoch.swap(now, Ordering::AcqRel) == now {
+            return;
+        }
+        self.drop_idle();
+        self.slots.clear();
+        let mut h = self.health.lock();
+        h.down_until = None;
+    }
+
+    /// A server of this pool answered READONLY: it is a replica now. The sentinels are asked
+    /// again, and the connections made before go.
+    pub(crate) fn demoted(&self) {
+        if let Target::Sentinel(s, role) = &self.target {
+            if *role == Role::Master
+                && let Some(master) = s.known_master()
+            {
+                s.suspect(&master);
+            }
+            self.drop_idle();
+            self.slots.clear();
+        }
     }
 
     /// The TLS configuration, if connections are under TLS.
@@ -228,11 +314,22 @@ impl Pool {
         }
         drop(h);
         self.drop_idle();
+        if let Target::Sentinel(s, role) = &self.target {
+            match role {
+                Role::Master => {
+                    if let Some(master) = s.known_master() {
+                        s.suspect(&master);
+                    }
+                }
+                Role::Replica => s.forget_replicas(),
+            }
+        }
     }
 
     /// Borrow a connection before `deadline`: an idle one, a new one while under
     /// `max_connections`, or one given back while we wait.
     pub fn take(&self, deadline: Instant) -> Result<Loan, Error> {
+        self.refresh();
         self.check_up()?;
         let mut state = self.state.lock();
         loop {
@@ -265,8 +362,32 @@ impl Pool {
             password: self.password.as_deref(),
             db: self.db,
             client_name: self.config.client_name.as_deref(),
+            master_only: self.master_only(),
         };
-        match Conn::connect(&self.addr, self.tls.as_ref(), &login, deadline) {
+        let connected = self.endpoint(deadline).and_then(|(addr, epoch)| {
+            let made = match Conn::connect(&addr, self.tls.as_ref(), &login, deadline) {
+                Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
+                    // The sentinels may know better already (a failover this client missed).
+                    let (s, _) = self.sentinel().ok_or(e.clone())?;
+                    s.suspect(&addr);
+                    match self.endpoint(deadline) {
+                        Ok((again, epoch)) if again != addr => {
+                            Conn::connect(&again, self.tls.as_ref(), &login, deadline).map(|c| (c, epoch))
+                        }
+                        _ => Err(e),
+                    }
+                }
+                other => other.map(|c| (c, epoch)),
+            };
+            made.map(|(mut conn, epoch)| {
+                conn.epoch = epoch;
+                // Asking the sentinels may have moved the epoch: the pool follows it now (its
+                // idle connections of an older one go), not at the next call.
+                self.refresh();
+                conn
+            })
+        });
+        match connected {
             Ok(conn) => Ok(conn),
             Err(e) => {
                 self.forget();
@@ -280,6 +401,12 @@ impl Pool {
 
     /// Give back a connection whose last exchange completed; it was fine, so is the server.
     pub fn put(&self, mut conn: Conn) {
+        if conn.epoch != self.current_epoch() {
+            // Made for a master the sentinels have replaced since.
+            drop(conn);
+            self.forget();
+            return;
+        }
         conn.trim();
         self.state.lock().idle.push(conn);
         self.returned.notify_one();
@@ -314,8 +441,15 @@ impl Pool {
             (state.idle.len(), state.open)
         };
         let h = self.health.lock();
+        let address = match &self.target {
+            Target::Sentinel(s, Role::Master) => match s.known_master() {
+                Some(at) => format!("{} at {at}", self.name),
+                None => self.name.clone(),
+            },
+            _ => self.name.clone(),
+        };
         PoolState {
-            address: self.name.clone(),
+            address,
             idle,
             open,
             up: h.down_until.is_none_or(|until| until <= Instant::now()),
