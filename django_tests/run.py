@@ -29,7 +29,7 @@ ROOT = HERE.parent
 SUITE = HERE / "rustcache_suite.py"
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Certificates, MemcachedServer, RedisServer, TlsRedisServer  # noqa: E402
+from tests.servers import Certificates, MemcachedServer, RedisServer, SentinelGroup, TlsRedisServer  # noqa: E402
 
 # name -> environment for rustcache_suite.py; "{memcached}" is filled with a live server's LOCATION.
 VARIANTS = {
@@ -57,6 +57,10 @@ VARIANTS = {
     # Mutual TLS with the certificate's chain and name checked; the options are filled in with
     # the certificates the run makes.
     "redis-tls": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tls"},
+    # A master, two replicas and three sentinels, configured as django-redis's Sentinel factory
+    # is (the service as LOCATION's host; reads on the master, as Django's suite needs).
+    "redis-sentinel": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "sentinel"},
+    "redis-sentinel-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "sentinel", "RUSTCACHE_VIA_ASYNC": "1"},
     # Django's suite on the native async methods: every sync call made by its async twin.
     "redis-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp", "RUSTCACHE_VIA_ASYNC": "1"},
     "redis-sharded-async": {
@@ -148,6 +152,10 @@ def main() -> int:
             env["RUSTCACHE_REDIS_OPTIONS"] = json.dumps(
                 {"ssl_ca_certs": certs.ca, "ssl_certfile": certs.client, "ssl_keyfile": certs.client_key}
             )
+        elif env.get("RUSTCACHE_REDIS") == "sentinel":
+            server = SentinelGroup()
+            env["RUSTCACHE_REDIS_LOCATION"] = f"redis://{server.service}/0"
+            env["RUSTCACHE_REDIS_OPTIONS"] = json.dumps({"SENTINELS": server.addresses})
         elif env.get("RUSTCACHE_REDIS") == "shards":
             server, *extra = [RedisServer() for _ in range(3)]
             env["RUSTCACHE_REDIS_LOCATION"] = ",".join(s.location for s in (server, *extra))

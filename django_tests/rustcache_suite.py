@@ -265,6 +265,12 @@ if SUITE == "redis":
             self.assertEqual(type(cache._cache).__name__, "ShardedClient" if sharded else "RedisClient")
             if sharded:
                 self.assertEqual(len(cache._cache.clients), len(REDIS_PARAMS["LOCATION"].split(",")))
+            if REDIS_PARAMS["OPTIONS"].get("SENTINELS"):
+                # Every call went to the master the sentinels name.
+                cache.set("sentinel-probe", 1)
+                (server,) = cache.stats()["servers"]
+                self.assertEqual(server["service"], "rustcache")
+                self.assertIsNotNone(server["master"])
 
     for _name, _reason in REDIS_CLIENT_INTERNALS.items():
         if hasattr(django_tests.RedisCacheTests, _name):

@@ -540,6 +540,48 @@ class SentinelServer(ServerProcess):
         return raw_command(self.port, *args, password=self.password)
 
 
+class TlsSentinelServer(SentinelServer):
+    """A sentinel that speaks only TLS (``certs``' server certificate), and watches its data
+    nodes over TLS too."""
+
+    name = "redis-sentinel (TLS)"
+
+    def __init__(self, certs: Certificates, service: str, master_port: int, **kwargs) -> None:
+        self.certs = certs
+        super().__init__(service, master_port, quorum=1, **kwargs)
+
+    def start(self, env: dict | None = None) -> None:
+        if "tls-port" not in self.config.read_text():
+            text = self.config.read_text().replace(f"port {self.port}\n", "port 0\n")
+            self.config.write_text(
+                text + f"tls-port {self.port}\ntls-cert-file {self.certs.server}\n"
+                f"tls-key-file {self.certs.server_key}\ntls-ca-cert-file {self.certs.ca}\n"
+                "tls-auth-clients no\ntls-replication yes\n"
+            )
+        super().start(env)
+
+    def _connect(self) -> socket.socket:
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.certs.ca)
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        try:
+            return context.wrap_socket(raw, server_hostname="localhost")
+        except OSError:
+            raw.close()
+            raise
+
+    def ask(self, *args: str) -> bytes:
+        words = [f"*{len(args)}\r\n".encode()] + [f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args]
+        with self._connect() as s:
+            if self.password:
+                s.sendall(f"AUTH {self.password}\r\n".encode())
+                s.recv(64)
+            s.sendall(b"".join(words))
+            time.sleep(0.05)
+            return s.recv(65536)
+
+
 def raw_command(port: int, *args: str, password: str | None = None) -> bytes:
     """One command to a redis (or sentinel) on 127.0.0.1:``port``, over a socket of our own; its
     raw reply (read until the server pauses)."""

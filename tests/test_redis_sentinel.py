@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import pickle
+import shutil
 import threading
 import time
 
@@ -336,3 +337,43 @@ def test_a_master_demoted_behind_the_sentinels_back():
         sentinel.close()
         a.close()
         b.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_sentinels_and_data_nodes_have_tls_settings_of_their_own():
+    """The sentinel and the data node both speak only TLS, with passwords of their own: the
+    sentinels' TLS and password come from SENTINEL_KWARGS, the data node's from LOCATION
+    (``rediss://``) and OPTIONS; neither is taken for the other."""
+    from tests.servers import Certificates, TlsRedisServer, TlsSentinelServer
+
+    certs = Certificates()
+    node = TlsRedisServer(certs, password="data-secret")
+    sentinel = TlsSentinelServer(certs, "secure", node.port, password="sentinel-secret", master_password="data-secret")
+    try:
+        wait_until(lambda: b"flags\r\n$6\r\nmaster\r\n" in sentinel.ask("SENTINEL", "MASTER", "secure"), 10)
+        sentinels = [("127.0.0.1", sentinel.port)]
+        tls_kwargs = {"ssl": True, "ssl_ca_certs": certs.ca, "password": "sentinel-secret"}
+        data = {"ssl_ca_certs": certs.ca, "PASSWORD": "data-secret", "SOCKET_TIMEOUT": 1.0}
+        cache = RedisCache(
+            "rediss://secure/0", {"OPTIONS": {"SENTINELS": sentinels, "SENTINEL_KWARGS": tls_kwargs, **data}}
+        )
+        cache.set("k", "over TLS")
+        assert cache.get("k") == "over TLS"
+        assert asyncio.run(cache.aget("k")) == "over TLS"
+        # The data node's TLS settings do not reach the sentinels ...
+        plain_sentinels = RedisCache(
+            "rediss://secure/0",
+            {"OPTIONS": {"SENTINELS": sentinels, "SENTINEL_KWARGS": {"password": "sentinel-secret"}, **data}},
+        )
+        with pytest.raises(ServerDown, match="no sentinel gave a master"):
+            plain_sentinels.get("k")
+        # ... nor the sentinels' the data node.
+        plain_data = RedisCache(
+            "redis://secure/0", {"OPTIONS": {"SENTINELS": sentinels, "SENTINEL_KWARGS": tls_kwargs, **data}}
+        )
+        with pytest.raises(CacheError):
+            plain_data.get("k")
+    finally:
+        sentinel.close()
+        node.close()
+        certs.close()
