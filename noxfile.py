@@ -62,6 +62,8 @@ DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
 # Server binaries the tests start themselves, and the Debian packages that bring them.
 SERVERS = {
     "memcached": "memcached", "saslpasswd2": "sasl2-bin", "redis-server": "redis-server",
+    # The cluster is made with `redis-cli --cluster create`; sentinels are `redis-server --sentinel`.
+    "redis-cli": "redis-tools",
     # The TLS tests make their CA and certificates with it.
     "openssl": "openssl",
 }  # fmt: skip

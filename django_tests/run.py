@@ -29,7 +29,14 @@ ROOT = HERE.parent
 SUITE = HERE / "rustcache_suite.py"
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import Certificates, MemcachedServer, RedisServer, SentinelGroup, TlsRedisServer  # noqa: E402
+from tests.servers import (  # noqa: E402
+    Certificates,
+    MemcachedServer,
+    RedisCluster,
+    RedisServer,
+    SentinelGroup,
+    TlsRedisServer,
+)
 
 # name -> environment for rustcache_suite.py; "{memcached}" is filled with a live server's LOCATION.
 VARIANTS = {
@@ -61,6 +68,9 @@ VARIANTS = {
     # is (the service as LOCATION's host; reads on the master, as Django's suite needs).
     "redis-sentinel": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "sentinel"},
     "redis-sentinel-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "sentinel", "RUSTCACHE_VIA_ASYNC": "1"},
+    # A Redis Cluster of 3 primaries with a replica each (LOCATION: seed nodes).
+    "redis-cluster": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "cluster"},
+    "redis-cluster-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "cluster", "RUSTCACHE_VIA_ASYNC": "1"},
     # Django's suite on the native async methods: every sync call made by its async twin.
     "redis-async": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp", "RUSTCACHE_VIA_ASYNC": "1"},
     "redis-sharded-async": {
@@ -156,6 +166,10 @@ def main() -> int:
             server = SentinelGroup()
             env["RUSTCACHE_REDIS_LOCATION"] = f"redis://{server.service}/0"
             env["RUSTCACHE_REDIS_OPTIONS"] = json.dumps({"SENTINELS": server.addresses})
+        elif env.get("RUSTCACHE_REDIS") == "cluster":
+            server = RedisCluster()
+            env["RUSTCACHE_REDIS_LOCATION"] = server.location
+            env["RUSTCACHE_REDIS_OPTIONS"] = json.dumps({"CLUSTER": True})
         elif env.get("RUSTCACHE_REDIS") == "shards":
             server, *extra = [RedisServer() for _ in range(3)]
             env["RUSTCACHE_REDIS_LOCATION"] = ",".join(s.location for s in (server, *extra))

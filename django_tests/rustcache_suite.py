@@ -262,7 +262,15 @@ if SUITE == "redis":
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", REDIS)
             self.assertIs(isinstance(cache, ViaAsync), VIA_ASYNC)
             sharded = REDIS_PARAMS["OPTIONS"].get("CLIENT_CLASS") == "django_redis.client.ShardClient"
-            self.assertEqual(type(cache._cache).__name__, "ShardedClient" if sharded else "RedisClient")
+            clustered = bool(REDIS_PARAMS["OPTIONS"].get("CLUSTER"))
+            kind = "ClusterClient" if clustered else "ShardedClient" if sharded else "RedisClient"
+            self.assertEqual(type(cache._cache).__name__, kind)
+            if clustered:
+                # Keys went to every primary, by slot.
+                cache.set_many({f"cluster-probe-{i}": i for i in range(64)})
+                self.assertEqual(len(cache._cache.primaries()), 3)
+                for shard in cache._cache.primaries():
+                    self.assertTrue(shard.execute("DBSIZE", write=True))
             if sharded:
                 self.assertEqual(len(cache._cache.clients), len(REDIS_PARAMS["LOCATION"].split(",")))
             if REDIS_PARAMS["OPTIONS"].get("SENTINELS"):

@@ -30,9 +30,26 @@ pub enum ErrorKind {
     Server,
     /// A server is marked down after a failure: the call was not attempted.
     ServerDown,
+    /// A Redis Cluster node does not serve the key's slot: MOVED (the slot has a new owner,
+    /// [`Error::redirect`] says which) or ASK (it is being migrated there: ask once, with ASKING).
+    Redirect,
+    /// A Redis Cluster cannot serve the call now (TRYAGAIN during a migration, CLUSTERDOWN,
+    /// MASTERDOWN): nothing was applied; the same call may work a moment later.
+    ClusterBusy,
     /// A signal handler raised while the call waited (Ctrl-C): the caller's own exception is
     /// raised in its place by the bindings.
     Interrupted,
+}
+
+/// Where a Redis Cluster node sent a call (MOVED or ASK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// ASK (once, for a slot being migrated) rather than MOVED (for good).
+    pub ask: bool,
+    /// The key's hash slot.
+    pub slot: u16,
+    /// The node to ask, `host:port`.
+    pub address: String,
 }
 
 /// An error of the pure cores.
@@ -40,12 +57,23 @@ pub enum ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    redirect: Option<Box<Redirect>>,
 }
 
 impl Error {
     /// An error of `kind` with a human-readable `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), redirect: None }
+    }
+
+    /// A Redis Cluster redirection (kind `Redirect`).
+    pub fn redirected(message: impl Into<String>, redirect: Redirect) -> Self {
+        Self { kind: ErrorKind::Redirect, message: message.into(), redirect: Some(Box::new(redirect)) }
+    }
+
+    /// Where a `Redirect` error sends the call.
+    pub fn redirect(&self) -> Option<&Redirect> {
+        self.redirect.as_deref()
     }
 
     /// The kind of the error.

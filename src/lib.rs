@@ -20,7 +20,9 @@ mod _core {
     use crate::bindings::lru::PyLruStore;
 
     #[pymodule_export]
-    use crate::bindings::errors::{CacheError, ProtocolError, ServerDown, ServerError, TLSError};
+    use crate::bindings::errors::{
+        CacheError, ClusterBusy, ClusterRedirect, ProtocolError, ServerDown, ServerError, TLSError,
+    };
 
     #[pymodule_export]
     use crate::bindings::memcached::PyMemcachedClient;

@@ -108,3 +108,13 @@ def make_redis(location, **params):
 
     params.setdefault("KEY_PREFIX", f"r{next(_prefixes)}")
     return RedisCache(location, params)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster (3 primaries, a replica each), made once for the session."""
+    from tests.servers import RedisCluster
+
+    cluster = RedisCluster()
+    yield cluster
+    cluster.close()

@@ -766,3 +766,152 @@ class FakeSentinel(_Peer):
                 buf += data
                 for words in self._commands(buf):
                     conn.sendall(self._answer(words))
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+class ClusterNode(RedisServer):
+    """A redis-server in cluster mode (its own nodes.conf, a short node timeout)."""
+
+    name = "redis-server (cluster)"
+
+    def __init__(self, *, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self._cluster_port = free_cluster_port()
+        super().__init__()
+
+    def command(self) -> list[str]:
+        self.port = self._cluster_port
+        return [
+            *super().command(),
+            "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
+            "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
+        ]  # fmt: skip
+
+
+class RedisCluster:
+    """A Redis Cluster of ``primaries`` primaries with a replica each, made with ``redis-cli
+    --cluster create`` on loopback; for the whole test session (it takes a few seconds)."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (Debian: apt-get install redis-tools)")
+        self.cli = cli
+        self.nodes = [ClusterNode() for _ in range(primaries * 2)]
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    @property
+    def location(self) -> str:
+        """Seed nodes, as a LOCATION."""
+        return ",".join(f"redis://127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def alive(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.proc and n.proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says the cluster is ok and agrees on who serves every slot."""
+
+        def ok() -> bool:
+            views = set()
+            for n in self.alive():
+                if b"cluster_state:ok" not in raw_command(n.port, "CLUSTER", "INFO"):
+                    return False
+                info = raw_command(n.port, "INFO", "replication")
+                if b"role:slave" in info and b"master_link_status:up" not in info:
+                    return False
+                views.add(tuple(sorted((s, p) for s, _, p in self.slot_ranges(n.port))))
+            replicas = sum(b"role:slave" in raw_command(n.port, "INFO", "replication") for n in self.alive())
+            primaries = {p for _, p in next(iter(views), ())}
+            return len(views) == 1 and replicas == len(self.alive()) - len(primaries)
+
+        wait_until(ok, timeout, what="the cluster")
+
+    def slot_ranges(self, port: int) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, primary port) as node ``port`` sees them (CLUSTER SHARDS is
+        newer than some servers: read redis-cli's CLUSTER NODES)."""
+        out = []
+        for line in raw_command(port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) < 9 or "master" not in parts[2] or "fail" in parts[2]:
+                continue
+            node_port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            for r in parts[8:]:
+                if r.startswith("["):
+                    continue  # a slot being migrated
+                first, _, last = r.partition("-")
+                out.append((int(first), int(last or first), node_port))
+        return out
+
+    def node_ids(self) -> dict[int, str]:
+        """Each node's cluster id, by port."""
+        out = {}
+        for line in raw_command(self.alive()[0].port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 8 and "@" in parts[1]:
+                out[int(parts[1].split("@")[0].rsplit(":", 1)[1])] = parts[0]
+        return out
+
+    def reshard(self, source: int, target: int, slots: int) -> None:
+        """Move ``slots`` slots (and their keys) from the primary on ``source`` to ``target``."""
+        ids = self.node_ids()
+        subprocess.run(
+            [self.cli, "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", ids[source],
+             "--cluster-to", ids[target], "--cluster-slots", str(slots), "--cluster-yes", "--cluster-pipeline", "10"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def migrate_slot(self, slot: int, target: int, pause: float = 0.02) -> None:
+        """Move one slot to the primary on ``target`` the way redis-cli does, one key at a time
+        with a pause between: for that long the slot is split between the two nodes (ASK)."""
+        source = self.primary_of(slot)
+        ids = self.node_ids()
+        raw_command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source])
+        raw_command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target])
+        while True:
+            reply = raw_command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1")
+            keys = [line.decode() for line in reply.split(b"\r\n")[2::2] if line]
+            if not keys:
+                break
+            raw_command(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "REPLACE", "KEYS", *keys)
+            time.sleep(pause)
+        for port in {p for _, _, p in self.slot_ranges(source)} | {target}:
+            raw_command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
+
+    def primary_of(self, slot: int) -> int | None:
+        """The port of the primary serving ``slot`` (None while none does: a failover)."""
+        port = self.alive()[0].port
+        return next((p for first, last, p in self.slot_ranges(port) if first <= slot <= last), None)
+
+    def owners(self) -> list[int | None]:
+        """The primary of every slot, by slot (one CLUSTER NODES)."""
+        out: list[int | None] = [None] * 16384
+        for first, last, p in self.slot_ranges(self.alive()[0].port):
+            out[first : last + 1] = [p] * (last - first + 1)
+        return out
+
+    def node(self, port: int) -> ClusterNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()

@@ -9,6 +9,24 @@ Name a backend in ``CACHES``:
 ``django_rustcache.orm`` caches ORM querysets in any of them (or any Django cache).
 """
 
-from django_rustcache._core import CacheError, ProtocolError, ServerDown, ServerError, TLSError, __version__
+from django_rustcache._core import (
+    CacheError,
+    ClusterBusy,
+    ClusterRedirect,
+    ProtocolError,
+    ServerDown,
+    ServerError,
+    TLSError,
+    __version__,
+)
 
-__all__ = ["CacheError", "ProtocolError", "ServerDown", "ServerError", "TLSError", "__version__"]
+__all__ = [
+    "CacheError",
+    "ClusterBusy",
+    "ClusterRedirect",
+    "ProtocolError",
+    "ServerDown",
+    "ServerError",
+    "TLSError",
+    "__version__",
+]

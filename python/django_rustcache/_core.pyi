@@ -19,6 +19,8 @@ from typing_extensions import disjoint_base
 
 __all__ = [
     "CacheError",
+    "ClusterBusy",
+    "ClusterRedirect",
     "LruStore",
     "MemcachedClient",
     "ProtocolError",
@@ -46,6 +48,19 @@ class TLSError(ServerDown):
 
 class ServerError(CacheError):
     """A cache server answered with an error."""
+
+class ClusterRedirect(ServerError):
+    """A Redis Cluster node does not serve the key's slot: ``ask`` (False: MOVED, the slot has a
+    new owner; True: ASK, it is being migrated, ask the node once with ASKING), ``slot`` and
+    ``address`` (``host:port``) say where to go."""
+
+    ask: bool
+    slot: int
+    address: str
+
+class ClusterBusy(ServerDown):
+    """A Redis Cluster cannot serve the call now (TRYAGAIN during a slot migration, CLUSTERDOWN,
+    MASTERDOWN): nothing was applied, and the same call may work a moment later."""
 
 class ProtocolError(CacheError):
     """A cache server answered something its protocol does not allow."""
@@ -357,6 +372,7 @@ class RedisClient:
         sentinel_password: str | None = None,
         sentinel_tls: tuple[str, str | None, str | None, str | None, str | None, str | None, bool] | None = None,
         sentinel_connect_timeout: float | None = None,
+        readonly_replicas: bool = False,
     ) -> RedisClient: ...
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
@@ -437,6 +453,10 @@ class RedisClient:
     def server_for(self, write: bool = False) -> int:
         """The index of the server a read (or a write) goes to."""
 
+    def asking(self) -> RedisClient:
+        """The same client (servers, connections, format) with every command preceded by ASKING:
+        for the one call a Redis Cluster node sent elsewhere with ASK."""
+
     # Async twins: each returns an asyncio future of the running loop (RuntimeError outside
     # one); the call runs on the process's I/O runtime, over multiplexed connections, within
     # the same deadline as its sync twin. The value is decoded on the loop's thread.
@@ -475,15 +495,26 @@ class RedisClient:
         self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False
     ) -> asyncio.Future[Any]: ...
 
-def sharded_get_many(prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]]) -> dict[Any, Any]:
+def sharded_get_many(
+    prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]], per_key: bool = False
+) -> dict[Any, Any]:
     """``get_many`` over shards at once: every ``(client, keys)`` part's MGET is sent before any
     reply is read (the servers work in parallel), on one deadline, with the GIL released. The
-    found keys (as given) and their values."""
+    found keys (as given) and their values. ``per_key``: a pipeline of GETs instead of one MGET
+    (a Redis Cluster node, where one MGET may not span hash slots)."""
 
 def sharded_set_many(
-    prefix: Any, version: Any, parts: list[tuple[RedisClient, dict[Any, Any]]], timeout: int | None
+    prefix: Any,
+    version: Any,
+    parts: list[tuple[RedisClient, dict[Any, Any]]],
+    timeout: int | None,
+    per_key: bool = False,
 ) -> None:
-    """``set_many`` over shards at once (one pipeline per part); a timeout of 0 deletes."""
+    """``set_many`` over shards at once (one pipeline per part); a timeout of 0 deletes (one DEL
+    per key with ``per_key``)."""
 
-def sharded_delete_many(prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]]) -> int:
-    """``delete_many`` over shards at once; how many keys were there."""
+def sharded_delete_many(
+    prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]], per_key: bool = False
+) -> int:
+    """``delete_many`` over shards at once; how many keys were there. ``per_key``: one DEL per
+    key (Redis Cluster nodes)."""

@@ -102,6 +102,27 @@ def _text(key: Any) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
 
 
+def move_key(source: str, target: str, old: Callable[..., Any], new: Callable[..., Any]) -> None:
+    """RENAME where no RENAME can go (another server, another slot): DUMP + RESTORE (TTL kept)
+    + DEL, with ``old``/``new`` running one command on each side; ValueError when missing."""
+    data = old("DUMP", source, idempotent=True)
+    if data is None:
+        raise ValueError(f"Key {source!r} not found")
+    ttl = old("PTTL", source, idempotent=True)
+    new("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
+    old("DEL", source)
+
+
+async def amove_key(source: str, target: str, old: Callable[..., Any], new: Callable[..., Any]) -> None:
+    """``move_key``'s async twin (``old``/``new`` return awaitables)."""
+    data = await old("DUMP", source, idempotent=True)
+    if data is None:
+        raise ValueError(f"Key {source!r} not found")
+    ttl = await old("PTTL", source, idempotent=True)
+    await new("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
+    await old("DEL", source)
+
+
 # Commands whose keys are all their arguments after the name: split by server, answers merged.
 _MULTI_KEY = {"DEL": sum, "UNLINK": sum, "EXISTS": sum, "TOUCH": sum}
 
@@ -163,13 +184,7 @@ class ShardedClient:
         old, new = self.shard(source), self.shard(target)
         if old is new:
             return old.rename(source, target)
-        data = old.execute("DUMP", source, idempotent=True)
-        if data is None:
-            raise ValueError(f"Key {source!r} not found")
-        ttl = old.execute("PTTL", source, idempotent=True)
-        new.execute("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
-        old.execute("DEL", source)
-        return None
+        return move_key(source, target, old.execute, new.execute)
 
     # --- many keys ----------------------------------------------------------------------------
 
@@ -265,13 +280,7 @@ class ShardedClient:
         old, new = self.shard(source), self.shard(target)
         if old is new:
             return await old.arename(source, target)
-        data = await old.aexecute("DUMP", source, idempotent=True)
-        if data is None:
-            raise ValueError(f"Key {source!r} not found")
-        ttl = await old.aexecute("PTTL", source, idempotent=True)
-        await new.aexecute("RESTORE", target, max(int(ttl), 0), data, "REPLACE")
-        await old.aexecute("DEL", source)
-        return None
+        return await amove_key(source, target, old.aexecute, new.aexecute)
 
     async def aget_many(
         self, prefix: Any, version: Any, keys: Iterable[Any], partial: bool = False, on_failure: Any = None

@@ -24,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._async import NativeAsync
+from django_rustcache._cluster import ClusterClient, key_slot
 from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
 from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
@@ -36,7 +37,7 @@ from django_rustcache._tls import ALL_NAMES as TLS_NAMES
 from django_rustcache._tls import option_items as tls_option_items
 from django_rustcache._tls import split as tls_split
 
-__all__ = ["Lock", "LockError", "RedisCache", "location_url"]
+__all__ = ["Lock", "LockError", "RedisCache", "RedisClusterCache", "location_url"]
 
 logger = logging.getLogger("django_rustcache.redis")
 
@@ -47,7 +48,7 @@ OPTIONS = frozenset(
         "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
-        "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME",
+        "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME", "CLUSTER", "read_from_replicas",
     }
 ) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
@@ -246,9 +247,16 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         servers = [str(s) for s in self._servers]
         sentinel = sentinel_settings(servers, o, o.get("CLIENT_CLASS"))
         if sentinel is not None:
-            if self._sharded:
-                raise ImproperlyConfigured("OPTIONS['SENTINELS'] and a sharding CLIENT_CLASS cannot be combined")
+            if self._sharded or self._cluster:
+                raise ImproperlyConfigured(
+                    "OPTIONS['SENTINELS'] cannot be combined with a sharding CLIENT_CLASS or a cluster"
+                )
             servers = [sentinel[0]]
+        if self._cluster:
+            if self._sharded:
+                raise ImproperlyConfigured("a Redis Cluster is sharded by its slots: remove the sharding CLIENT_CLASS")
+            if db:
+                raise ImproperlyConfigured(f"a Redis Cluster has only db 0, not OPTIONS['DB'] = {db!r}")
         return RedisSettings(
             servers=tuple(with_db(location_url(s), db) for s in servers),
             sentinel=None if sentinel is None else sentinel[1],
@@ -278,7 +286,35 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     def _sharded(self) -> bool:
         return self._options.get("CLIENT_CLASS") in SHARD_CLIENTS
 
+    # A Redis Cluster (RedisClusterCache, or OPTIONS["CLUSTER"]): LOCATION lists seed nodes.
+    cluster: ClassVar[bool] = False
+
+    @property
+    def _cluster(self) -> bool:
+        return self.cluster or setting_flag(self._options.get("CLUSTER", False), "OPTIONS['CLUSTER']")
+
+    def _make_cluster(self, s: RedisSettings) -> ClusterClient:
+        """A cluster client: the seeds give the scheme and credentials every node is reached with;
+        each shard is its primary, and (with REPLICA_READ / read_from_replicas) its replicas for
+        reads, each after READONLY."""
+        o = self._options
+        replica_reads = setting_flag(
+            o.get("REPLICA_READ", o.get("read_from_replicas", False)), "OPTIONS['REPLICA_READ']"
+        )
+        first = urlsplit(s.servers[0])
+        auth = first.netloc.rpartition("@")[0]
+        prefix = f"{first.scheme}://" + (f"{auth}@" if auth else "")
+        seeds = [urlsplit(url).netloc.rpartition("@")[2] for url in s.servers]
+
+        def make_shard(primary: str, replicas: tuple[str, ...]) -> RedisClient:
+            urls = [f"{prefix}{primary}", *(f"{prefix}{r}" for r in (replicas if replica_reads else ()))]
+            return self._make_one(dataclasses.replace(s, servers=tuple(urls)), readonly_replicas=True)
+
+        return ClusterClient(seeds, make_shard, deadline=s.socket_timeout)
+
     def _make_client(self, s: RedisSettings) -> Any:
+        if self._cluster:
+            return self._make_cluster(s)
         if self._sharded and len(s.servers) > 1:
             clients = [self._make_one(dataclasses.replace(s, servers=(url,))) for url in s.servers]
             # Its ring names the servers as django-redis does: LOCATION split at "," (not
@@ -289,10 +325,13 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         return self._make_one(s)
 
     def _scan_clients(self) -> list[Any]:
-        """The clients whose keys a SCAN must visit (every shard, or the one client)."""
+        """The clients whose keys a SCAN must visit (every shard or cluster primary, or the one
+        client)."""
+        if isinstance(self._cache, ClusterClient):
+            return self._cache.primaries()
         return list(getattr(self._cache, "clients", [self._cache]))
 
-    def _make_one(self, s: RedisSettings) -> RedisClient:
+    def _make_one(self, s: RedisSettings, **extra: Any) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
         urls, tls = zip(*(tls_split(url, s.tls_options) for url in s.servers), strict=True)
         return RedisClient(
@@ -308,6 +347,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
             client_name=s.client_name,
             **fmt.client_kwargs(),
             **(s.sentinel.client_kwargs() if s.sentinel else {}),
+            **extra,
         )
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
@@ -670,9 +710,21 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
                 if new != old:
                     keys.append(key)
                     pairs += [old, new]
-            if keys:
-                rewritten += self._cache.execute("EVAL", _REINSERT, len(keys), *keys, *pairs)
+            for group, group_pairs in self._script_groups(keys, pairs):
+                rewritten += self._cache.execute("EVAL", _REINSERT, len(group), *group, *group_pairs)
         return rewritten
+
+    def _script_groups(self, keys: list[Any], pairs: list[Any]) -> list[tuple[list[Any], list[Any]]]:
+        """The keys one script may take together (with their (old, new) value pairs): all of them
+        on one server; on a cluster, those of one hash slot."""
+        if not self._cluster:
+            return [(keys, pairs)] if keys else []
+        groups: dict[int, tuple[list[Any], list[Any]]] = {}
+        for i, key in enumerate(keys):
+            group_keys, group_pairs = groups.setdefault(key_slot(key), ([], []))
+            group_keys.append(key)
+            group_pairs += pairs[2 * i : 2 * i + 2]
+        return list(groups.values())
 
     def get_or_set(
         self,
@@ -908,3 +960,12 @@ class Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RedisClusterCache(RedisCache):
+    """RedisCache on a Redis Cluster (or Valkey / ElastiCache in cluster mode): LOCATION lists
+    seed nodes; keys go to their hash slot's shard (``{hashtag}`` honoured), multi-key calls are
+    split by node and run on every node at once, MOVED and ASK are followed, and SCAN-based calls
+    and ``clear()`` visit every primary. Same values, serializers and compressors as RedisCache."""
+
+    cluster = True

@@ -4,7 +4,9 @@
 //! CacheError
 //!  ├── ServerDown      a server cannot be reached, timed out, or is marked down
 //!  │    └── TLSError   a TLS handshake failed (an untrusted certificate, a name mismatch)
+//!  │    └── ClusterBusy     a Redis Cluster cannot serve the call now (TRYAGAIN, CLUSTERDOWN)
 //!  ├── ServerError     a server answered with an error of its own
+//!  │    └── ClusterRedirect a Redis Cluster node sent the call elsewhere (MOVED, ASK)
 //!  └── ProtocolError   a server answered something the protocol does not allow
 //! ```
 //!
@@ -41,6 +43,18 @@ create_exception!(
     "A TLS handshake with a cache server failed: its certificate is not trusted or does not\n    name it, or it refused ours."
 );
 create_exception!(django_rustcache, ServerError, CacheError, "A cache server answered with an error.");
+create_exception!(
+    django_rustcache,
+    ClusterRedirect,
+    ServerError,
+    "A Redis Cluster node does not serve the key's slot: ``ask`` (False: MOVED, the slot has a\n    new owner; True: ASK, it is being migrated, ask the node once with ASKING), ``slot`` and\n    ``address`` (``host:port``) say where to go."
+);
+create_exception!(
+    django_rustcache,
+    ClusterBusy,
+    ServerDown,
+    "A Redis Cluster cannot serve the call now (TRYAGAIN during a slot migration, CLUSTERDOWN,\n    MASTERDOWN): nothing was applied, and the same call may work a moment later."
+);
 create_exception!(
     django_rustcache,
     ProtocolError,
@@ -85,12 +99,28 @@ fn check_signals() -> Result<(), Error> {
     }
 }
 
+/// A `ClusterRedirect` carrying where to go, as attributes.
+fn redirect_error(e: &Error) -> PyErr {
+    let err = ClusterRedirect::new_err(e.to_string());
+    if let Some(r) = e.redirect() {
+        Python::attach(|py| {
+            let value = err.value(py);
+            let _ = value.setattr("ask", r.ask);
+            let _ = value.setattr("slot", r.slot);
+            let _ = value.setattr("address", r.address.as_str());
+        });
+    }
+    err
+}
+
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e.kind() {
             ErrorKind::Io | ErrorKind::Timeout | ErrorKind::ServerDown => ServerDown::new_err(e.to_string()),
             ErrorKind::Tls => TLSError::new_err(e.to_string()),
             ErrorKind::Server => ServerError::new_err(e.to_string()),
+            ErrorKind::ClusterBusy => ClusterBusy::new_err(e.to_string()),
+            ErrorKind::Redirect => redirect_error(&e),
             ErrorKind::Protocol | ErrorKind::TooLarge => ProtocolError::new_err(e.to_string()),
             ErrorKind::InvalidKey | ErrorKind::NotFound | ErrorKind::Config => PyValueError::new_err(e.to_string()),
             ErrorKind::NotNumeric => PyTypeError::new_err(e.to_string()),

@@ -3,9 +3,10 @@
 use std::ffi::CString;
 use std::fmt::Write as _;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyInt, PyString};
+use pyo3::types::{PyBytes, PyInt, PyString};
 
 use crate::keys::{self, KeyProblems, MEMCACHE_MAX_KEY_LENGTH};
 
@@ -25,6 +26,11 @@ pub enum OnInvalid {
 fn push_text(out: &mut String, obj: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Ok(s) = obj.cast_exact::<PyString>() {
         out.push_str(s.to_str()?);
+    } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
+        // A key as a server gave it back (SCAN): its text, not the repr of the bytes.
+        let text = std::str::from_utf8(b.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("the key {b:?} is not UTF-8 text")))?;
+        out.push_str(text);
     } else if let Some(n) = obj.cast_exact::<PyInt>().ok().and_then(|i| i.extract::<i64>().ok()) {
         // Writing to a String cannot fail.
         let _ = write!(out, "{n}");

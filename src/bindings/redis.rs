@@ -243,7 +243,7 @@ impl PyRedisClient {
         max_connections=64, retry_timeout=1.0, client_name=None, pickle_protocol=None, serializer=None, ints_as_digits=true, compressor=None,
         compress_level=None, compress_min_len=15, tls=Vec::new(), sentinels=Vec::new(), service=None,
         replica_reads=false, sentinel_username=None, sentinel_password=None, sentinel_tls=None,
-        sentinel_connect_timeout=None
+        sentinel_connect_timeout=None, readonly_replicas=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -270,6 +270,7 @@ impl PyRedisClient {
         sentinel_password: Option<String>,
         sentinel_tls: Option<TlsArgs>,
         sentinel_connect_timeout: Option<f64>,
+        readonly_replicas: bool,
     ) -> PyResult<Self> {
         let compressor = compressor
             .map(|name| {
@@ -296,6 +297,7 @@ impl PyRedisClient {
             max_connections: max_connections.max(1),
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
             client_name,
+            readonly: false,
         };
         if !tls.is_empty() && tls.len() != servers.len() {
             return Err(PyValueError::new_err("tls: one entry (or None) per server"));
@@ -318,15 +320,9 @@ impl PyRedisClient {
                 }
             };
             if sentinels.is_empty() {
-                pools.push(Pool::new(
-                    url,
-                    db,
-                    username.as_deref(),
-                    password.as_deref(),
-                    server_tls,
-                    config.clone(),
-                    None,
-                )?);
+                // A Redis Cluster replica serves reads only after READONLY.
+                let config = PoolConfig { readonly: readonly_replicas && i > 0, ..config.clone() };
+                pools.push(Pool::new(url, db, username.as_deref(), password.as_deref(), server_tls, config, None)?);
                 continue;
             }
             if servers.len() != 1 {
@@ -904,6 +900,12 @@ impl PyRedisClient {
     fn server_for(&self, write: bool) -> usize {
         self.client.server_for(write)
     }
+
+    /// The same client (servers, connections, format) with every command preceded by ASKING:
+    /// for the one call a Redis Cluster node sent elsewhere with ASK.
+    fn asking(&self) -> Self {
+        Self { client: Arc::new(self.client.asking()), codec: self.codec.clone() }
+    }
 }
 
 impl PyRedisClient {
@@ -972,13 +974,15 @@ fn made_parts<'py>(
 
 /// `get_many` over shards at once: each `(client, keys)` part's MGET is sent before any reply
 /// is read, so the servers work in parallel, on one deadline, with the GIL released. The found
-/// keys (as given) and their values, merged.
+/// keys (as given) and their values, merged. `per_key`: GETs, not MGET (Redis Cluster nodes).
 #[pyfunction]
+#[pyo3(signature = (prefix, version, parts, per_key=false))]
 pub fn sharded_get_many<'py>(
     py: Python<'py>,
     prefix: &Bound<'py, PyAny>,
     version: &Bound<'py, PyAny>,
     parts: Vec<KeysPart<'py>>,
+    per_key: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let made = made_parts(py, prefix, version, &parts)?;
     let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
@@ -988,7 +992,7 @@ pub fn sharded_get_many<'py>(
             .zip(&made)
             .map(|(c, keys)| (&*c.client, keys.iter().map(String::as_bytes).collect()))
             .collect();
-        let found = get_many_across(&refs)?;
+        let found = get_many_across(&refs, per_key)?;
         Ok::<_, crate::error::Error>(
             found
                 .into_iter()
@@ -1009,14 +1013,16 @@ pub fn sharded_get_many<'py>(
 }
 
 /// `set_many` over shards at once (see [`sharded_get_many`]): each `(client, mapping)` part is
-/// one pipeline; a timeout of 0 deletes the keys instead.
+/// one pipeline; a timeout of 0 deletes the keys instead (one DEL per key with `per_key`).
 #[pyfunction]
+#[pyo3(signature = (prefix, version, parts, timeout, per_key=false))]
 pub fn sharded_set_many<'py>(
     py: Python<'py>,
     prefix: &Bound<'py, PyAny>,
     version: &Bound<'py, PyAny>,
     parts: Vec<(PyRef<'py, PyRedisClient>, Bound<'py, PyDict>)>,
     timeout: Option<u64>,
+    per_key: bool,
 ) -> PyResult<()> {
     let mut made = Vec::with_capacity(parts.len());
     for (client, mapping) in &parts {
@@ -1036,7 +1042,7 @@ pub fn sharded_set_many<'py>(
                 .zip(&made)
                 .map(|(c, items)| (&*c.client, items.iter().map(|(k, _)| k.as_bytes()).collect()))
                 .collect();
-            return delete_across(&refs).map(|_| ());
+            return delete_across(&refs, per_key).map(|_| ());
         }
         let mut packed = Vec::with_capacity(made.len());
         for (c, items) in cores.iter().zip(made) {
@@ -1058,11 +1064,13 @@ pub fn sharded_set_many<'py>(
 
 /// `delete_many` over shards at once (see [`sharded_get_many`]); how many keys were there.
 #[pyfunction]
+#[pyo3(signature = (prefix, version, parts, per_key=false))]
 pub fn sharded_delete_many<'py>(
     py: Python<'py>,
     prefix: &Bound<'py, PyAny>,
     version: &Bound<'py, PyAny>,
     parts: Vec<KeysPart<'py>>,
+    per_key: bool,
 ) -> PyResult<u64> {
     let made = made_parts(py, prefix, version, &parts)?;
     let cores: Vec<&PyRedisClient> = parts.iter().map(|(c, _)| &**c).collect();
@@ -1072,6 +1080,6 @@ pub fn sharded_delete_many<'py>(
             .zip(&made)
             .map(|(c, keys)| (&*c.client, keys.iter().map(String::as_bytes).collect()))
             .collect();
-        delete_across(&refs)
+        delete_across(&refs, per_key)
     })?)
 }

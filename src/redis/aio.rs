@@ -146,6 +146,7 @@ impl Pool {
             db: self.db(),
             client_name: self.config().client_name.as_deref(),
             master_only: self.master_only(),
+            readonly: self.config().readonly,
         };
         if let Some(pipe) = handshake(&login) {
             let count = pipe.cmd_iter().count();
@@ -231,6 +232,27 @@ impl Client {
     /// written now, on the caller's thread, and `then` runs on an I/O thread when the reply is
     /// in; otherwise the exchange connects first, on the I/O runtime.
     pub fn start(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
+        if self.is_asking() {
+            // ASKING first, on the same connection; its +OK is not the caller's.
+            let mut asked = redis::cmd("ASKING").get_packed_command();
+            asked.extend_from_slice(&packed);
+            let then: Then = Box::new(move |pool, r| {
+                then(
+                    pool,
+                    r.and_then(|values| {
+                        let mut rest = values.into_iter();
+                        let asked = rest.next().unwrap_or(Value::Nil);
+                        no_error_reply(pool.label(), &[asked])?;
+                        Ok(rest.collect())
+                    }),
+                );
+            });
+            return self.dispatch(write, idempotent, asked, replies + 1, then);
+        }
+        self.dispatch(write, idempotent, packed, replies, then);
+    }
+
+    fn dispatch(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
         let index = self.server_for(write);
         let pool = &self.pools()[index];
         pool.refresh();

@@ -2,6 +2,7 @@
 //! random one of the others, or to the first when it is alone), one pool per server, and the
 //! commands a cache backend needs, each one round trip.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -115,13 +116,24 @@ fn finish_all(flights: Vec<InFlight<'_>>) -> Result<Vec<Vec<Value>>, Error> {
 }
 
 /// MGET on several clients (shards) at once: `parts` pairs a client with its keys; the values
-/// come back per part, `None` for a key not found.
-pub fn get_many_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<Vec<Vec<Option<Vec<u8>>>>, Error> {
+/// come back per part, `None` for a key not found. With `per_key` (a Redis Cluster node, where
+/// one MGET may not span hash slots), a pipeline of GETs instead of one MGET.
+pub fn get_many_across(parts: &[(&Client, Vec<&[u8]>)], per_key: bool) -> Result<Vec<Vec<Option<Vec<u8>>>>, Error> {
     let deadline = shared_deadline(parts);
     let flights = parts
         .iter()
         .filter(|(_, keys)| !keys.is_empty())
-        .map(|(c, keys)| c.send(false, redis::cmd("MGET").arg(keys).get_packed_command(), 1, deadline))
+        .map(|(c, keys)| {
+            if per_key {
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    pipe.cmd("GET").arg(*k);
+                }
+                c.send(false, pipe.get_packed_pipeline(), keys.len(), deadline)
+            } else {
+                c.send(false, redis::cmd("MGET").arg(keys).get_packed_command(), 1, deadline)
+            }
+        })
         .collect();
     let mut replies = finish_all(flights)?.into_iter();
     let mut out = Vec::with_capacity(parts.len());
@@ -130,7 +142,8 @@ pub fn get_many_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<Vec<Vec<Option
             out.push(Vec::new());
             continue;
         }
-        let reply = replies.next().and_then(|mut r| r.pop()).unwrap_or(Value::Nil);
+        let values = replies.next().unwrap_or_default();
+        let reply = if per_key { Value::Array(values) } else { values.into_iter().next().unwrap_or(Value::Nil) };
         let found: Vec<Option<Vec<u8>>> =
             redis::from_redis_value(reply).map_err(|e| Error::new(ErrorKind::Protocol, format!("redis MGET: {e}")))?;
         if found.len() != keys.len() {
@@ -170,18 +183,31 @@ pub fn set_many_across(parts: &[(&Client, Items<'_>)], ttl: Option<u64>) -> Resu
     Ok(())
 }
 
-/// DEL on several clients (shards) at once; how many keys were there in all.
-pub fn delete_across(parts: &[(&Client, Vec<&[u8]>)]) -> Result<u64, Error> {
+/// DEL on several clients (shards) at once; how many keys were there in all. With `per_key` (a
+/// Redis Cluster node), a pipeline of one-key DELs instead of one DEL.
+pub fn delete_across(parts: &[(&Client, Vec<&[u8]>)], per_key: bool) -> Result<u64, Error> {
     let deadline = shared_deadline(parts);
     let flights = parts
         .iter()
         .filter(|(_, keys)| !keys.is_empty())
-        .map(|(c, keys)| c.send(true, redis::cmd("DEL").arg(keys).get_packed_command(), 1, deadline))
+        .map(|(c, keys)| {
+            if per_key {
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    pipe.cmd("DEL").arg(*k);
+                }
+                c.send(true, pipe.get_packed_pipeline(), keys.len(), deadline)
+            } else {
+                c.send(true, redis::cmd("DEL").arg(keys).get_packed_command(), 1, deadline)
+            }
+        })
         .collect();
     let mut total = 0u64;
-    for mut reply in finish_all(flights)? {
-        if let Some(Value::Int(n)) = reply.pop() {
-            total += n.max(0) as u64;
+    for reply in finish_all(flights)? {
+        for value in reply {
+            if let Value::Int(n) = value {
+                total += n.max(0) as u64;
+            }
         }
     }
     Ok(total)
@@ -198,12 +224,14 @@ pub enum Counter {
 
 /// A redis client over a leader and its read replicas.
 pub struct Client {
-    pools: Vec<Pool>,
+    pools: Arc<Vec<Pool>>,
     incr: Script,
     rename: Script,
     /// xorshift state for picking a replica
     pick: AtomicU64,
-    counters: Counters,
+    counters: Arc<Counters>,
+    /// Send ASKING before each command (a Redis Cluster slot being migrated to this node).
+    asking: bool,
 }
 
 impl Client {
@@ -213,12 +241,32 @@ impl Client {
             return Err(Error::new(ErrorKind::Config, "no redis server configured"));
         }
         Ok(Self {
-            pools,
+            pools: Arc::new(pools),
             incr: Script::new(INCR_IF_EXISTS),
             rename: Script::new(RENAME_IF_EXISTS),
             pick: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
-            counters: Counters::default(),
+            counters: Arc::default(),
+            asking: false,
         })
+    }
+
+    /// The same servers, connections and counters, each command preceded by ASKING: for the
+    /// one call a Redis Cluster node sent elsewhere with ASK.
+    #[must_use]
+    pub fn asking(&self) -> Self {
+        Self {
+            pools: self.pools.clone(),
+            incr: Script::new(INCR_IF_EXISTS),
+            rename: Script::new(RENAME_IF_EXISTS),
+            pick: AtomicU64::new(self.pick.load(Ordering::Relaxed)),
+            counters: self.counters.clone(),
+            asking: true,
+        }
+    }
+
+    /// Whether commands go with ASKING.
+    pub(crate) fn is_asking(&self) -> bool {
+        self.asking
     }
 
     /// The client-side counters.
@@ -274,7 +322,12 @@ impl Client {
         let Loan { mut conn, mut pooled } = loan;
         loop {
             conn.begin(deadline);
-            match f(&mut conn) {
+            let outcome = if self.asking {
+                redis::cmd("ASKING").query::<()>(&mut conn).and_then(|()| f(&mut conn))
+            } else {
+                f(&mut conn)
+            };
+            match outcome {
                 Ok(v) => {
                     pool.put(conn);
                     return Ok(v);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Redirect};
 use crate::net::{Address, Stream, Tls};
 
 /// The most one reply may be: redis's own bulk limit (`proto-max-bulk-len`, 512 MiB) plus room
@@ -202,6 +202,8 @@ pub struct Login<'a> {
     /// Ask the server its ROLE last, and refuse it unless it is a master (a Sentinel-managed
     /// master pool: an address the sentinels gave may have been demoted since).
     pub master_only: bool,
+    /// Send READONLY (a Redis Cluster replica then serves reads of its slots).
+    pub readonly: bool,
 }
 
 impl Conn {
@@ -319,10 +321,14 @@ pub fn handshake(login: &Login<'_>) -> Option<redis::Pipeline> {
     if let Some(name) = login.client_name {
         pipe.cmd("CLIENT").arg("SETNAME").arg(name);
     }
+    if login.readonly {
+        pipe.cmd("READONLY");
+    }
     if login.master_only {
         pipe.cmd("ROLE");
     }
-    (login.password.is_some() || login.db != 0 || login.client_name.is_some() || login.master_only).then_some(pipe)
+    let any = login.password.is_some() || login.db != 0 || login.client_name.is_some();
+    (any || login.master_only || login.readonly).then_some(pipe)
 }
 
 /// The reply to ROLE of a server taken for a master: anything else is refused as a failure of
@@ -351,7 +357,19 @@ pub fn is_read_only(e: &RedisError) -> bool {
 /// A `redis` crate error as ours: the server's error replies, conversions of a reply to the
 /// wanted type (the connection is still in step after both), and unparsable replies (it is not).
 pub fn classify(label: &str, e: &RedisError) -> Error {
+    use redis::ServerErrorKind as S;
     let kind = match e.kind() {
+        redis::ErrorKind::Server(k @ (S::Moved | S::Ask)) => {
+            // "<slot> <host:port>", the protocol's own shape.
+            let mut parts = e.detail().unwrap_or_default().split_whitespace();
+            let slot = parts.next().and_then(|s| s.parse::<u16>().ok());
+            let address = parts.next().map(str::to_owned);
+            if let (Some(slot), Some(address)) = (slot, address) {
+                return Error::redirected(format!("{label}: {e}"), Redirect { ask: k == S::Ask, slot, address });
+            }
+            ErrorKind::Protocol
+        }
+        redis::ErrorKind::Server(S::TryAgain | S::ClusterDown | S::MasterDown) => ErrorKind::ClusterBusy,
         redis::ErrorKind::Server(_) | redis::ErrorKind::Extension | redis::ErrorKind::AuthenticationFailed => {
             ErrorKind::Server
         }

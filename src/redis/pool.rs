@@ -35,6 +35,8 @@ pub struct PoolConfig {
     pub retry_timeout: Duration,
     /// Given to the server with CLIENT SETNAME on every new connection (shown by CLIENT LIST).
     pub client_name: Option<String>,
+    /// Send READONLY on every new connection (a Redis Cluster replica, for reads).
+    pub readonly: bool,
 }
 
 impl Default for PoolConfig {
@@ -45,6 +47,7 @@ impl Default for PoolConfig {
             max_connections: 64,
             retry_timeout: Duration::from_secs(1),
             client_name: None,
+            readonly: false,
         }
     }
 }
@@ -363,6 +366,7 @@ impl Pool {
             db: self.db,
             client_name: self.config.client_name.as_deref(),
             master_only: self.master_only(),
+            readonly: self.config.readonly,
         };
         let connected = self.endpoint(deadline).and_then(|(addr, epoch)| {
             let made = match Conn::connect(&addr, self.tls.as_ref(), &login, deadline) {

@@ -222,6 +222,7 @@ impl Sentinel {
                 db: 0,
                 client_name: None,
                 master_only: false,
+                readonly: false,
             };
             let until = deadline.min(Instant::now() + self.config.connect_timeout);
             let answer = Conn::connect(addr, self.config.tls.as_ref(), &login, until).and_then(|mut conn| {
@@ -400,6 +401,7 @@ async fn listen(client: &Weak<Sentinel>, addr: &Address) -> Result<(), Error> {
             db: 0,
             client_name: None,
             master_only: false,
+            readonly: false,
         };
         (handshake(&login), s.config.tls.clone(), s.config.service.clone(), s.config.connect_timeout)
     };
@@ -504,10 +506,13 @@ fn on_event(sentinel: &Sentinel, service: &str, frame: &Value) {
         _ => false,
     };
     if concerns {
-        if channel == "+odown" || (channel == "+sdown" && words.first() == Some(&"master")) {
-            if let Some(master) = sentinel.known_master() {
-                sentinel.suspect(&master);
-            }
+        // `master <name> <ip> <port>` is down: that address, not whichever master is known now
+        // (a late event about the old one must not unseat the new one).
+        if matches!(channel.as_str(), "+odown" | "+sdown")
+            && let ["master", _, ip, port, ..] = words.as_slice()
+            && let Ok(port) = port.parse::<u16>()
+        {
+            sentinel.suspect(&Address::Tcp((*ip).to_owned(), port));
         }
         sentinel.forget_replicas();
     }
@@ -561,6 +566,23 @@ mod tests {
         on_event(&s, "mymaster", &event("mymaster"));
         assert_eq!(s.epoch(), before + 1);
         assert_eq!(s.known_master(), Some(Address::Tcp("10.0.0.2".into(), 6380)));
+    }
+
+    #[test]
+    fn a_late_down_event_about_the_old_master_keeps_the_new_one() {
+        let s = sentinel();
+        s.learn(Address::Tcp("10.0.0.2".into(), 6380));
+        let down = |ip: &str, port: u16| {
+            Value::Array(vec![
+                bulk("message"),
+                bulk("+odown"),
+                bulk(&format!("master mymaster {ip} {port} #quorum 2/2")),
+            ])
+        };
+        on_event(&s, "mymaster", &down("10.0.0.1", 6379));
+        assert_eq!(s.known_master(), Some(Address::Tcp("10.0.0.2".into(), 6380)));
+        on_event(&s, "mymaster", &down("10.0.0.2", 6380));
+        assert_eq!(s.known_master(), None);
     }
 
     #[test]
