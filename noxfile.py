@@ -127,7 +127,13 @@ def tests(session: nox.Session) -> None:
     # django-redis-cache, for its hash ring only (tests load its modules alone: its package wants a
     # redis-py older than the one the other tests use).
     session.install("--no-deps", "django-redis-cache>=3")
-    session.run("pytest", *(session.posargs or ["tests"]))
+    args = session.posargs or ["tests"]
+    if not session.posargs and session.python not in ("3.11", PY311):
+        # Their subject is how our cores meet servers that fail over, not the interpreter: once
+        # (on 3.11) keeps the whole CI run under 30 minutes.
+        session.log("the failover tests (kills, failovers, slot migrations under load) run on 3.11 only")
+        args = ["-m", "not failover", *args]
+    session.run("pytest", *args)
 
 
 @nox.session

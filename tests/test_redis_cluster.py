@@ -218,6 +218,7 @@ def _hammer(cache, seconds_before, act, names=tuple(f"load-{t}" for t in range(8
     return log
 
 
+@pytest.mark.failover
 def test_a_slot_migration_under_load(redis_cluster):
     """redis-cli --cluster reshard moves a primary's first slots; the load's keys are in them."""
     cache = cluster_cache(redis_cluster)
@@ -238,6 +239,7 @@ def test_a_slot_migration_under_load(redis_cluster):
         assert cache.get(names[t]) == (t, seq)
 
 
+@pytest.mark.failover
 def test_ask_while_the_slot_of_the_keys_is_split(redis_cluster):
     """All the load's keys share one slot ({hashtag}), moved one key at a time: the keys already
     moved are only reachable with ASKING on the new node, the rest only on the old one."""
@@ -257,6 +259,7 @@ def test_ask_while_the_slot_of_the_keys_is_split(redis_cluster):
     assert cache.get_many([f"{{mig}}-extra-{i}" for i in range(24)]) == {f"{{mig}}-extra-{i}": i for i in range(24)}
 
 
+@pytest.mark.failover
 def test_async_load_during_a_slot_migration(redis_cluster):
     cache = cluster_cache(redis_cluster)
     wrong, errors = [], []
@@ -297,6 +300,7 @@ def test_async_load_during_a_slot_migration(redis_cluster):
     assert errors == [], errors[:3]
 
 
+@pytest.mark.failover
 def test_a_primary_killed_under_load(redis_cluster):
     cache = cluster_cache(redis_cluster, SOCKET_TIMEOUT=1.0)
     victim = redis_cluster.node(redis_cluster.primary_of(key_slot(cache.make_key("load-0"))))

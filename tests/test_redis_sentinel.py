@@ -160,6 +160,7 @@ def _hammer(cache, stop: threading.Event, t: int, log: dict) -> None:
         time.sleep(0.002)
 
 
+@pytest.mark.failover
 def test_a_master_killed_under_load_from_8_threads(group):
     cache, _ = sentinel_cache(group, REPLICA_READ=True, SOCKET_TIMEOUT=1.0)
     check, _ = sentinel_cache(group)
@@ -193,6 +194,7 @@ def test_a_master_killed_under_load_from_8_threads(group):
         group.wait_healthy()
 
 
+@pytest.mark.failover
 def test_a_master_killed_under_async_load(group):
     cache, _ = sentinel_cache(group, SOCKET_TIMEOUT=1.0)
     wrong: list = []
@@ -236,6 +238,7 @@ def test_a_master_killed_under_async_load(group):
         group.wait_healthy()
 
 
+@pytest.mark.failover
 def test_a_manual_failover_leaves_the_demoted_master_at_once(group):
     """SENTINEL FAILOVER keeps the old master up, as a replica: the pooled connections to it
     are not used again, and writes land on the new master."""
