@@ -554,6 +554,43 @@ def redis_tls_suite() -> Suite:
     )
 
 
+def redis_cluster_suite() -> Suite:
+    """A Redis Cluster of 3 primaries with a replica each: ours (RedisClusterCache) against
+    Django's RedisCache over redis-py's RedisCluster (bench/cluster_peer.py)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import RedisCluster
+
+    cluster = RedisCluster()
+    seeds = [f"redis://127.0.0.1:{n.port}" for n in cluster.nodes[:3]]
+    backends = [
+        Backend(
+            "rust_cluster",
+            "django_rustcache RedisClusterCache",
+            {"BACKEND": "django_rustcache.redis.RedisClusterCache", "LOCATION": seeds},
+            True,
+        ),
+        Backend(
+            "redis_py_cluster",
+            "Django RedisCache on redis-py RedisCluster",
+            {"BACKEND": "cluster_peer.RedisPyClusterCache", "LOCATION": seeds},
+        ),
+    ]
+    for b in backends:
+        b.params = {**b.params, "KEY_PREFIX": f"bench-{b.alias}"}
+    peer = {"Django RedisCache on redis-py RedisCluster": 0.5}
+    return Suite(
+        "redis-cluster",
+        backends,
+        targets={
+            "get_many(100)": peer,
+            "set_many(100)": peer,
+            "8 threads 80/20 (ops/s)": {"Django RedisCache on redis-py RedisCluster": 3.0},
+        },
+        cleanup=[cluster.close],
+        server_pids=[n.proc.pid for n in cluster.nodes],
+    )
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "lru": lru_suite,
     "memcached": memcached_suite,
@@ -561,6 +598,7 @@ SUITES: dict[str, Callable[[], Suite]] = {
     "redis-zlib": redis_zlib_suite,
     "redis-sharded": redis_sharded_suite,
     "redis-tls": redis_tls_suite,
+    "redis-cluster": redis_cluster_suite,
 }
 
 
