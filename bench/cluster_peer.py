@@ -35,7 +35,6 @@ class ClusterCacheClient(RedisCacheClient):
         values = self.get_client(None).mget_nonatomic(keys)
         return {k: self._serializer.loads(v) for k, v in zip(keys, values, strict=True) if v is not None}
 
-
     def set_many(self, data: dict[Any, Any], timeout: Any) -> None:
         pipeline = self.get_client(write=True).pipeline()
         for k, v in data.items():
