@@ -8,8 +8,10 @@ the cluster's redirections:
 - MOVED (the slot has a new owner): the slot map is read again and the call made again;
 - ASK (the slot is being migrated): the one key's command goes to the node named, after
   ASKING; a multi-key call then goes key by key (only those keys' nodes know where they are);
-- TRYAGAIN / CLUSTERDOWN (a migration's multi-key race, a failover under way) and a node that
-  cannot be reached: the slot map is read again and the call made again after a short pause;
+- TRYAGAIN / CLUSTERDOWN (a migration's multi-key race, a failover under way): the slot map is
+  read again and the call made again after a short pause;
+- a node that cannot be reached: the slot map is read again; the call is made again if another
+  node serves the slot now, else it fails at once (as on one server);
 
 each at most a few times, within the call's deadline per attempt. Multi-key calls never send a
 command across slots: a node gets one pipeline of one-key commands.
@@ -138,8 +140,12 @@ class ClusterClient(ShardedClient):
             if not force and self._refreshed >= started - 0.05:
                 return
             last: Exception | None = None
-            known = [a for a in self._by_primary if a not in self._seeds]
-            for address in [*known, *self._seeds]:
+            # The primaries serving slots now first, then the seeds, then any known before.
+            serving = set(self._slots)
+            current = [a for a, i in self._by_primary.items() if i in serving]
+            former = [a for a, i in self._by_primary.items() if i not in serving]
+            known = [*current, *(a for a in self._seeds if a not in current), *former]
+            for address in dict.fromkeys(known):
                 try:
                     index = self._by_primary.get(address)
                     client = self.clients[index] if index is not None else self._lone.get(address)
@@ -153,7 +159,7 @@ class ClusterClient(ShardedClient):
                     self._install(reply, address)
                     self._refreshed = time.monotonic()
                     return
-            raise ServerDown(f"redis cluster: no node of {self._seeds + known} gave its slot map ({last})")
+            raise ServerDown(f"redis cluster: no node of {known} gave its slot map ({last})")
 
     def _install(self, reply: list[Any], asked: str) -> None:
         slots = list(self._slots) if self._slots else [0] * SLOTS
@@ -197,12 +203,17 @@ class ClusterClient(ShardedClient):
                             self.refresh()
                     finally:
                         self._local.ask = None
-            except (ClusterBusy, ServerDown):
+            except (ClusterBusy, ServerDown) as e:
                 if attempt == ATTEMPTS - 1 or time.monotonic() > until:
                     raise
-                time.sleep(0.02 * (attempt + 1))
+                if isinstance(e, ClusterBusy):
+                    time.sleep(0.02 * (attempt + 1))
+                before = list(self._slots)
                 with contextlib.suppress(ServerDown):
                     self.refresh(force=True)
+                if not isinstance(e, ClusterBusy) and self._slots == before:
+                    # The node is down and no other serves its slots yet: fail now.
+                    raise
         raise AssertionError("unreachable")
 
     async def _afollow(
@@ -235,12 +246,16 @@ class ClusterClient(ShardedClient):
                             raise
                         if self._moved(again.slot, again.address):
                             await asyncio.to_thread(self.refresh)
-            except (ClusterBusy, ServerDown):
+            except (ClusterBusy, ServerDown) as e:
                 if attempt == ATTEMPTS - 1 or time.monotonic() > until:
                     raise
-                await asyncio.sleep(0.02 * (attempt + 1))
+                if isinstance(e, ClusterBusy):
+                    await asyncio.sleep(0.02 * (attempt + 1))
+                before = list(self._slots)
                 with contextlib.suppress(ServerDown):
                     await asyncio.to_thread(self.refresh, True)
+                if not isinstance(e, ClusterBusy) and self._slots == before:
+                    raise
         raise AssertionError("unreachable")
 
     # --- one key ------------------------------------------------------------------------------
