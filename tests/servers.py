@@ -582,14 +582,26 @@ class TlsSentinelServer(SentinelServer):
             return s.recv(65536)
 
 
-def raw_command(port: int, *args: str, password: str | None = None) -> bytes:
-    """One command to a redis (or sentinel) on 127.0.0.1:``port``, over a socket of our own; its
-    raw reply (read until the server pauses)."""
+def raw_command(port: int, *args: str, password: str | None = None, certs: Certificates | None = None) -> bytes:
+    """One command to a redis (or sentinel) on 127.0.0.1:``port``, over a socket of our own (TLS
+    with ``certs``' CA and client certificate when given); its raw reply (read until the server
+    pauses)."""
 
     def packed(words: tuple[str, ...]) -> bytes:
         return f"*{len(words)}\r\n".encode() + b"".join(f"${len(w.encode())}\r\n{w}\r\n".encode() for w in words)
 
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+    if certs is not None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=certs.ca)
+        context.load_cert_chain(certs.client, certs.client_key)
+        try:
+            raw = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        except OSError:
+            raw.close()
+            raise
+    with raw as s:
         if password:
             s.sendall(packed(("AUTH", password)))
             s.recv(64)
@@ -784,48 +796,92 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free pair of ports for a cluster node")
 
 
+def _cluster_args(node: RedisServer, node_timeout_ms: int) -> list[str]:
+    return [
+        "--cluster-enabled", "yes", "--cluster-config-file", str(node.dir / "nodes.conf"),
+        "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no",
+    ]  # fmt: skip
+
+
 class ClusterNode(RedisServer):
     """A redis-server in cluster mode (its own nodes.conf, a short node timeout)."""
 
     name = "redis-server (cluster)"
 
-    def __init__(self, *, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, *, node_timeout_ms: int = 1000, password: str | None = None) -> None:
         self.node_timeout_ms = node_timeout_ms
         self._cluster_port = free_cluster_port()
-        super().__init__()
+        super().__init__(password=password)
 
     def command(self) -> list[str]:
         self.port = self._cluster_port
-        return [
-            *super().command(),
-            "--cluster-enabled", "yes", "--cluster-config-file", str(self.dir / "nodes.conf"),
-            "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-require-full-coverage", "no",
-        ]  # fmt: skip
+        extra = ["--masterauth", self.password] if self.password else []
+        return [*super().command(), *extra, *_cluster_args(self, self.node_timeout_ms)]
+
+
+class TlsClusterNode(TlsRedisServer):
+    """A cluster-mode redis-server that speaks only TLS, to clients and on its cluster bus."""
+
+    name = "redis-server (TLS cluster)"
+
+    def __init__(self, certs: Certificates, *, node_timeout_ms: int = 1000, password: str | None = None) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self._cluster_port = free_cluster_port()
+        super().__init__(certs, password=password)
+
+    def command(self) -> list[str]:
+        self.port = self._cluster_port
+        return [*super().command(), "--tls-cluster", "yes", *_cluster_args(self, self.node_timeout_ms)]
 
 
 class RedisCluster:
     """A Redis Cluster of ``primaries`` primaries with a replica each, made with ``redis-cli
     --cluster create`` on loopback; for the whole test session (it takes a few seconds)."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        *,
+        replicas: int = 1,
+        password: str | None = None,
+        certs: Certificates | None = None,
+    ) -> None:
+        # password: every node's (requirepass, and masterauth for its replicas); certs: every
+        # node speaks only TLS, its bus too, with these certificates.
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not installed (Debian: apt-get install redis-tools)")
-        self.cli = cli
-        self.nodes = [ClusterNode() for _ in range(primaries * 2)]
+        self.password = password
+        self.certs = certs
+        self.cli = [cli]
+        if certs is not None:
+            self.cli += ["--tls", "--cacert", certs.ca, "--cert", certs.client, "--key", certs.client_key]
+        if password:
+            self.cli += ["--no-auth-warning", "-a", password]
+        count = primaries * (1 + replicas)
+        if certs is not None:
+            self.nodes: list[RedisServer] = [TlsClusterNode(certs, password=password) for _ in range(count)]
+        else:
+            self.nodes = [ClusterNode(password=password) for _ in range(count)]
         subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
-             "--cluster-yes"],
+            [*self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         self.wait_ok()
 
+    def ask(self, port: int, *args: str) -> bytes:
+        """One command to the node on ``port`` (with the cluster's password and TLS)."""
+        return raw_command(port, *args, password=self.password, certs=self.certs)
+
     @property
     def location(self) -> str:
         """Seed nodes, as a LOCATION."""
-        return ",".join(f"redis://127.0.0.1:{n.port}" for n in self.nodes[:3])
+        scheme = "rediss" if self.certs is not None else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        return ",".join(f"{scheme}://{auth}127.0.0.1:{n.port}" for n in self.nodes[:3])
 
-    def alive(self) -> list[ClusterNode]:
+    def alive(self) -> list[RedisServer]:
         return [n for n in self.nodes if n.proc and n.proc.poll() is None]
 
     def wait_ok(self, timeout: float = 30.0) -> None:
@@ -834,13 +890,13 @@ class RedisCluster:
         def ok() -> bool:
             views = set()
             for n in self.alive():
-                if b"cluster_state:ok" not in raw_command(n.port, "CLUSTER", "INFO"):
+                if b"cluster_state:ok" not in self.ask(n.port, "CLUSTER", "INFO"):
                     return False
-                info = raw_command(n.port, "INFO", "replication")
+                info = self.ask(n.port, "INFO", "replication")
                 if b"role:slave" in info and b"master_link_status:up" not in info:
                     return False
                 views.add(tuple(sorted((s, p) for s, _, p in self.slot_ranges(n.port))))
-            replicas = sum(b"role:slave" in raw_command(n.port, "INFO", "replication") for n in self.alive())
+            replicas = sum(b"role:slave" in self.ask(n.port, "INFO", "replication") for n in self.alive())
             primaries = {p for _, p in next(iter(views), ())}
             return len(views) == 1 and replicas == len(self.alive()) - len(primaries)
 
@@ -850,7 +906,7 @@ class RedisCluster:
         """(first slot, last slot, primary port) as node ``port`` sees them (CLUSTER SHARDS is
         newer than some servers: read redis-cli's CLUSTER NODES)."""
         out = []
-        for line in raw_command(port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
+        for line in self.ask(port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
             parts = line.split()
             if len(parts) < 9 or "master" not in parts[2] or "fail" in parts[2]:
                 continue
@@ -865,7 +921,7 @@ class RedisCluster:
     def node_ids(self) -> dict[int, str]:
         """Each node's cluster id, by port."""
         out = {}
-        for line in raw_command(self.alive()[0].port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
+        for line in self.ask(self.alive()[0].port, "CLUSTER", "NODES").decode(errors="replace").splitlines():
             parts = line.split()
             if len(parts) >= 8 and "@" in parts[1]:
                 out[int(parts[1].split("@")[0].rsplit(":", 1)[1])] = parts[0]
@@ -875,27 +931,33 @@ class RedisCluster:
         """Move ``slots`` slots (and their keys) from the primary on ``source`` to ``target``."""
         ids = self.node_ids()
         subprocess.run(
-            [self.cli, "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", ids[source],
+            [*self.cli, "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", ids[source],
              "--cluster-to", ids[target], "--cluster-slots", str(slots), "--cluster-yes", "--cluster-pipeline", "10"],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
 
     def migrate_slot(self, slot: int, target: int, pause: float = 0.02) -> None:
         """Move one slot to the primary on ``target`` the way redis-cli does, one key at a time
-        with a pause between: for that long the slot is split between the two nodes (ASK)."""
+        with a pause between: for that long the slot is split between the two nodes (ASK).
+        Then the nodes are told the new owner, the source first (redis-cli starts with the
+        target): for one more pause the source sends clients to the target, which still sends
+        them back (MOVED both ways)."""
         source = self.primary_of(slot)
         ids = self.node_ids()
-        raw_command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source])
-        raw_command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target])
+        self.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source])
+        self.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target])
         while True:
-            reply = raw_command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1")
+            reply = self.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "1")
             keys = [line.decode() for line in reply.split(b"\r\n")[2::2] if line]
             if not keys:
                 break
-            raw_command(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "REPLACE", "KEYS", *keys)
+            auth = ("AUTH", self.password) if self.password else ()
+            self.ask(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "REPLACE", *auth, "KEYS", *keys)
             time.sleep(pause)
-        for port in {p for _, _, p in self.slot_ranges(source)} | {target}:
-            raw_command(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
+        self.ask(source, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
+        time.sleep(pause)
+        for port in [target, *({p for _, _, p in self.slot_ranges(source)} - {source, target})]:
+            self.ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
 
     def primary_of(self, slot: int) -> int | None:
         """The port of the primary serving ``slot`` (None while none does: a failover)."""
@@ -909,7 +971,7 @@ class RedisCluster:
             out[first : last + 1] = [p] * (last - first + 1)
         return out
 
-    def node(self, port: int) -> ClusterNode:
+    def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
     def close(self) -> None:

@@ -239,24 +239,29 @@ def test_a_slot_migration_under_load(redis_cluster):
         assert cache.get(names[t]) == (t, seq)
 
 
-@pytest.mark.failover
-def test_ask_while_the_slot_of_the_keys_is_split(redis_cluster):
-    """All the load's keys share one slot ({hashtag}), moved one key at a time: the keys already
-    moved are only reachable with ASKING on the new node, the rest only on the old one."""
-    cache = cluster_cache(redis_cluster)
-    names = [f"{{mig}}-{t}" for t in range(8)]
+def _migrate_under_load(cluster, cache, tag):
+    """All the load's keys share one slot ({tag}), moved one key at a time: the keys already
+    moved are only reachable with ASKING on the new node, the rest only on the old one; then
+    for a moment each of the two sends clients to the other (MOVED)."""
+    names = [f"{{{tag}}}-{t}" for t in range(8)]
     slot = key_slot(cache.make_key(names[0]))
-    source = redis_cluster.primary_of(slot)
-    target = next(p for p in set(redis_cluster.owners()) if p not in (source, None))
+    source = cluster.primary_of(slot)
+    target = next(p for p in set(cluster.owners()) if p not in (source, None))
     for t in range(8):
         cache.set(names[t], (t, 0))
-    cache.set_many({f"{{mig}}-extra-{i}": i for i in range(24)})
-    log = _hammer(cache, 0.3, lambda: redis_cluster.migrate_slot(slot, target), names)
-    redis_cluster.wait_ok()
-    assert redis_cluster.primary_of(slot) == target
+    extra = {f"{{{tag}}}-extra-{i}": i for i in range(24)}
+    cache.set_many(extra)
+    log = _hammer(cache, 0.3, lambda: cluster.migrate_slot(slot, target), names)
+    cluster.wait_ok()
+    assert cluster.primary_of(slot) == target
     assert log["wrong"] == []
     assert log["errors"] == [], log["errors"][:3]
-    assert cache.get_many([f"{{mig}}-extra-{i}" for i in range(24)]) == {f"{{mig}}-extra-{i}": i for i in range(24)}
+    assert cache.get_many(list(extra)) == extra
+
+
+@pytest.mark.failover
+def test_ask_while_the_slot_of_the_keys_is_split(redis_cluster):
+    _migrate_under_load(redis_cluster, cluster_cache(redis_cluster), "mig")
 
 
 @pytest.mark.failover
@@ -281,6 +286,9 @@ def test_async_load_during_a_slot_migration(redis_cluster):
                 await cache.aset(names[t], (t, seq))
                 if (v := await cache.aget(names[t])) != (t, seq):
                     wrong.append(v)
+                # Two keys (most often of two slots, two nodes): one GET pipeline per node.
+                if (many := await cache.aget_many([names[t], names[(t + 1) % 32]])).get(names[t]) != (t, seq):
+                    wrong.append(many)
             except CacheError as e:
                 errors.append(str(e))
 
@@ -325,4 +333,131 @@ def test_a_primary_killed_under_load(redis_cluster):
             assert value is None or (value[0] == t and value[1] <= seq)
     finally:
         victim.start()
+        redis_cluster.wait_ok()
+
+
+# --- a cluster that speaks only TLS and wants a password (ElastiCache's in-transit encryption
+# with an AUTH token, say) -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_cluster():
+    import shutil
+
+    from tests.servers import Certificates, RedisCluster
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    certs = Certificates()
+    cluster = RedisCluster(password="cl-s3cret", certs=certs)
+    yield cluster
+    cluster.close()
+    certs.close()
+
+
+def tls_cluster_cache(cluster, location=None, **options):
+    options.setdefault("ssl_ca_certs", cluster.certs.ca)
+    params = {"KEY_PREFIX": f"t{next(_prefixes)}", "OPTIONS": options}
+    return RedisClusterCache(location or cluster.location, params)
+
+
+def test_a_tls_cluster_with_a_password(tls_cluster):
+    cache = tls_cluster_cache(tls_cluster)
+    data = {f"tk{i}": i for i in range(200)}
+    assert cache.set_many(data) == []
+    assert cache.get_many([*data, "missing"]) == data
+    # The keys are on the primaries of their slots, every primary has some, and each value went
+    # over TLS to the node (read back with a TLS socket of our own, after AUTH).
+    owners = tls_cluster.owners()
+    by_node = {}
+    for key in data:
+        made = cache.make_key(key)
+        by_node.setdefault(owners[key_slot(made)], []).append(made)
+        assert tls_cluster.ask(owners[key_slot(made)], "GET", made).split(b"\r\n")[1] == str(data[key]).encode()
+    assert len(by_node) == 3
+    assert cache.incr("tk5", 10) == 15
+    cache.delete_many(["tk1", "tk2"])
+    assert cache.get_many(["tk1", "tk2", "tk3"]) == {"tk3": 3}
+    assert sorted(cache.keys("tk1*")) == sorted(k for k in data if k.startswith("tk1") and k != "tk1")
+
+    async def run():
+        await cache.aset("atk", {"a": 1})
+        return await cache.aget("atk"), await cache.aget_many(["atk", "tk3"])
+
+    assert asyncio.run(run()) == ({"a": 1}, {"atk": {"a": 1}, "tk3": 3})
+
+    # The password in OPTIONS instead of the URL; a wrong one is refused, a missing CA too.
+    plain = ",".join(f"rediss://127.0.0.1:{n.port}" for n in tls_cluster.nodes[:3])
+    other = tls_cluster_cache(tls_cluster, plain, PASSWORD="cl-s3cret")
+    other.key_prefix = cache.key_prefix
+    assert other.get("tk3") == 3
+    with pytest.raises(CacheError, match=r"WRONGPASS|invalid"):
+        tls_cluster_cache(tls_cluster, plain, PASSWORD="nope").get("tk3")
+    with pytest.raises(CacheError):
+        RedisClusterCache(tls_cluster.location, {}).get("tk3")
+    cache.clear()
+    assert cache.get("tk3") is None and cache.keys("*") == []
+
+
+def test_replica_reads_over_tls(tls_cluster):
+    cache = tls_cluster_cache(tls_cluster, REPLICA_READ=True, CLIENT_NAME="rc-tls-replica")
+    cache.set_many({f"r{i}": i for i in range(60)})
+    # A replica has the writes a moment later; reads of every key then come right.
+    wait_until(lambda: cache.get_many([f"r{i}" for i in range(60)]) == {f"r{i}": i for i in range(60)}, 5)
+    ports = [n.port for n in tls_cluster.alive()]
+    named = {p for p in ports if b"name=rc-tls-replica " in tls_cluster.ask(p, "CLIENT", "LIST")}
+    replicas = {p for p in ports if b"role:slave" in tls_cluster.ask(p, "INFO", "replication")}
+    assert named & replicas
+
+
+@pytest.mark.failover
+def test_ask_over_tls(tls_cluster):
+    """The same over TLS, where the test's MIGRATE carries the password."""
+    _migrate_under_load(tls_cluster, tls_cluster_cache(tls_cluster), "tmig")
+
+
+def test_many_keys_in_a_slot_half_migrated(redis_cluster):
+    """A slot stopped half-way through its migration: some keys are on the new node (reachable
+    with ASKING only), the rest on the old one. Every multi-key call, sync and async, still
+    finds, stores and deletes every key."""
+    cache = cluster_cache(redis_cluster)
+    names = [f"{{half}}-{i}" for i in range(10)]
+    slot = key_slot(cache.make_key(names[0]))
+    source = redis_cluster.primary_of(slot)
+    target = next(p for p in set(redis_cluster.owners()) if p not in (source, None))
+    cache.set_many({n: i for i, n in enumerate(names)})
+    ids = redis_cluster.node_ids()
+    redis_cluster.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source])
+    redis_cluster.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target])
+    try:
+        moved = [cache.make_key(n) for n in names[:5]]
+        redis_cluster.ask(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *moved)
+        assert redis_cluster.ask(target, "CLUSTER", "COUNTKEYSINSLOT", str(slot)).startswith(b":5")
+        # A key of a third node, in the same calls.
+        owners = redis_cluster.owners()
+        other = next(
+            f"o{i}" for i in itertools.count() if owners[key_slot(cache.make_key(f"o{i}"))] not in (source, target)
+        )
+        cache.set(other, "o")
+        assert cache.get_many([*names, other]) == {**{n: i for i, n in enumerate(names)}, other: "o"}
+
+        async def run():
+            got = await cache.aget_many([*names, other])
+            await cache.aset_many({n: -i for i, n in enumerate(names)})
+            again = await cache.aget_many(names)
+            await cache.adelete_many([names[0], names[9]])
+            return got, again, await cache.aget_many(names)
+
+        got, again, after = asyncio.run(run())
+        assert got == {**{n: i for i, n in enumerate(names)}, other: "o"}
+        assert again == {n: -i for i, n in enumerate(names)}
+        assert after == {n: -i for i, n in enumerate(names) if i not in (0, 9)}
+    finally:
+        # Finish the migration, so the session's cluster is whole again.
+        rest = redis_cluster.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100")
+        keys = [line.decode() for line in rest.split(b"\r\n")[2::2] if line]
+        if keys:
+            redis_cluster.ask(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "REPLACE", "KEYS", *keys)
+        for port in {p for p in redis_cluster.owners() if p is not None}:
+            redis_cluster.ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
         redis_cluster.wait_ok()

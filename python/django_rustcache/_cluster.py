@@ -190,6 +190,10 @@ class ClusterClient(ShardedClient):
                 if not e.ask:
                     if self._moved(e.slot, e.address):
                         self.refresh()
+                    if attempt:
+                        # Moved again within one call: the nodes disagree on the slot's owner
+                        # for a moment (a migration being settled, node by node).
+                        time.sleep(0.02 * attempt)
                 elif one_by_one is not None:
                     return one_by_one()
                 else:
@@ -229,6 +233,8 @@ class ClusterClient(ShardedClient):
                 if not e.ask:
                     if self._moved(e.slot, e.address):
                         await asyncio.to_thread(self.refresh)
+                    if attempt:
+                        await asyncio.sleep(0.02 * attempt)  # as in _follow
                 elif one_by_one is not None:
                     return await one_by_one()
                 else:
@@ -424,11 +430,23 @@ class ClusterClient(ShardedClient):
     async def aget_many(
         self, prefix: Any, version: Any, keys: Iterable[Any], partial: bool = False, on_failure: Any = None
     ) -> dict[Any, Any]:
-        # One GET per key, all in flight at once (a node's MGET may not span slots); each follows
-        # its own redirections.
         keys = list(keys)
-        values = await asyncio.gather(*(self.aget(prefix, version, k, _MISSING) for k in keys))
-        return {k: v for k, v in zip(keys, values, strict=True) if v is not _MISSING}
+
+        async def at_once() -> dict[Any, Any]:
+            # A pipeline of GETs per node (a node's MGET may not span slots), every node at once.
+            groups = self._split(prefix, version, keys).items()
+            found: dict[Any, Any] = {}
+            parts = (self.clients[n].aget_many(prefix, version, g, per_key=True) for n, g in groups)
+            for part in await asyncio.gather(*parts):
+                found.update(part)
+            return found
+
+        async def one_by_one() -> dict[Any, Any]:
+            # Each key follows its own redirections.
+            values = await asyncio.gather(*(self.aget(prefix, version, k, _MISSING) for k in keys))
+            return {k: v for k, v in zip(keys, values, strict=True) if v is not _MISSING}
+
+        return await self._afollow(at_once, one_by_one)
 
     async def aset_many(
         self,
@@ -457,10 +475,15 @@ class ClusterClient(ShardedClient):
     async def adelete_many(self, prefix: Any, version: Any, keys: Iterable[Any]) -> int:
         keys = list(keys)
 
+        async def at_once() -> int:
+            groups = self._split(prefix, version, keys).items()
+            parts = (self.clients[n].adelete_many(prefix, version, g, per_key=True) for n, g in groups)
+            return sum(await asyncio.gather(*parts))
+
         async def one_by_one() -> int:
             return sum(await asyncio.gather(*(self.adelete(prefix, version, k) for k in keys)))
 
-        return await self._afollow(one_by_one)
+        return await self._afollow(at_once, one_by_one)
 
     async def aexecute(self, *args: Any, write: bool = True, idempotent: bool = False) -> Any:
         name = str(args[0]).upper()

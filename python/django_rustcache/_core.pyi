@@ -468,7 +468,10 @@ class RedisClient:
         keys: Iterable[Any],
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
-    ) -> asyncio.Future[dict[Any, Any]]: ...
+        per_key: bool = False,
+    ) -> asyncio.Future[dict[Any, Any]]:
+        """MGET of the keys; with ``per_key`` a pipeline of GETs (a Redis Cluster node, where one
+        MGET may not span hash slots)."""
     def aset(
         self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None
     ) -> asyncio.Future[None]: ...
@@ -488,7 +491,10 @@ class RedisClient:
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
     ) -> asyncio.Future[list[Any]]: ...
-    def adelete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> asyncio.Future[int]: ...
+    def adelete_many(
+        self, prefix: str | None, version: Any, keys: Iterable[Any], per_key: bool = False
+    ) -> asyncio.Future[int]:
+        """DEL of the keys, how many were there; with ``per_key`` a pipeline of one-key DELs."""
     def arename(self, source: str, target: str) -> asyncio.Future[None]: ...
     def aclear(self) -> asyncio.Future[bool]: ...
     def aexecute(

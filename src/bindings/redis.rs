@@ -631,7 +631,9 @@ impl PyRedisClient {
         Ok(future)
     }
 
-    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None))]
+    /// MGET of the keys (a pipeline of GETs with `per_key`: a Redis Cluster node).
+    #[pyo3(signature = (prefix, version, keys, partial=false, on_failure=None, per_key=false))]
+    #[allow(clippy::too_many_arguments)]
     fn aget_many<'py>(
         &self,
         py: Python<'py>,
@@ -640,6 +642,7 @@ impl PyRedisClient {
         keys: &Bound<'py, PyAny>,
         partial: bool,
         on_failure: Option<Bound<'py, PyAny>>,
+        per_key: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (partial, on_failure);
         let mut originals = Vec::new();
@@ -654,6 +657,7 @@ impl PyRedisClient {
         let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
         self.client.get_many_then(
             &refs,
+            per_key,
             Box::new(move |found| match found {
                 Ok(found) => unpacked(&codec.clone(), found, move |values| {
                     promise.keep(Ok(Box::new(move |py: Python<'_>| {
@@ -832,13 +836,16 @@ impl PyRedisClient {
         Ok(future)
     }
 
-    /// One DEL for every key; how many were there.
+    /// One DEL for every key (a pipeline of one-key DELs with `per_key`: a Redis Cluster node);
+    /// how many were there.
+    #[pyo3(signature = (prefix, version, keys, per_key=false))]
     fn adelete_many<'py>(
         &self,
         py: Python<'py>,
         prefix: &Bound<'py, PyAny>,
         version: &Bound<'py, PyAny>,
         keys: &Bound<'py, PyAny>,
+        per_key: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut made = Vec::new();
         for key in keys.try_iter()? {
@@ -846,7 +853,12 @@ impl PyRedisClient {
         }
         let (future, promise) = promise(py)?;
         let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
-        self.client.delete_then(&refs, Box::new(move |r| promise.keep(r.map(aio::value))));
+        let done: crate::redis::aio::Done<u64> = Box::new(move |r| promise.keep(r.map(aio::value)));
+        if per_key {
+            self.client.delete_each_then(&refs, done);
+        } else {
+            self.client.delete_then(&refs, done);
+        }
         Ok(future)
     }
 

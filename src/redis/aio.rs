@@ -406,17 +406,33 @@ impl Client {
         );
     }
 
-    /// MGET; `None` for the keys not found.
-    pub fn get_many_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<Vec<Option<Vec<u8>>>>) {
+    /// MGET; `None` for the keys not found. With `per_key` (a Redis Cluster node, where one MGET
+    /// may not span hash slots), a pipeline of GETs instead.
+    pub fn get_many_then(self: &Arc<Self>, keys: &[&[u8]], per_key: bool, done: Done<Vec<Option<Vec<u8>>>>) {
         if keys.is_empty() {
             return done(Ok(Vec::new()));
         }
         let (client, count) = (self.clone(), keys.len());
-        self.query_then(
+        let (packed, replies) = if per_key {
+            let mut pipe = redis::pipe();
+            for k in keys {
+                pipe.cmd("GET").arg(*k);
+            }
+            (pipe.get_packed_pipeline(), count)
+        } else {
+            (redis::cmd("MGET").arg(keys).get_packed_command(), 1)
+        };
+        self.start(
             false,
             true,
-            redis::cmd("MGET").arg(keys),
-            Box::new(move |found: Result<Vec<Option<Vec<u8>>>, Error>| {
+            packed,
+            replies,
+            Box::new(move |pool, r| {
+                let found = r.and_then(|mut values| {
+                    no_error_reply(pool.label(), &values)?;
+                    let reply = if per_key { Value::Array(values) } else { values.pop().unwrap_or(Value::Nil) };
+                    typed::<Vec<Option<Vec<u8>>>>(pool.label(), reply)
+                });
                 let found = found.and_then(|f| {
                     if f.len() == count {
                         Ok(f)
@@ -493,6 +509,30 @@ impl Client {
             return done(Ok(0));
         }
         self.query_then(true, true, redis::cmd("DEL").arg(keys), done);
+    }
+
+    /// A pipeline of one-key DELs (a Redis Cluster node, where one DEL may not span hash
+    /// slots); how many keys were there.
+    pub fn delete_each_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<u64>) {
+        if keys.is_empty() {
+            return done(Ok(0));
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("DEL").arg(*k);
+        }
+        self.start(
+            true,
+            true,
+            pipe.get_packed_pipeline(),
+            keys.len(),
+            Box::new(move |pool, r| {
+                done(r.and_then(|values| {
+                    no_error_reply(pool.label(), &values)?;
+                    Ok(values.iter().map(|v| if let Value::Int(n) = v { (*n).max(0).unsigned_abs() } else { 0 }).sum())
+                }));
+            }),
+        );
     }
 
     /// EXISTS.
