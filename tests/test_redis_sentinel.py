@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import pickle
+import re
 import shutil
+import signal
 import threading
 import time
 
@@ -236,6 +239,72 @@ def test_a_master_killed_under_async_load(group):
     finally:
         group.revive(old)
         group.wait_healthy()
+
+
+def get_calls(port: int) -> int:
+    """How many GETs the node on ``port`` has served."""
+    info = raw_command(port, "INFO", "commandstats").decode()
+    found = re.search(r"cmdstat_get:calls=(\d+)", info)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.failover
+def test_a_replica_that_stops_answering_costs_only_the_reads_on_it(group):
+    """One replica frozen (SIGSTOP: its sockets stay open and silent) under reads from 8
+    threads: the reads already on it fail within one deadline, the other replica takes every
+    read after, and the master none (the replica pool is not marked down as a whole, which
+    would send every read to the master for the retry window)."""
+    cache, name = sentinel_cache(group, REPLICA_READ=True, SOCKET_TIMEOUT=0.5, RETRY_TIMEOUT=3)
+    master = group.master_port()
+    frozen, alive = replica_ports(group)
+    for t in range(8):
+        cache.set(f"frozen-{t}", t)
+    for port in (frozen, alive):
+        wait_until(lambda port=port: stored(port, cache, "frozen-7") == 7, 5, what="the values on the replicas")
+    stop = threading.Event()
+    errors: list = []
+    wrong: list = []
+    ready = threading.Barrier(9)
+
+    def reader(t: int) -> None:
+        ready.wait()
+        while not stop.is_set():
+            try:
+                value = cache.get(f"frozen-{t}")
+            except CacheError:
+                errors.append(time.monotonic())
+                continue
+            if value != t:
+                wrong.append((t, value))
+
+    threads = [threading.Thread(target=reader, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    ready.wait()
+    time.sleep(0.5)
+    # Each new connection takes the next replica: some of ours are on the one to freeze.
+    assert connected(frozen, name) and connected(alive, name)
+    node = next(n for n in group.nodes if n.port == frozen)
+    before = get_calls(master), get_calls(alive)
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        time.sleep(2.5)
+        served = get_calls(master) - before[0], get_calls(alive) - before[1]
+        stop.set()
+        for th in threads:
+            th.join()
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    group.wait_healthy()
+    assert wrong == []
+    # Only the reads that were on the frozen replica failed: one per thread at most, each
+    # within its deadline.
+    assert len(errors) <= 8, len(errors)
+    assert all(at - frozen_at < 0.5 + 0.5 for at in errors), [round(at - frozen_at, 2) for at in errors]
+    # The other replica took the reads; the master served (almost) none of them.
+    assert served[1] > 500, served
+    assert served[0] <= served[1] // 100, served
 
 
 @pytest.mark.failover

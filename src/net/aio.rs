@@ -358,6 +358,9 @@ pub struct Mux<W: Wire> {
     /// When the connection was made (a request that started before is on a connection that
     /// may have gone stale since).
     pub made: Instant,
+    /// The server's address, where the pool needs it (a Sentinel-managed replica pool passes
+    /// over a replica that failed).
+    pub peer: Option<Address>,
 }
 
 impl<W: Wire> Mux<W> {
@@ -402,7 +405,14 @@ impl<W: Wire> Mux<W> {
         };
         let watched: Arc<dyn Expire> = inner.clone();
         watch.add(Arc::downgrade(&watched));
-        Ok(Self { inner, direct, room: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), watch, made: Instant::now() })
+        Ok(Self {
+            inner,
+            direct,
+            room: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            watch,
+            made: Instant::now(),
+            peer: None,
+        })
     }
 
     /// Whether the connection still works (it has not failed, nor been closed).
@@ -815,6 +825,16 @@ impl<W: Wire> Slots<W> {
         for slot in &self.slots {
             let mut held = slot.conn.lock();
             if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                *held = None;
+            }
+        }
+    }
+
+    /// Forget the connections to `peer` (it failed); calls in flight on them finish there.
+    pub fn forget_peer(&self, peer: &Address) {
+        for slot in &self.slots {
+            let mut held = slot.conn.lock();
+            if held.as_ref().is_some_and(|c| c.peer.as_ref() == Some(peer)) {
                 *held = None;
             }
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use redis::{FromRedisValue, ServerErrorKind, Value};
 use tokio::sync::oneshot;
 
@@ -110,9 +111,7 @@ impl Pool {
             let (addr, epoch) = self.endpoint_async(deadline).await?;
             let (made, epoch) = match self.connect_mux_to(&addr, deadline).await {
                 Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
-                    if let Some((s, _)) = self.sentinel() {
-                        s.suspect(&addr);
-                    }
+                    self.suspect(&addr);
                     match self.endpoint_async(deadline).await {
                         Ok((again, epoch)) if again != addr => (self.connect_mux_to(&again, deadline).await, epoch),
                         _ => (Err(e), epoch),
@@ -138,7 +137,10 @@ impl Pool {
             }
         };
         let stream = aio::connect(addr, self.tls(), deadline, label).await?;
-        let mux = Mux::start(stream, label)?;
+        let mut mux = Mux::start(stream, label)?;
+        if matches!(self.target(), Target::Sentinel(..)) {
+            mux.peer = Some(addr.clone());
+        }
         let (username, password) = self.credentials();
         let login = Login {
             username,
@@ -182,7 +184,8 @@ impl Pool {
 
     /// One exchange when no connection was ready: connect (or wait for room) first, all before
     /// `deadline`. A connection made before `started` that turns out dead is replaced and,
-    /// when `idempotent`, the exchange runs once more on a new one.
+    /// when `idempotent`, the exchange runs once more on a new one. With the outcome, the
+    /// address of the server it was last sent to, when the pool keeps it.
     async fn exchange(
         &self,
         idempotent: bool,
@@ -190,12 +193,14 @@ impl Pool {
         packed: Arc<Vec<u8>>,
         replies: usize,
         deadline: Instant,
-    ) -> Result<Vec<Value>, Error> {
+    ) -> (Result<Vec<Value>, Error>, Option<Address>) {
+        let peer = Mutex::new(None);
         let attempt = async {
             let mut retried = false;
             let mut redirected = false;
             loop {
                 let mux = self.slots().get(|| self.connect_mux(deadline)).await?;
+                peer.lock().clone_from(&mux.peer);
                 match mux.call(packed.clone(), replies, deadline).await {
                     Ok(values) if !redirected && self.master_only() && read_only(&values) => {
                         // A demoted master refused: nothing was applied; once more on the new one.
@@ -217,12 +222,13 @@ impl Pool {
                 }
             }
         };
-        tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
+        let outcome = tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::Timeout,
                 format!("{}: no reply within {:.1}s", self.label(), self.config().socket_timeout.as_secs_f64()),
             ))
-        })
+        });
+        (outcome, peer.into_inner())
     }
 }
 
@@ -306,7 +312,7 @@ impl Client {
                 if e.kind() == ErrorKind::Io && retry {
                     return self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
                 }
-                self.account(pool, &e);
+                self.account(pool, &e, mux.peer.as_ref());
                 then(pool, Err(e));
             }
         }
@@ -330,9 +336,9 @@ impl Client {
         let client = self.clone();
         handle.spawn(async move {
             let pool = &client.pools()[index];
-            let result = pool.exchange(idempotent, started, packed, replies, deadline).await;
+            let (result, peer) = pool.exchange(idempotent, started, packed, replies, deadline).await;
             if let Err(e) = &result {
-                client.account(pool, e);
+                client.account(pool, e, peer.as_ref());
             }
             then(pool, result);
         });
@@ -340,10 +346,10 @@ impl Client {
 
     /// A call failed on the connection (not on the server's answer): it counts, and the server
     /// is skipped for the retry window.
-    fn account(&self, pool: &Pool, e: &Error) {
+    fn account(&self, pool: &Pool, e: &Error, peer: Option<&Address>) {
         if e.is_connection_failure() {
             self.counters().failure();
-            pool.record_failure(e);
+            pool.record_failure(e, peer);
         }
     }
 

@@ -366,15 +366,17 @@ impl Client {
             let err = classify(conn.label(), e);
             if err.is_connection_failure() {
                 // An unparsable reply: out of step.
+                let peer = conn.peer.clone();
                 drop(conn);
                 pool.forget();
                 self.counters.failure();
-                pool.record_failure(&err);
+                pool.record_failure(&err, Some(&peer));
             } else {
                 pool.put(conn);
             }
             return Some(err);
         };
+        let peer = conn.peer.clone();
         drop(conn);
         if pooled && idempotent && failure.kind() == ErrorKind::Io {
             pool.drop_idle();
@@ -383,7 +385,7 @@ impl Client {
         pool.forget();
         if failure.is_connection_failure() {
             self.counters.failure();
-            pool.record_failure(&failure);
+            pool.record_failure(&failure, Some(&peer));
         }
         Some(failure)
     }

@@ -146,6 +146,8 @@ pub struct Conn {
     db: i64,
     /// The sentinels' epoch the connection was made in (see `Pool::refresh`).
     pub epoch: u64,
+    /// The server's address.
+    pub peer: Address,
 }
 
 /// The socket as the crate's parser reads it: each read bounded by the call's deadline and by
@@ -222,6 +224,7 @@ impl Conn {
             framing: Framing::default(),
             db,
             epoch: 0,
+            peer: addr.clone(),
         };
         if let Some(handshake) = handshake(login) {
             conn.begin(deadline);

@@ -306,12 +306,23 @@ impl Pool {
         }
     }
 
-    /// A call failed on the connection (not on the server's answer): skip the server for the
-    /// retry window, and drop the idle connections (they are likely dead too).
-    pub fn record_failure(&self, e: &Error) {
+    /// A call failed on the connection to `peer` (not on the server's answer): skip the server
+    /// for the retry window, and drop the idle connections (they are likely dead too). In a
+    /// Sentinel-managed replica pool only that replica is passed over, and only its idle
+    /// connections go, while another replica is there to take its reads.
+    pub fn record_failure(&self, e: &Error, peer: Option<&Address>) {
         let mut h = self.health.lock();
         h.errors += 1;
         h.last_error = Some(e.to_string());
+        if let (Target::Sentinel(s, Role::Replica), Some(peer)) = (&self.target, peer) {
+            s.shun(peer, Instant::now() + self.config.retry_timeout);
+            if s.has_usable_replica() {
+                drop(h);
+                self.drop_idle_of(peer);
+                self.slots.forget_peer(peer);
+                return;
+            }
+        }
         if !self.config.retry_timeout.is_zero() {
             h.down_until = Some(Instant::now() + self.config.retry_timeout);
         }
@@ -372,8 +383,7 @@ impl Pool {
             let made = match Conn::connect(&addr, self.tls.as_ref(), &login, deadline) {
                 Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
                     // The sentinels may know better already (a failover this client missed).
-                    let (s, _) = self.sentinel().ok_or(e.clone())?;
-                    s.suspect(&addr);
+                    self.suspect(&addr);
                     match self.endpoint(deadline) {
                         Ok((again, epoch)) if again != addr => {
                             Conn::connect(&again, self.tls.as_ref(), &login, deadline).map(|c| (c, epoch))
@@ -396,7 +406,8 @@ impl Pool {
             Err(e) => {
                 self.forget();
                 if e.is_connection_failure() {
-                    self.record_failure(&e);
+                    // The addresses that failed were passed over already (`suspect`).
+                    self.record_failure(&e, None);
                 }
                 Err(e)
             }
@@ -426,6 +437,29 @@ impl Pool {
         state.open = state.open.saturating_sub(1);
         drop(state);
         self.returned.notify_one();
+    }
+
+    /// A connection to `addr` failed: the sentinels are asked again for the master's address,
+    /// and a replica is passed over for the retry window.
+    pub(crate) fn suspect(&self, addr: &Address) {
+        if let Target::Sentinel(s, role) = &self.target {
+            s.suspect(addr);
+            if *role == Role::Replica {
+                s.shun(addr, Instant::now() + self.config.retry_timeout);
+            }
+        }
+    }
+
+    /// Drop the idle connections to `peer` (the server failed; the others' are fine).
+    fn drop_idle_of(&self, peer: &Address) {
+        let mut guard = self.state.lock();
+        let (stale, keep): (Vec<Conn>, Vec<Conn>) =
+            std::mem::take(&mut guard.idle).into_iter().partition(|c| c.peer == *peer);
+        guard.idle = keep;
+        guard.open = guard.open.saturating_sub(stale.len());
+        drop(guard);
+        drop(stale);
+        self.returned.notify_all();
     }
 
     /// Drop every idle connection (after a server failure they are likely all stale).

@@ -7,7 +7,9 @@
 //!   replica events) hears of a failover the moment the sentinels announce it;
 //! - a pool whose connection to the master failed, or that was told READONLY, or whose new
 //!   connection answered `ROLE` with anything but `master`, suspects that address, so the next
-//!   connection asks the sentinels again.
+//!   connection asks the sentinels again;
+//! - a replica pool whose connection to one replica failed passes that replica over for the
+//!   pool's retry window (the sentinels may still list it): the others take its reads.
 //!
 //! A change of master bumps the epoch; the pools drop every connection made before it, so no
 //! call goes on talking to a demoted master.
@@ -57,8 +59,28 @@ struct Known {
     master: Option<Address>,
     replicas: Option<Vec<Address>>,
     next_replica: usize,
+    /// Replicas a connection to failed, each passed over until its instant.
+    shunned: Vec<(Address, Instant)>,
     /// The sentinel that answered last (asked first next time).
     first: usize,
+}
+
+impl Known {
+    /// The next replica in turn that is not passed over; `None` when there is none (or the
+    /// replicas were not asked yet).
+    fn next_replica(&mut self) -> Option<Address> {
+        let now = Instant::now();
+        self.shunned.retain(|(_, until)| *until > now);
+        let shunned = &self.shunned;
+        let usable: Vec<&Address> =
+            self.replicas.as_ref()?.iter().filter(|r| !shunned.iter().any(|(s, _)| s == *r)).collect();
+        if usable.is_empty() {
+            return None;
+        }
+        let pick = usable[self.next_replica % usable.len()].clone();
+        self.next_replica = self.next_replica.wrapping_add(1);
+        Some(pick)
+    }
 }
 
 /// The role a pool's connections must have.
@@ -138,31 +160,30 @@ impl Sentinel {
         let addr = match role {
             Role::Master => known.master.clone(),
             Role::Replica => {
-                let replicas = known.replicas.as_ref()?;
-                if replicas.is_empty() {
-                    known.master.clone()
-                } else {
-                    let addr = replicas[known.next_replica % replicas.len()].clone();
-                    known.next_replica = known.next_replica.wrapping_add(1);
-                    Some(addr)
-                }
+                known.replicas.as_ref()?;
+                known.next_replica().or_else(|| known.master.clone())
             }
         };
         addr.map(|a| (a, epoch))
     }
 
     /// A replica's address (each call the next one), or the master's when none is up; and the
-    /// epoch it belongs to.
+    /// epoch it belongs to. When no sentinel gives the replica list, this connection goes to
+    /// the master and the next one asks again (an answer that was never given is not kept).
     pub fn replica(self: &Arc<Self>, deadline: Instant) -> Result<(Address, u64), Error> {
         self.watch();
         if let Some(found) = self.cached(Role::Replica) {
             return Ok(found);
         }
-        let replicas = self.ask_replicas(deadline).unwrap_or_default();
+        let asked = self.ask_replicas(deadline);
         let mut known = self.known.lock();
-        let pick = (!replicas.is_empty()).then(|| replicas[known.next_replica % replicas.len()].clone());
-        known.next_replica = known.next_replica.wrapping_add(1);
-        known.replicas = Some(replicas);
+        let pick = match asked {
+            Ok(replicas) => {
+                known.replicas = Some(replicas);
+                known.next_replica()
+            }
+            Err(_) => None,
+        };
         let epoch = self.epoch();
         drop(known);
         match pick {
@@ -180,6 +201,23 @@ impl Sentinel {
         if let Some(replicas) = known.replicas.as_mut() {
             replicas.retain(|r| r != addr);
         }
+    }
+
+    /// A connection to the replica at `addr` failed: new connections pass it over until
+    /// `until`, even when the sentinels still list it.
+    pub fn shun(&self, addr: &Address, until: Instant) {
+        let mut known = self.known.lock();
+        known.shunned.retain(|(a, _)| a != addr);
+        known.shunned.push((addr.clone(), until));
+    }
+
+    /// Whether a replica that is not passed over is known (its reads need not go elsewhere).
+    pub fn has_usable_replica(&self) -> bool {
+        let known = self.known.lock();
+        let now = Instant::now();
+        known.replicas.as_ref().is_some_and(|replicas| {
+            replicas.iter().any(|r| !known.shunned.iter().any(|(s, until)| s == r && *until > now))
+        })
     }
 
     /// The sentinels named `addr` the master: a change bumps the epoch (under the lock, so an
@@ -594,5 +632,41 @@ mod tests {
         assert_eq!(s.known_master(), Some(a.clone()));
         s.suspect(&a);
         assert_eq!(s.known_master(), None);
+    }
+
+    #[test]
+    fn a_failed_replica_is_passed_over_until_its_window_ends() {
+        let s = sentinel();
+        let (master, r1, r2) = (
+            Address::Tcp("10.0.0.1".into(), 6379),
+            Address::Tcp("10.0.0.2".into(), 6379),
+            Address::Tcp("10.0.0.3".into(), 6379),
+        );
+        s.learn(master.clone());
+        s.known.lock().replicas = Some(vec![r1.clone(), r2.clone()]);
+        let picks = |n: usize| (0..n).map(|_| s.cached(Role::Replica).map(|(a, _)| a)).collect::<Vec<_>>();
+        assert!(picks(4).contains(&Some(r1.clone())));
+        s.shun(&r1, Instant::now() + Duration::from_millis(150));
+        assert!(s.has_usable_replica());
+        assert_eq!(picks(4), vec![Some(r2.clone()); 4]);
+        // Every replica passed over: reads go to the master, and the pool may be marked down.
+        s.shun(&r2, Instant::now() + Duration::from_millis(150));
+        assert!(!s.has_usable_replica());
+        assert_eq!(picks(2), vec![Some(master); 2]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(s.has_usable_replica());
+        let back = picks(4);
+        assert!(back.contains(&Some(r1)) && back.contains(&Some(r2)));
+    }
+
+    #[test]
+    fn a_replica_list_no_sentinel_gave_is_not_kept() {
+        let s = sentinel();
+        let master = Address::Tcp("10.0.0.1".into(), 6379);
+        s.learn(master.clone());
+        // The only sentinel refuses: this connection goes to the master, the next asks again.
+        let (got, _) = s.replica(Instant::now() + Duration::from_millis(500)).unwrap();
+        assert_eq!(got, master);
+        assert_eq!(s.cached(Role::Replica), None);
     }
 }
