@@ -452,23 +452,22 @@ impl Pool {
 
     /// Drop the idle connections to `peer` (the server failed; the others' are fine).
     fn drop_idle_of(&self, peer: &Address) {
-        let mut guard = self.state.lock();
-        let (stale, keep): (Vec<Conn>, Vec<Conn>) =
-            std::mem::take(&mut guard.idle).into_iter().partition(|c| c.peer == *peer);
-        guard.idle = keep;
-        guard.open = guard.open.saturating_sub(stale.len());
-        drop(guard);
-        drop(stale);
-        self.returned.notify_all();
+        self.drop_idle_where(|c| c.peer == *peer);
     }
 
     /// Drop every idle connection (after a server failure they are likely all stale).
     pub fn drop_idle(&self) {
+        self.drop_idle_where(|_| true);
+    }
+
+    /// Drop the idle connections `stale` picks (closed outside the pool's lock).
+    fn drop_idle_where(&self, stale: impl Fn(&Conn) -> bool) {
         let mut guard = self.state.lock();
-        let stale = std::mem::take(&mut guard.idle);
-        guard.open = guard.open.saturating_sub(stale.len());
+        let (gone, keep): (Vec<Conn>, Vec<Conn>) = std::mem::take(&mut guard.idle).into_iter().partition(stale);
+        guard.idle = keep;
+        guard.open = guard.open.saturating_sub(gone.len());
         drop(guard);
-        drop(stale);
+        drop(gone);
         self.returned.notify_all();
     }
 

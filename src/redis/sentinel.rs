@@ -71,15 +71,19 @@ impl Known {
     fn next_replica(&mut self) -> Option<Address> {
         let now = Instant::now();
         self.shunned.retain(|(_, until)| *until > now);
-        let shunned = &self.shunned;
-        let usable: Vec<&Address> =
-            self.replicas.as_ref()?.iter().filter(|r| !shunned.iter().any(|(s, _)| s == *r)).collect();
+        let usable: Vec<&Address> = self.usable(now)?.collect();
         if usable.is_empty() {
             return None;
         }
         let pick = usable[self.next_replica % usable.len()].clone();
         self.next_replica = self.next_replica.wrapping_add(1);
         Some(pick)
+    }
+
+    /// The listed replicas not passed over at `now` (`None`: not asked yet).
+    fn usable(&self, now: Instant) -> Option<impl Iterator<Item = &Address>> {
+        let passed_over = move |r: &Address| self.shunned.iter().any(|(s, until)| s == r && *until > now);
+        Some(self.replicas.as_ref()?.iter().filter(move |r| !passed_over(r)))
     }
 }
 
@@ -213,11 +217,7 @@ impl Sentinel {
 
     /// Whether a replica that is not passed over is known (its reads need not go elsewhere).
     pub fn has_usable_replica(&self) -> bool {
-        let known = self.known.lock();
-        let now = Instant::now();
-        known.replicas.as_ref().is_some_and(|replicas| {
-            replicas.iter().any(|r| !known.shunned.iter().any(|(s, until)| s == r && *until > now))
-        })
+        self.known.lock().usable(Instant::now()).is_some_and(|mut usable| usable.next().is_some())
     }
 
     /// The sentinels named `addr` the master: a change bumps the epoch (under the lock, so an
