@@ -13,10 +13,30 @@ import tempfile
 import time
 from pathlib import Path
 
+_ports_given: set[int] = set()
+
+
+def fresh_socket() -> socket.socket:
+    """A socket bound to a loopback port no server of this session had before. Clients are
+    shared by settings, the location included: a new server on a port the OS hands out again
+    would meet the health an earlier one earned (marked down, say)."""
+    held = []
+    try:
+        while True:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return s
+            held.append(s)  # kept bound until done, so the next bind gets another port
+    finally:
+        for s in held:
+            s.close()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+    with fresh_socket() as s:
         return s.getsockname()[1]
 
 
@@ -179,8 +199,7 @@ class SilentServer:
     """Accepts connections and never answers: a hung server."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = fresh_socket()
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.location = f"127.0.0.1:{self.port}"
@@ -196,8 +215,7 @@ class _Peer:
     def __init__(self) -> None:
         import threading
 
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = fresh_socket()
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.location = f"127.0.0.1:{self.port}"
@@ -432,8 +450,7 @@ class DelayProxy:
         import threading
 
         self.upstream_port, self.delay = upstream_port, delay
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = fresh_socket()
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.location = f"redis://127.0.0.1:{self.port}"
@@ -786,12 +803,15 @@ def free_cluster_port() -> int:
 
     for _ in range(200):
         port = random.randint(20000, 40000)
+        if port in _ports_given:
+            continue
         try:
             for p in (port, port + 10000):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
             continue
+        _ports_given.add(port)
         return port
     raise RuntimeError("no free pair of ports for a cluster node")
 
