@@ -10,6 +10,7 @@ import inspect
 import os
 import pickle
 import random
+import signal
 import threading
 import time
 
@@ -336,8 +337,14 @@ def test_a_forked_child_makes_its_own_runtime_and_connections(cache):
             code = 0 if asyncio.run(child()) == "parent" else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    until = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < until:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung (it once did, dropping its parent's connections)")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
     # The parent's runtime and connections still work.
     assert run(cache.aget("child")) == "wrote"
 

@@ -759,6 +759,8 @@ struct Slot<W: Wire> {
 /// is busy, so a quiet site keeps one connection per server.
 pub struct Slots<W: Wire> {
     slots: Vec<Slot<W>>,
+    /// The process the slots were made in (see [`Slots::let_go`]).
+    pid: u32,
 }
 
 impl<W: Wire> Slots<W> {
@@ -768,6 +770,17 @@ impl<W: Wire> Slots<W> {
             slots: (0..n.max(1))
                 .map(|_| Slot { conn: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) })
                 .collect(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Let go of a connection. In a forked child a parent's connection is leaked, never
+    /// dropped: dropping it wakes its tasks on the parent's runtime, whose threads are not in
+    /// the child but whose locks may have been held at the fork (the child hung there), and
+    /// takes its socket out of the reactor the child shares with the parent.
+    fn let_go(&self, conn: Option<Arc<Mux<W>>>) {
+        if self.pid != std::process::id() {
+            std::mem::forget(conn);
         }
     }
 
@@ -816,7 +829,8 @@ impl<W: Wire> Slots<W> {
             return Ok(c.clone());
         }
         let made = Arc::new(connect().await?);
-        *slot.conn.lock() = Some(made.clone());
+        let old = slot.conn.lock().replace(made.clone());
+        self.let_go(old);
         Ok(made)
     }
 
@@ -825,7 +839,7 @@ impl<W: Wire> Slots<W> {
         for slot in &self.slots {
             let mut held = slot.conn.lock();
             if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-                *held = None;
+                self.let_go(held.take());
             }
         }
     }
@@ -835,7 +849,7 @@ impl<W: Wire> Slots<W> {
         for slot in &self.slots {
             let mut held = slot.conn.lock();
             if held.as_ref().is_some_and(|c| c.peer.as_ref() == Some(peer)) {
-                *held = None;
+                self.let_go(held.take());
             }
         }
     }
@@ -844,12 +858,22 @@ impl<W: Wire> Slots<W> {
     /// flight on them finish there.
     pub fn clear(&self) {
         for slot in &self.slots {
-            *slot.conn.lock() = None;
+            let old = slot.conn.lock().take();
+            self.let_go(old);
         }
     }
 
     /// How many connections are open.
     pub fn open(&self) -> usize {
         self.slots.iter().filter(|s| s.conn.lock().as_ref().is_some_and(|c| c.is_alive())).count()
+    }
+}
+
+impl<W: Wire> Drop for Slots<W> {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let held = slot.conn.lock().take();
+            self.let_go(held);
+        }
     }
 }
