@@ -194,6 +194,9 @@ def test_a_raising_signal_handler_interrupts_a_waiting_call(backend, call, raisi
 
 @pytest.mark.parametrize("backend", ["redis", "memcached"])
 def test_ctrl_c_interrupts_a_waiting_call_and_the_cache_still_works(backend, redis_server, memcached_server):
+    # Python's own Ctrl-C handler, whatever this process inherited (a background job of a
+    # non-interactive shell starts with SIGINT ignored, and then Python installs none).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     silent = SilentServer()
     try:
         cache = _silent_cache(backend, silent.location)
@@ -204,6 +207,7 @@ def test_ctrl_c_interrupts_a_waiting_call_and_the_cache_still_works(backend, red
         assert time.monotonic() - start < 0.6
     finally:
         silent.close()
+        signal.signal(signal.SIGINT, previous)
     # An interrupted call marks nothing down: a live server answers right after.
     live = make_redis(redis_server.location) if backend == "redis" else make_memcached(memcached_server.location)
     live.set("k", 1)
