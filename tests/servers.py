@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -444,7 +445,8 @@ class TlsRedisServer(RedisServer):
 
 class DelayProxy:
     """Forwards a TCP connection to `upstream_port`, adding `delay` seconds of latency to the
-    server's replies: a real server, made slow."""
+    server's replies: a real server, made slow (`delay` may be changed at any time: it holds
+    for the replies that arrive after)."""
 
     def __init__(self, upstream_port: int, delay: float) -> None:
         import threading
@@ -466,12 +468,12 @@ class DelayProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             self._open += [client, upstream]
-            self._threads.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
-            self._threads.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+            self._threads.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            self._threads.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, delay: float) -> None:
-        """Copy src to dst, each chunk sent `delay` after it arrived (a latency: chunks that
-        arrive together leave together)."""
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        """Copy src to dst, each chunk sent (if `slow`) `delay` after it arrived (a latency:
+        chunks that arrive together leave together)."""
         import queue
 
         chunks: queue.Queue = queue.Queue()
@@ -479,7 +481,7 @@ class DelayProxy:
         def send() -> None:
             try:
                 while (item := chunks.get()) is not None:
-                    arrived, chunk = item
+                    arrived, chunk, delay = item
                     time.sleep(max(0.0, arrived + delay - time.monotonic()))
                     dst.sendall(chunk)
             except OSError:
@@ -492,7 +494,7 @@ class DelayProxy:
         self._threads.Thread(target=send, daemon=True).start()
         try:
             while chunk := src.recv(65536):
-                chunks.put((time.monotonic(), chunk))
+                chunks.put((time.monotonic(), chunk, self.delay if slow else 0.0))
         except OSError:
             pass
         chunks.put(None)
@@ -720,15 +722,28 @@ class SentinelGroup:
 
 
 class FakeSentinel(_Peer):
-    """A sentinel that names ``master_port`` (settable) as the master of ``service`` and never
-    announces a change: a sentinel that lags behind a failover, which real ones only do by
-    chance. It answers GET-MASTER-ADDR-BY-NAME, MASTER, REPLICAS (none), SUBSCRIBE and PING."""
+    """A sentinel that names ``master_port`` (settable) as the master of ``service`` and
+    announces a change only when told (``announce``): a sentinel that lags behind a failover,
+    or one whose announcement comes at a moment of the test's choosing, which real ones only do
+    by chance. It answers GET-MASTER-ADDR-BY-NAME, MASTER, REPLICAS (none), SUBSCRIBE and PING."""
 
     def __init__(self, service: str, master_port: int) -> None:
         self.service, self.master_port = service, master_port
         self.asked = 0  # GET-MASTER-ADDR-BY-NAME requests answered
         self.subscribed = 0  # SUBSCRIBE requests answered
+        self._subscribers: list[socket.socket] = []
+        self._sending = threading.Lock()  # an announcement and a reply never interleave
         super().__init__()
+
+    def announce(self, new_port: int) -> None:
+        """Name ``new_port`` the master from now on, and publish +switch-master to every
+        subscriber."""
+        old, self.master_port = self.master_port, new_port
+        payload = f"{self.service} 127.0.0.1 {old} 127.0.0.1 {new_port}"
+        frame = b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in ("message", "+switch-master", payload))
+        for conn in list(self._subscribers):
+            with self._sending, contextlib.suppress(OSError):
+                conn.sendall(b"*3\r\n" + frame)
 
     @staticmethod
     def _commands(buf: bytearray) -> list[list[bytes]]:
@@ -794,7 +809,10 @@ class FakeSentinel(_Peer):
                     return
                 buf += data
                 for words in self._commands(buf):
-                    conn.sendall(self._answer(words))
+                    with self._sending:
+                        conn.sendall(self._answer(words))
+                    if words[:1] and words[0].upper() == b"SUBSCRIBE":
+                        self._subscribers.append(conn)
 
 
 def free_cluster_port() -> int:

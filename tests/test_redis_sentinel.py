@@ -411,6 +411,60 @@ def test_a_master_demoted_behind_the_sentinels_back():
         b.close()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_call_that_fails_on_the_former_master_leaves_the_new_one_alone(mode):
+    """A call is still waiting on the old master (its replies come late, through a proxy) when
+    the sentinel announces a new one; the other calls go to the new master. The late call then
+    fails at its deadline: that costs only the former master's connections. The new master is
+    not marked down for it (for RETRY_TIMEOUT), nor doubted, and the calls after go on."""
+    from tests.servers import DelayProxy, FakeSentinel, RedisServer
+
+    a, b = RedisServer(), RedisServer()
+    old = DelayProxy(a.port, 0.0)
+    sentinel = FakeSentinel("announced", old.port)
+    try:
+        cache = RedisCache(
+            "redis://announced/0",
+            {"OPTIONS": {"SENTINELS": [("127.0.0.1", sentinel.port)], "SOCKET_TIMEOUT": 1.0, "RETRY_TIMEOUT": 30}},
+        )
+        cache.set("k", "on a")
+        if mode == "async":
+            assert asyncio.run(cache.aget("k")) == "on a"
+        wait_until(lambda: sentinel.subscribed == 1, 5, what="the watch")
+        old.delay = 3.0
+        late: list = []
+
+        def waiting_call() -> None:
+            started = time.monotonic()
+            try:
+                cache.get("k") if mode == "sync" else asyncio.run(cache.aget("k"))
+            except CacheError as e:
+                late.append((time.monotonic() - started, e))
+
+        waiting = threading.Thread(target=waiting_call)
+        waiting.start()
+        time.sleep(0.2)
+        sentinel.announce(b.port)
+        wait_until(lambda: cache.stats()["servers"][0]["master"] == f"127.0.0.1:{b.port}", 5, what="the switch")
+        cache.set("k2", "on b")
+        waiting.join()
+        # The late call failed at its deadline (not the proxy's 3 s)...
+        assert len(late) == 1 and late[0][0] < 1.0 + 0.5, late
+        # ... and the new master goes on serving, still the one known, with no new asking.
+        asked = sentinel.asked
+        cache.set("k3", "on b")
+        assert asyncio.run(cache.aget("k3")) == "on b"
+        assert cache.get("k2") == "on b"
+        assert stored(b.port, cache, "k3") == "on b" and stored(a.port, cache, "k3") is None
+        assert cache.stats()["servers"][0]["master"] == f"127.0.0.1:{b.port}"
+        assert sentinel.asked == asked
+    finally:
+        sentinel.close()
+        old.close()
+        a.close()
+        b.close()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_sentinels_and_data_nodes_have_tls_settings_of_their_own():
     """The sentinel and the data node both speak only TLS, with passwords of their own: the

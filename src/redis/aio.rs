@@ -205,7 +205,7 @@ impl Pool {
                     Ok(values) if !redirected && self.master_only() && read_only(&values) => {
                         // A demoted master refused: nothing was applied; once more on the new one.
                         redirected = true;
-                        self.demoted();
+                        self.demoted(mux.peer.as_ref());
                     }
                     Ok(values) => {
                         self.mark_up();
@@ -300,7 +300,7 @@ impl Client {
         let (packed, retry) = request;
         match answer {
             Ok(values) if pool.master_only() && read_only(&values) => {
-                pool.demoted();
+                pool.demoted(mux.peer.as_ref());
                 self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
             }
             Ok(values) => {

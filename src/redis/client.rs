@@ -359,8 +359,9 @@ impl Client {
             if pooled && pool.master_only() && is_read_only(e) {
                 // A master demoted since the connection was pooled refused: nothing was
                 // applied, and the sentinels know the new one. Once more, on a new connection.
+                let peer = conn.peer.clone();
                 drop(conn);
-                pool.demoted();
+                pool.demoted(Some(&peer));
                 return None;
             }
             let err = classify(conn.label(), e);

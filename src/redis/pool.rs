@@ -238,18 +238,31 @@ impl Pool {
         h.down_until = None;
     }
 
-    /// A server of this pool answered READONLY: it is a replica now. The sentinels are asked
-    /// again, and the connections made before go.
-    pub(crate) fn demoted(&self) {
-        if let Target::Sentinel(s, role) = &self.target {
-            if *role == Role::Master
-                && let Some(master) = s.known_master()
-            {
-                s.suspect(&master);
-            }
-            self.drop_idle();
-            self.slots.clear();
+    /// The server at `peer` answered READONLY: it is a replica now. If the sentinels still
+    /// name it the master, they are asked again and every connection made before goes; if they
+    /// named another since, only its connections go.
+    pub(crate) fn demoted(&self, peer: Option<&Address>) {
+        let Target::Sentinel(s, role) = &self.target else { return };
+        if let Some(peer) = peer
+            && self.is_former_master(peer)
+        {
+            self.drop_idle_of(peer);
+            self.slots.forget_peer(peer);
+            return;
         }
+        if *role == Role::Master
+            && let Some(master) = peer.cloned().or_else(|| s.known_master())
+        {
+            s.suspect(&master);
+        }
+        self.drop_idle();
+        self.slots.clear();
+    }
+
+    /// Whether `peer`, of this master pool, is not the master the sentinels name now (they
+    /// named another since its connection was made).
+    fn is_former_master(&self, peer: &Address) -> bool {
+        matches!(&self.target, Target::Sentinel(s, Role::Master) if s.known_master().is_some_and(|m| m != *peer))
     }
 
     /// The TLS configuration, if connections are under TLS.
@@ -309,14 +322,22 @@ impl Pool {
     /// A call failed on the connection to `peer` (not on the server's answer): skip the server
     /// for the retry window, and drop the idle connections (they are likely dead too). In a
     /// Sentinel-managed replica pool only that replica is passed over, and only its idle
-    /// connections go, while another replica is there to take its reads.
+    /// connections go, while another replica is there to take its reads. A former master's
+    /// failure (a call still on it when the sentinels named another) costs only its own
+    /// connections: the new master is not marked down for it, nor asked about again.
     pub fn record_failure(&self, e: &Error, peer: Option<&Address>) {
         let mut h = self.health.lock();
         h.errors += 1;
         h.last_error = Some(e.to_string());
-        if let (Target::Sentinel(s, Role::Replica), Some(peer)) = (&self.target, peer) {
-            s.shun(peer, Instant::now() + self.config.retry_timeout);
-            if s.has_usable_replica() {
+        if let (Target::Sentinel(s, role), Some(peer)) = (&self.target, peer) {
+            let only_its_own = match role {
+                Role::Master => self.is_former_master(peer),
+                Role::Replica => {
+                    s.shun(peer, Instant::now() + self.config.retry_timeout);
+                    s.has_usable_replica()
+                }
+            };
+            if only_its_own {
                 drop(h);
                 self.drop_idle_of(peer);
                 self.slots.forget_peer(peer);
@@ -331,7 +352,7 @@ impl Pool {
         if let Target::Sentinel(s, role) = &self.target {
             match role {
                 Role::Master => {
-                    if let Some(master) = s.known_master() {
+                    if let Some(master) = peer.cloned().or_else(|| s.known_master()) {
                         s.suspect(&master);
                     }
                 }

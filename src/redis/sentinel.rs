@@ -56,7 +56,11 @@ pub struct SentinelConfig {
 /// What the sentinels said last.
 #[derive(Default)]
 struct Known {
+    /// The master the sentinels named last.
     master: Option<Address>,
+    /// It failed, or was reported down, since: the next connection asks the sentinels again
+    /// (their answer moves the epoch only if it names another address).
+    doubted: bool,
     replicas: Option<Vec<Address>>,
     next_replica: usize,
     /// Replicas a connection to failed, each passed over until its instant.
@@ -139,7 +143,7 @@ impl Sentinel {
         self.switches.load(Ordering::Relaxed)
     }
 
-    /// The master as last known, without asking.
+    /// The master the sentinels named last (doubted or not), without asking.
     pub fn known_master(&self) -> Option<Address> {
         self.known.lock().master.clone()
     }
@@ -162,10 +166,11 @@ impl Sentinel {
         let mut known = self.known.lock();
         let epoch = self.epoch();
         let addr = match role {
-            Role::Master => known.master.clone(),
+            Role::Master => known.master.clone().filter(|_| !known.doubted),
             Role::Replica => {
                 known.replicas.as_ref()?;
-                known.next_replica().or_else(|| known.master.clone())
+                let master = known.master.clone().filter(|_| !known.doubted);
+                known.next_replica().or(master)
             }
         };
         addr.map(|a| (a, epoch))
@@ -196,11 +201,12 @@ impl Sentinel {
         }
     }
 
-    /// `addr` failed, or is not what it was taken for: the next connection asks again.
+    /// `addr` failed, or is not what it was taken for: the next connection asks again. (A
+    /// former master's failure, or a late report about it, leaves the current one alone.)
     pub fn suspect(&self, addr: &Address) {
         let mut known = self.known.lock();
         if known.master.as_ref() == Some(addr) {
-            known.master = None;
+            known.doubted = true;
         }
         if let Some(replicas) = known.replicas.as_mut() {
             replicas.retain(|r| r != addr);
@@ -220,14 +226,20 @@ impl Sentinel {
         self.known.lock().usable(Instant::now()).is_some_and(|mut usable| usable.next().is_some())
     }
 
-    /// The sentinels named `addr` the master: a change bumps the epoch (under the lock, so an
-    /// address and its epoch are always read together). The epoch `addr` belongs to.
+    /// The sentinels named `addr` the master: a change from another one bumps the epoch (under
+    /// the lock, so an address and its epoch are always read together); the first master
+    /// learnt, or the same one named again after a doubt, keeps it (the connections made so
+    /// far stay: a replica's, say, made before the watch's first answer). The epoch `addr`
+    /// belongs to.
     fn learn(&self, addr: Address) -> (Address, u64) {
         let mut known = self.known.lock();
+        known.doubted = false;
         if known.master.as_ref() != Some(&addr) {
-            known.replicas = None;
             self.switches.fetch_add(1, Ordering::Relaxed);
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+            if known.master.is_some() {
+                known.replicas = None;
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
         }
         known.master = Some(addr.clone());
         (addr, self.epoch())
@@ -618,20 +630,30 @@ mod tests {
             ])
         };
         on_event(&s, "mymaster", &down("10.0.0.1", 6379));
-        assert_eq!(s.known_master(), Some(Address::Tcp("10.0.0.2".into(), 6380)));
+        assert_eq!(s.cached(Role::Master).map(|(a, _)| a), Some(Address::Tcp("10.0.0.2".into(), 6380)));
         on_event(&s, "mymaster", &down("10.0.0.2", 6380));
-        assert_eq!(s.known_master(), None);
+        assert_eq!(s.cached(Role::Master), None);
+        assert_eq!(s.known_master(), Some(Address::Tcp("10.0.0.2".into(), 6380)));
     }
 
     #[test]
     fn a_suspected_master_is_asked_again() {
         let s = sentinel();
         let a = Address::Tcp("10.0.0.1".into(), 6379);
-        s.learn(a.clone());
+        // The first master learnt moves no epoch (no connection belongs to an older one).
+        let (_, epoch) = s.learn(a.clone());
+        assert_eq!(epoch, 0);
         s.suspect(&Address::Tcp("10.0.0.9".into(), 6379));
-        assert_eq!(s.known_master(), Some(a.clone()));
+        assert_eq!(s.cached(Role::Master), Some((a.clone(), epoch)));
         s.suspect(&a);
-        assert_eq!(s.known_master(), None);
+        assert_eq!(s.cached(Role::Master), None);
+        // Named again: the same master, in the same epoch (its connections stay).
+        assert_eq!(s.learn(a.clone()), (a.clone(), epoch));
+        assert_eq!(s.cached(Role::Master), Some((a.clone(), epoch)));
+        // Another one moves the epoch.
+        let b = Address::Tcp("10.0.0.2".into(), 6379);
+        s.suspect(&a);
+        assert_eq!(s.learn(b.clone()), (b, epoch + 1));
     }
 
     #[test]
