@@ -214,8 +214,6 @@ class _Peer:
     to ``_talk`` on a thread of its own."""
 
     def __init__(self) -> None:
-        import threading
-
         self.sock = fresh_socket()
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
@@ -226,8 +224,6 @@ class _Peer:
         self.thread.start()
 
     def _serve(self) -> None:
-        import threading
-
         self.sock.settimeout(0.2)
         while not self.stop.is_set():
             try:
@@ -449,8 +445,6 @@ class DelayProxy:
     for the replies that arrive after)."""
 
     def __init__(self, upstream_port: int, delay: float) -> None:
-        import threading
-
         self.upstream_port, self.delay = upstream_port, delay
         self.sock = fresh_socket()
         self.sock.listen(64)

@@ -70,6 +70,11 @@ struct Known {
 }
 
 impl Known {
+    /// The master named last, unless it is doubted since (then it must be asked for again).
+    fn trusted_master(&self) -> Option<Address> {
+        if self.doubted { None } else { self.master.clone() }
+    }
+
     /// The next replica in turn that is not passed over; `None` when there is none (or the
     /// replicas were not asked yet).
     fn next_replica(&mut self) -> Option<Address> {
@@ -166,10 +171,10 @@ impl Sentinel {
         let mut known = self.known.lock();
         let epoch = self.epoch();
         let addr = match role {
-            Role::Master => known.master.clone().filter(|_| !known.doubted),
+            Role::Master => known.trusted_master(),
             Role::Replica => {
                 known.replicas.as_ref()?;
-                let master = known.master.clone().filter(|_| !known.doubted);
+                let master = known.trusted_master();
                 known.next_replica().or(master)
             }
         };
