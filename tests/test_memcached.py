@@ -357,9 +357,11 @@ def test_pylibmc_finds_our_keys_on_the_same_servers_and_reads_our_values(memcach
 
 
 def test_dead_server_fails_fast_and_comes_back():
+    """pylibmc's rule, where its ``retry_timeout`` behavior asks for it: after any failure the
+    server is marked down for that long (calls fail at once, without touching the network)."""
     server = MemcachedServer()
     try:
-        cache = make_memcached(server.location, OPTIONS={"retry_timeout": 0.5, "timeout": 1})
+        cache = make_memcached(server.location, OPTIONS={"behaviors": {"retry_timeout": 0.5}, "timeout": 1})
         cache.set("k", "v")
         server.kill()
         start = time.monotonic()
@@ -373,6 +375,9 @@ def test_dead_server_fails_fast_and_comes_back():
         assert time.monotonic() - start < 0.05
         assert cache.stats()["servers"][0]["up"] is False
         server.start()
+        # Still in the window the behavior asked for, although the server is back.
+        with pytest.raises(ServerDown, match="marked down"):
+            cache.get("k")
         time.sleep(0.6)
         assert cache.get("k") is None  # a fresh server: empty, but answering
         cache.set("k", "v3")

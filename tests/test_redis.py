@@ -189,8 +189,10 @@ def test_location_forms(redis_unix_server):
 
 
 def test_dead_server_raises_within_the_deadline_and_recovers():
+    """A refused connection costs nothing to try: each call meets it (fast, not "marked down"),
+    and the first call after the server is back succeeds."""
     server = RedisServer()
-    options = {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 0.5, "RETRY_TIMEOUT": 0.5}
+    options = {"SOCKET_TIMEOUT": 1, "SOCKET_CONNECT_TIMEOUT": 0.5, "RETRY_TIMEOUT": 5}
     cache = make_redis(server.location, OPTIONS=options)
     try:
         cache.set("k", 1)
@@ -199,15 +201,13 @@ def test_dead_server_raises_within_the_deadline_and_recovers():
         with pytest.raises(ServerDown):
             cache.get("k")
         assert time.monotonic() - start < 1.5
-        # Marked down: the next calls fail at once instead of paying a timeout each.
         start = time.monotonic()
         for _ in range(20):
-            with pytest.raises(ServerDown, match="marked down"):
+            with pytest.raises(ServerDown, match="refused"):
                 cache.get("k")
         assert time.monotonic() - start < 0.2
         server.start()
-        time.sleep(0.6)
-        # The pooled connections went stale with the restart: no error reaches the caller.
+        # No retry window after a refusal: the server is used the moment it is back.
         assert cache.get("k") is None
         cache.set("k", 2)
         assert cache.get("k") == 2

@@ -461,3 +461,16 @@ def test_many_keys_in_a_slot_half_migrated(redis_cluster):
         for port in {p for p in redis_cluster.owners() if p is not None}:
             redis_cluster.ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
         redis_cluster.wait_ok()
+
+
+def test_bytes_keys_are_made_and_placed_as_django_makes_them(redis_cluster):
+    """b"abc" is ":1:b'abc'" (Django's make_key), on the node of that key's slot, apart from
+    "abc"; bytes that are not UTF-8 are a key like any other."""
+    cache = cluster_cache(redis_cluster)
+    cache.set(b"abc", 1)
+    cache.set("abc", 2)
+    cache.set(b"\xff", 3)
+    assert cache.make_key(b"abc") == f"{cache.key_prefix}:1:b'abc'"
+    assert (on_node(redis_cluster, cache, b"abc"), on_node(redis_cluster, cache, "abc")) == (1, 2)
+    assert on_node(redis_cluster, cache, b"\xff") == 3
+    assert cache.get_many([b"abc", "abc", b"\xff"]) == {b"abc": 1, "abc": 2, b"\xff": 3}

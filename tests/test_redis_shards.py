@@ -297,3 +297,17 @@ def test_async_calls_go_to_every_shard_at_once():
         for p in proxies:
             p.close()
         server.close()
+
+
+def test_bytes_keys_are_made_and_placed_as_django_makes_them(shards):
+    """b"abc" is ":1:b'abc'" (Django's make_key), on the shard the ring gives that key, apart
+    from "abc"; bytes that are not UTF-8 are a key like any other."""
+    cache = make_sharded(shards, KEY_PREFIX="bytes")
+    cache.set(b"abc", 1)
+    cache.set("abc", 2)
+    cache.set(b"\xff", 3)
+    made = cache.make_key(b"abc")
+    assert made == "bytes:1:b'abc'"
+    holders = [i for i, r in enumerate(raw(shards)) if r.exists(made)]
+    assert len(holders) == 1 and cache._cache.shard(made) is cache._cache.clients[holders[0]]
+    assert cache.get_many([b"abc", "abc", b"\xff"]) == {b"abc": 1, "abc": 2, b"\xff": 3}

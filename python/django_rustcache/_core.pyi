@@ -186,8 +186,10 @@ class MemcachedClient:
     int 4, str 16, zlib 8), compressed when at least ``min_compress_len`` bytes (0: never).
 
     Every round trip runs with the GIL released, within its deadlines (seconds). A server that
-    fails is not contacted again for ``retry_timeout`` seconds (calls to it raise ``ServerDown``
-    at once); with ``remove_failed=N`` it leaves the ring after N failures in a row, for
+    stays silent past a deadline is not contacted again for ``retry_timeout`` seconds (calls to
+    it raise ``ServerDown`` at once); with ``window_on_any_failure`` a refused, reset or closed
+    connection starts that window too (pylibmc's rule). A pooled connection the server closed
+    while it sat idle is replaced before use. With ``remove_failed=N`` it leaves the ring after N failures in a row, for
     ``dead_timeout`` seconds. A connection that failed or timed out is dropped, never reused.
     """
 
@@ -201,6 +203,7 @@ class MemcachedClient:
         send_timeout: float = 3.0,
         receive_timeout: float = 3.0,
         retry_timeout: float = 2.0,
+        window_on_any_failure: bool = False,
         remove_failed: int = 0,
         dead_timeout: float = 10.0,
         max_idle: int = 32,
@@ -330,8 +333,9 @@ class RedisClient:
     """A redis client over a leader and its read replicas (the first of ``servers`` takes every
     write; reads go to a random one of the others). One bounded pool per server; every round trip
     runs with the GIL released, within ``socket_timeout`` (a new connection's connect and AUTH/SELECT
-    within ``connect_timeout`` of it); a server whose connection failed is skipped for
-    ``retry_timeout`` seconds (calls raise ``ServerDown`` at once). A reply may be at most 512 MiB.
+    within ``connect_timeout`` of it); a server that stays silent past a deadline is skipped for
+    ``retry_timeout`` seconds (calls raise ``ServerDown`` at once), while a refused, reset or
+    closed connection is tried again by the next call. A reply may be at most 512 MiB.
     Values are stored as Django's RedisCache and django-redis store them: an exact ``int`` as digits (unless
     ``ints_as_digits`` is false), anything else pickled, or passed to ``serializer``'s
     ``(dumps, loads)``; then compressed with ``compressor`` (zlib, gzip, lzma, lz4, zstd, bz2) when

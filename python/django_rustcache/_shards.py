@@ -95,7 +95,7 @@ class DjangoRedisRing:
 
 def _made(prefix: Any, version: Any, key: Any) -> str:
     """The key as the core makes it (Django's default ``prefix:version:key``), or as given."""
-    return str(key) if prefix is None else f"{prefix}:{version}:{key}"
+    return _text(key) if prefix is None else f"{prefix}:{version}:{key}"
 
 
 def _text(key: Any) -> str:

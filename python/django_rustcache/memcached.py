@@ -148,6 +148,7 @@ class MemcachedSettings:
     send_timeout: float
     receive_timeout: float
     retry_timeout: float
+    window_on_any_failure: bool
     remove_failed: int
     dead_timeout: float
     max_idle: int
@@ -258,6 +259,9 @@ class MemcachedCache(NativeAsync, NetworkCache):
             retry_timeout=setting_seconds(
                 b.get("retry_timeout", o.get("retry_timeout", 2)), "the retry_timeout", zero=True
             ),
+            # pylibmc's window after any failure only where its retry_timeout behavior asks for it;
+            # otherwise (pymemcache's way) only a silent server is skipped for a while.
+            window_on_any_failure="retry_timeout" in b,
             remove_failed=setting_count(remove_failed, "behaviors['remove_failed']", minimum=0),
             dead_timeout=setting_seconds(b.get("dead_timeout", o.get("dead_timeout", 10)) or 10, "the dead_timeout"),
             max_idle=setting_count(o.get("max_pool_size", 32) or 32, "OPTIONS['max_pool_size']"),
@@ -279,6 +283,7 @@ class MemcachedCache(NativeAsync, NetworkCache):
             send_timeout=s.send_timeout,
             receive_timeout=s.receive_timeout,
             retry_timeout=s.retry_timeout,
+            window_on_any_failure=s.window_on_any_failure,
             remove_failed=s.remove_failed,
             dead_timeout=s.dead_timeout,
             max_idle=s.max_idle,

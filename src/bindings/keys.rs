@@ -22,11 +22,18 @@ pub enum OnInvalid {
     Raise,
 }
 
-/// Append `obj` as Django's `"%s" % obj` would render it.
+/// Append `obj` as Django's `"%s" % obj` would render it (bytes as `b'...'`, as Django's
+/// `make_key` writes them, so a warm switch finds the entries its predecessor stored).
 fn push_text(out: &mut String, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    push_key_text(out, obj, false)
+}
+
+/// Append `obj` as text; with `bytes_as_text`, bytes as the UTF-8 text they hold (a key a
+/// custom `KEY_FUNCTION` made, or a server gave back) instead of their `str()`.
+fn push_key_text(out: &mut String, obj: &Bound<'_, PyAny>, bytes_as_text: bool) -> PyResult<()> {
     if let Ok(s) = obj.cast_exact::<PyString>() {
         out.push_str(s.to_str()?);
-    } else if let Ok(b) = obj.cast_exact::<PyBytes>() {
+    } else if bytes_as_text && let Ok(b) = obj.cast_exact::<PyBytes>() {
         // A key as a server gave it back (SCAN): its text, not the repr of the bytes.
         let text = std::str::from_utf8(b.as_bytes())
             .map_err(|_| PyValueError::new_err(format!("the key {b:?} is not UTF-8 text")))?;
@@ -62,7 +69,7 @@ pub fn make_key_checked(
 ) -> PyResult<String> {
     let mut out = String::new();
     if prefix.is_none() {
-        push_text(&mut out, key)?;
+        push_key_text(&mut out, key, true)?;
     } else {
         let mut v = String::new();
         push_text(&mut v, version)?;

@@ -260,7 +260,7 @@ impl PyMemcachedClient {
     #[new]
     #[pyo3(signature = (
         servers, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
-        receive_timeout=3.0, retry_timeout=2.0, remove_failed=0, dead_timeout=10.0, max_idle=32,
+        receive_timeout=3.0, retry_timeout=2.0, window_on_any_failure=false, remove_failed=0, dead_timeout=10.0, max_idle=32,
         min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false,
         username=None, password=None
     ))]
@@ -274,6 +274,7 @@ impl PyMemcachedClient {
         send_timeout: f64,
         receive_timeout: f64,
         retry_timeout: f64,
+        window_on_any_failure: bool,
         remove_failed: u32,
         dead_timeout: f64,
         max_idle: usize,
@@ -325,6 +326,7 @@ impl PyMemcachedClient {
                 call: seconds(send_timeout, "send_timeout")?.max(seconds(receive_timeout, "receive_timeout")?),
             },
             retry_timeout: seconds(retry_timeout, "retry_timeout")?,
+            window_on_any_failure,
             remove_failed,
             dead_timeout: seconds(dead_timeout, "dead_timeout")?,
             max_idle,

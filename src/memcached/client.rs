@@ -44,8 +44,11 @@ pub struct Config {
     pub hash: KeyHash,
     /// The connect timeout and the deadline of one call.
     pub timeouts: Timeouts,
-    /// After a failure, the server is not contacted again for this long: calls fail at once.
+    /// After a silent server's failure (a deadline passed), the server is not contacted again
+    /// for this long: calls fail at once.
     pub retry_timeout: Duration,
+    /// Whether any connection failure (refused, reset, closed) starts that window too.
+    pub window_on_any_failure: bool,
     /// 0: a failed server keeps its keys. N > 0: after N failures in a row it leaves the ring
     /// (its keys go to the others) for `dead_timeout`.
     pub remove_failed: u32,
@@ -67,6 +70,7 @@ impl Default for Config {
             hash: KeyHash::OneAtATime,
             timeouts: Timeouts::default(),
             retry_timeout: Duration::from_secs(2),
+            window_on_any_failure: false,
             remove_failed: 0,
             dead_timeout: Duration::from_secs(10),
             max_idle: 32,
@@ -130,6 +134,7 @@ impl Client {
         let servers: Vec<(Address, u32)> = config.servers.iter().map(|s| (s.addr.clone(), s.weight)).collect();
         let policy = FailurePolicy {
             retry_timeout: config.retry_timeout,
+            window_on_any_failure: config.window_on_any_failure,
             remove_failed: config.remove_failed,
             dead_timeout: config.dead_timeout,
         };
@@ -178,7 +183,7 @@ impl Client {
     /// A connection to server `si`: a pooled one (flagged: it may have gone stale), or a new one.
     fn checkout(&self, si: usize, deadline: Instant) -> Result<(Conn, bool), Error> {
         self.router.check_up(si)?;
-        if let Some(conn) = self.pool.take(si) {
+        if let Some(conn) = self.pool.take_live(si) {
             return Ok((conn, true));
         }
         self.connect(si, deadline).map(|conn| (conn, false))
@@ -216,9 +221,14 @@ impl Client {
         let deadline = self.deadline();
         let mut read = |_: usize, conn: &mut Conn, deadline: Instant| read(conn, deadline);
         let (mut conn, pooled) = self.checkout(si, deadline)?;
-        let first = conn.send(parts, deadline).and_then(|()| self.finish(si, conn, deadline, &mut read));
+        // A request that never went out whole reached no server: it may go on a new connection
+        // whatever it is (an `incr` too).
+        let (first, unsent) = match conn.send(parts, deadline) {
+            Ok(()) => (self.finish(si, conn, deadline, &mut read), false),
+            Err(e) => (Err(e), true),
+        };
         match first {
-            Err(e) if retry == Retry::Yes && pooled && e.kind() == ErrorKind::Io => {
+            Err(e) if (retry == Retry::Yes || unsent) && pooled && e.kind() == ErrorKind::Io => {
                 self.pool.drop_idle(si);
                 let mut conn = self.connect(si, deadline)?;
                 conn.send(parts, deadline)

@@ -50,6 +50,12 @@ impl Conn {
         Ok(Self { stream, addr: addr.clone(), rbuf: vec![0; 16 * 1024], rstart: 0, rend: 0 })
     }
 
+    /// Whether the server closed or reset the connection while it sat idle (or sent bytes no
+    /// request asked for).
+    pub fn is_stale(&mut self) -> bool {
+        self.rstart != self.rend || self.stream.is_stale()
+    }
+
     /// The server's address.
     pub fn addr(&self) -> &Address {
         &self.addr

@@ -28,9 +28,15 @@ impl Pool {
         &self.timeouts
     }
 
-    /// An idle connection to server `si`, if there is one (it may have gone stale since).
-    pub fn take(&self, si: usize) -> Option<Conn> {
-        self.idle[si].lock().pop()
+    /// An idle connection to server `si` that the server has not closed since it was pooled
+    /// (those are dropped here: a restart costs new connections, not failed calls).
+    pub fn take_live(&self, si: usize) -> Option<Conn> {
+        loop {
+            let mut conn = self.idle[si].lock().pop()?;
+            if !conn.is_stale() {
+                return Some(conn);
+            }
+        }
     }
 
     /// A new connection to `addr` (server `si`'s), authenticated when credentials are

@@ -17,6 +17,9 @@ use crate::error::{Error, ErrorKind};
 pub struct FailurePolicy {
     /// After a failure, the server is not contacted again for this long.
     pub retry_timeout: Duration,
+    /// Whether a refused, reset or closed connection starts that window too (pylibmc's rule,
+    /// where its `retry_timeout` behavior asks for it), not only a silent server.
+    pub window_on_any_failure: bool,
     /// 0: a failed server keeps its keys. N > 0: after N failures in a row it leaves the ring.
     pub remove_failed: u32,
     /// How long a removed server stays out of the ring.
@@ -170,14 +173,16 @@ impl Router {
         }
     }
 
-    /// A connection-level failure of server `si`: start its retry window, and take it out of the
-    /// ring after `remove_failed` failures in a row.
+    /// A connection-level failure of server `si`: start its retry window (for a silent server, or
+    /// for any failure where the policy says so), and take it out of the ring after
+    /// `remove_failed` failures in a row.
     pub fn record_failure(&self, si: usize, e: &Error) {
         let mut h = self.health[si].lock();
         h.errors += 1;
         h.failures_in_a_row += 1;
         h.last_error = Some(e.to_string());
-        if !self.policy.retry_timeout.is_zero() {
+        let window = self.policy.window_on_any_failure || e.kind() == ErrorKind::Timeout;
+        if window && !self.policy.retry_timeout.is_zero() {
             h.down_until = Some(Instant::now() + self.policy.retry_timeout);
         }
         let remove = self.policy.remove_failed > 0

@@ -3,10 +3,13 @@
 //! system calls and run the interrupt hook.
 
 use std::io::{IoSlice, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use socket2::SockRef;
 
 use super::tls::{Tls, tls_error};
 use super::{SLICE, check_interrupt, remaining};
@@ -250,6 +253,40 @@ impl Stream {
             self.flush_tls(deadline)?;
         }
         Ok(())
+    }
+
+    /// Whether a connection that sat idle can no longer be used: the server closed it (a
+    /// restart, an idle timeout, CLIENT KILL), reset it, or sent something no request asked for.
+    /// Asked without waiting, before a pooled connection carries a request, so a server that went
+    /// away while the connection was idle costs a new connection, never a failed call, whatever
+    /// the command. (Under TLS, records that arrived, such as TLS 1.3 session tickets, are
+    /// processed first: only a close or application data makes it stale.)
+    pub fn is_stale(&mut self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit()];
+        let peeked = match &self.inner {
+            Inner::Tcp(s) => SockRef::from(s).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+            Inner::Unix(s) => SockRef::from(s).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+        };
+        match peeked {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Ok(n) if n > 0 && self.tls.is_some() => self.tls_is_stale(),
+            _ => true,
+        }
+    }
+
+    /// Records arrived on an idle TLS connection: whether they closed it or carried data.
+    fn tls_is_stale(&mut self) -> bool {
+        let Some(session) = self.tls.as_deref_mut() else { return true };
+        // The bytes are there already: this read does not wait.
+        match session.read_tls(&mut self.inner) {
+            Ok(n) if n > 0 => {}
+            _ => return true,
+        }
+        if session.process_new_packets().is_err() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        !matches!(session.reader().read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// The label errors start with.

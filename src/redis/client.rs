@@ -378,8 +378,11 @@ impl Client {
             return Some(err);
         };
         let peer = conn.peer.clone();
+        let conn_unsent = conn.nothing_sent();
         drop(conn);
-        if pooled && idempotent && failure.kind() == ErrorKind::Io {
+        // A pooled connection the server dropped: run the call again on a new one, when it may
+        // run twice or when nothing of it reached the server.
+        if pooled && failure.kind() == ErrorKind::Io && (idempotent || conn_unsent) {
             pool.drop_idle();
             return None;
         }

@@ -142,6 +142,9 @@ pub struct Conn {
     failure: Option<Error>,
     /// The largest reply read since the parser was last renewed.
     largest: usize,
+    /// Whether the current call's request failed to go out before any reply came: nothing
+    /// reached the server, so even a command that must not run twice may run on a new connection.
+    unsent: bool,
     framing: Framing,
     db: i64,
     /// The sentinels' epoch the connection was made in (see `Pool::refresh`).
@@ -221,6 +224,7 @@ impl Conn {
             deadline,
             failure: None,
             largest: 0,
+            unsent: false,
             framing: Framing::default(),
             db,
             epoch: 0,
@@ -241,6 +245,19 @@ impl Conn {
     pub fn begin(&mut self, deadline: Instant) {
         self.deadline = deadline;
         self.failure = None;
+        self.unsent = true;
+    }
+
+    /// Whether the call's failure came before the server could have run anything: its first
+    /// request was never written whole (EPIPE or a reset on send), and no reply was read.
+    pub fn nothing_sent(&self) -> bool {
+        self.unsent
+    }
+
+    /// Whether the connection, idle since its last call, is closed or reset by the server (or
+    /// holds bytes no request asked for): then it must not carry another request.
+    pub fn is_stale(&mut self) -> bool {
+        self.stream.is_stale()
     }
 
     /// The connection-level error that ended the last exchange, if that is what ended it.
@@ -288,10 +305,16 @@ impl Conn {
 
     /// Send packed commands (their replies are read later, with [`Conn::read_replies`]).
     pub fn send(&mut self, cmd: &[u8]) -> RedisResult<()> {
-        self.stream.write_all(&[cmd], self.deadline).map_err(|e| {
-            self.failure = Some(e);
-            RedisError::from(std::io::Error::other("connection failed"))
-        })
+        match self.stream.write_all(&[cmd], self.deadline) {
+            Ok(()) => {
+                self.unsent = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.failure = Some(e);
+                Err(RedisError::from(std::io::Error::other("connection failed")))
+            }
+        }
     }
 
     fn read_one(&mut self) -> RedisResult<Value> {

@@ -72,6 +72,15 @@ pub enum Target {
     Sentinel(Arc<Sentinel>, Role),
 }
 
+/// Whether a failure starts the retry window, in which calls to the server fail at once. Only a
+/// silent server (a deadline passed: it accepted and never answered, or never accepted) does:
+/// the window exists so that such a server does not cost every call its whole deadline. A
+/// refused, reset or closed connection costs nothing to try again, so the next call does
+/// (a restarted server is used again the moment it is back).
+pub fn opens_retry_window(e: &Error) -> bool {
+    e.kind() == ErrorKind::Timeout
+}
+
 /// The pool of one server.
 pub struct Pool {
     name: String,
@@ -344,7 +353,7 @@ impl Pool {
                 return;
             }
         }
-        if !self.config.retry_timeout.is_zero() {
+        if opens_retry_window(e) && !self.config.retry_timeout.is_zero() {
             h.down_until = Some(Instant::now() + self.config.retry_timeout);
         }
         drop(h);
@@ -368,8 +377,17 @@ impl Pool {
         self.check_up()?;
         let mut state = self.state.lock();
         loop {
-            if let Some(conn) = state.idle.pop() {
-                return Ok(Loan { conn, pooled: true });
+            if let Some(mut conn) = state.idle.pop() {
+                drop(state);
+                // A server that went away while the connection sat idle (a restart, a timeout
+                // of its own) costs a new connection here, not a failed call.
+                if !conn.is_stale() {
+                    return Ok(Loan { conn, pooled: true });
+                }
+                drop(conn);
+                self.forget();
+                state = self.state.lock();
+                continue;
             }
             if state.open < self.config.max_connections {
                 state.open += 1;
