@@ -3,6 +3,7 @@ checked against real servers and, where they are installed, the predecessors the
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -71,3 +72,160 @@ def test_a_bytes_key_lands_where_djangos_memcached_backends_put_it(memcached_ser
     cache = make_memcached(memcached_server.location, KEY_PREFIX="warm")
     cache.set(b"abc", b"v")
     assert memcached_server.raw(b"get warm:1:b'abc'\r\n").startswith(b"VALUE warm:1:b'abc' ")
+
+
+# --- the predecessors' options: honoured, or accepted with a warning saying why --------------
+
+
+def _check(caches):
+    from django.core import checks
+    from django.test.utils import override_settings
+
+    from django_rustcache.checks import check_cache_options
+
+    with override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}, **caches}):
+        found = check_cache_options()
+    return [m for m in found if m.level >= checks.WARNING]
+
+
+DJANGO_REDIS_OPTIONS = {
+    "CLIENT_CLASS": "django_redis.client.DefaultClient",
+    "CLOSE_CONNECTION": True,
+    "REPLICA_READ_ONLY": False,
+    "REDIS_CLIENT_CLASS": "redis.client.Redis",
+    "REDIS_CLIENT_KWARGS": {"health_check_interval": 30},
+    "CONNECTION_POOL_KWARGS": {"max_connections": 100, "retry_on_timeout": True},
+    "SOCKET_CONNECT_TIMEOUT": 5,
+    "SOCKET_TIMEOUT": 5,
+}
+
+
+def test_django_redis_documented_options_are_warnings_not_errors(redis_server):
+    """Before: E001 Errors (migrate and runserver refused to run), with hints naming options of
+    another meaning (CLOSE_CONNECTION -> MAX_CONNECTIONS, REPLICA_READ_ONLY -> REPLICA_READ)."""
+    from django.core.management import call_command
+    from django.test.utils import override_settings
+
+    caches = {"r": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": redis_server.location,
+                    "OPTIONS": DJANGO_REDIS_OPTIONS}}  # fmt: skip
+    found = _check(caches)
+    assert {m.id for m in found} == {"django_rustcache.W001"}, found
+    said = {re.findall(r"\['([^']+)'\]", m.msg)[-1] for m in found}
+    assert said == {"CLOSE_CONNECTION", "REPLICA_READ_ONLY", "REDIS_CLIENT_CLASS", "health_check_interval",
+                    "retry_on_timeout"}, found  # fmt: skip
+    assert all("MAX_CONNECTIONS" not in (m.hint or "") and "REPLICA_READ'" not in m.msg for m in found)
+    with override_settings(CACHES={"default": caches["r"]}):
+        call_command("check")  # warnings stop nothing
+    cache = make_redis(redis_server.location, OPTIONS=DJANGO_REDIS_OPTIONS)
+    cache.set("k", 1)
+    cache.close()
+    assert cache.get("k") == 1
+
+
+def test_options_that_ask_for_what_we_do_anyway_say_nothing(redis_server):
+    options = {"REPLICA_READ_ONLY": True, "CLOSE_CONNECTION": False}
+    assert (
+        _check({"r": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": "redis://h", "OPTIONS": options}})
+        == []
+    )
+
+
+def test_a_name_no_predecessor_knows_is_an_error_with_an_honest_hint():
+    options = {"SOCKET_TIMOUT": 1, "FROBNICATE": 1, "CONNECTION_POOL_KWARGS": {"pasword": "x"}}
+    caches = {"r": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": "redis://h", "OPTIONS": options}}
+    found = {m.msg.split("has ")[1].split(",")[0]: m for m in _check(caches)}
+    assert {m.id for m in found.values()} == {"django_rustcache.E001"}
+    assert found["'SOCKET_TIMOUT'"].hint == "Did you mean 'SOCKET_TIMEOUT'?"
+    assert found["'pasword'"].hint == "Did you mean 'password'?"
+    assert found["'FROBNICATE'"].hint.startswith("Known: ")
+
+
+def test_connection_pool_kwargs_are_honoured(redis_server):
+    """Before: a password in CONNECTION_POOL_KWARGS was dropped (NOAUTH), and django-redis-cache's
+    CONNECTION_POOL_CLASS_KWARGS max_connections ignored (4 connections opened for 2)."""
+    import threading
+
+    from tests.servers import RedisServer
+
+    locked = RedisServer(password="pool-pw")
+    try:
+        cache = make_redis(locked.location.replace(":pool-pw@", ""), OPTIONS={
+            "CONNECTION_POOL_KWARGS": {"password": "pool-pw", "db": 3, "socket_timeout": 2}})  # fmt: skip
+        cache.set("k", "v")
+        assert cache.get("k") == "v"
+        assert cache._cache.execute("CLIENT", "INFO").split(b" db=")[1].startswith(b"3 ")
+    finally:
+        locked.close()
+    from django_rustcache.redis_cache import RedisCache as DjangoRedisCacheCompat
+
+    cache = DjangoRedisCacheCompat(
+        redis_server.location,
+        {"KEY_PREFIX": "poolkw", "OPTIONS": {"CONNECTION_POOL_CLASS_KWARGS": {"max_connections": 2}}},
+    )
+    barrier = threading.Barrier(8)
+
+    def work():
+        barrier.wait()
+        for i in range(50):
+            cache.set(f"k{i}", "x" * 10_000)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(s["open_connections"] for s in cache.stats()["servers"]) <= 2, cache.stats()
+    options = {"CONNECTION_POOL_CLASS_KWARGS": {"max_connections": 2, "timeout": 20}}
+    found = _check(
+        {"r": {"BACKEND": "django_rustcache.redis_cache.RedisCache", "LOCATION": "redis://h", "OPTIONS": options}}
+    )
+    assert [m.id for m in found] == ["django_rustcache.W001"] and "'timeout'" in found[0].msg
+
+
+# --- pylibmc's behaviors: each honoured with pylibmc's effect, refused, or a warning ----------
+
+
+def test_pylibmc_behaviors_without_meaning_are_warnings():
+    caches = {
+        "a": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": "127.0.0.1:1",
+              "OPTIONS": {"behaviors": {"tcp_nodelay": True, "tcp_keepalive": True, "_poll_timeout": 5}}},
+        "b": {"BACKEND": "django_rustcache.memcached.PyLibMCCache", "LOCATION": "127.0.0.1:1",
+              "OPTIONS": {"tcp_nodelay": True, "no_block": True, "_noreply": True, "cas": True}},
+    }  # fmt: skip
+    found = sorted((m.obj, m.msg.split("[")[-1].split("]")[0]) for m in _check(caches))
+    assert found == [("a", "'_poll_timeout'"), ("a", "'tcp_keepalive'"), ("b", "'_noreply'"), ("b", "'cas'")]
+
+
+@pytest.mark.parametrize(
+    "behaviors",
+    [{"num_replicas": 1}, {"ketama": True, "ketama_hash": "crc"}, {"ketama_weighted": True, "ketama_hash": "default"}],
+)
+def test_pylibmc_behaviors_that_would_move_keys_are_refused(behaviors):
+    from django.core.exceptions import ImproperlyConfigured
+
+    cache = make_memcached("127.0.0.1:1", OPTIONS={"behaviors": behaviors})
+    name = next(iter(k for k in behaviors if k in ("num_replicas", "ketama_hash")))
+    with pytest.raises(ImproperlyConfigured, match=name):
+        cache.get("k")
+
+
+def test_pylibmc_behaviors_that_match_ours_are_accepted():
+    for behaviors in ({"num_replicas": 0}, {"ketama": True, "ketama_hash": "default"},
+                      {"ketama_weighted": True, "ketama_hash": "md5"}):  # fmt: skip
+        make_memcached("127.0.0.1:1", OPTIONS={"behaviors": behaviors, "ignore_exc": True}).get("k")
+
+
+@pytest.mark.parametrize("name", ["_sort_hosts", "sort_hosts"])
+def test_sort_hosts_places_keys_as_on_the_sorted_list(memcached_trio, name):
+    """libmemcached sorts the servers (host, then port) before it places keys: with modula, a
+    list given in another order then holds every key where the sorted list would."""
+    by_port = sorted(memcached_trio, key=lambda s: s.port)
+    shuffled = [by_port[2].location, by_port[0].location, by_port[1].location]
+    in_order = [s.location for s in by_port]
+    sorting = make_memcached(shuffled, KEY_PREFIX="sorted", OPTIONS={"behaviors": {name: True}})
+    sorted_list = make_memcached(in_order, KEY_PREFIX="sorted")
+    as_given = make_memcached(shuffled, KEY_PREFIX="sorted")
+    keys = [f"k{i}" for i in range(60)]
+    sorting.set_many(dict.fromkeys(keys, 1))
+    assert sorted_list.get_many(keys) == dict.fromkeys(keys, 1)
+    assert len(as_given.get_many(keys)) < len(keys)

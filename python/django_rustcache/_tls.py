@@ -48,8 +48,9 @@ TlsArgs = tuple[str, str | None, str | None, str | None, str | None, str | None,
 def option_items(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The TLS settings OPTIONS give (CONNECTION_POOL_KWARGS first, top-level OPTIONS over them),
     hashable, to be kept with the client's settings."""
-    pool_kwargs = options.get("CONNECTION_POOL_KWARGS") or {}
-    merged = {k: v for k, v in pool_kwargs.items() if k in ALL_NAMES}
+    merged = {}
+    for nested in ("CONNECTION_POOL_CLASS_KWARGS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_KWARGS"):
+        merged.update((k, v) for k, v in (options.get(nested) or {}).items() if k in ALL_NAMES)
     merged.update((k, v) for k, v in options.items() if k in ALL_NAMES)
     return tuple(sorted(((k, v if not isinstance(v, list) else tuple(v)) for k, v in merged.items()), key=str))
 

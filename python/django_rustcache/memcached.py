@@ -47,6 +47,11 @@ logger = logging.getLogger("django_rustcache.memcached")
 # (tcp_nodelay is always on; our pool, not libmemcached's I/O tuning, decides the rest).
 BEHAVIORS = frozenset(
     {
+        "ketama_hash",
+        "num_replicas",
+        "_sort_hosts",
+        "sort_hosts",
+        "pickle_protocol",
         "ketama",
         "ketama_weighted",
         "hash",
@@ -61,28 +66,27 @@ BEHAVIORS = frozenset(
         "auto_eject",
     }
 )
-ACCEPTED_BEHAVIORS = frozenset(
-    {
-        "tcp_nodelay",
-        "tcp_keepalive",
-        "no_block",
-        "cas",
-        "buffer_requests",
-        "verify_keys",
-        "ketama_hash",
-        "num_replicas",
-        "_noreply",
-        "_io_msg_watermark",
-        "_io_bytes_watermark",
-        "_io_key_prefetch",
-        "_hash_with_prefix_key",
-        "_sort_hosts",
-        "_poll_timeout",
-        "_socket_send_size",
-        "_socket_recv_size",
-        "pickle_protocol",
-    }
-)
+_IO_TUNING = "libmemcached's I/O tuning: our client pipelines multi-key calls and bounds each call by one deadline"
+# Behaviors that change nothing where our client is concerned, and why (the system check's W001).
+NO_EFFECT_BEHAVIORS = {
+    "tcp_nodelay": "TCP_NODELAY is always on",
+    "tcp_keepalive": "pooled connections are checked before every use instead",
+    "no_block": _IO_TUNING,
+    "cas": "CAS is not offered (Django's cache API has no cas())",
+    "buffer_requests": _IO_TUNING,
+    "verify_keys": "keys are always checked, before anything is sent (InvalidCacheKey)",
+    "_noreply": "every write waits for the server's answer (set_many reports the keys that failed)",
+    "_io_msg_watermark": _IO_TUNING,
+    "_io_bytes_watermark": _IO_TUNING,
+    "_io_key_prefetch": _IO_TUNING,
+    "_hash_with_prefix_key": "libmemcached's own prefix key is never set by pylibmc, so keys hash the same",
+    "_poll_timeout": "one deadline per call (timeout, send_timeout/receive_timeout) bounds every wait",
+    "_socket_send_size": "socket buffers keep the system's sizes",
+    "_socket_recv_size": "socket buffers keep the system's sizes",
+}
+# Values that ask for what our client does anyway: no warning.
+NO_EFFECT_WHEN = {"tcp_nodelay": True, "verify_keys": True, "no_block": True, "_noreply": False, "cas": False}
+ACCEPTED_BEHAVIORS = frozenset(NO_EFFECT_BEHAVIORS)
 # Top-level OPTIONS of Django's PyLibMCCache and PyMemcacheCache, and our own.
 OPTIONS = frozenset(
     {
@@ -173,7 +177,9 @@ class MemcachedCache(NativeAsync, NetworkCache):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
-    nested_options = {"behaviors": BEHAVIORS | ACCEPTED_BEHAVIORS}
+    nested_options = {"behaviors": BEHAVIORS}
+    nested_no_effect = {"behaviors": NO_EFFECT_BEHAVIORS}
+    no_effect_when = NO_EFFECT_WHEN
     # The failure logger, and whether failures are logged and answered instead of raised.
     _failure_logger = logger
     _env_overrides_location = False
@@ -229,6 +235,19 @@ class MemcachedCache(NativeAsync, NetworkCache):
                 f"memcached hash {hash_!r} is not supported: 'default' (one-at-a-time, libmemcached's default) "
                 "or 'md5' route keys as pylibmc does"
             )
+        ketama_hash = b.get("ketama_hash")
+        if ketama_hash is not None and distribution != "modula" and str(ketama_hash) != hash_:
+            # libmemcached hashes the continuum's points with it: another hash than the keys' would
+            # put keys on other servers than pylibmc does, so it is refused rather than ignored.
+            raise ImproperlyConfigured(
+                f"memcached behaviors['ketama_hash'] = {ketama_hash!r} is not supported: the ketama points are hashed "
+                f"with the key hash ({hash_!r}); remove it, or set it to {hash_!r}"
+            )
+        if int(b.get("num_replicas") or 0) > 0:
+            raise ImproperlyConfigured(
+                "memcached behaviors['num_replicas'] (libmemcached's replication: every write stored on several "
+                "servers) is not supported; remove it, or set it to 0"
+            )
         # pylibmc's units: connect_timeout in ms, send/receive_timeout in microseconds; the
         # top-level (pymemcache-style) connect_timeout/timeout are seconds.
         connect = b["connect_timeout"] / 1000 if "connect_timeout" in b else o.get("connect_timeout", 1.0)
@@ -247,8 +266,13 @@ class MemcachedCache(NativeAsync, NetworkCache):
         username, password = self._credentials()
         if bool(username) != bool(password):
             raise ImproperlyConfigured("memcached SASL authentication needs both a username and a password")
+        servers = [parse_server(s) for s in self._servers]
+        if b.get("_sort_hosts") or b.get("sort_hosts"):
+            # libmemcached's sort: by host name (byte order), then port, before the ring is made;
+            # with modula it decides which server holds which key.
+            servers.sort(key=lambda s: (s[0].encode(), s[1]))
         return MemcachedSettings(
-            servers=tuple(parse_server(s) for s in self._servers),
+            servers=tuple(servers),
             distribution=distribution,
             hash=hash_,
             connect_timeout=setting_seconds(connect, "the connect_timeout"),
@@ -376,8 +400,10 @@ class PyLibMCCache(MemcachedCache):
     answered (default / False) instead of raised, BINARY/USERNAME/PASSWORD top-level params and
     OPTIONS taken as pylibmc behaviors."""
 
-    known_options = BEHAVIORS | ACCEPTED_BEHAVIORS | OPTIONS
+    known_options = BEHAVIORS | OPTIONS
+    no_effect = NO_EFFECT_BEHAVIORS
     nested_options: dict[str, frozenset[str]] = {}
+    nested_no_effect: dict[str, dict[str, str]] = {}
     _failure_logger = logging.getLogger("django.pylibmc")
     _env_overrides_location = True
     _set_returns_bool = True

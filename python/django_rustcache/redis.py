@@ -49,19 +49,53 @@ OPTIONS = frozenset(
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME", "CLUSTER", "read_from_replicas",
+        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS",
     }
 ) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
-# RedisCache passes its OPTIONS on to redis-py's pool): accepted, with nothing to do here. Our
-# pool bounds every call with one deadline and retries a stale pooled connection once.
-NO_MEANING = frozenset(
-    {
-        "CLIENT_CLASS", "PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS",
-        "retry_on_timeout", "retry_on_error", "retry", "socket_keepalive", "socket_keepalive_options",
-        "health_check_interval", "socket_read_size", "encoding", "encoding_errors", "lib_name",
-        "lib_version", "single_connection_client",
-    }
-)  # fmt: skip
+# RedisCache passes its OPTIONS on to redis-py's pool, django-redis its CONNECTION_POOL_KWARGS
+# and REDIS_CLIENT_KWARGS): accepted, with nothing to do here, and why (the system check's
+# W001 says it). Our pool bounds every call with one deadline and checks a pooled connection
+# before it carries a request.
+_PARSER = "replies are parsed by the Rust core, not by a redis-py parser class"
+_POOL = "the Rust core keeps its own pool per server (bounded by MAX_CONNECTIONS), not a redis-py pool class"
+_RETRY = (
+    "a pooled connection the server closed is replaced before use and a request that never went out is "
+    "sent again; other failures are not retried (a command may already have run)"
+)
+_KEEPALIVE = "pooled connections are checked before every use instead"
+_ENCODING = "values are pickled or serialized by the backend, never decoded as text"
+REDIS_PY_NO_EFFECT = {
+    "parser_class": _PARSER, "connection_class": "connections are the Rust core's own",
+    "retry_on_timeout": _RETRY, "retry_on_error": _RETRY, "retry": _RETRY,
+    "socket_keepalive": _KEEPALIVE, "socket_keepalive_options": _KEEPALIVE, "health_check_interval": _KEEPALIVE,
+    "socket_read_size": "the Rust core sizes its own read buffers",
+    "encoding": _ENCODING, "encoding_errors": _ENCODING, "decode_responses": _ENCODING,
+    "lib_name": "CLIENT SETINFO is not sent", "lib_version": "CLIENT SETINFO is not sent",
+    "single_connection_client": _POOL, "protocol": "the core speaks RESP2 on its request connections",
+    "timeout": "waiting for a free pooled connection is bounded by SOCKET_TIMEOUT, the call's one deadline",
+}  # fmt: skip
+NO_EFFECT = {
+    **REDIS_PY_NO_EFFECT,
+    "PARSER_CLASS": _PARSER, "pool_class": _POOL, "CONNECTION_POOL_CLASS": _POOL,
+    "REDIS_CLIENT_CLASS": "calls go through the Rust client, not a redis-py client class",
+    "CLOSE_CONNECTION": (
+        "close() keeps the pooled connections for the next request (one pool per process, made again after a fork)"
+    ),
+    "REPLICA_READ_ONLY": (
+        "writes go to the leader only; django-redis's REPLICA_READ_ONLY=False (a failed write tried on a replica) "
+        "is not done"
+    ),
+}  # fmt: skip
+# Settings of the predecessors that ask for what we do anyway: no warning for these values.
+NO_EFFECT_WHEN = {"REPLICA_READ_ONLY": True, "CLOSE_CONNECTION": False}
+# Keys of the predecessors' nested connection settings (django-redis's CONNECTION_POOL_KWARGS and
+# REDIS_CLIENT_KWARGS, django-redis-cache's CONNECTION_POOL_CLASS_KWARGS) that we act on; their
+# other keys that redis-py knows have no effect (REDIS_PY_NO_EFFECT), and any other is an error.
+POOL_KWARGS = frozenset(
+    {"max_connections", "password", "username", "db", "socket_timeout", "socket_connect_timeout", "client_name"}
+)
+NESTED = ("CONNECTION_POOL_KWARGS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS")
 
 
 _UNIX_SCHEMES = ("unix", "redis+unix", "valkey+unix")
@@ -136,6 +170,19 @@ class RedisSettings:
     sentinel: SentinelSettings | None = None
 
 
+def connection_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    """The keys we act on of the predecessors' nested connection settings, merged:
+    django-redis-cache's CONNECTION_POOL_CLASS_KWARGS, then django-redis's REDIS_CLIENT_KWARGS and
+    CONNECTION_POOL_KWARGS over it (the last is what django-redis hands redis-py's pool)."""
+    merged: dict[str, Any] = {}
+    for name in ("CONNECTION_POOL_CLASS_KWARGS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_KWARGS"):
+        given = options.get(name) or {}
+        if not isinstance(given, dict):
+            raise ImproperlyConfigured(f"OPTIONS[{name!r}] must be a dict, not {type(given).__name__}")
+        merged.update((k, v) for k, v in given.items() if k in POOL_KWARGS and v is not None)
+    return merged
+
+
 def with_db(url: str, db: int | None) -> str:
     """`url` selecting `db`, unless it names a db itself: as in redis-py's ``from_url``, what the
     URL says wins over OPTIONS."""
@@ -157,8 +204,8 @@ _KEY_MARK = "rustcacheKEYmark0"
 _VERSION_MARK = "rustcacheVERSIONmark0"
 _GLOB = re.compile(r"[*?\[\]\\]")
 
-# Options naming a class by dotted path that we do not use (see NO_MEANING).
-CLASS_PATHS = frozenset({"PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS"})
+# Options naming a class by dotted path that we do not use (see NO_EFFECT).
+CLASS_PATHS = frozenset({"PARSER_CLASS", "parser_class", "pool_class", "CONNECTION_POOL_CLASS", "REDIS_CLIENT_CLASS"})
 # redis-py's own parser and pool classes, under the names any of its versions used: accepted
 # whether or not the installed redis-py (if any) still has them, since we use none of them.
 REDIS_PY_CLASSES = frozenset(
@@ -167,6 +214,7 @@ REDIS_PY_CLASSES = frozenset(
         "redis._parsers.PythonParser", "redis._parsers._HiredisParser", "redis._parsers._RESP2Parser",
         "redis._parsers._RESP3Parser", "redis.connection.ConnectionPool", "redis.ConnectionPool",
         "redis.connection.BlockingConnectionPool", "redis.BlockingConnectionPool",
+        "redis.Redis", "redis.client.Redis", "redis.StrictRedis", "redis.client.StrictRedis",
     }
 ) | SENTINEL_POOLS  # fmt: skip
 
@@ -182,7 +230,11 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
     collection API."""
 
-    known_options = OPTIONS | NO_MEANING
+    known_options = OPTIONS
+    no_effect = NO_EFFECT
+    no_effect_when = NO_EFFECT_WHEN
+    nested_options = dict.fromkeys(NESTED, POOL_KWARGS | TLS_NAMES)
+    nested_no_effect = dict.fromkeys(NESTED, REDIS_PY_NO_EFFECT)
     _failure_logger = logger
     # The db when neither LOCATION nor OPTIONS name one (None: the server's default, 0).
     default_db: ClassVar[int | None] = None
@@ -227,7 +279,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
                 f"OPTIONS['CLIENT_CLASS'] = {client_class!r} is not supported by django-rustcache's RedisCache: "
                 "it would change how values are stored or routed. Remove it to use the default client."
             )
-        for name in sorted(NO_MEANING & self._options.keys()):
+        for name in sorted(NO_EFFECT.keys() & self._options.keys()):
             value = self._options[name]
             if name in CLASS_PATHS and isinstance(value, str) and value not in REDIS_PY_CLASSES:
                 # Ignored, but still a dotted path that must import, as it did for the predecessor.
@@ -239,10 +291,14 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
 
     def _client_settings(self) -> RedisSettings:
         o = self._options
-        pool_kwargs = o.get("CONNECTION_POOL_KWARGS") or {}
-        db = o.get("db", o.get("DB", self.default_db))
+        # The predecessors' nested connection settings (django-redis passes CONNECTION_POOL_KWARGS
+        # and REDIS_CLIENT_KWARGS over its OPTIONS to redis-py, django-redis-cache its
+        # CONNECTION_POOL_CLASS_KWARGS to the pool): what they say wins over the top level, and the
+        # LOCATION's own credentials and db over both, as in redis-py's from_url.
+        nested = connection_kwargs(o)
+        db = nested.get("db", o.get("db", o.get("DB", self.default_db)))
         db = None if db is None else setting_count(db, "OPTIONS['DB']", minimum=0)
-        max_connections = o.get("max_connections", o.get("MAX_CONNECTIONS", pool_kwargs.get("max_connections", 64)))
+        max_connections = nested.get("max_connections", o.get("max_connections", o.get("MAX_CONNECTIONS", 64)))
         protocol = o.get("pickle_version", o.get("PICKLE_VERSION", -1))
         servers = [str(s) for s in self._servers]
         sentinel = sentinel_settings(servers, o, o.get("CLIENT_CLASS"))
@@ -260,14 +316,17 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         return RedisSettings(
             servers=tuple(with_db(location_url(s), db) for s in servers),
             sentinel=None if sentinel is None else sentinel[1],
-            username=o.get("username", o.get("USERNAME")),
-            password=o.get("password", o.get("PASSWORD")),
+            username=nested.get("username", o.get("username", o.get("USERNAME"))),
+            password=nested.get("password", o.get("password", o.get("PASSWORD"))),
             connect_timeout=setting_seconds(
-                o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0)),
+                nested.get(
+                    "socket_connect_timeout", o.get("socket_connect_timeout", o.get("SOCKET_CONNECT_TIMEOUT", 1.0))
+                ),
                 "OPTIONS['SOCKET_CONNECT_TIMEOUT']",
             ),
             socket_timeout=setting_seconds(
-                o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0)), "OPTIONS['SOCKET_TIMEOUT']"
+                nested.get("socket_timeout", o.get("socket_timeout", o.get("SOCKET_TIMEOUT", 3.0))),
+                "OPTIONS['SOCKET_TIMEOUT']",
             ),
             max_connections=setting_count(
                 64 if max_connections is None else max_connections, "OPTIONS['MAX_CONNECTIONS']"
@@ -277,7 +336,7 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
                 o.get("RETRY_TIMEOUT", o.get("retry_timeout", 1.0)), "OPTIONS['RETRY_TIMEOUT']", zero=True
             ),
             pickle_protocol=None if protocol is None or int(protocol) < 0 else int(protocol),
-            client_name=o.get("client_name", o.get("CLIENT_NAME")),
+            client_name=nested.get("client_name", o.get("client_name", o.get("CLIENT_NAME"))),
             value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
             tls_options=tls_option_items(o),
         )
