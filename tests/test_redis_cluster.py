@@ -474,3 +474,23 @@ def test_bytes_keys_are_made_and_placed_as_django_makes_them(redis_cluster):
     assert (on_node(redis_cluster, cache, b"abc"), on_node(redis_cluster, cache, "abc")) == (1, 2)
     assert on_node(redis_cluster, cache, b"\xff") == 3
     assert cache.get_many([b"abc", "abc", b"\xff"]) == {b"abc": 1, "abc": 2, b"\xff": 3}
+
+
+def test_get_redis_connection_is_a_redis_cluster(redis_cluster):
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+    from django.test.utils import override_settings
+
+    from django_rustcache.redis import get_redis_connection
+
+    backend = {"BACKEND": "django_rustcache.redis.RedisClusterCache", "LOCATION": redis_cluster.location}
+    with override_settings(CACHES={"default": backend}):
+        cache = caches["default"]
+        r = get_redis_connection()
+        from redis.cluster import RedisCluster
+
+        assert isinstance(r, RedisCluster)
+        for i in range(20):
+            r.set(cache.make_key(f"k{i}"), i)
+        assert cache.get_many([f"k{i}" for i in range(20)]) == {f"k{i}": i for i in range(20)}
+        r.close()

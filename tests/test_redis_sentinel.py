@@ -503,3 +503,20 @@ def test_sentinels_and_data_nodes_have_tls_settings_of_their_own():
         sentinel.close()
         node.close()
         certs.close()
+
+
+def test_get_redis_connection_is_the_master_the_sentinels_name(group):
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+    from django.test.utils import override_settings
+
+    from django_rustcache.redis import get_redis_connection
+
+    backend = {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": f"redis://{group.service}/0",
+               "OPTIONS": {"SENTINELS": group.addresses}}  # fmt: skip
+    with override_settings(CACHES={"default": backend}):
+        r = get_redis_connection()
+        r.set(caches["default"].make_key("raw"), 7)
+        assert caches["default"].get("raw") == 7
+        assert r.role()[0] == b"master"
+        r.connection_pool.disconnect()

@@ -313,3 +313,19 @@ def test_async_calls_over_mutual_tls(mtls_server, certs):
     refused = make_redis(mtls_server.location, OPTIONS=trusting(certs))
     with pytest.raises(TLSError):
         asyncio.run(refused.aget("k1"))
+
+
+def test_get_redis_connection_speaks_tls_with_the_caches_settings(tls_server, certs):
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+    from django.test.utils import override_settings
+
+    from django_rustcache.redis import get_redis_connection
+
+    backend = {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": tls_server.location,
+               "OPTIONS": trusting(certs)}  # fmt: skip
+    with override_settings(CACHES={"default": backend}):
+        caches["default"].set("k", "v")
+        r = get_redis_connection()
+        assert r.exists(caches["default"].make_key("k")) == 1
+        r.connection_pool.disconnect()

@@ -229,3 +229,83 @@ def test_sort_hosts_places_keys_as_on_the_sorted_list(memcached_trio, name):
     sorting.set_many(dict.fromkeys(keys, 1))
     assert sorted_list.get_many(keys) == dict.fromkeys(keys, 1)
     assert len(as_given.get_many(keys)) < len(keys)
+
+
+# --- get_redis_connection: django-redis's raw client, on the same server, db and credentials ---
+
+
+def _settings_with(alias, backend, location, **params):
+    from django.test.utils import override_settings
+
+    return override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+                                     alias: {"BACKEND": backend, "LOCATION": location, **params}})  # fmt: skip
+
+
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix"])
+def test_get_redis_connection_is_redis_py_on_the_caches_server_and_db(unix):
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+
+    from django_rustcache.redis import get_redis_connection
+    from tests.servers import RedisServer
+
+    server = RedisServer(unix=unix, password="raw-pw")
+    location = server.location.replace(":raw-pw@", "")
+    try:
+        with _settings_with("raw", "django_rustcache.redis.RedisCache", location,
+                            OPTIONS={"PASSWORD": "raw-pw", "DB": 5, "CLIENT_NAME": "raw-test"}):  # fmt: skip
+            cache = caches["raw"]
+            r = get_redis_connection("raw")
+            assert get_redis_connection("raw") is r  # one client (and pool) per alias and process
+            pipe = r.pipeline()
+            pipe.set(cache.make_key("n"), 41).incr(cache.make_key("n"))
+            assert pipe.execute() == [True, 42]
+            assert cache.get("n") == 42
+            cache.set("obj", {"a": 1})
+            assert r.exists(cache.make_key("obj")) == 1
+            assert r.client_info()["db"] == 5 and r.client_getname() == "raw-test"
+            assert r.eval("return redis.call('GET', KEYS[1])", 1, cache.make_key("n")) == b"42"
+            for pool in {id(c.connection_pool): c.connection_pool for c in (r,)}.values():
+                pool.disconnect()
+    finally:
+        server.close()
+
+
+def test_get_redis_connection_reads_from_a_replica_when_asked(redis_server):
+    pytest.importorskip("redis")
+    from django_rustcache.redis import get_redis_connection
+    from tests.servers import RedisServer
+
+    replica = RedisServer(args=("--replicaof", "127.0.0.1", str(redis_server.port)))
+    try:
+        with _settings_with("rr", "django_rustcache.redis.RedisCache", [redis_server.location, replica.location]):
+            leader, reader = get_redis_connection("rr"), get_redis_connection("rr", write=False)
+            assert leader.connection_pool.connection_kwargs["port"] == redis_server.port
+            assert reader.connection_pool.connection_kwargs["port"] == replica.port
+            assert reader.role()[0] == b"slave"
+            for c in (leader, reader):
+                c.connection_pool.disconnect()
+    finally:
+        replica.close()
+
+
+def test_get_redis_connection_without_redis_py_names_the_extra(redis_server, monkeypatch):
+    import sys
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_rustcache.redis import get_redis_connection
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with (
+        _settings_with("nopy", "django_rustcache.redis.RedisCache", redis_server.location),
+        pytest.raises(ImproperlyConfigured, match=r"django-rustcache\[redis-py\]"),
+    ):
+        get_redis_connection("nopy")
+
+
+def test_get_redis_connection_refuses_what_is_not_ours():
+    from django_rustcache.redis import get_redis_connection
+
+    with pytest.raises(NotImplementedError, match="LRUObjectCache"):
+        get_redis_connection("default")

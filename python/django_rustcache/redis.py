@@ -30,6 +30,7 @@ from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache, setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._raw import get_redis_connection
 from django_rustcache._sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache._sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
 from django_rustcache._shards import DjangoRedisRing, ShardedClient
@@ -37,7 +38,7 @@ from django_rustcache._tls import ALL_NAMES as TLS_NAMES
 from django_rustcache._tls import option_items as tls_option_items
 from django_rustcache._tls import split as tls_split
 
-__all__ = ["Lock", "LockError", "RedisCache", "RedisClusterCache", "location_url"]
+__all__ = ["Lock", "LockError", "RedisCache", "RedisClusterCache", "get_redis_connection", "location_url"]
 
 logger = logging.getLogger("django_rustcache.redis")
 
