@@ -33,6 +33,9 @@ mod _core {
     #[pymodule_export]
     use crate::bindings::keys::check_key;
 
+    #[pymodule_export]
+    use crate::bindings::errors::set_exception_classes;
+
     use pyo3::prelude::*;
 
     #[pymodule_init]

@@ -309,3 +309,70 @@ def test_get_redis_connection_refuses_what_is_not_ours():
 
     with pytest.raises(NotImplementedError, match="LRUObjectCache"):
         get_redis_connection("default")
+
+
+# --- exceptions: what a predecessor's site catches still catches ours -------------------------
+
+
+def test_a_dead_server_is_caught_as_the_predecessors_catch_it(memcached_server):
+    """django-redis sites catch ConnectionInterrupted, redis-py's ConnectionError/TimeoutError or
+    ResponseError; ours are those too (where installed), and still ours."""
+    redis_errors = pytest.importorskip("redis.exceptions")
+    from django_redis.exceptions import ConnectionInterrupted
+
+    from django_rustcache import CacheError, ServerDown, ServerError
+    from tests.servers import RedisServer, SilentServer, free_port
+
+    refused = make_redis(f"redis://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionInterrupted) as caught:
+        refused.get("k")
+    assert isinstance(caught.value, redis_errors.ConnectionError) and isinstance(caught.value, ServerDown)
+    assert "refused" in str(caught.value) and type(caught.value).__name__ == "ServerDown"
+    silent = SilentServer()
+    try:
+        slow = make_redis(f"redis://{silent.location}", OPTIONS={"SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2})
+        with pytest.raises(redis_errors.TimeoutError) as caught:
+            slow.get("k")
+        assert isinstance(caught.value, (ServerDown, ConnectionInterrupted))
+    finally:
+        silent.close()
+    server = RedisServer()
+    try:
+        with pytest.raises(redis_errors.ResponseError) as caught:
+            make_redis(server.location)._cache.execute("NOSUCHCOMMAND")
+    finally:
+        server.close()
+    assert isinstance(caught.value, ServerError) and isinstance(caught.value, CacheError)
+    # memcached raises the same classes: a memcached site's `except ServerDown` is unchanged.
+    with pytest.raises(ServerDown):
+        make_memcached(f"127.0.0.1:{free_port()}").get("k")
+
+
+def test_a_dead_memcached_server_is_caught_as_pylibmc_errors_are():
+    pylibmc = pytest.importorskip("pylibmc")
+    from django_rustcache import ServerDown
+    from tests.servers import free_port
+
+    with pytest.raises(pylibmc.Error) as caught:
+        make_memcached(f"127.0.0.1:{free_port()}").get("k")
+    assert isinstance(caught.value, ServerDown)
+
+
+def test_the_catchable_exceptions_print_and_repr_as_ours():
+    pytest.importorskip("redis")
+    import asyncio
+
+    from django_rustcache import ServerDown
+    from tests.servers import free_port
+
+    cache = make_redis(f"redis://127.0.0.1:{free_port()}")
+    with pytest.raises(ServerDown) as caught:
+        cache.get("k")
+    assert repr(caught.value).startswith("ServerDown(") and "refused" in str(caught.value)
+
+    async def failed_task():
+        task = asyncio.ensure_future(cache.aget("k"))
+        await asyncio.wait([task])
+        return repr(task)  # asyncio shows the exception's repr
+
+    assert "ServerDown(" in asyncio.run(failed_task())

@@ -30,6 +30,7 @@ __all__ = [
     "TLSError",
     "__version__",
     "check_key",
+    "set_exception_classes",
     "sharded_delete_many",
     "sharded_get_many",
     "sharded_set_many",
@@ -68,6 +69,17 @@ class ProtocolError(CacheError):
 def check_key(key: str, raise_error: bool = False) -> None:
     """Warn (``CacheKeyWarning``) about a made key memcached would refuse, as Django's
     ``BaseCache.validate_key`` does."""
+
+def set_exception_classes(
+    server_down: type[ServerDown],
+    timeout: type[ServerDown],
+    server_error: type[ServerError],
+    protocol_error: type[ProtocolError],
+    tls_error: type[TLSError],
+    cluster_busy: type[ClusterBusy],
+) -> None:
+    """Raise these subclasses of ours from now on (a server down, a timeout, an error reply, a
+    protocol error, a TLS failure, a busy cluster); the first call per process counts."""
 
 @final
 class LruStore:

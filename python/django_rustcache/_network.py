@@ -17,6 +17,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.functional import cached_property
 
+from django_rustcache import _compat
 from django_rustcache._core import CacheError
 from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
@@ -133,6 +134,8 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
     _delete_many_method: ClassVar[str] = "delete_many"
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        # The predecessors' exception classes (where installed) catch ours too.
+        _compat.install()
         self._init_args = (server, params)
         super().__init__(params)
         self._options = dict(params.get("OPTIONS") or {})

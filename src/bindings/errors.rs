@@ -21,6 +21,7 @@ use std::thread::ThreadId;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyType;
 
 use crate::error::{Error, ErrorKind};
 
@@ -99,6 +100,65 @@ fn check_signals() -> Result<(), Error> {
     }
 }
 
+/// Subclasses of our exceptions that also derive from the predecessors' (those installed), so code
+/// that catches `redis.exceptions.ConnectionError`, `django_redis`'s `ConnectionInterrupted` or
+/// `pylibmc.Error` catches ours too. Set once per process by `django_rustcache._compat`.
+struct Compat {
+    server_down: Py<PyType>,
+    timeout: Py<PyType>,
+    server_error: Py<PyType>,
+    protocol_error: Py<PyType>,
+    tls_error: Py<PyType>,
+    cluster_busy: Py<PyType>,
+}
+
+static COMPAT: OnceLock<Compat> = OnceLock::new();
+
+/// Raise these classes from now on, in place of ours: each must subclass the one it stands for
+/// (a server down, a timeout, a server's error reply, a protocol error, a TLS failure, a busy
+/// cluster). Only the first call counts.
+#[pyfunction]
+pub fn set_exception_classes(
+    server_down: Bound<'_, PyType>,
+    timeout: Bound<'_, PyType>,
+    server_error: Bound<'_, PyType>,
+    protocol_error: Bound<'_, PyType>,
+    tls_error: Bound<'_, PyType>,
+    cluster_busy: Bound<'_, PyType>,
+) -> PyResult<()> {
+    let py = server_down.py();
+    let pairs = [
+        (&server_down, py.get_type::<ServerDown>()),
+        (&timeout, py.get_type::<ServerDown>()),
+        (&server_error, py.get_type::<ServerError>()),
+        (&protocol_error, py.get_type::<ProtocolError>()),
+        (&tls_error, py.get_type::<TLSError>()),
+        (&cluster_busy, py.get_type::<ClusterBusy>()),
+    ];
+    for (given, ours) in pairs {
+        if !given.is_subclass(&ours)? {
+            return Err(PyTypeError::new_err(format!("{given} does not subclass {ours}")));
+        }
+    }
+    let _ = COMPAT.set(Compat {
+        server_down: server_down.unbind(),
+        timeout: timeout.unbind(),
+        server_error: server_error.unbind(),
+        protocol_error: protocol_error.unbind(),
+        tls_error: tls_error.unbind(),
+        cluster_busy: cluster_busy.unbind(),
+    });
+    Ok(())
+}
+
+/// The exception of `e`'s kind: the predecessors-catchable class where one was set.
+fn raised(e: &Error, pick: fn(&Compat) -> &Py<PyType>, ours: fn(String) -> PyErr) -> PyErr {
+    match COMPAT.get() {
+        Some(compat) => Python::attach(|py| PyErr::from_type(pick(compat).bind(py).clone(), e.to_string())),
+        None => ours(e.to_string()),
+    }
+}
+
 /// A `ClusterRedirect` carrying where to go, as attributes.
 fn redirect_error(e: &Error) -> PyErr {
     let err = ClusterRedirect::new_err(e.to_string());
@@ -116,12 +176,13 @@ fn redirect_error(e: &Error) -> PyErr {
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e.kind() {
-            ErrorKind::Io | ErrorKind::Timeout | ErrorKind::ServerDown => ServerDown::new_err(e.to_string()),
-            ErrorKind::Tls => TLSError::new_err(e.to_string()),
-            ErrorKind::Server => ServerError::new_err(e.to_string()),
-            ErrorKind::ClusterBusy => ClusterBusy::new_err(e.to_string()),
+            ErrorKind::Io | ErrorKind::ServerDown => raised(&e, |c| &c.server_down, ServerDown::new_err),
+            ErrorKind::Timeout => raised(&e, |c| &c.timeout, ServerDown::new_err),
+            ErrorKind::Tls => raised(&e, |c| &c.tls_error, TLSError::new_err),
+            ErrorKind::Server => raised(&e, |c| &c.server_error, ServerError::new_err),
+            ErrorKind::ClusterBusy => raised(&e, |c| &c.cluster_busy, ClusterBusy::new_err),
             ErrorKind::Redirect => redirect_error(&e),
-            ErrorKind::Protocol | ErrorKind::TooLarge => ProtocolError::new_err(e.to_string()),
+            ErrorKind::Protocol | ErrorKind::TooLarge => raised(&e, |c| &c.protocol_error, ProtocolError::new_err),
             ErrorKind::InvalidKey | ErrorKind::NotFound | ErrorKind::Config => PyValueError::new_err(e.to_string()),
             ErrorKind::NotNumeric => PyTypeError::new_err(e.to_string()),
             ErrorKind::Interrupted => RAISED
