@@ -369,6 +369,10 @@ def test_the_catchable_exceptions_print_and_repr_as_ours():
     with pytest.raises(ServerDown) as caught:
         cache.get("k")
     assert repr(caught.value).startswith("ServerDown(") and "refused" in str(caught.value)
+    import pickle
+
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(back, ServerDown) and back.args == caught.value.args
 
     async def failed_task():
         task = asyncio.ensure_future(cache.aget("k"))

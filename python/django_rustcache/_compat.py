@@ -73,6 +73,13 @@ def _init(self: BaseException, *args: Any) -> None:
     BaseException.__init__(self, *args)
 
 
+def _reducer(ours: type) -> Any:
+    def __reduce__(self: BaseException) -> tuple[Any, ...]:
+        return (ours, self.args)
+
+    return __reduce__
+
+
 def _namespace(role: str) -> dict[str, Any]:
     """Our message and repr, and the attributes the predecessors' handlers (and reprs) read."""
     namespace: dict[str, Any] = {
@@ -108,6 +115,10 @@ def install() -> None:
             for role in ROLES:
                 ours = OURS[role]
                 theirs = tuple(dict.fromkeys(b for b in bases[role] if not issubclass(ours, b)))
-                made[role] = type(ours.__name__, (ours, *theirs), _namespace(role)) if theirs else ours
+                namespace = _namespace(role)
+                # Pickled (a parallel test runner's failures, multiprocessing), it is ours again:
+                # the made class cannot be found by its name.
+                namespace["__reduce__"] = _reducer(ours)
+                made[role] = type(ours.__name__, (ours, *theirs), namespace) if theirs else ours
             _core.set_exception_classes(*(made[role] for role in ROLES))
         _done = True
