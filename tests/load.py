@@ -3,6 +3,7 @@ restarted, checking that no call ever returns a value that was not written under
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -46,3 +47,43 @@ def hammer_through_restarts(cache, server, expected_error: type[Exception], rest
     assert not wrong, wrong[:5]
     assert errors, "the restarts were never noticed"
     assert ok[0] > before, "the pool did not recover after the last restart"
+
+
+def healthy_calls_while_one_server_is_silent(cache, stopped, healthy_keys, seconds: float) -> tuple[int, int]:
+    """Stop one server (SIGSTOP: it keeps its connections and accepts new ones in the kernel,
+    and answers nothing, as a black-holed host), then, from 2 threads, multi-key calls over every
+    server and from 2 more single-key calls on keys the other servers hold, for ``seconds``.
+    How many of those single-key calls failed, and how many were made."""
+    import os
+    import signal
+
+    everything = list(healthy_keys) + [f"elsewhere{i}" for i in range(30)]
+    failed, made = [0], [0]
+    os.kill(stopped.proc.pid, signal.SIGSTOP)
+    try:
+        stop = time.monotonic() + seconds
+
+        def many() -> None:
+            while time.monotonic() < stop:
+                with contextlib.suppress(Exception):
+                    cache.get_many(everything)
+
+        def single() -> None:
+            while time.monotonic() < stop:
+                for key in healthy_keys:
+                    made[0] += 1
+                    try:
+                        assert cache.get(key) == 1
+                    except Exception:
+                        failed[0] += 1
+
+        threads = [threading.Thread(target=many) for _ in range(2)] + [
+            threading.Thread(target=single) for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        os.kill(stopped.proc.pid, signal.SIGCONT)
+    return failed[0], made[0]

@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _ports_given: set[int] = set()
@@ -236,6 +237,20 @@ class _Peer:
     def _talk(self, conn: socket.socket, first: bool) -> None:
         raise NotImplementedError
 
+    def _received(self, conn: socket.socket, wait: float) -> Iterator[bytes]:
+        """What arrives on ``conn``, a recv at a time, until the peer closes or the server stops."""
+        conn.settimeout(wait)
+        while not self.stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            yield data
+
     def close(self) -> None:
         self.stop.set()
         self.sock.close()
@@ -301,6 +316,15 @@ class RedisServer(ServerProcess):
     def ready(self, sock: socket.socket) -> bool:
         sock.sendall(b"PING\r\n")
         return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+
+
+class EchoServer(_Peer):
+    """A peer that sends back every byte it receives (something listening that is not redis)."""
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        with conn:
+            for data in self._received(conn, 0.2):
+                conn.sendall(data)
 
 
 class FakeReplyServer(_Peer):
@@ -791,16 +815,7 @@ class FakeSentinel(_Peer):
     def _talk(self, conn: socket.socket, first: bool) -> None:
         buf = bytearray()
         with conn:
-            conn.settimeout(0.5)
-            while not self.stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
+            for data in self._received(conn, 0.5):
                 buf += data
                 for words in self._commands(buf):
                     with self._sending:

@@ -7,6 +7,7 @@ primary killed under load. Never a wrong value."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import pickle
 import threading
@@ -483,6 +484,7 @@ def test_get_redis_connection_is_a_redis_cluster(redis_cluster):
 
     from django_rustcache.redis import get_redis_connection
 
+    redis_cluster.wait_ok()  # after the failover tests: every slot served again
     backend = {"BACKEND": "django_rustcache.redis.RedisClusterCache", "LOCATION": redis_cluster.location}
     with override_settings(CACHES={"default": backend}):
         cache = caches["default"]
@@ -494,3 +496,103 @@ def test_get_redis_connection_is_a_redis_cluster(redis_cluster):
             r.set(cache.make_key(f"k{i}"), i)
         assert cache.get_many([f"k{i}" for i in range(20)]) == {f"k{i}": i for i in range(20)}
         r.close()
+
+
+def test_a_silent_primary_costs_only_the_calls_that_need_it(redis_cluster):
+    """A black-holed primary (stopped for less than the cluster's node timeout, so no failover
+    starts): single-key calls on the other primaries never fail. Before: 668 of 5,836 did (the
+    multi-key calls charged the healthy primaries with the silent one's timeout)."""
+    from tests.load import healthy_calls_while_one_server_is_silent
+
+    cache = cluster_cache(redis_cluster, SOCKET_TIMEOUT=0.15, SOCKET_CONNECT_TIMEOUT=0.15, RETRY_TIMEOUT=5)
+    silent_port = redis_cluster.primary_of(key_slot(cache.make_key("elsewhere0")))
+    healthy = [
+        k for k in (f"h{i}" for i in range(300)) if redis_cluster.primary_of(key_slot(cache.make_key(k))) != silent_port
+    ][:40]
+    for key in healthy:
+        cache.set(key, 1)
+    failed, made = healthy_calls_while_one_server_is_silent(
+        cache, redis_cluster.node(silent_port), healthy, seconds=0.6
+    )
+    assert made > 50 and failed == 0, (failed, made)
+    redis_cluster.wait_ok()
+
+
+NONSENSE = {
+    "echo": None,
+    "+OK": b"+OK\r\n",
+    "a range without a node": b"*1\r\n*2\r\n:0\r\n:16383\r\n",
+    "a node without a port": b"*1\r\n*3\r\n:0\r\n:16383\r\n*1\r\n$9\r\n127.0.0.1\r\n",
+    "slots past 16383": b"*1\r\n*3\r\n:0\r\n:20000\r\n*2\r\n$9\r\n127.0.0.1\r\n:1\r\n",
+    "an integer": b":5\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", list(NONSENSE))
+def test_a_seed_that_answers_nonsense_is_passed_over(redis_cluster, answer):
+    """Before: TypeError or ValueError from the slot map's parsing, even with IGNORE_EXCEPTIONS
+    and a healthy node listed after it. Now its answer is that node's protocol error, the next
+    seed gives the map, and with no other seed the call fails as a server failure."""
+    from django_rustcache import ServerDown
+    from tests.servers import EchoServer, FakeReplyServer
+
+    fake = EchoServer() if NONSENSE[answer] is None else FakeReplyServer(NONSENSE[answer])
+    try:
+        both = RedisClusterCache(f"redis://{fake.location},{redis_cluster.location}", {"KEY_PREFIX": "nonsense"})
+        both.set("k", 1)
+        assert both.get("k") == 1 and both.get_many(["k", "x"]) == {"k": 1}
+        alone = RedisClusterCache(f"redis://{fake.location}", {"KEY_PREFIX": "nonsense"})
+        with pytest.raises(ServerDown, match="CLUSTER SLOTS answered"):
+            alone.get("k")
+        ignoring = RedisClusterCache(f"redis://{fake.location}", {"OPTIONS": {"IGNORE_EXCEPTIONS": True}})
+        assert ignoring.get("k", "miss") == "miss"
+        assert ignoring.set("k", 1) is None
+    finally:
+        fake.close()
+
+
+def test_seeds_that_never_answer_cost_one_deadline_and_hold_no_other_cache(memcached_server):
+    """Before: the client was made (reading the slot map) under the process-wide registry lock,
+    and a failed making was tried again by every call: each call took twice its deadline, the
+    calls queued behind the lock, and so did a healthy memcached cache of the same process."""
+    import threading
+
+    from django_rustcache import ServerDown
+    from tests.conftest import make_memcached
+    from tests.servers import SilentServer
+
+    seeds = [SilentServer(), SilentServer()]
+    try:
+        options = {"SOCKET_TIMEOUT": 0.5, "SOCKET_CONNECT_TIMEOUT": 0.5, "RETRY_TIMEOUT": 0}
+        cache = RedisClusterCache(",".join(f"redis://{s.location}" for s in seeds), {"OPTIONS": options})
+        start = time.monotonic()
+        with pytest.raises(ServerDown):
+            cache.get("k")
+        assert time.monotonic() - start < 0.5 * 1.5
+        other = make_memcached(memcached_server.location)
+        other.set("k", 1)
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(ServerDown):
+                    RedisClusterCache(cache._servers, {"OPTIONS": options}).get("k")
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            slowest = 0.0
+            for _ in range(50):
+                began = time.monotonic()
+                assert other.get("k") == 1
+                slowest = max(slowest, time.monotonic() - began)
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert slowest < 0.25, slowest
+    finally:
+        for s in seeds:
+            s.close()

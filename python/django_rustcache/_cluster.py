@@ -32,6 +32,7 @@ from django_rustcache._core import (
     CacheError,
     ClusterBusy,
     ClusterRedirect,
+    ProtocolError,
     ServerDown,
     sharded_delete_many,
     sharded_get_many,
@@ -58,12 +59,39 @@ def key_slot(key: str | bytes) -> int:
     return crc_hqx(data, 0) % SLOTS
 
 
-def _address(entry: list[Any], asked: str) -> str:
+def _address(entry: Any, asked: str) -> str:
     """``host:port`` of a CLUSTER SLOTS node entry (an empty host is the node asked)."""
-    host = entry[0].decode() if isinstance(entry[0], bytes) else str(entry[0])
+    if not isinstance(entry, list) or len(entry) < 2 or not isinstance(entry[0], (bytes, str)):
+        raise ValueError(f"a node entry {entry!r:.80}")
+    host = entry[0].decode() if isinstance(entry[0], bytes) else entry[0]
     if host in ("", "?"):
         host = asked.rpartition(":")[0]
-    return f"{host}:{int(entry[1])}"
+    port = entry[1]
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"a node port {port!r:.40}")
+    return f"{host}:{port}"
+
+
+def parse_slots(reply: Any, asked: str) -> list[tuple[int, int, str, tuple[str, ...]]]:
+    """CLUSTER SLOTS as ``(first, last, primary, replicas)`` ranges. A reply of another shape (a
+    node that is no cluster node, a proxy answering ``+OK`` to everything, an echo, a range
+    without a node) is a ProtocolError of the node asked, so the next seed is tried."""
+    try:
+        if not isinstance(reply, list):
+            raise ValueError(f"{reply!r:.80} instead of a list of ranges")
+        entries = []
+        for entry in reply:
+            if not isinstance(entry, list) or len(entry) < 3:
+                raise ValueError(f"a range {entry!r:.80}")
+            first, last, primary, *replicas = entry
+            if not all(isinstance(n, int) and not isinstance(n, bool) for n in (first, last)):
+                raise ValueError(f"a range's bounds {first!r:.20}-{last!r:.20}")
+            if not 0 <= first <= last < SLOTS:
+                raise ValueError(f"slots {first}-{last}")
+            entries.append((first, last, _address(primary, asked), tuple(_address(r, asked) for r in replicas)))
+        return entries
+    except ValueError as e:
+        raise ProtocolError(f"redis cluster node {asked}: CLUSTER SLOTS answered {e}") from None
 
 
 class ClusterClient(ShardedClient):
@@ -86,27 +114,36 @@ class ClusterClient(ShardedClient):
         self._local = threading.local()
         # Clients are only ever appended: an index read from any slot map stays valid.
         super().__init__([], self._owner)
+        # Read on first use, not here: the client is made under the process's registry lock,
+        # where no call may wait on a seed (one that never answers would hold every cache).
         self._slots: list[int] = []
-        self.refresh(force=True)
 
     # --- the slot map ---------------------------------------------------------------------
 
+    def _map(self) -> list[int]:
+        """The slot map, read first if no seed has given it yet (within the call's deadline)."""
+        if not self._slots:
+            self.refresh()
+            if not self._slots:
+                raise ServerDown(f"redis cluster: no slot map yet (seeds {self._seeds})")
+        return self._slots
+
     def _owner(self, made_key: str) -> int:
-        return self._slots[key_slot(made_key)]
+        return self._map()[key_slot(made_key)]
 
     def _place(self, made_key: str) -> int:  # no memo: the map changes
-        return self._slots[key_slot(made_key)]
+        return self._map()[key_slot(made_key)]
 
     def shard(self, made_key: Any) -> Any:
         asked = getattr(self._local, "ask", None)
         slot = key_slot(_text(made_key))
         if asked is not None and asked[0] == slot:
             return asked[1]
-        return self.clients[self._slots[slot]]
+        return self.clients[self._map()[slot]]
 
     def primaries(self) -> list[Any]:
         """The client of every shard that serves slots now."""
-        return [self.clients[i] for i in sorted(set(self._slots))]
+        return [self.clients[i] for i in sorted(set(self._map()))]
 
     def _node(self, address: str) -> Any:
         """A client of the node at ``address`` (its shard's, when it is a primary we know)."""
@@ -139,6 +176,9 @@ class ClusterClient(ShardedClient):
         with self._lock:
             if not force and self._refreshed >= started - 0.05:
                 return
+            # One deadline for the whole read: a seed that never answers costs it once, and the
+            # seeds after it are not tried past it.
+            until = time.monotonic() + self._deadline
             last: Exception | None = None
             # The primaries serving slots now first, then the seeds, then any known before.
             serving = set(self._slots)
@@ -146,26 +186,28 @@ class ClusterClient(ShardedClient):
             former = [a for a, i in self._by_primary.items() if i not in serving]
             known = [*current, *(a for a in self._seeds if a not in current), *former]
             for address in dict.fromkeys(known):
+                if last is not None and time.monotonic() > until:
+                    break
                 try:
                     index = self._by_primary.get(address)
                     client = self.clients[index] if index is not None else self._lone.get(address)
                     if client is None:
                         client = self._lone[address] = self._make_shard(address, ())
                     reply = client.execute("CLUSTER", "SLOTS", write=True, idempotent=True)
+                    entries = parse_slots(reply, address)
                 except CacheError as e:
                     last = e
                     continue
-                if reply:
-                    self._install(reply, address)
+                if entries:
+                    self._install(entries)
                     self._refreshed = time.monotonic()
                     return
             raise ServerDown(f"redis cluster: no node of {known} gave its slot map ({last})")
 
-    def _install(self, reply: list[Any], asked: str) -> None:
+    def _install(self, entries: list[tuple[int, int, str, tuple[str, ...]]]) -> None:
         slots = list(self._slots) if self._slots else [0] * SLOTS
-        for entry in reply:
-            first, last, primary, *replicas = entry
-            key = (_address(primary, asked), tuple(_address(r, asked) for r in replicas))
+        for first, last, primary, replicas in entries:
+            key = (primary, replicas)
             index = self._shard_index.get(key)
             if index is None:
                 self.clients.append(self._make_shard(*key))

@@ -39,6 +39,16 @@ enum Inner {
     Unix(UnixStream),
 }
 
+impl Inner {
+    /// The socket, for the options and flags std does not offer.
+    fn sock(&self) -> SockRef<'_> {
+        match self {
+            Inner::Tcp(s) => SockRef::from(s),
+            Inner::Unix(s) => SockRef::from(s),
+        }
+    }
+}
+
 /// The socket itself, for rustls to read records from and write them to.
 impl Read for Inner {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -177,7 +187,11 @@ impl Stream {
     /// Read what records have arrived (waiting for at least one byte) and process them.
     fn read_records(&mut self, deadline: Instant, what: &str) -> Result<(), Error> {
         loop {
-            let left = remaining(deadline, &self.label, what)?;
+            let left = match remaining(deadline, &self.label, what) {
+                Ok(left) => left,
+                // Past the deadline, records that have arrived are still taken (see `read`).
+                Err(late) => return self.without_waiting(Stream::read_records_once).unwrap_or(Err(late)),
+            };
             self.set_read_timeout(next_wait(left))?;
             let Some(session) = self.tls.as_deref_mut() else { return Ok(()) };
             match session.read_tls(&mut self.inner) {
@@ -196,6 +210,26 @@ impl Stream {
                 Err(e) => return Err(io_error(&self.label, "receive", &e)),
             }
         }
+    }
+
+    /// One read of the records that are there, processed.
+    fn read_records_once(&mut self) -> std::io::Result<Result<(), Error>> {
+        let Some(session) = self.tls.as_deref_mut() else { return Ok(Ok(())) };
+        match session.read_tls(&mut self.inner)? {
+            0 => Ok(Err(Error::new(ErrorKind::Io, format!("{}: connection closed by the server", self.label)))),
+            _ => Ok(session.process_new_packets().map(|_| ()).map_err(|e| tls_error(&self.label, &e))),
+        }
+    }
+
+    /// Run `f` with the socket non-blocking: `None` when it would have had to wait (or the
+    /// socket failed), else what `f` made of the bytes that had arrived.
+    fn without_waiting<T>(&mut self, f: impl FnOnce(&mut Self) -> std::io::Result<T>) -> Option<T> {
+        self.inner.sock().set_nonblocking(true).ok()?;
+        let result = f(self);
+        // Blocking again (with the read/write timeouts set) for the next exchange; a socket
+        // that refuses is no use for one.
+        self.inner.sock().set_nonblocking(false).ok()?;
+        result.ok()
     }
 
     /// Send every TLS record waiting to go out.
@@ -263,11 +297,7 @@ impl Stream {
     /// processed first: only a close or application data makes it stale.)
     pub fn is_stale(&mut self) -> bool {
         let mut probe = [MaybeUninit::<u8>::uninit()];
-        let peeked = match &self.inner {
-            Inner::Tcp(s) => SockRef::from(s).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT),
-            Inner::Unix(s) => SockRef::from(s).recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT),
-        };
-        match peeked {
+        match self.inner.sock().recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
             Ok(n) if n > 0 && self.tls.is_some() => self.tls_is_stale(),
             _ => true,
@@ -319,12 +349,28 @@ impl Stream {
     }
 
     /// Read some bytes (at least one) before `deadline`. A closed connection is an error.
+    ///
+    /// Once the deadline has passed, bytes that have already arrived are still read (without
+    /// waiting): a call over several servers that waited its whole deadline on a silent one then
+    /// still takes the replies the others sent in time, and they are not charged with its
+    /// timeout.
     pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, Error> {
         if self.tls.is_some() {
             return self.read_tls_plain(buf, deadline);
         }
         loop {
-            let left = remaining(deadline, &self.label, "no complete reply")?;
+            let left = match remaining(deadline, &self.label, "no complete reply") {
+                Ok(left) => left,
+                Err(late) => {
+                    return match self.without_waiting(|s| s.inner.read(buf)) {
+                        Some(0) if !buf.is_empty() => {
+                            Err(Error::new(ErrorKind::Io, format!("{}: connection closed by the server", self.label)))
+                        }
+                        Some(n) => Ok(n),
+                        None => Err(late),
+                    };
+                }
+            };
             self.set_read_timeout(next_wait(left))?;
             let result = match &mut self.inner {
                 Inner::Tcp(s) => s.read(buf),
@@ -386,6 +432,26 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Timeout);
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(180) && took < Duration::from_millis(400), "{took:?}");
+    }
+
+    #[test]
+    fn bytes_that_arrived_are_read_after_the_deadline_without_waiting() {
+        use std::io::Write as _;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = Address::Tcp("127.0.0.1".into(), listener.local_addr().unwrap().port());
+        let mut s = Stream::connect(&addr, Instant::now() + Duration::from_secs(1), "test").unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(b"+OK\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let past = Instant::now();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf, past).unwrap(), 5);
+        // Nothing more has arrived: a timeout at once, and the socket blocks again afterwards.
+        let start = Instant::now();
+        assert_eq!(s.read(&mut buf, past).unwrap_err().kind(), ErrorKind::Timeout);
+        assert!(start.elapsed() < Duration::from_millis(50));
+        peer.write_all(b"+A\r\n").unwrap();
+        assert_eq!(s.read(&mut buf, Instant::now() + Duration::from_secs(1)).unwrap(), 4);
     }
 
     #[test]
