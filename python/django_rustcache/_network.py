@@ -10,6 +10,7 @@ import os
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, ClassVar
 
@@ -88,18 +89,34 @@ def split_location(server: Any) -> list[Any]:
 
 class _Registry:
     """The clients of the process, by settings; forgotten in a forked child, which must never
-    share its parent's sockets."""
+    share its parent's sockets.
+
+    A client lives while a backend instance uses it (each holds its own) and, for the
+    ``KEEP`` settings used last, a while after: Django makes backend instances per thread (and
+    per async context), and they must find the same pool. A client of settings nobody uses any
+    more goes with its connections, so a site or a test suite that makes caches on the fly
+    (thousands of LOCATIONs) holds at most ``KEEP`` idle clients, not one per LOCATION."""
+
+    KEEP = 32
 
     def __init__(self) -> None:
-        self._clients: dict[Hashable, Any] = {}
+        self._clients: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+        self._recent: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._backends: weakref.WeakSet[NetworkCache] = weakref.WeakSet()
 
     def client(self, backend: NetworkCache) -> Any:
+        key = backend._settings
         with self._lock:
-            client = self._clients.get(backend._settings)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[backend._settings] = backend._make_client(backend._settings)
+                # Making a client does no I/O (connections and a cluster's slot map come with
+                # the first call), so no call ever waits on a server under this lock.
+                client = self._clients[key] = backend._make_client(key)
+            self._recent[key] = client
+            self._recent.move_to_end(key)
+            while len(self._recent) > self.KEEP:
+                self._recent.popitem(last=False)
             return client
 
     def track(self, backend: NetworkCache) -> None:
@@ -108,7 +125,8 @@ class _Registry:
     def after_fork_in_child(self) -> None:
         # The lock may have been held by a thread that does not exist in the child.
         self._lock = threading.Lock()
-        self._clients.clear()
+        self._clients = weakref.WeakValueDictionary()
+        self._recent.clear()
         for backend in list(self._backends):
             backend.__dict__.pop("_cache", None)
 

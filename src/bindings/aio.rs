@@ -35,8 +35,34 @@ static WEAK_KEYS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 pub type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 
 struct Done {
-    future: Py<PyAny>,
+    future: Held,
     outcome: Result<Make, Error>,
+}
+
+/// A Python object the core keeps for later: weakly wherever it can be, so that nothing of
+/// ours keeps a future (and through it its loop, the loop's socket pair and its queue) alive
+/// once its caller has let go of it: a loop closed with calls in flight is freed with all that
+/// is its own.
+enum Held {
+    Weak(Py<PyWeakrefReference>),
+    Strong(Py<PyAny>),
+}
+
+impl Held {
+    fn new(obj: &Bound<'_, PyAny>) -> Self {
+        match PyWeakrefReference::new(obj) {
+            Ok(weak) => Held::Weak(weak.unbind()),
+            Err(_) => Held::Strong(obj.clone().unbind()),
+        }
+    }
+
+    /// The object, unless it is gone.
+    fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match self {
+            Held::Weak(weak) => weak.bind(py).upgrade(),
+            Held::Strong(obj) => Some(obj.bind(py).clone()),
+        }
+    }
 }
 
 /// How a loop is told that outcomes wait for it.
@@ -44,7 +70,7 @@ enum Signal {
     /// A byte on a socket pair the loop watches.
     Fd { read: UnixStream, write: UnixStream },
     /// `loop.call_soon_threadsafe` (takes the GIL).
-    Threadsafe(Py<PyAny>),
+    Threadsafe(Held),
 }
 
 /// One loop's queue of outcomes.
@@ -71,9 +97,10 @@ impl Queue {
                 let _ = (&*write).write(&[1]);
             }
             Signal::Threadsafe(event_loop) => Python::attach(|py| {
+                // A loop that is gone, or closed (it refuses), takes its futures with it.
+                let Some(event_loop) = event_loop.get(py) else { return };
                 let scheduled = Py::new(py, Drain { queue: self.clone() })
-                    .and_then(|drain| event_loop.bind(py).call_method1(intern!(py, "call_soon_threadsafe"), (drain,)));
-                // A closed loop refuses: its futures are gone with it.
+                    .and_then(|drain| event_loop.call_method1(intern!(py, "call_soon_threadsafe"), (drain,)));
                 drop(scheduled);
             }),
         }
@@ -87,8 +114,9 @@ impl Queue {
         }
         let done = std::mem::take(&mut *self.done.lock());
         for Done { future, outcome } in done {
-            let future = future.bind(py);
-            // Cancelled while the call was out: nobody waits for it.
+            // Gone (its caller let go of it) or cancelled while the call was out: nobody waits.
+            let Some(future) = future.get(py) else { continue };
+            let future = &future;
             if future.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
                 continue;
             }
@@ -173,12 +201,12 @@ fn watched(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Arc<Queue>
 }
 
 fn threadsafe(event_loop: &Bound<'_, PyAny>) -> Arc<Queue> {
-    Arc::new(Queue { done: Mutex::new(Vec::new()), signal: Signal::Threadsafe(event_loop.clone().unbind()) })
+    Arc::new(Queue { done: Mutex::new(Vec::new()), signal: Signal::Threadsafe(Held::new(event_loop)) })
 }
 
 /// The core's side of an asyncio future: keep it once, from any thread, without the GIL.
 pub struct Promise {
-    future: Py<PyAny>,
+    future: Held,
     queue: Arc<Queue>,
 }
 
@@ -195,7 +223,7 @@ pub fn promise(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Promise)> {
     let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
     let queue = queue_for(py, &event_loop)?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
-    let promise = Promise { future: future.clone().unbind(), queue };
+    let promise = Promise { future: Held::new(&future), queue };
     Ok((future, promise))
 }
 

@@ -96,7 +96,7 @@ fn unpack(item: Item) -> Result<(u32, Vec<u8>), crate::error::Error> {
 }
 
 /// A memcached client shared by every backend instance of one configuration.
-#[pyclass(frozen, subclass, name = "MemcachedClient", module = "django_rustcache._core")]
+#[pyclass(frozen, subclass, weakref, name = "MemcachedClient", module = "django_rustcache._core")]
 pub struct PyMemcachedClient {
     client: Arc<Client>,
     codec: Arc<Codec>,

@@ -140,7 +140,7 @@ impl Codec {
 }
 
 /// A redis client shared by every backend instance of one configuration.
-#[pyclass(frozen, subclass, name = "RedisClient", module = "django_rustcache._core")]
+#[pyclass(frozen, subclass, weakref, name = "RedisClient", module = "django_rustcache._core")]
 pub struct PyRedisClient {
     client: Arc<Client>,
     codec: Arc<Codec>,
