@@ -17,7 +17,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._cluster import key_slot
-from django_rustcache._core import CacheError
+from django_rustcache._core import CacheError, ClusterBusy
 from django_rustcache.redis import RedisCache, RedisClusterCache
 from tests.servers import raw_command, wait_until
 
@@ -596,3 +596,29 @@ def test_seeds_that_never_answer_cost_one_deadline_and_hold_no_other_cache(memca
     finally:
         for s in seeds:
             s.close()
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_a_restarted_primary_is_used_the_moment_it_is_back(redis_cluster, sync):
+    """A primary restarted at once (so no failover starts) keeps its slots. Once it says its
+    cluster is ok again, the calls on its slots succeed at once: no retry window is left over
+    from the refused connections while it was away (before: ~1.4 s of errors after it was back).
+    Until then it answers CLUSTERDOWN itself, which is ClusterBusy, never "marked down"."""
+    redis_cluster.wait_ok()
+    cache = cluster_cache(redis_cluster, RETRY_TIMEOUT=5)
+    port = redis_cluster.primary_of(key_slot(cache.make_key("restarted")))
+    call = (lambda: cache.get("restarted")) if sync else (lambda: asyncio.run(cache.aget("restarted")))
+    call()
+    node = redis_cluster.node(port)
+    node.kill()
+    with pytest.raises(CacheError):
+        call()
+    node.start()
+    with contextlib.suppress(ClusterBusy):
+        call()  # while the node still says CLUSTERDOWN: its own answer
+    wait_until(lambda: b"cluster_state:ok" in raw_command(port, "CLUSTER", "INFO"), timeout=20)
+    ok_at = time.monotonic()
+    for _ in range(20):
+        assert call() is None
+    assert time.monotonic() - ok_at < 0.5
+    redis_cluster.wait_ok()
