@@ -1006,6 +1006,23 @@ class RedisCluster:
         for port in [target, *({p for _, _, p in self.slot_ranges(source)} - {source, target})]:
             self.ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
 
+    def failover(self, primary: int) -> int:
+        """A manual failover (``CLUSTER FAILOVER`` sent to a replica of the primary on
+        ``primary``): the replica takes every slot of its primary at once, with no data lost.
+        The new primary's port."""
+        ids = self.node_ids()
+        replica = None
+        for line in self.ask(primary, "CLUSTER", "NODES").decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 8 and "slave" in parts[2] and parts[3] == ids[primary]:
+                replica = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+        if replica is None:
+            raise RuntimeError(f"the primary on {primary} has no replica")
+        self.ask(replica, "CLUSTER", "FAILOVER")
+        wait_until(lambda: b"role:master" in self.ask(replica, "INFO", "replication"), 20, what="the failover")
+        self.wait_ok()
+        return replica
+
     def primary_of(self, slot: int) -> int | None:
         """The port of the primary serving ``slot`` (None while none does: a failover)."""
         port = self.alive()[0].port

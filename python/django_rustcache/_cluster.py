@@ -162,12 +162,15 @@ class ClusterClient(ShardedClient):
         whether it is time."""
         with self._lock:
             index = self._by_primary.get(address)
+            # A primary that served no slot a moment ago: a failover or a new node, which
+            # moves many slots at once, not only this one.
+            news = index is None or index not in self._slots
             if index is None:
                 self.clients.append(self._make_shard(address, ()))
                 index = self._by_primary[address] = len(self.clients) - 1
             self._slots[slot] = index
             self._moves += 1
-            return self._moves % 32 == 0
+            return news or self._moves % 32 == 0
 
     def refresh(self, force: bool = False) -> None:
         """Read the slot map again (from a primary we know, else a seed), unless another thread
@@ -230,7 +233,8 @@ class ClusterClient(ShardedClient):
                 if attempt == ATTEMPTS - 1 or time.monotonic() > until:
                     raise
                 if not e.ask:
-                    if self._moved(e.slot, e.address):
+                    # Moved again within one call: read the whole map, not slot by slot.
+                    if self._moved(e.slot, e.address) or attempt:
                         self.refresh()
                     if attempt:
                         # Moved again within one call: the nodes disagree on the slot's owner
@@ -273,7 +277,7 @@ class ClusterClient(ShardedClient):
                 if attempt == ATTEMPTS - 1 or time.monotonic() > until:
                     raise
                 if not e.ask:
-                    if self._moved(e.slot, e.address):
+                    if self._moved(e.slot, e.address) or attempt:  # as in _follow
                         await asyncio.to_thread(self.refresh)
                     if attempt:
                         await asyncio.sleep(0.02 * attempt)  # as in _follow
