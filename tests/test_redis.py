@@ -595,6 +595,36 @@ def test_get_or_set_serves_the_stale_copy_while_one_caller_recomputes(redis_serv
     assert cache.get("s") == "v2"
 
 
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_a_herd_get_or_set_that_wins_the_lock_late_reads_before_computing(redis_server, sync):
+    """Between a caller's miss and its lock, another caller computed, stored and released: the
+    late winner returns that value and does not compute again (before: it did, so a herd of 4
+    computed twice now and then)."""
+    import asyncio
+    from unittest import mock
+
+    from django_rustcache import redis as ours
+
+    cache = make_redis(redis_server.location)
+    calls = []
+
+    class LateLock(ours.Lock):
+        def acquire(self, *args, **kwargs):
+            cache.set("late", "theirs")  # someone else finished first
+            return super().acquire(*args, **kwargs)
+
+        async def aacquire(self, *args, **kwargs):
+            await cache.aset("late", "theirs")
+            return await super().aacquire(*args, **kwargs)
+
+    with mock.patch.object(ours, "Lock", LateLock):
+        if sync:
+            got = cache.get_or_set("late", lambda: calls.append(1) or "ours", 60, lock_timeout=2)
+        else:
+            got = asyncio.run(cache.aget_or_set("late", lambda: calls.append(1) or "ours", 60, lock_timeout=2))
+    assert (got, calls) == ("theirs", [])
+
+
 def test_aget_or_set_takes_the_herd_options(redis_server):
     import asyncio
 

@@ -808,6 +808,10 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         lock = Lock(self._cache, self._made(f"{key}:compute", version), lock_timeout or 10, 0.02, True, None)
         if lock.acquire(blocking=False):
             try:
+                # Another caller may have computed it between our read and the lock.
+                value = self.get(key, missing, version)
+                if value is not missing:
+                    return value
                 value = default() if callable(default) else default
                 self.set(key, value, timeout, version)
                 ttl = self.get_backend_timeout(timeout)
@@ -849,6 +853,9 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         lock = Lock(self._cache, self._made(f"{key}:compute", version), lock_timeout or 10, 0.02, True, None)
         if await lock.aacquire(blocking=False):
             try:
+                value = await self.aget(key, missing, version)  # as in get_or_set
+                if value is not missing:
+                    return value
                 value = default() if callable(default) else default
                 await self.aset(key, value, timeout, version)
                 ttl = self.get_backend_timeout(timeout)
