@@ -12,7 +12,6 @@ from unittest import mock
 
 from django.core.cache import caches
 from django.db import connections, transaction
-from django.db.models.query import ModelIterable
 from django.test import TransactionTestCase
 
 from django_rustcache.orm import _engine, base
@@ -28,39 +27,27 @@ def after_sql():
         hook()
 
 
-class PausingIterable(base.CachingModelIterable):
-    def cache_objects(self, *args, **kwargs):
-        after_sql()
-        return super().cache_objects(*args, **kwargs)
+def pausing_store(read, stamp, payload, present):
+    """Our store, held where a forced interleaving wants the reader: rows read, none stored."""
+    after_sql()
+    return _real_store(read, stamp, payload, present)
 
 
-class StampAfterSQL(base.CachingModelIterable):
-    """Broken on purpose: the generations are read after the SQL ran (cachalot's race)."""
-
-    delay = 0.0
-
-    def __iter__(self):
-        key_text, tables = self._key_text()
-        key, stamp, entry = base._stamp(base.cache, self.db, tables, key_text)
-        if base._is_entry(entry, stamp):
-            for obj in base._decode(entry[2]):
-                obj.from_cache = True
-                yield obj
-            return
-        objects = list(ModelIterable.__iter__(self))
-        after_sql()
-        time.sleep(self.delay)
-        key, stamp, _ = base._stamp(base.cache, self.db, tables, key_text)
-        yield from objects
-        self.cache_objects(objects, key, stamp, present=entry is not None)
+_real_store = base._store
 
 
 @contextmanager
 def stamp_after_sql(delay=0.0):
-    with (
-        mock.patch.object(StampAfterSQL, "delay", delay),
-        mock.patch.object(base, "CachingModelIterable", StampAfterSQL),
-    ):
+    """Broken on purpose: the generations a result is stored with are read after the SQL ran
+    (cachalot's race), not before."""
+
+    def store(read, stamp, payload, present):
+        after_sql()
+        time.sleep(delay)
+        _, stamp, _ = base._stamp(base.cache, read.db, read.tables, None)
+        return _real_store(read, stamp, payload, present)
+
+    with mock.patch.object(base, "_store", store):
         yield
 
 
@@ -121,7 +108,7 @@ class ForcedInterleavings(RaceTestCase):
 
         def reader():
             _pause.hook = self.pausing(reached, resume)
-            with mock.patch.object(base, "CachingModelIterable", PausingIterable) if self.ours else nullcontext():
+            with mock.patch.object(base, "_store", pausing_store) if self.ours else nullcontext():
                 return self.title()
 
         t, out, errors = in_thread(reader)

@@ -1,10 +1,19 @@
 """Cache Machine's ``caching.base``: the manager, querysets, model mixin and function caches.
 
-The names, signatures and results are Cache Machine's. Underneath, every cached result carries
-the generations of the tables its SQL reads (see ``_engine``), read in the same ``get_many`` as
-the result itself and captured before the SQL runs, so a result is never served after a write to
-one of its tables has returned. Module globals (``cache``, ``cached``, ``invalidator``,
-``CachingModelIterable``, ``DEFAULT_TIMEOUT``, ``config.*``) are looked up when used.
+The names, signatures and results are Cache Machine's. What is cached is what the database
+returned: the rows of a query's SQL, as its cursor gave them, under a key made of that SQL, its
+parameters and the database. A hit hands those rows to Django's own code (the queryset's
+iterable, its compiler's converters, ``from_db``, select_related's populators, known related
+objects, prefetching), which builds exactly what it builds from the database: the same classes,
+values and relations, the caller's related instances attached. No instance and no model class
+is ever pickled.
+
+Every cached result carries the generations of the tables its SQL reads (see ``_engine``), read
+in the same ``get_many`` as the result itself and captured before the SQL runs, so a result is
+never served after a write to one of its tables has returned. Anything the cache cannot store
+or read back is a miss that goes to the database, said once in the log, never an error. Module
+globals (``cache``, ``cached``, ``invalidator``, ``CachingModelIterable``, ``DEFAULT_TIMEOUT``,
+``config.*``) are looked up when used.
 """
 
 from __future__ import annotations
@@ -12,10 +21,14 @@ from __future__ import annotations
 import datetime
 import decimal
 import functools
+import io
 import logging
+import operator
 import pickle
 import uuid
+import weakref
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -24,10 +37,14 @@ from django.db import connections, models
 from django.db.models import signals
 from django.db.models.base import ModelState
 from django.db.models.expressions import Col
+from django.db.models.fields.files import FileDescriptor, ImageFileDescriptor
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
 from django.db.models.lookups import Lookup
 from django.db.models.query import ModelIterable, RawQuerySet
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI
 from django.db.models.sql.datastructures import BaseTable
-from django.db.models.sql.query import Query
+from django.db.models.sql.query import Query, RawQuery
 from django.db.models.sql.where import WhereNode
 from django.utils import encoding
 
@@ -54,129 +71,42 @@ log = logging.getLogger("caching")
 
 _engine.install()
 
-_MAGIC = "rustcache-orm:1"
+# The shape of a stored result: (_MAGIC, stamp, payload), payload a tuple of pickled lists of rows.
+_MAGIC = "rustcache-orm:2"
 
 
 class _Unusable(Exception):
     """The cache cannot be trusted for this call: run the query without it."""
 
 
-# --- the stored form of a result --------------------------------------------------------------
+# --- the stored form of a result: the rows a cursor returned ----------------------------------
 
 
-def _row(obj: Any) -> Any:
-    """A snapshot of one instance (its attributes, database, related objects), taken as it is
-    yielded, so a caller that changes it afterwards does not change what is cached."""
-    state = obj.__dict__.copy()
-    model_state = state.pop("_state")
-    for name, value in state.items():
-        if isinstance(value, memoryview):
-            state[name] = bytes(value)
-    return state, model_state.db, dict(model_state.__dict__.get("fields_cache") or ())
+class _RowPickler(pickle.Pickler):
+    """Rows holding values plain pickle refuses but a database driver returns (a memoryview
+    for a binary column): stored as what they hold, read back as the same type."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            return memoryview, (obj.tobytes(),)
+        return NotImplemented
 
 
-def _encode(cls: Any, rows: list[Any]) -> bytes:
-    """Rows of one model, all with the same attributes, one database and no related objects
-    (the common case) are stored as columns: names once, then a tuple of values per row, which
-    unpickles in a third of the time of a dict per row. Anything else, a dict per row."""
-    if cls is not None and rows:
-        first, db, _ = rows[0]
-        names = tuple(first)
-        if all(r[1] == db and not r[2] and len(r[0]) == len(names) and tuple(r[0]) == names for r in rows):
-            # Stored as read from the cache: marked so.
-            at = names.index("from_cache") if "from_cache" in names else -1
-            values = [tuple(r[0].values()) for r in rows]
-            if at >= 0:
-                values = [(*v[:at], True, *v[at + 1 :]) for v in values]
-            else:
-                names, values = (*names, "from_cache"), [(*v, True) for v in values]
-            return pickle.dumps(("columns", cls, names, db, values), pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps(("rows", cls, rows), pickle.HIGHEST_PROTOCOL)
+def _dump(rows: list[Any]) -> bytes:
+    """One list of rows, pickled; raises what pickle raises for a value it cannot store."""
+    try:
+        return pickle.dumps(rows, pickle.HIGHEST_PROTOCOL)
+    except (TypeError, pickle.PicklingError):
+        out = io.BytesIO()
+        _RowPickler(out, pickle.HIGHEST_PROTOCOL).dump(rows)
+        return out.getvalue()
 
 
-def _plain_state(state: dict[str, Any]) -> ModelState:
-    model_state = ModelState()
-    model_state.__dict__.update(state)
-    return model_state
-
-
-class _LoadedState(ModelState):
-    """The state of an instance read from the cache: ``adding`` False and ``db`` from the class
-    (one subclass per database alias), so no per-instance dict is made until Django sets
-    something. Copied or pickled, it becomes a plain ModelState."""
-
-    adding = False
-
-    def __reduce__(self) -> Any:
-        state = ModelState.__getstate__(self) if hasattr(ModelState, "__getstate__") else dict(self.__dict__)
-        return (_plain_state, ({"db": self.db, "adding": self.adding, **state},))
-
-
-_state_classes: dict[str, type] = {}
-
-
-def _state_class(db: str) -> type:
-    cls = _state_classes.get(db)
-    if cls is None:
-        cls = _state_classes[db] = type("_LoadedState", (_LoadedState,), {"db": db, "__module__": __name__})
-    return cls
-
-
-_builders: dict[tuple[str, ...], Any] = {}
-
-
-def _builder(names: tuple[str, ...]) -> Any:
-    """A function that makes instances from rows of ``names``, written for those names (a dict
-    display with constant keys, rows unpacked into locals): three times faster than building
-    each instance's dict with zip(). The names are written as ``repr`` literals, never as code."""
-    builder = _builders.get(names)
-    if builder is None:
-        if not all(type(n) is str for n in names) or not 0 < len(names) <= 255:
-            raise ValueError("not a row of attribute names")
-        cells = [f"r{i}" for i in range(len(names))]
-        items = ", ".join(f"{n!r}: {c}" for n, c in zip(names, cells, strict=True))
-        source = (
-            "def build(values, cls, db):\n"
-            "    objects = []\n"
-            "    append = objects.append\n"
-            "    state = state_class(db)\n"
-            f"    for ({', '.join(cells)},) in values:\n"
-            "        obj = new(cls)\n"
-            f"        obj.__dict__ = {{{items}, '_state': new(state)}}\n"
-            "        append(obj)\n"
-            "    return objects\n"
-        )
-        namespace: dict[str, Any] = {"new": object.__new__, "state_class": _state_class}
-        exec(source, namespace)  # the names appear only as repr() literals
-        builder = namespace["build"]
-        if len(_builders) > 1024:
-            _builders.clear()
-        _builders[names] = builder
-    return builder
-
-
-def _decode(payload: bytes) -> list[Any]:
-    stored = pickle.loads(payload)
-    new = object.__new__
-    objects: list[Any] = []
-    append = objects.append
-    if stored[0] == "columns":
-        _, cls, names, db, values = stored
-        return _builder(names)(values, cls, db)
-    _, cls, rows = stored
-    if cls is None:
-        return rows
-    for state, db, fields_cache in rows:
-        obj = new(cls)
-        model_state = new(ModelState)
-        model_state.__dict__ = {"db": db, "adding": False}
-        if fields_cache:
-            model_state.fields_cache = fields_cache
-        state["_state"] = model_state
-        state["from_cache"] = True
-        obj.__dict__ = state
-        append(obj)
-    return objects
+def _load(payload: tuple[bytes, ...]) -> list[Any]:
+    rows = pickle.loads(payload[0]) if len(payload) == 1 else [row for part in payload for row in pickle.loads(part)]
+    if type(rows) is not list:
+        raise TypeError(f"not a list of rows: {type(rows).__name__}")
+    return rows
 
 
 def _is_entry(entry: Any, stamp: tuple) -> bool:
@@ -222,106 +152,272 @@ def _safely(what: str, f: Any, *args: Any, **kwargs: Any) -> Any:
         raise _Unusable from exc
 
 
-class CachingModelIterable(ModelIterable):
-    """Yields a query's objects from the cache when its stored result is still current, else from
-    the database, storing them afterwards (Cache Machine's iterable, on table generations)."""
+# --- one read through the cache ---------------------------------------------------------------
 
-    def __init__(self, queryset: Any, *args: Any, **kwargs: Any) -> None:
-        self.iter_function = kwargs.pop("iter_function", None)
-        self.timeout = kwargs.pop("timeout", queryset.timeout)
-        self.db = kwargs.pop("db", queryset.db)
-        super().__init__(queryset, *args, **kwargs)
 
-    def _key_text(self) -> tuple[str, frozenset[str]]:
-        identity, tables = self.queryset._cache_identity()
-        return f"qs:{identity}::db:{self.db}", tables
+class _Read:
+    """One evaluation of a caching queryset: its timeout, and what happened (the database and
+    tables read, the key, a hit, whether the rows were stored)."""
 
-    def query_key(self) -> str:
-        """The cache key of this query's result (database alias included: a replica's objects
-        must not be saved to the primary)."""
-        return make_key(self._key_text()[0], with_locale=False)
+    __slots__ = ("db", "found", "hit", "key", "preset", "stored", "tables", "timeout")
 
-    def cache_objects(self, objects: list[Any], query_key: str, stamp: tuple = (), present: bool = False) -> None:
-        """Store ``objects`` under ``query_key`` with the generations read before the query."""
-        rows = getattr(self, "_rows", None)
-        if rows is None or len(rows) != len(objects):
-            rows = [_row(o) for o in objects]
-        classes = {type(o) for o in objects}
-        if len(classes) == 1 and isinstance(objects[0], models.Model):
-            payload = _encode(next(iter(classes)), rows)
-        else:
-            payload = _encode(None, objects)
-        value = (_MAGIC, stamp, payload)
+    def __init__(self, timeout: Any) -> None:
+        self.timeout = timeout
+        self.hit = False
+        self.stored = False
+        self.key: str | None = None
+        self.db: str | None = None
+        self.tables: frozenset[str] = frozenset()
+        # What the lookup found: (stamp, rows | _PRESENT | None), or None (cache not used).
+        self.found: tuple[tuple, Any] | None = None
+        # Whether ``found`` was looked up before compiling (by the query's structure).
+        self.preset = False
+
+
+def _lookup(
+    read: _Read, db: str, key_text: str, tables: frozenset[str], width: int | None = None
+) -> tuple[tuple, Any] | None:
+    """(stamp, stored rows, or _PRESENT when something unusable is stored, or None) for a read
+    about to run its SQL; None when the cache cannot be used (it is down, or owes an
+    invalidation). Stored rows must be tuples of ``width`` values, when it is given."""
+    read.db, read.tables = db, tables
+    try:
+        key, stamp, entry = _safely("a read", _stamp, cache, db, tables, key_text)
+    except _Unusable:
+        return None
+    read.key = key
+    if _is_entry(entry, stamp):
         try:
-            with _engine.busy():
-                if present:
-                    # A stale entry is in the way (Cache Machine deleted on invalidation; we leave
-                    # old entries to their generations), so replace it.
-                    cache.set(query_key, value, timeout=self.timeout)
-                else:
-                    cache.add(query_key, value, timeout=self.timeout)
-        except Exception as exc:
-            _engine.warn(f"ORM cache: storing a result failed ({exc!r})")
-            return
-        if config.CACHE_MACHINE_COMPAT:
-            query_flush = flush_key(self.queryset.query_key())
-            try:
-                registered = invalidator.cache_objects(
-                    self.queryset.model, objects, query_key, query_flush, timeout=self.timeout
-                )
-            except (FlushListBusy, Exception) as exc:
-                log.warning("flush lists not updated (%r): dropping %s", exc, query_key)
-                registered = False
-            if registered is False:
-                try:
-                    cache.delete(query_key)
-                except Exception as exc:
-                    _engine.warn(f"ORM cache: delete failed ({exc!r})")
+            rows = _load(entry[2])
+            if width is not None and not all(type(r) is tuple and len(r) == width for r in rows):
+                raise ValueError(f"rows are not tuples of {width} values")
+            return stamp, rows
+        except Exception as exc:  # a payload this version cannot read, a damaged value
+            _engine.warn(f"ORM cache: a stored result could not be read, using the database ({exc!r})")
+    return stamp, (_PRESENT if entry is not None else None)
 
-    def __iter__(self) -> Iterator[Any]:
-        iterator = self.iter_function if self.iter_function is not None else super().__iter__
-        # select_for_update(): a cached answer would skip taking the row locks.
-        if self.timeout == config.NO_CACHE or getattr(
-            getattr(self.queryset, "query", None), "select_for_update", False
-        ):
-            yield from iterator()
-            return
-        try:
-            key_text, tables = self._key_text()
-        except EmptyResultSet:
-            return
-        try:
-            key, stamp, entry = _safely("a read", _stamp, cache, self.db, tables, key_text)
-        except _Unusable:
-            yield from iterator()
-            return
-        if _is_entry(entry, stamp):
-            try:
-                objects = _decode(entry[2])
-            except Exception as exc:  # a class that moved, a field that changed type...
-                log.info("cached result %s could not be read (%r): querying", key, exc)
+
+class _Present:
+    """Something (stale, or unreadable) is stored under the key: replace it, do not add."""
+
+
+_PRESENT = _Present()
+
+
+def _store(read: _Read, stamp: tuple, payload: tuple[bytes, ...], present: bool) -> None:
+    """Store rows read by ``read`` under its key, with the generations read before its SQL."""
+    value = (_MAGIC, stamp, payload)
+    try:
+        with _engine.busy():
+            if present:
+                # A stale entry is in the way (old entries are left to their generations).
+                cache.set(read.key, value, timeout=read.timeout)
             else:
-                log.debug("cache hit: %s", key)
-                yield from objects
-                return
-        if config.FETCH_BY_ID and hasattr(self.queryset, "fetch_by_id"):
-            iterator = self.queryset.fetch_by_id
-        to_cache: list[Any] | None = []
-        self._rows = rows = []
-        limit = config.MAX_ROWS
-        for obj in iterator():
-            obj.from_cache = False
-            if to_cache is not None:
-                to_cache.append(obj)
-                if isinstance(obj, models.Model):
-                    rows.append(_row(obj))
-                if len(to_cache) > limit:
-                    # Too big to cache: keep streaming (``.iterator()``) without holding it all.
-                    to_cache = self._rows = None
-                    rows = []
-            yield obj
-        if to_cache is not None and (to_cache or config.CACHE_EMPTY_QUERYSETS):
-            self.cache_objects(to_cache, key, stamp, present=entry is not None)
+                cache.add(read.key, value, timeout=read.timeout)
+    except Exception as exc:
+        _engine.warn(f"ORM cache: storing a result failed ({exc!r})")
+        return
+    read.stored = True
+
+
+def _storable(value: list[Any], count: int) -> tuple[bytes, ...] | None:
+    """The payload of ``value`` (``count`` rows), or None when it must not be cached (too many
+    rows, none, or a value pickle refuses: said once in a while, the answer is unaffected)."""
+    if count > config.MAX_ROWS or not (count or config.CACHE_EMPTY_QUERYSETS):
+        return None
+    try:
+        return (_dump(value),)
+    except Exception as exc:
+        _engine.warn(f"ORM cache: a result was not cached, it holds a value pickle cannot store ({exc!r})")
+        return None
+
+
+def _streamed(read: _Read, stamp: tuple, chunks: Iterator[list[Any]], present: bool) -> Iterator[list[Any]]:
+    """Chunks of a chunked fetch (``iterator()``) passed on as they come, each pickled before
+    the caller sees it (so a caller changing a value changes nothing stored); stored once the
+    last has been read, unless there were more than ``MAX_ROWS`` (then none is held)."""
+    held: list[bytes] | None = []
+    count = 0
+    for chunk in chunks:
+        if held is not None:
+            count += len(chunk)
+            try:
+                if count > config.MAX_ROWS:
+                    raise OverflowError
+                held.append(_dump(chunk))
+            except OverflowError:
+                held = None
+            except Exception as exc:
+                _engine.warn(f"ORM cache: a result was not cached, it holds a value pickle cannot store ({exc!r})")
+                held = None
+        yield chunk
+    if held is not None and (count or config.CACHE_EMPTY_QUERYSETS):
+        _store(read, stamp, tuple(held) or (_dump([]),), present)
+
+
+_SIMPLE = (str, int, float, bool, type(None))
+# Field attributes that name or count a field rather than shape the values it converts.
+_NOT_SHAPING = frozenset({"creation_counter", "verbose_name", "help_text", "_rustcache_identity"})
+
+
+def _field_identity(field: Any) -> tuple:
+    """What a field's conversion of database values depends on: its class and its plain
+    settings (``decimal_places``, a custom field's options...). A model's field keeps it."""
+    known = field.__dict__.get("_rustcache_identity")
+    if known is not None:
+        return known
+    cls = type(field)
+    settings_ = tuple(sorted((k, v) for k, v in vars(field).items() if type(v) in _SIMPLE and k not in _NOT_SHAPING))
+    identity = (cls.__module__, cls.__qualname__, settings_)
+    if getattr(field, "model", None) is not None:
+        field.__dict__["_rustcache_identity"] = identity
+    return identity
+
+
+def _callable_identity(f: Any) -> tuple:
+    f = getattr(f, "__func__", f)
+    return (getattr(f, "__module__", None), getattr(f, "__qualname__", None) or type(f).__qualname__)
+
+
+def _converters_identity(compiler: Any) -> tuple:
+    """Which conversions Django applies to each column of this query's rows (two queries of one
+    SQL may convert differently: ``Sum(..., output_field=FloatField())``)."""
+    fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+    out = []
+    for pos, (convs, expression) in compiler.get_converters(fields).items():
+        try:
+            field = _field_identity(expression.output_field)
+        except Exception:
+            field = (type(expression).__module__, type(expression).__qualname__)
+        out.append((pos, tuple(_callable_identity(c) for c in convs), field))
+    return tuple(out)
+
+
+def _sql_key_text(compiler: Any, sql: str, params: Any) -> str:
+    """Everything a query's converted rows depend on besides the data: the database, the SQL,
+    its parameters (``repr``: ``1``, ``True`` and ``1.0`` differ), the columns kept of each row,
+    the conversions applied to them, and the time zone settings they are converted with."""
+    from django.conf import settings
+
+    conn = compiler.connection
+    extra = compiler.col_count if compiler.has_extra_select else None
+    return repr(
+        (
+            "sql",
+            conn.alias,
+            sql,
+            tuple(params),
+            extra,
+            _converters_identity(compiler),
+            settings.USE_TZ,
+            getattr(conn, "timezone_name", None),
+        )
+    )
+
+
+def _execute(
+    compiler: Any, read: _Read, result_type: Any = MULTI, chunked_fetch: bool = False, chunk_size: int = 0
+) -> Any:
+    """The caching twin of ``SQLCompiler.execute_sql`` for the query a caching iterable runs:
+    a hit returns no rows here, its converted rows come from ``results_iter`` (``_results``)."""
+    run = type(compiler).execute_sql
+    chunk_size = chunk_size or GET_ITERATOR_CHUNK_SIZE
+    conn = compiler.connection
+    preset, read.preset = read.preset, False
+    if not preset:
+        read.found = None
+    # A broken transaction raises on every query in Django: so it does here (no answer from
+    # the cache). select_for_update(): a cached answer would skip taking the row locks.
+    if result_type != MULTI or conn.needs_rollback or compiler.query.select_for_update:
+        return run(compiler, result_type, chunked_fetch, chunk_size)
+    try:
+        sql, params = compiler.as_sql()
+        if not sql:
+            raise EmptyResultSet
+    except EmptyResultSet:
+        return iter([])
+    if preset:
+        found = read.found  # looked up by the query's structure, before compiling
+    else:
+        key_text = _sql_key_text(compiler, sql, params)
+        if " at 0x" in key_text:
+            # A parameter without a value's repr (an object's identity): no two calls share it.
+            return run(compiler, result_type, chunked_fetch, chunk_size)
+        model = compiler.query.model
+        tables = _engine.tables_in(sql) | (_engine.model_tables(model) if model is not None else frozenset())
+        read.found = found = _lookup(read, conn.alias, key_text, tables, compiler.col_count)
+    if found is not None and type(found[1]) is list:
+        read.hit = True
+        return []
+    # Run the SQL already compiled, as Django would.
+    compiler.as_sql = lambda *args, **kwargs: (sql, params)
+    try:
+        return run(compiler, result_type, chunked_fetch, chunk_size)
+    finally:
+        del compiler.as_sql
+
+
+def _results(
+    compiler: Any,
+    read: _Read,
+    results: Any = None,
+    tuple_expected: bool = False,
+    chunked_fetch: bool = False,
+    chunk_size: int = GET_ITERATOR_CHUNK_SIZE,
+) -> Iterator[Any]:
+    """The caching twin of ``SQLCompiler.results_iter``: the stored rows on a hit; else the
+    database's, converted by Django, stored (as tuples: what every iterable reads them as)."""
+    if results is None:
+        results = compiler.execute_sql(MULTI, chunked_fetch=chunked_fetch, chunk_size=chunk_size)
+    found = read.found
+    if read.hit and found is not None:
+        return iter(found[1])
+    convert = type(compiler).results_iter
+    if found is None:
+        return convert(compiler, results, tuple_expected)
+    stamp, present = found[0], found[1] is not None
+    if isinstance(results, list):  # every row already read (not a chunked fetch)
+        rows = list(map(tuple, convert(compiler, results)))
+        payload = _storable(rows, len(rows))
+        if payload is not None:
+            _store(read, stamp, payload, present)
+        return iter(rows)
+    chunks = (list(map(tuple, convert(compiler, [chunk]))) for chunk in results)
+    return chain.from_iterable(_streamed(read, stamp, chunks, present))
+
+
+def _armed(query: Any, read: _Read) -> Any:
+    """A one-shot ``get_compiler`` for ``query``: the compiler Django's iterable asks for first
+    (the one that runs the query) reads through the cache; the attribute is gone once used."""
+
+    def get_compiler(using: Any = None, connection: Any = None, elide_empty: bool = True) -> Any:
+        query.__dict__.pop("get_compiler", None)
+        return _reading(type(query).get_compiler(query, using, connection, elide_empty), read)
+
+    return get_compiler
+
+
+class _Bound:
+    """A compiler's method replaced for one read: holds the compiler weakly, so the compiler
+    and its method do not keep each other (and an open cursor) alive."""
+
+    __slots__ = ("compiler", "function", "read")
+
+    def __init__(self, function: Any, compiler: Any, read: _Read) -> None:
+        self.function = function
+        self.compiler = weakref.ref(compiler)
+        self.read = read
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(self.compiler(), self.read, *args, **kwargs)
+
+
+def _reading(compiler: Any, read: _Read) -> Any:
+    """``compiler``, its rows read through the cache (a SELECT's compiler only)."""
+    if compiler.query.compiler == "SQLCompiler":
+        compiler.execute_sql = _Bound(_execute, compiler, read)
+        compiler.results_iter = _Bound(_results, compiler, read)
+    return compiler
 
 
 # --- identifying a simple query without compiling it -----------------------------------------
@@ -403,6 +499,271 @@ def _fingerprint(query: Any) -> str | None:
     return "fp:" + repr((*parts, query.low_mark, query.high_mark))
 
 
+_model_conversions: dict[tuple[type, str], str] = {}
+
+
+def _fingerprint_key_text(fingerprint: str, model: Any, conn: Any) -> str:
+    """The key text of a simple query's rows: its structure, with what every column's
+    conversion depends on (the backend, the model's fields, the time zone settings)."""
+    from django.conf import settings
+
+    conversions = _model_conversions.get((model, conn.alias))
+    if conversions is None:
+        ops = type(conn.ops)
+        fields = tuple(_field_identity(f) for f in model._meta.concrete_fields)
+        conversions = _model_conversions[(model, conn.alias)] = repr((ops.__module__, ops.__qualname__, fields))
+    tz = repr((settings.USE_TZ, getattr(conn, "timezone_name", None)))
+    return f"fp|{conn.alias!r}|{fingerprint}|{conversions}|{tz}"
+
+
+# --- building objects from stored rows ---------------------------------------------------------
+
+# Descriptors a model may have on a field's attname whose ``__set__`` on a new instance only
+# stores the value in its ``__dict__`` (what a plain attribute does).
+_PLAIN_SETTERS = (DeferredAttribute, ForeignKeyDeferredAttribute, FileDescriptor, ImageFileDescriptor)
+_plain_recipes: dict[tuple[type, tuple[str, ...]], bool] = {}
+
+
+def _plain_recipe(model: Any, names: tuple[str, ...]) -> bool:
+    """Whether ``model.from_db(db, names, values)`` only makes an instance whose ``__dict__`` is
+    ``_state`` then ``names`` with their values: Django's ``from_db`` and ``__init__``, every
+    name a concrete field's attname in field order, with nothing but storing on assignment."""
+    known = _plain_recipes.get((model, names))
+    if known is not None:
+        return known
+    ok = (
+        getattr(model.from_db, "__func__", None) is models.Model.from_db.__func__
+        and model.__init__ is models.Model.__init__
+        and list(names) == [f.attname for f in model._meta.concrete_fields if f.attname in names]
+    )
+    for name in names if ok else ():
+        owner = next((k for k in model.__mro__ if name in k.__dict__), None)
+        if owner is not None and type(owner.__dict__[name]) not in _PLAIN_SETTERS:
+            ok = False
+            break
+    if len(_plain_recipes) > 4096:
+        _plain_recipes.clear()
+    _plain_recipes[(model, names)] = ok
+    return ok
+
+
+def _plain_build(compiler: Any, queryset: Any) -> Any:
+    """For stored rows of a query Django would turn into objects with ``from_db`` alone (no
+    select_related, no init signals, known related objects whose ids are loaded): a function
+    that builds exactly those objects, without ``Model.__init__``'s per-field work. Else None,
+    and Django's iterable builds them."""
+    klass_info = compiler.klass_info
+    if not klass_info or klass_info.get("related_klass_infos"):
+        return None
+    fields = klass_info["select_fields"]
+    start, end = fields[0], fields[-1] + 1
+    names = tuple(f[0].target.attname for f in compiler.select[start:end])
+    annotations = list((compiler.annotation_col_map or {}).items())
+    return _builder(klass_info["model"], names, start, end, annotations, queryset)
+
+
+def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotations: list, queryset: Any) -> Any:
+    if not _plain_recipe(model, names):
+        return None
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        return None
+    known = []
+    for field, related in queryset._known_related_objects.items():
+        attnames = [
+            field.attname if f == "self" else queryset.model._meta.get_field(f).attname for f in field.from_fields
+        ]
+        if any(a not in names for a in attnames):
+            return None  # Django 5.2 would fetch the deferred id, 6.x skips it: let Django do it
+        known.append((field, related, operator.attrgetter(*attnames)))
+    fetch_mode = getattr(queryset, "_fetch_mode", None)  # Django 6.1+
+    db = queryset.db
+
+    def build(rows: list[Any]) -> Iterator[Any]:
+        new = object.__new__
+        peers: list[Any] | None = [] if fetch_mode is not None and fetch_mode.track_peers else None
+        for row in rows:
+            obj = new(model)
+            state = ModelState()
+            state.adding = False
+            state.db = db
+            if fetch_mode is not None:
+                state.fetch_mode = fetch_mode
+            values = {"_state": state}
+            values.update(zip(names, row[start:end], strict=True))
+            obj.__dict__ = values
+            if peers is not None:
+                peers.append(weakref.ref(obj))
+                state.peers = peers
+            for name, pos in annotations:
+                setattr(obj, name, row[pos])
+            for field, related, getter in known:
+                if field.is_cached(obj):
+                    continue
+                try:
+                    rel_obj = related[getter(obj)]
+                except KeyError:
+                    pass
+                else:
+                    setattr(obj, field.name, rel_obj)
+            yield obj
+
+    return build
+
+
+class CachingModelIterable(ModelIterable):
+    """Django's ModelIterable, whose query reads its rows through the cache: current stored
+    rows when the tables' generations say so, else the database's (stored afterwards). Every
+    object is built by Django's own code; ``from_cache`` says where its row came from."""
+
+    def __init__(self, queryset: Any, *args: Any, **kwargs: Any) -> None:
+        self.timeout = kwargs.pop("timeout", queryset.timeout)
+        self.db = kwargs.pop("db", queryset.db)
+        super().__init__(queryset, *args, **kwargs)
+
+    def query_key(self) -> str:
+        """The cache key of this query's rows (database included: a replica's rows are not the
+        primary's)."""
+        compiler = self.queryset.query.get_compiler(using=self.db)
+        sql, params = compiler.as_sql()
+        return make_key(_sql_key_text(compiler, sql, params), with_locale=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        queryset = self.queryset
+        if self.timeout == config.NO_CACHE or queryset.query.select_for_update:
+            yield from super().__iter__()
+            return
+        read = _Read(self.timeout)
+        query = queryset.query
+        compat = config.CACHE_MACHINE_COMPAT
+        objects: list[Any] | None = [] if compat else None
+        try:
+            built = self._by_structure(read)
+            if built is None:
+                compiler = _reading(query.get_compiler(using=queryset.db), read)
+                results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
+                build = _plain_build(compiler, queryset) if read.hit and read.found is not None else None
+                if build is not None:
+                    built = build(read.found[1])  # type: ignore[index]
+            if built is None:
+                # Django's own iterable, on this compiler and its rows (each handed over once:
+                # nothing here may keep a cursor open after the iteration ends).
+                handover = [compiler, results]
+                query.__dict__["get_compiler"] = lambda *args, **kwargs: handover.pop(0)
+                compiler.execute_sql = lambda *args, **kwargs: handover.pop(0)
+                del compiler, results
+                built = super().__iter__()
+            for obj in built:
+                obj.from_cache = read.hit
+                if objects is not None and not read.hit:
+                    objects.append(obj)
+                yield obj
+        finally:
+            query.__dict__.pop("get_compiler", None)
+        if objects is not None and read.stored and read.key is not None:
+            self._register(objects, read.key)
+
+    def _by_structure(self, read: _Read) -> Iterator[Any] | None:
+        """A simple query (one table, filtered by plain values) is looked up by its structure,
+        without compiling it: compiling costs more than the rest of a hit. Its objects when its
+        rows are stored and plain to build; else None, with ``read`` holding what was found
+        (the compiler then runs the SQL, or Django builds from the stored rows)."""
+        queryset = self.queryset
+        query = queryset.query
+        fingerprint = _fingerprint(query)
+        if fingerprint is None:
+            return None
+        conn = connections[queryset.db]
+        if conn.needs_rollback:
+            return None
+        model = query.model
+        names = tuple(f.attname for f in model._meta.concrete_fields)
+        key_text = _fingerprint_key_text(fingerprint, model, conn)
+        read.found = found = _lookup(read, conn.alias, key_text, _engine.model_tables(model), len(names))
+        read.preset = True
+        if found is None or type(found[1]) is not list:
+            return None
+        read.hit = True
+        build = _builder(model, names, 0, len(names), [], queryset)
+        return build(found[1]) if build is not None else None
+
+    def _register(self, objects: list[Any], query_key: str) -> None:
+        """Cache Machine's flush lists (its compatibility mode): each object's list names the
+        stored result, which is dropped if they cannot be kept."""
+        query_flush = flush_key(self.queryset.query_key())
+        try:
+            registered = invalidator.cache_objects(
+                self.queryset.model, objects, query_key, query_flush, timeout=self.timeout
+            )
+        except (FlushListBusy, Exception) as exc:
+            log.warning("flush lists not updated (%r): dropping %s", exc, query_key)
+            registered = False
+        if registered is False:
+            try:
+                cache.delete(query_key)
+            except Exception as exc:
+                _engine.warn(f"ORM cache: delete failed ({exc!r})")
+
+
+# --- raw querysets ----------------------------------------------------------------------------
+
+
+class _StoredCursor:
+    """What a raw query's iteration reads from its cursor: the description and the rows."""
+
+    def __init__(self, description: Any, rows: list[Any], rest: Any = None) -> None:
+        self.description = description
+        self.rows = rows
+        self.rest = rest  # a real cursor, for a result too big to be held
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.rows
+        if self.rest is not None:
+            yield from self.rest
+
+    def close(self) -> None:
+        if self.rest is not None:
+            self.rest.close()
+
+
+def _raw_execute(query: Any, read: _Read, model: Any) -> None:
+    """The caching twin of ``RawQuery._execute_query``."""
+    conn = connections[query.using]
+    if conn.needs_rollback:
+        return RawQuery._execute_query(query)
+    params = query.params
+    params = tuple(params) if isinstance(params, (list, tuple)) else params
+    key_text = repr(("raw", conn.alias, query.sql, params, getattr(conn, "timezone_name", None)))
+    tables = _engine.tables_in(query.sql) | _engine.model_tables(model)
+    found = None if " at 0x" in key_text else _lookup(read, conn.alias, key_text, tables)
+    if found is not None and type(found[1]) is list:
+        description, rows = found[1]
+        read.hit = True
+        query.cursor = _StoredCursor(description, rows)
+        return None
+    RawQuery._execute_query(query)
+    if found is None:
+        return None
+    cursor = query.cursor
+    description = [tuple(column)[:7] for column in cursor.description or ()]
+    rows: list[Any] = []
+    limit = config.MAX_ROWS
+    while len(rows) <= limit:
+        chunk = cursor.fetchmany(GET_ITERATOR_CHUNK_SIZE)
+        if not chunk:
+            break
+        rows.extend(chunk)
+    else:
+        # Too big to cache: pass on what was read, then the rest as it comes.
+        query.cursor = _StoredCursor(cursor.description, rows, rest=cursor)
+        return None
+    cursor.close()
+    query.cursor = _StoredCursor(cursor.description, rows)
+    payload = _storable([description, rows], len(rows))
+    if payload is not None:
+        _store(read, found[0], payload, found[1] is not None)
+    return None
+
+
 class CachingQuerySet(models.query.QuerySet):
     _default_timeout_pickle_key = "__DEFAULT_TIMEOUT__"
 
@@ -412,14 +773,15 @@ class CachingQuerySet(models.query.QuerySet):
         self._iterable_class = CachingModelIterable
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle a DEFAULT_TIMEOUT as a marker: another process has another DEFAULT_TIMEOUT."""
-        state = dict(self.__dict__)
+        """Django's: the results are read first, and its version recorded. A DEFAULT_TIMEOUT is
+        pickled as a marker: another process has another DEFAULT_TIMEOUT."""
+        state = super().__getstate__()
         if self.timeout == DEFAULT_TIMEOUT:
             state["timeout"] = self._default_timeout_pickle_key
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)
         if self.timeout == self._default_timeout_pickle_key:
             self.timeout = DEFAULT_TIMEOUT
 
@@ -429,15 +791,11 @@ class CachingQuerySet(models.query.QuerySet):
         return sql, tuple(params)
 
     def _cache_identity(self) -> tuple[str, frozenset[str]]:
-        """(what identifies this query, the tables it reads). A simple query on one table is
-        identified by its structure (compiling SQL costs more than the rest of a hit); any other
-        by ``repr`` of its SQL and parameters, not Cache Machine's ``sql % params``: ``IN (%s)``
-        with ``"a, b"`` and ``IN (%s, %s)`` with ``"a"``, ``"b"`` must not share a key."""
-        fingerprint = _fingerprint(self.query)
-        if fingerprint is not None:
-            return fingerprint, _engine.model_tables(self.model)
+        """(what identifies this query, the tables it reads): ``repr`` of its database, SQL and
+        parameters, not Cache Machine's ``sql % params`` (``IN (%s)`` with ``"a, b"`` and
+        ``IN (%s, %s)`` with ``"a"``, ``"b"`` must not share a key)."""
         sql, params = self._sql()
-        return repr((sql, params)), _engine.tables_in(sql) | _engine.model_tables(self.model)
+        return repr((self.db, sql, params)), _engine.tables_in(sql) | _engine.model_tables(self.model)
 
     def flush_key(self) -> str:
         return flush_key(self.query_key())
@@ -446,52 +804,29 @@ class CachingQuerySet(models.query.QuerySet):
         sql, params = self._sql()
         return sql % params
 
-    def iterator(self, chunk_size: int | None = None) -> Any:
-        if self.timeout == config.NO_CACHE or not issubclass(self._iterable_class, CachingModelIterable):
-            return super().iterator(chunk_size) if chunk_size else super().iterator()
-        return self._iterable_class(self)
-
     def fetch_by_id(self) -> Iterator[Any]:
-        """Two queries: the ids, then the objects not already cached by id. Objects are cached by
-        id (with the table generations), so each is stored once however many queries name it."""
+        """Cache Machine's by-id fetch, for code that calls it: the ids first, then the objects
+        of those ids in that order, each query's rows through the cache. (The FETCH_BY_ID
+        setting no longer routes evaluation here: a query's own rows are cached, one query on a
+        miss, where Cache Machine made two to share pickled objects between queries.)"""
         vals = self.values_list("pk", *list(self.query.extra.keys()))
-        pks = [val[0] for val in vals]
-        keys = {byid(self.model._cache_key(pk, self.db)): pk for pk in pks}
-        tables = _engine.model_tables(self.model)
-        cached_objects: dict[str, Any] = {}
-        stamp: tuple | None = None
+        query = vals.query
+        query.get_compiler = _armed(query, _Read(self.timeout))
         try:
-            _, stamp, _ = _safely("a read", _stamp, cache, self.db, tables, None)
-            with _engine.busy():
-                stored = _safely("a read", cache.get_many, list(keys))
-            for key, entry in stored.items():
-                if _is_entry(entry, stamp):
-                    cached_objects[key] = _decode(entry[2])[0]
-        except _Unusable:
-            stamp = None
-        missed = [pk for key, pk in keys.items() if key not in cached_objects]
-        new: dict[str, Any] = {}
-        if missed:
-            others = list(self.fetch_missed(missed))
-            new = {byid(o): o for o in others}
-            if stamp is not None:
-                values = {k: (_MAGIC, stamp, _encode(type(o), [_row(o)])) for k, o in new.items()}
-                try:
-                    with _engine.busy():
-                        cache.set_many(values)
-                except Exception as exc:
-                    _engine.warn(f"ORM cache: storing objects failed ({exc!r})")
-        objects = {o.pk: o for o in list(cached_objects.values()) + list(new.values())}
+            pks = [val[0] for val in vals]
+        finally:
+            query.__dict__.pop("get_compiler", None)
+        if not pks:
+            return
+        found = {o.pk: o for o in self.fetch_missed(pks)}
         for pk in pks:
-            if pk in objects:  # a row deleted between the two queries
-                yield objects[pk]
+            if pk in found:  # a row deleted between the two queries is left out
+                yield found[pk]
 
     def fetch_missed(self, pks: list[Any]) -> Any:
         others = self.all()
         others.query.clear_limits()
         others = others.order_by().filter(pk__in=pks)
-        if hasattr(others, "no_cache"):
-            others = others.no_cache()
         if self.query.select_related:
             others.query.select_related = self.query.select_related
         return others
@@ -622,17 +957,43 @@ class CachingMixin:
 
 
 class CachingRawQuerySet(RawQuerySet):
+    """Django's RawQuerySet, whose SQL reads its rows (and their columns) through the cache."""
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         timeout = kw.pop("timeout", DEFAULT_TIMEOUT)
         super().__init__(*args, **kw)
         self.timeout = timeout
 
-    def __iter__(self) -> Iterator[Any]:
-        iterator = super().__iter__
+    def iterator(self) -> Iterator[Any]:
         if self.timeout == config.NO_CACHE:
-            yield from iterator()
-        else:
-            yield from CachingModelIterable(self, iter_function=iterator, timeout=self.timeout)
+            yield from super().iterator()
+            return
+        read = _Read(self.timeout)
+        query = self.query
+        query._execute_query = functools.partial(_raw_execute, query, read, self.model)
+        try:
+            for obj in super().iterator():
+                obj.from_cache = read.hit
+                yield obj
+        finally:
+            query.__dict__.pop("_execute_query", None)
+
+    def _clone(self) -> CachingRawQuerySet:
+        clone = super()._clone()
+        clone.timeout = self.timeout
+        return clone
+
+    def using(self, alias: str | None) -> CachingRawQuerySet:
+        """Django's, keeping the class (Django's makes a plain RawQuerySet)."""
+        return CachingRawQuerySet(
+            self.raw_query,
+            model=self.model,
+            query=self.query.chain(using=alias),
+            params=self.params,
+            translations=self.translations,
+            using=alias,
+            timeout=self.timeout,
+        )
 
     def query_key(self) -> str:
         return self.raw_query % tuple(self.params or [])
@@ -640,7 +1001,7 @@ class CachingRawQuerySet(RawQuerySet):
     def _cache_identity(self) -> tuple[str, frozenset[str]]:
         params = self.params
         params = tuple(params) if isinstance(params, (list, tuple)) else params
-        identity = repr((self.raw_query, params))
+        identity = repr((self.db, self.raw_query, params))
         return identity, _engine.tables_in(self.raw_query) | _engine.model_tables(self.model)
 
 

@@ -150,8 +150,6 @@ class Invalidator:
             for key in obj._flush_keys():
                 if key not in (obj_flush, model_flush):
                     flush_lists[key].add(obj_flush)
-                if config.FETCH_BY_ID:
-                    flush_lists[key].add(byid(obj))
         return self.add_to_flush_list(flush_lists, timeout=timeout, tables=tables)
 
     def expand_flush_lists(self, obj_keys: Iterable[str], flush_keys: Iterable[str]) -> tuple[set[str], set[str]]:
