@@ -16,7 +16,7 @@ from django.db.transaction import TransactionManagementError
 from django.db.utils import DJANGO_VERSION_PICKLE_KEY
 from django.test import TransactionTestCase
 
-from django_rustcache.orm import CachingManager, CachingMixin, base
+from django_rustcache.orm import CachingManager, CachingMixin, _engine, base
 from orm_tests.testapp.models import Author, Book, BookProxy, Guarded, Item, Pool, PoolStyle, Secret, Tag
 
 
@@ -94,15 +94,22 @@ class WhatPickleRefuses(Twice):
         self.assertEqual(first, second)
         self.assertEqual(first, [(through, self.books[0].pk, red.pk)])
 
-    def test_a_field_value_pickle_refuses_is_not_cached(self):
+    def test_a_custom_field_value_pickle_refuses(self):
+        # Its column is stored as the database returned it, and converted by the field on
+        # every read, as Django does: each read gets its own value (its own lock).
         Secret.objects.create(name="s", guarded=Guarded("x"))
-        for _ in range(3):
-            with self.assertNumQueries(1):
-                (secret,) = Secret.objects.all()
-            self.assertEqual(secret.guarded, Guarded("x"))
-            self.assertIs(secret.from_cache, False)
-        # The same model's queries without that column are cached.
-        self.cached(lambda: [s.name for s in Secret.objects.only("name")])
+        first, second = self.cached(lambda: list(Secret.objects.all()))
+        self.assertEqual((first[0].guarded, second[0].guarded), (Guarded("x"), Guarded("x")))
+        self.assertIsNot(first[0].guarded.lock, second[0].guarded.lock)
+        self.assertEqual((first[0].from_cache, second[0].from_cache), (False, True))
+        first, second = self.cached(lambda: list(Secret.objects.filter(name="s").order_by("-pk")))
+        self.assertIsNot(first[0].guarded.lock, second[0].guarded.lock)
+
+    def test_a_value_pickle_refuses_is_not_stored(self):
+        _engine._last_warning[0] = 0.0  # said at most every few seconds: now
+        with self.assertLogs("django_rustcache.orm", "WARNING") as logs:
+            self.assertIsNone(base._storable([(1, Guarded("x"))], 1))
+        self.assertIn("not cached", logs.output[0])
 
 
 class IteratorContract(Twice):
@@ -300,3 +307,24 @@ class BuiltAsDjangoBuildsThem(Twice):
         finally:
             post_init.disconnect(receiver, sender=Book)
         self.assertEqual(seen, ["t0", "t1", "t2", "t3"] * 2)
+
+
+class Volatile(Twice):
+    """A query whose answer changes with no write (a random order, the clock) is not cached."""
+
+    def test_random_order_and_the_clock(self):
+        from django.db.models.functions import Now
+
+        for make in (
+            lambda: list(Book.objects.order_by("?")),
+            lambda: list(Book.objects.filter(author__name="ann").order_by("?")),
+            lambda: list(Author.objects.annotate(at=Now())),
+            lambda: list(Book.objects.raw("SELECT * FROM testapp_book ORDER BY RANDOM()")),
+        ):
+            for _ in range(2):
+                with self.assertNumQueries(1):
+                    make()
+
+    def test_a_name_that_looks_like_a_function_is_not_volatile(self):
+        self.assertFalse(base._volatile('SELECT "t"."now", `t`.`random` FROM "t"'))
+        self.assertTrue(base._volatile('SELECT "t"."a" FROM "t" ORDER BY RANDOM() ASC'))

@@ -320,9 +320,15 @@ def _publishes_in_txn(conn: Any) -> bool:
         result = "read committed" in level or "read uncommitted" in level
     elif vendor == "sqlite":
         try:
-            with busy(), conn.cursor() as cursor:
+            # On the driver's own connection: not a query of the site's (no query log, no
+            # assertNumQueries, no debug toolbar sees it).
+            conn.ensure_connection()
+            cursor = conn.connection.cursor()
+            try:
                 cursor.execute("PRAGMA journal_mode")
                 result = str(cursor.fetchone()[0]).lower() != "wal"
+            finally:
+                cursor.close()
         except Exception:
             result = False
     else:

@@ -25,6 +25,7 @@ import io
 import logging
 import operator
 import pickle
+import re
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -293,6 +294,39 @@ def _converters_identity(compiler: Any) -> tuple:
     return tuple(out)
 
 
+def _made_by_django(converter: Any) -> bool:
+    f = getattr(converter, "__func__", converter)
+    return (getattr(f, "__module__", None) or "").startswith("django.db.")
+
+
+def _split(converters: dict[int, Any]) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(columns converted before storing, columns converted on every read). A column whose
+    conversions are all Django's own gives plain values (datetimes, decimals, dicts from JSON)
+    that pickle keeps exactly; a custom field's ``from_db_value`` may give anything (an object
+    holding a connection, a lock, attributes pickle drops), so its column is stored as the
+    database returned it and converted each time, as Django does."""
+    early: dict[int, Any] = {}
+    late: dict[int, Any] = {}
+    for pos, (convs, expression) in converters.items():
+        (early if all(_made_by_django(c) for c in convs) else late)[pos] = (convs, expression)
+    return early, late
+
+
+def _convert(rows: Any, converters: dict[int, Any], connection: Any) -> list[tuple]:
+    """Django's ``apply_converters``, giving tuples."""
+    items = list(converters.items())
+    out = []
+    for row in rows:
+        values = list(row)
+        for pos, (convs, expression) in items:
+            value = values[pos]
+            for converter in convs:
+                value = converter(value, expression, connection)
+            values[pos] = value
+        out.append(tuple(values))
+    return out
+
+
 def _sql_key_text(compiler: Any, sql: str, params: Any) -> str:
     """Everything a query's converted rows depend on besides the data: the database, the SQL,
     its parameters (``repr``: ``1``, ``True`` and ``1.0`` differ), the columns kept of each row,
@@ -313,6 +347,30 @@ def _sql_key_text(compiler: Any, sql: str, params: Any) -> str:
             getattr(conn, "timezone_name", None),
         )
     )
+
+
+# Functions whose value changes without any write (random numbers, the clock, new ids), as
+# each backend spells them: a query using one is never cached.
+_VOLATILE = re.compile(
+    r"\b(?:RANDOM|RAND|DBMS_RANDOM|NOW|CURRENT_TIMESTAMP|CURRENT_DATE|CURRENT_TIME|LOCALTIMESTAMP|LOCALTIME"
+    r"|STATEMENT_TIMESTAMP|CLOCK_TIMESTAMP|TRANSACTION_TIMESTAMP|TIMEOFDAY|SYSDATE|SYSTIMESTAMP|UTC_TIMESTAMP"
+    r"|UUID|GEN_RANDOM_UUID|NEWID)\b|'now'",  # SQLite's clock: STRFTIME(..., 'now')
+    re.IGNORECASE,
+)
+_QUOTED = re.compile(r'"[^"]*"|`[^`]*`|\[[^\]]*\]')
+_volatile_sql: dict[str, bool] = {}
+
+
+def _volatile(sql: str) -> bool:
+    """Whether ``sql`` calls a function whose result changes with no write (outside quoted
+    names: a column may be called "now")."""
+    known = _volatile_sql.get(sql)
+    if known is None:
+        known = _VOLATILE.search(_QUOTED.sub("", sql)) is not None
+        if len(_volatile_sql) >= 4096:
+            _volatile_sql.clear()
+        _volatile_sql[sql] = known
+    return known
 
 
 def _execute(
@@ -340,8 +398,9 @@ def _execute(
         found = read.found  # looked up by the query's structure, before compiling
     else:
         key_text = _sql_key_text(compiler, sql, params)
-        if " at 0x" in key_text:
-            # A parameter without a value's repr (an object's identity): no two calls share it.
+        # A parameter without a value's repr (an object's identity) is never shared; a random
+        # order or the clock gives another answer each time.
+        if " at 0x" in key_text or _volatile(sql):
             return run(compiler, result_type, chunked_fetch, chunk_size)
         model = compiler.query.model
         tables = _engine.tables_in(sql) | (_engine.model_tables(model) if model is not None else frozenset())
@@ -366,24 +425,38 @@ def _results(
     chunk_size: int = GET_ITERATOR_CHUNK_SIZE,
 ) -> Iterator[Any]:
     """The caching twin of ``SQLCompiler.results_iter``: the stored rows on a hit; else the
-    database's, converted by Django, stored (as tuples: what every iterable reads them as)."""
+    database's, stored once Django's own conversions are applied (as tuples: what every
+    iterable reads them as); a custom field's conversion is applied after, on every read."""
     if results is None:
         results = compiler.execute_sql(MULTI, chunked_fetch=chunked_fetch, chunk_size=chunk_size)
     found = read.found
+    fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+    early, late = _split(compiler.get_converters(fields))
+    connection = compiler.connection
     if read.hit and found is not None:
-        return iter(found[1])
-    convert = type(compiler).results_iter
-    if found is None:
-        return convert(compiler, results, tuple_expected)
+        return iter(_convert(found[1], late, connection) if late else found[1])
+    composite = getattr(compiler, "has_composite_fields", None)
+    if found is None or (late and composite is not None and composite(fields)):
+        return type(compiler).results_iter(compiler, results, tuple_expected)
+
+    def stored(chunk: Any) -> list[tuple]:
+        rows = _convert(chunk, early, connection) if early else chunk
+        if composite is not None and composite(fields):
+            rows = compiler.composite_fields_to_tuples(rows, fields)
+        return list(map(tuple, rows))
+
+    def read_back(rows: list[tuple]) -> list[tuple]:
+        return _convert(rows, late, connection) if late else rows
+
     stamp, present = found[0], found[1] is not None
     if isinstance(results, list):  # every row already read (not a chunked fetch)
-        rows = list(map(tuple, convert(compiler, results)))
+        rows = stored(chain.from_iterable(results))
         payload = _storable(rows, len(rows))
         if payload is not None:
             _store(read, stamp, payload, present)
-        return iter(rows)
-    chunks = (list(map(tuple, convert(compiler, [chunk]))) for chunk in results)
-    return chain.from_iterable(_streamed(read, stamp, chunks, present))
+        return iter(read_back(rows))
+    chunks = (stored(chunk) for chunk in results)
+    return chain.from_iterable(map(read_back, _streamed(read, stamp, chunks, present)))
 
 
 def _armed(query: Any, read: _Read) -> Any:
@@ -437,6 +510,7 @@ _BOOKKEEPING = frozenset(
         "filter_is_sticky",
         "_annotation_select_cache",
         "alias_cols",
+        "base_table",  # a cached property, set once the query is compiled
     }
 )
 _VALUE_TYPES = (int, str, float, bool, type(None), bytes, decimal.Decimal, datetime.date, datetime.time, uuid.UUID)
@@ -473,6 +547,8 @@ def _node(node: Any, alias: str) -> Any:
 def _fingerprint(query: Any) -> str | None:
     """A structural identity for a query on one table filtered by plain values, or None."""
     model = query.model
+    if model._meta.concrete_model._meta.parents:
+        return None  # multi-table inheritance: a join, once compiled
     fresh = _fresh_attrs.get(model)
     if fresh is None:
         fresh = _fresh_attrs[model] = dict(Query(model).__dict__)
@@ -490,7 +566,10 @@ def _fingerprint(query: Any) -> str | None:
             return None
         alias = next(iter(alias_map), table)
         order_by = query.order_by
-        if not all(type(o) is str for o in order_by):
+        # The ordering that applies: an explicit one, else the model's (Meta.ordering). A
+        # related field's ("author__name") joins once compiled; "?" is random.
+        effective = order_by or (model._meta.ordering if query.default_ordering else ())
+        if not all(type(o) is str and "__" not in o and "?" not in o for o in effective):
             return None
         where = _node(query.where, alias)
     except (_NotSimple, TypeError, AttributeError):
@@ -500,6 +579,19 @@ def _fingerprint(query: Any) -> str | None:
 
 
 _model_conversions: dict[tuple[type, str], str] = {}
+_model_late: dict[tuple[type, str], dict[int, Any]] = {}
+
+
+def _model_late_converters(model: Any, conn: Any) -> dict[int, Any]:
+    """The conversions applied on every read to the columns of a simple query of ``model``
+    (its concrete fields, in order): those of its custom fields, as a compiler finds them."""
+    late = _model_late.get((model, conn.alias))
+    if late is None:
+        compiler = Query(model).get_compiler(connection=conn)
+        compiler.setup_query()
+        late = _split(compiler.get_converters([s[0] for s in compiler.select]))[1]
+        _model_late[(model, conn.alias)] = late
+    return late
 
 
 def _fingerprint_key_text(fingerprint: str, model: Any, conn: Any) -> str:
@@ -616,7 +708,7 @@ class CachingModelIterable(ModelIterable):
     object is built by Django's own code; ``from_cache`` says where its row came from."""
 
     def __init__(self, queryset: Any, *args: Any, **kwargs: Any) -> None:
-        self.timeout = kwargs.pop("timeout", queryset.timeout)
+        self.timeout = kwargs.pop("timeout", getattr(queryset, "timeout", DEFAULT_TIMEOUT))
         self.db = kwargs.pop("db", queryset.db)
         super().__init__(queryset, *args, **kwargs)
 
@@ -632,7 +724,8 @@ class CachingModelIterable(ModelIterable):
         if self.timeout == config.NO_CACHE or queryset.query.select_for_update:
             yield from super().__iter__()
             return
-        read = _Read(self.timeout)
+        # What this evaluation did (a hit, the key): for tools that show it.
+        self.read = read = _Read(self.timeout)
         query = queryset.query
         compat = config.CACHE_MACHINE_COMPAT
         objects: list[Any] | None = [] if compat else None
@@ -643,7 +736,10 @@ class CachingModelIterable(ModelIterable):
                 results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
                 build = _plain_build(compiler, queryset) if read.hit and read.found is not None else None
                 if build is not None:
-                    built = build(read.found[1])  # type: ignore[index]
+                    fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+                    late = _split(compiler.get_converters(fields))[1]
+                    rows = read.found[1]  # type: ignore[index]
+                    built = build(_convert(rows, late, compiler.connection) if late else rows)
             if built is None:
                 # Django's own iterable, on this compiler and its rows (each handed over once:
                 # nothing here may keep a cursor open after the iteration ends).
@@ -684,7 +780,10 @@ class CachingModelIterable(ModelIterable):
             return None
         read.hit = True
         build = _builder(model, names, 0, len(names), [], queryset)
-        return build(found[1]) if build is not None else None
+        if build is None:
+            return None
+        late = _model_late_converters(model, conn)
+        return build(_convert(found[1], late, conn) if late else found[1])
 
     def _register(self, objects: list[Any], query_key: str) -> None:
         """Cache Machine's flush lists (its compatibility mode): each object's list names the
@@ -734,7 +833,7 @@ def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     params = tuple(params) if isinstance(params, (list, tuple)) else params
     key_text = repr(("raw", conn.alias, query.sql, params, getattr(conn, "timezone_name", None)))
     tables = _engine.tables_in(query.sql) | _engine.model_tables(model)
-    found = None if " at 0x" in key_text else _lookup(read, conn.alias, key_text, tables)
+    found = None if " at 0x" in key_text or _volatile(query.sql) else _lookup(read, conn.alias, key_text, tables)
     if found is not None and type(found[1]) is list:
         description, rows = found[1]
         read.hit = True
