@@ -27,10 +27,10 @@ def after_sql():
         hook()
 
 
-def pausing_store(read, stamp, payload, present):
+def pausing_store(read, stamp, payload, present, rows=None):
     """Our store, held where a forced interleaving wants the reader: rows read, none stored."""
     after_sql()
-    return _real_store(read, stamp, payload, present)
+    return _real_store(read, stamp, payload, present, rows)
 
 
 _real_store = base._store
@@ -41,11 +41,11 @@ def stamp_after_sql(delay=0.0):
     """Broken on purpose: the generations a result is stored with are read after the SQL ran
     (cachalot's race), not before."""
 
-    def store(read, stamp, payload, present):
+    def store(read, stamp, payload, present, rows=None):
         after_sql()
         time.sleep(delay)
         _, stamp, _ = base._stamp(base.cache, read.db, read.tables, None)
-        return _real_store(read, stamp, payload, present)
+        return _real_store(read, stamp, payload, present, rows)
 
     with mock.patch.object(base, "_store", store):
         yield

@@ -328,3 +328,73 @@ class Volatile(Twice):
     def test_a_name_that_looks_like_a_function_is_not_volatile(self):
         self.assertFalse(base._volatile('SELECT "t"."now", `t`.`random` FROM "t"'))
         self.assertTrue(base._volatile('SELECT "t"."a" FROM "t" ORDER BY RANDOM() ASC'))
+
+
+class RowsHeldInProcess(Twice):
+    """Rows of plain values this process read or stored are held with their stamp: a hit then
+    reads only the tables' generations. A write, a clear or the timeout ends that."""
+
+    def keys_read(self, make):
+        asked = []
+        real = caches["default"].get_many
+
+        def spy(keys, *args, **kwargs):
+            asked.append(list(keys))
+            return real(keys, *args, **kwargs)
+
+        with mock.patch.object(caches["default"], "get_many", spy):
+            result = make()
+        return result, asked
+
+    def test_a_hit_reads_the_generations_only(self):
+        for make in (
+            lambda: [a.name for a in Author.objects.filter(name="ann")],  # by its structure
+            lambda: [a.name for a in Author.objects.filter(books__title="t1")],  # by its SQL
+        ):
+            self.cached(make)
+            result, asked = self.keys_read(make)
+            self.assertEqual(result, ["ann"])
+            # One get_many, of the generations of the tables read (the entry is not read).
+            generations = {_engine.generation_key(t) for t in ("testapp_author", "testapp_book")}
+            self.assertEqual(len(asked), 1)
+            self.assertTrue(set(asked[0]) <= generations, asked)
+
+    def test_a_write_a_clear_and_the_timeout(self):
+        make = lambda: [a.name for a in Author.objects.order_by("pk")]  # noqa: E731
+        self.cached(make)
+        Author.objects.filter(pk=self.ann.pk).update(name="new")
+        with self.assertNumQueries(1):
+            self.assertEqual(make()[0], "new")
+        caches["default"].clear()
+        with self.assertNumQueries(1):
+            make()
+        self.assertEqual(len(self.keys_read(make)[1][0]), 1)
+        # Held no longer than the entry's timeout: after it, the entry is read again.
+        short = lambda: [a.name for a in Author.objects.cache(1).filter(name="bob")]  # noqa: E731
+        self.cached(short)
+        self.assertEqual(len(self.keys_read(short)[1][0]), 1)
+        later = base.time.monotonic() + 2
+        with mock.patch.object(base.time, "monotonic", return_value=later):
+            self.assertEqual(len(self.keys_read(short)[1][0]), 2)
+
+    def test_values_a_caller_can_change_are_not_held(self):
+        Book.objects.filter(pk=self.books[0].pk).update(data={"k": [1]})
+        make = lambda: list(Book.objects.filter(pk=self.books[0].pk))  # noqa: E731
+        _, second = self.cached(make)
+        second[0].data["k"].append(2)
+        (third,) = make()
+        self.assertEqual(third.data, {"k": [1]})
+        _, asked = self.keys_read(make)
+        self.assertEqual(len(asked[0]), 2)  # the entry is read each time
+
+    def test_an_empty_result_held_is_served(self):
+        from django.test import override_settings
+
+        with override_settings(CACHE_EMPTY_QUERYSETS=True):
+            for make in (
+                lambda: list(Author.objects.filter(name="nobody")),
+                lambda: list(Author.objects.filter(books__title="nothing")),
+            ):
+                self.assertEqual(self.cached(make), ([], []))
+                with self.assertNumQueries(0):
+                    self.assertEqual(make(), [])

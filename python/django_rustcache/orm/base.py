@@ -18,6 +18,7 @@ globals (``cache``, ``cached``, ``invalidator``, ``CachingModelIterable``, ``DEF
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
 import functools
@@ -26,6 +27,8 @@ import logging
 import operator
 import pickle
 import re
+import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -117,10 +120,89 @@ def _is_entry(entry: Any, stamp: tuple) -> bool:
 # --- reading generations ----------------------------------------------------------------------
 
 
+class _Memo:
+    """Rows this process read or stored lately, by key, with the stamp they are current for:
+    while the tables' generations still say that stamp, they are the stored rows, so a hit
+    reads the generations only (not the entry: no transfer, no unpickling). Only rows of
+    values nobody can change in place are kept (numbers, strings, dates...): every caller is
+    handed the same ones. Bounded by rows; the least recently used go first."""
+
+    MAX_ROWS = 100_000
+    _IMMUTABLE = frozenset(
+        {int, float, str, bytes, bool, type(None), decimal.Decimal, uuid.UUID}
+        | {datetime.datetime, datetime.date, datetime.time, datetime.timedelta}
+    )
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[str, tuple[tuple, list[tuple], float | None]] = collections.OrderedDict()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[tuple, list[tuple]] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[2] is not None and entry[2] < time.monotonic():
+            self.forget(key)
+            return None
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+        return entry[0], entry[1]
+
+    def remember(self, key: str | None, stamp: tuple, rows: list[tuple], timeout: Any) -> None:
+        if key is None or len(rows) > self.MAX_ROWS // 10 or config.CACHE_MACHINE_COMPAT:
+            return
+        immutable = self._IMMUTABLE
+        if not all(type(v) in immutable for row in rows for v in row):
+            return
+        life = _seconds(timeout)
+        expires = None if life is None else time.monotonic() + life
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._rows -= len(old[1])
+            self._entries[key] = (stamp, rows, expires)
+            self._rows += len(rows)
+            while self._rows > self.MAX_ROWS and self._entries:
+                _, (_, dropped, _) = self._entries.popitem(last=False)
+                self._rows -= len(dropped)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._rows -= len(old[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._rows = 0
+
+
+_memo = _Memo()
+
+
+def _seconds(timeout: Any) -> float | None:
+    from django_rustcache.orm.invalidation import seconds
+
+    return seconds(timeout)
+
+
+class _Remembered:
+    """What ``_stamp`` returns for a key whose rows this process holds: the rows, when their
+    stamp is current; else they are stale (and so, almost surely, is the stored entry)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[tuple] | None) -> None:
+        self.rows = rows
+
+
 def _stamp(cache: Any, db: str, tables: frozenset[str], key_text: str | None) -> tuple[str | None, tuple, Any]:
-    """One ``get_many`` of the tables' generations (and the result key, when given): (key,
-    stamp, stored entry). Missing generations are created with fresh values before returning,
-    which is before the caller runs its SQL."""
+    """One ``get_many`` of the tables' generations (and the result key, when given and its rows
+    are not held here): (key, stamp, stored entry or _Remembered). Missing generations are
+    created with fresh values before returning, which is before the caller runs its SQL."""
     scope = _engine.private_scope(connections[db], tables)
     key = None
     if key_text is not None:
@@ -129,8 +211,11 @@ def _stamp(cache: Any, db: str, tables: frozenset[str], key_text: str | None) ->
         raise _Unusable
     order = sorted(tables)
     gen_keys = [_engine.generation_key(t) for t in order]
+    # Cache Machine's compatibility mode also invalidates by deleting entries (its flush
+    # lists), which only a read of the entry sees: nothing is held here then.
+    held = _memo.get(key) if key is not None and not config.CACHE_MACHINE_COMPAT else None
     with _engine.busy():
-        got = cache.get_many(gen_keys + ([key] if key else []))
+        got = cache.get_many(gen_keys + ([key] if key and held is None else []))
         gens = [got.get(k) for k in gen_keys]
         missing = {k: _engine.fresh_generation() for k, g in zip(gen_keys, gens, strict=True) if g is None}
         if missing:
@@ -140,6 +225,8 @@ def _stamp(cache: Any, db: str, tables: frozenset[str], key_text: str | None) ->
                 raise _Unusable
             gens = [missing.get(k, g) for k, g in zip(gen_keys, gens, strict=True)]
     stamp = tuple(gens) + (scope[1] if scope else ())
+    if held is not None:
+        return key, stamp, _Remembered(held[1] if held[0] == stamp else None)
     return key, stamp, (got.get(key) if key else None)
 
 
@@ -187,11 +274,19 @@ def _lookup(
     except _Unusable:
         return None
     read.key = key
+    if type(entry) is _Remembered:
+        if entry.rows is not None and (width is None or not entry.rows or len(entry.rows[0]) == width):
+            return stamp, entry.rows
+        # Stale here, so most likely stale there: read the database, replace the entry.
+        _memo.forget(key)  # type: ignore[arg-type]
+        return stamp, _PRESENT
     if _is_entry(entry, stamp):
         try:
             rows = _load(entry[2])
             if width is not None and not all(type(r) is tuple and len(r) == width for r in rows):
                 raise ValueError(f"rows are not tuples of {width} values")
+            if width is not None:
+                _memo.remember(key, stamp, rows, read.timeout)
             return stamp, rows
         except Exception as exc:  # a payload this version cannot read, a damaged value
             _engine.warn(f"ORM cache: a stored result could not be read, using the database ({exc!r})")
@@ -205,8 +300,11 @@ class _Present:
 _PRESENT = _Present()
 
 
-def _store(read: _Read, stamp: tuple, payload: tuple[bytes, ...], present: bool) -> None:
-    """Store rows read by ``read`` under its key, with the generations read before its SQL."""
+def _store(
+    read: _Read, stamp: tuple, payload: tuple[bytes, ...], present: bool, rows: list[tuple] | None = None
+) -> None:
+    """Store rows read by ``read`` under its key, with the generations read before its SQL
+    (and hold them here, when given)."""
     value = (_MAGIC, stamp, payload)
     try:
         with _engine.busy():
@@ -219,6 +317,8 @@ def _store(read: _Read, stamp: tuple, payload: tuple[bytes, ...], present: bool)
         _engine.warn(f"ORM cache: storing a result failed ({exc!r})")
         return
     read.stored = True
+    if rows is not None:
+        _memo.remember(read.key, stamp, rows, read.timeout)
 
 
 def _storable(value: list[Any], count: int) -> tuple[bytes, ...] | None:
@@ -453,7 +553,7 @@ def _results(
         rows = stored(chain.from_iterable(results))
         payload = _storable(rows, len(rows))
         if payload is not None:
-            _store(read, stamp, payload, present)
+            _store(read, stamp, payload, present, rows)
         return iter(read_back(rows))
     chunks = (stored(chunk) for chunk in results)
     return chain.from_iterable(map(read_back, _streamed(read, stamp, chunks, present)))
@@ -669,6 +769,10 @@ def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotatio
         known.append((field, related, operator.attrgetter(*attnames)))
     fetch_mode = getattr(queryset, "_fetch_mode", None)  # Django 6.1+
     db = queryset.db
+    if not known and not annotations and start == 0 and not (fetch_mode is not None and fetch_mode.track_peers):
+        # The common case (rows of the model's columns only): a loop written for these names.
+        fast = _fast_builder(model, names, fetch_mode is not None)
+        return lambda rows: fast(rows, db, fetch_mode)
 
     def build(rows: list[Any]) -> Iterator[Any]:
         new = object.__new__
@@ -697,9 +801,64 @@ def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotatio
                     pass
                 else:
                     setattr(obj, field.name, rel_obj)
+            obj.from_cache = True
             yield obj
 
     return build
+
+
+_fast_builders: dict[tuple[type, tuple[str, ...], bool], Any] = {}
+
+
+def _fast_builder(model: Any, names: tuple[str, ...], with_fetch_mode: bool) -> Any:
+    """``build(rows, db, fetch_mode)``: the objects Django's ``from_db`` makes from rows that
+    hold exactly ``names`` (a ModelState of ``adding`` False and ``db``, and the fetch mode on
+    Django 6.1+; then the values, in field order), marked ``from_cache``, as a list. Written
+    for the names (a dict display with constant keys, each row unpacked into locals): three
+    times faster than a dict made with zip(). The names are a model's attnames, written as
+    ``repr`` literals, never as code."""
+    key = (model, names, with_fetch_mode)
+    build = _fast_builders.get(key)
+    if build is None:
+        if not all(type(n) is str for n in names) or not 0 < len(names) <= 255:
+            raise ValueError("not a row of attribute names")
+        cells = [f"r{i}" for i in range(len(names))]
+        items = ", ".join(f"{n!r}: {c}" for n, c in zip(names, cells, strict=True))
+        state = (
+            "{'adding': False, 'db': db, 'fetch_mode': fetch_mode}"
+            if with_fetch_mode
+            else "{'adding': False, 'db': db}"
+        )
+        source = (
+            "def build(rows, db, fetch_mode):\n"
+            "    objects = []\n"
+            "    append = objects.append\n"
+            f"    for ({', '.join(cells)},) in rows:\n"
+            "        state = new(State)\n"
+            f"        state.__dict__ = {state}\n"
+            "        obj = new(cls)\n"
+            f"        obj.__dict__ = {{'_state': state, {items}, 'from_cache': True}}\n"
+            "        append(obj)\n"
+            "    return objects\n"
+        )
+        namespace: dict[str, Any] = {"new": object.__new__, "State": ModelState, "cls": model}
+        exec(source, namespace)  # the names appear only as repr() literals
+        build = namespace["build"]
+        if len(_fast_builders) > 1024:
+            _fast_builders.clear()
+        _fast_builders[key] = build
+    return build
+
+
+def _checked(read: _Read, found: tuple[tuple, Any], width: int) -> None:
+    """Stored rows Django's iterable will read (it slices them): tuples of ``width`` values, or
+    they are treated as an unusable entry (the query runs, its rows replace them)."""
+    rows = found[1]
+    if all(type(r) is tuple and len(r) == width for r in rows):
+        read.hit = True
+    else:
+        _engine.warn("ORM cache: a stored result could not be read, using the database (rows of another shape)")
+        read.found = (found[0], _PRESENT)
 
 
 class CachingModelIterable(ModelIterable):
@@ -739,7 +898,7 @@ class CachingModelIterable(ModelIterable):
                     fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
                     late = _split(compiler.get_converters(fields))[1]
                     rows = read.found[1]  # type: ignore[index]
-                    built = build(_convert(rows, late, compiler.connection) if late else rows)
+                    built = list(build(_convert(rows, late, compiler.connection) if late else rows))
             if built is None:
                 # Django's own iterable, on this compiler and its rows (each handed over once:
                 # nothing here may keep a cursor open after the iteration ends).
@@ -748,11 +907,14 @@ class CachingModelIterable(ModelIterable):
                 compiler.execute_sql = lambda *args, **kwargs: handover.pop(0)
                 del compiler, results
                 built = super().__iter__()
-            for obj in built:
-                obj.from_cache = read.hit
-                if objects is not None and not read.hit:
-                    objects.append(obj)
-                yield obj
+            if type(built) is list and objects is None:
+                yield from built  # built from the cache, marked so
+            else:
+                for obj in built:
+                    obj.from_cache = read.hit
+                    if objects is not None and not read.hit:
+                        objects.append(obj)
+                    yield obj
         finally:
             query.__dict__.pop("get_compiler", None)
         if objects is not None and read.stored and read.key is not None:
@@ -774,16 +936,28 @@ class CachingModelIterable(ModelIterable):
         model = query.model
         names = tuple(f.attname for f in model._meta.concrete_fields)
         key_text = _fingerprint_key_text(fingerprint, model, conn)
-        read.found = found = _lookup(read, conn.alias, key_text, _engine.model_tables(model), len(names))
+        # The rows' shape is checked by building (each row unpacked into its names), so the
+        # lookup does not check it first.
+        read.found = found = _lookup(read, conn.alias, key_text, _engine.model_tables(model))
         read.preset = True
         if found is None or type(found[1]) is not list:
             return None
-        read.hit = True
         build = _builder(model, names, 0, len(names), [], queryset)
         if build is None:
-            return None
+            return _checked(read, found, len(names))
         late = _model_late_converters(model, conn)
-        return build(_convert(found[1], late, conn) if late else found[1])
+        try:
+            built = build(_convert(found[1], late, conn) if late else found[1])
+            if type(built) is not list:
+                built = list(built)
+        except (TypeError, ValueError) as exc:  # rows of another shape: a damaged value
+            _engine.warn(f"ORM cache: a stored result could not be read, using the database ({exc!r})")
+            read.found = (found[0], _PRESENT)
+            return None
+        read.hit = True
+        if late or type(found[1]) is list:
+            _memo.remember(read.key, found[0], found[1], read.timeout)
+        return built
 
     def _register(self, objects: list[Any], query_key: str) -> None:
         """Cache Machine's flush lists (its compatibility mode): each object's list names the
