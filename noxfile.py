@@ -143,15 +143,18 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
 def django(session: nox.Session, django: str) -> None:
     """Django's own cache test suite against our backends, both storage modes; then the ORM query
-    cache's tests and Cache Machine's own suite (orm_tests/run.py)."""
+    cache's tests and Cache Machine's own suite (orm_tests/run.py); then Django's own ORM test
+    apps with every model's queryset caching (orm_tests/django_orm.py)."""
     require_python(session, "3.12" if django == "6.1" else "3.11")
     ensure_servers(session)
     install_package(session)
     session.install(f"Django~={django}.0")
-    session.install("jinja2>=3", "dj-database-url>=2", "redis>=5", "django-redis>=5.4")
+    # tblib: Django's parallel test runner sends failures' tracebacks between processes.
+    session.install("jinja2>=3", "dj-database-url>=2", "redis>=5", "django-redis>=5.4", "tblib>=3")
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     session.run("python", "django_tests/run.py", *session.posargs)
     session.run("python", "orm_tests/run.py")
+    session.run("python", "orm_tests/django_orm.py")
 
 
 @nox.session(python=PY311)
