@@ -143,6 +143,7 @@ def test_invalid_keys_raise_before_anything_is_sent(memcached_server, key):
         lambda: cache.incr(key),
         lambda: cache.touch(key),
         lambda: cache.get_many(["ok", key]),
+        lambda: cache.get_many([key]),
         lambda: cache.set_many({"ok": 1, key: 2}),
         lambda: cache.delete_many(["ok", key]),
     ):
@@ -429,6 +430,8 @@ def test_without_ignore_exc_a_dead_server_raises_a_cache_error():
         cache.get("k")
     with pytest.raises(ServerDown):
         cache.get_many(["a", "b"])
+    with pytest.raises(ServerDown):  # one key: the same rule
+        cache.get_many(["a"])
 
 
 def test_one_dead_server_of_three_only_loses_its_keys(memcached_trio):

@@ -349,6 +349,17 @@ impl Client {
         if keys.is_empty() {
             return Ok((found, Vec::new()));
         }
+        if let [key] = keys {
+            // One key: one server, one exchange (a failure is that server's, as below).
+            return match self.get(key) {
+                Ok(item) => Ok((vec![item], Vec::new())),
+                // As the many-key path: a bad key or no server raise, a server's failure is its.
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::InvalidKey | ErrorKind::Config) => {
+                    Err(e)
+                }
+                Err(e) => Ok((found, vec![e])),
+            };
+        }
         let groups = self.router.group(keys.iter().copied())?;
         let dialect = self.dialect;
         let requests = Self::requests_by_server(&groups, |request, group| {
