@@ -1,18 +1,23 @@
 """The ORM query cache benchmark: uncached Django vs ours (django_rustcache.orm) vs Cache Machine.
 
-One SQLite file database with 1,000 rows, one table behind three model classes (plain, ours,
+One database (an SQLite file, or with ``--db postgresql`` a PostgreSQL server the benchmark
+starts, as production runs) with 1,000 rows, one table behind three model classes (plain, ours,
 Cache Machine's), the same cache for both caching layers. Ops: a cached ``filter()`` returning
 100 rows, ``get(pk=)``, ``count()``, and one ``save()`` (an UPDATE plus each layer's
 invalidation). Rounds interleave the three in a shuffled order; cells are median us per call
-(p99). Our SQL hook is switched off while the others run, so they do not pay for it.
+(p99). Our SQL hook is switched off while the others run, so they do not pay for it. The
+round's save() invalidates every layer's cached reads: before each batch of reads, one untimed
+call stores them again, so the read rows measure hits.
 
     python bench/orm.py                 # memcached (ours) and Django's LocMemCache
     python bench/orm.py --rounds 11 --cache locmem
+    python bench/orm.py --db postgresql          # PostgreSQL (Debian: apt-get install -y postgresql)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import random
@@ -32,7 +37,7 @@ LAYERS = ["uncached", "ours", "Cache Machine"]
 OPS = [("filter() 100 rows", 20), ("get(pk=)", 50), ("count()", 50), ("save()", 20)]
 
 
-def configure(cache: str, tmp: str, memcached_location: str) -> None:
+def configure(cache: str, tmp: str, memcached_location: str, database: dict | None = None) -> None:
     import django
     from django.conf import settings
 
@@ -41,7 +46,7 @@ def configure(cache: str, tmp: str, memcached_location: str) -> None:
         "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "bench-orm"},
     }
     settings.configure(
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{tmp}/bench.sqlite3"}},
+        DATABASES={"default": database or {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{tmp}/bench.sqlite3"}},
         CACHES={"default": {**caches[cache], "TIMEOUT": 600}},
         INSTALLED_APPS=["ormapp"],
         CACHE_COUNT_TIMEOUT=600,  # Cache Machine caches count() only when this is set
@@ -93,6 +98,11 @@ def run(cache: str, rounds: int) -> dict:
         for op, n in OPS:
             for layer in order:
                 call = table[layer][op]
+                if op != "save()":
+                    # The round's save() invalidated the cached reads: one call, untimed,
+                    # stores them again, so the batch measures hits (for every layer alike).
+                    with _engine.busy() if layer != "ours" else contextlib.nullcontext():
+                        call()
                 if layer == "ours":
                     samples[op][layer].append(sample(call, n)[0])
                 else:
@@ -101,13 +111,14 @@ def run(cache: str, rounds: int) -> dict:
     return samples
 
 
-def report(cache: str, samples: dict) -> tuple[list[str], list[str]]:
+def report(cache: str, samples: dict, db: str = "sqlite") -> tuple[list[str], list[str]]:
     import django
 
     med = {op: {layer: statistics.median(v) for layer, v in by.items()} for op, by in samples.items()}
+    database = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[db]
     lines = [
         f"## suite: orm on {cache} (Python {sys.version.split()[0]}, Django {django.get_version()}, "
-        "SQLite, 1,000 rows)",
+        f"{database}, 1,000 rows)",
         "",
         "| op | uncached | ours | Cache Machine | uncached / ours | ours / Cache Machine |",
         "|---|---|---|---|---|---|",
@@ -127,10 +138,8 @@ def report(cache: str, samples: dict) -> tuple[list[str], list[str]]:
     )
     misses = []
     f = med["filter() 100 rows"]
-    if f["uncached"] / f["ours"] < 5:
-        misses.append(f"{cache}: cached filter() {f['uncached'] / f['ours']:.1f}x faster than uncached (target 5x)")
-    if f["ours"] > f["Cache Machine"]:
-        misses.append(f"{cache}: cached filter() {f['ours'] / f['Cache Machine']:.2f}x Cache Machine (target <= 1)")
+    if f["ours"] > 0.5 * f["Cache Machine"]:
+        misses.append(f"{cache}: cached filter() {f['ours'] / f['Cache Machine']:.2f}x Cache Machine (target <= 0.5)")
     if cm_extra > 0 and ours_extra / cm_extra > 1.5:
         misses.append(f"{cache}: save() overhead {ours_extra / cm_extra:.2f}x Cache Machine's (target <= 1.5x)")
     return lines, misses
@@ -143,6 +152,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--cpu", type=int, default=0)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
     if args.quick:
         args.rounds = 5
@@ -155,27 +165,43 @@ def main() -> int:
             import subprocess
 
             cmd = [sys.executable, __file__, "--cache", cache, "--rounds", str(args.rounds), "--cpu", str(args.cpu)]
+            cmd += ["--db", args.db]
             rc = subprocess.run([*cmd, *(["--check"] if args.check else [])]).returncode
             misses += [cache] if rc else []
             continue
-        from tests.servers import MemcachedServer
+        from tests.servers import MemcachedServer, PostgresServer
 
         server = MemcachedServer(args=("-t", "1")) if cache == "memcached" else None
+        postgres = PostgresServer() if args.db == "postgresql" else None
         try:
-            if server is not None:
-                placement.pin_server(server.proc.pid)
+            for each in (server, postgres):
+                if each is not None:
+                    # The database's sessions are forked from its postmaster: pinned with it.
+                    placement.pin_server(each.proc.pid)
+                    for child in _children(each.proc.pid):
+                        placement.pin_server(child)
             with tempfile.TemporaryDirectory(prefix="bench-orm-") as tmp:
-                configure(cache, tmp, server.location if server else "")
+                configure(cache, tmp, server.location if server else "", postgres.database() if postgres else None)
                 populate()
-                lines, missed = report(cache, run(cache, args.rounds))
+                lines, missed = report(cache, run(cache, args.rounds), args.db)
         finally:
-            if server is not None:
-                server.close()
+            for each in (server, postgres):
+                if each is not None:
+                    each.close()
         print("\n".join(lines))
         print(f"\n{args.rounds} interleaved rounds; {placement.describe()}. Cells: median us per call (p99).")
         print("Targets missed: " + ("; ".join(missed) if missed else "none"), flush=True)
         misses += missed
     return 1 if (args.check and misses) else 0
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (runuser's postgres, its postmaster's helpers)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            out += [int(child), *_children(int(child))]
+    return out
 
 
 if __name__ == "__main__":

@@ -1041,3 +1041,69 @@ class RedisCluster:
     def close(self) -> None:
         for n in self.nodes:
             n.close()
+
+
+def postgres_bindir() -> Path | None:
+    """The directory of PostgreSQL's server programs (Debian keeps them out of PATH)."""
+    found = shutil.which("pg_config")
+    if found:
+        out = subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if out and (Path(out) / "postgres").exists():
+            return Path(out)
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
+    return versions[-1].parent if versions else None
+
+
+class PostgresServer(ServerProcess):
+    """A PostgreSQL server of its own (initdb into a temporary directory, trust auth) on a
+    free loopback port, for the ORM benchmark. PostgreSQL refuses to run as root: as root it
+    runs as the ``postgres`` user. Debian: ``apt-get install -y postgresql``."""
+
+    name = "postgres"
+
+    def __init__(self) -> None:
+        super().__init__("rustcache-pg-")
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install -y postgresql)")
+        self.bindir = bindir
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        subprocess.run(
+            [*self.as_user, str(bindir / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
+             "--auth=trust", "--no-sync", "-E", "UTF8"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        self.start()
+
+    def command(self) -> list[str]:
+        return [
+            *self.as_user, str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+            "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
+        ]  # fmt: skip
+
+    @property
+    def location(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def database(self) -> dict:
+        """Django's DATABASES entry for it."""
+        return {"ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres",
+                "HOST": "127.0.0.1", "PORT": str(self.port)}  # fmt: skip
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT to the postmaster: open sessions are ended, not waited for)."""
+        pidfile = self.dir / "data" / "postmaster.pid"
+        if self.proc and self.proc.poll() is None and pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)
+                self.proc.wait(10)
+            except (ValueError, OSError, subprocess.TimeoutExpired):
+                pass
+        super().stop()

@@ -285,8 +285,8 @@ def _lookup(
             rows = _load(entry[2])
             if width is not None and not all(type(r) is tuple and len(r) == width for r in rows):
                 raise ValueError(f"rows are not tuples of {width} values")
-            if width is not None:
-                _memo.remember(key, stamp, rows, read.timeout)
+            # Held here from now on (checked for their shape by their first use, as here).
+            _memo.remember(key, stamp, rows, read.timeout)
             return stamp, rows
         except Exception as exc:  # a payload this version cannot read, a damaged value
             _engine.warn(f"ORM cache: a stored result could not be read, using the database ({exc!r})")
@@ -955,8 +955,6 @@ class CachingModelIterable(ModelIterable):
             read.found = (found[0], _PRESENT)
             return None
         read.hit = True
-        if late or type(found[1]) is list:
-            _memo.remember(read.key, found[0], found[1], read.timeout)
         return built
 
     def _register(self, objects: list[Any], query_key: str) -> None:
