@@ -167,6 +167,20 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/async_run.py")
     session.run("python", "bench/orm.py")
+    ensure_postgres(session)
+    session.run("python", "bench/orm.py", "--db", "postgresql")
+
+
+def ensure_postgres(session: nox.Session) -> None:
+    """PostgreSQL's server programs for the ORM benchmark (installed as root with apt-get, or
+    named)."""
+    if glob.glob("/usr/lib/postgresql/*/bin/postgres") or shutil.which("postgres"):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.error("the ORM benchmark on PostgreSQL starts a server: sudo apt-get install -y postgresql")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql", external=True, env=env)
 
 
 @nox.session
