@@ -1,5 +1,6 @@
 """The ORM query cache through its API: hits, every write path, transactions, databases."""
 
+import datetime
 import logging
 import pickle
 import threading
@@ -100,6 +101,62 @@ class HitTests(CacheTestCase):
         Book.objects.filter(pk=self.books[2].pk).update(title="b")
         self.assertEqual(titles(Book.objects.filter(title__in=["a, b"])), ["a, b"])
         self.assertEqual(titles(Book.objects.filter(title__in=["a", "b"])), ["a", "b"])
+
+    def test_a_query_identified_without_sql_is_identified_exactly(self):
+        # Simple queries are keyed by their structure, not their SQL (count(), and the rows of
+        # a query whose objects are plain to build): two with the same key must compile to the
+        # same SQL and parameters (one SQL may have several keys: 1 and "1").
+        from django.db.models import Q
+
+        day = datetime.date(2026, 1, 1)
+        shapes = [
+            Book.objects.all(),
+            Book.objects.filter(pk=1),
+            Book.objects.filter(pk="1"),
+            Book.objects.filter(pk=True),
+            Book.objects.filter(pk=1.0),
+            Book.objects.filter(title="1"),
+            Book.objects.filter(title__iexact="1"),
+            Book.objects.filter(title__in=["a, b"]),
+            Book.objects.filter(title__in=["a", "b"]),
+            Book.objects.filter(title__in=("a", "b")),
+            Book.objects.filter(pages__range=(1, 5)),
+            Book.objects.filter(pages__gt=5),
+            Book.objects.exclude(pages__gt=5),
+            Book.objects.filter(Q(pages=1) | Q(pages=2)),
+            Book.objects.filter(Q(pages=1) & Q(pages=2)),
+            Book.objects.filter(~Q(pages=1)),
+            Book.objects.filter(author=self.ann),
+            Book.objects.filter(author_id=self.ann.pk),
+            Book.objects.filter(author__name="ann"),
+            Book.objects.filter(title=None),
+            Book.objects.filter(title__isnull=True),
+            Book.objects.filter(pages=1).order_by("-title"),
+            Book.objects.filter(pages=1).order_by("title"),
+            Book.objects.filter(pages=1).order_by(),
+            Book.objects.filter(pages=1).reverse(),
+            Book.objects.filter(pages=1)[2:5],
+            Book.objects.filter(pages=1)[:5],
+            Book.objects.filter(pages=1).only("title"),
+            Book.objects.filter(pages=1).select_related("author"),
+            Book.objects.filter(pages=1).distinct(),
+            Book.objects.filter(data__k="v"),
+            Book.objects.filter(pages=1).extra(where=["1=1"]),
+            Author.objects.filter(name=day.isoformat()),
+            Restaurant.objects.filter(stars=2),
+            Restaurant.objects.filter(name="x"),
+            Place.objects.filter(name="x"),
+        ]
+        by_key = {}
+        simple = 0
+        for qs in shapes:
+            identity = qs._cache_identity()[0]
+            simple += "fp:" in identity
+            compiled = repr(qs._sql())
+            self.assertEqual(by_key.setdefault(identity, compiled), compiled, identity)
+        self.assertGreater(simple, 20)  # most of these are keyed without compiling
+        # The database is part of it.
+        self.assertNotEqual(Book.objects.all()._cache_identity(), Book.objects.using("other")._cache_identity())
 
     def test_an_instance_from_the_cache_behaves_as_a_loaded_one(self):
         Book.objects.get(pk=self.books[0].pk)

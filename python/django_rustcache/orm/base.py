@@ -1062,9 +1062,13 @@ class CachingQuerySet(models.query.QuerySet):
         return sql, tuple(params)
 
     def _cache_identity(self) -> tuple[str, frozenset[str]]:
-        """(what identifies this query, the tables it reads): ``repr`` of its database, SQL and
-        parameters, not Cache Machine's ``sql % params`` (``IN (%s)`` with ``"a, b"`` and
-        ``IN (%s, %s)`` with ``"a"``, ``"b"`` must not share a key)."""
+        """(what identifies this query, the tables it reads), with its database: a simple query
+        (one table, filtered by plain values) by its structure, without compiling it; any other
+        by ``repr`` of its SQL and parameters, not Cache Machine's ``sql % params`` (``IN (%s)``
+        with ``"a, b"`` and ``IN (%s, %s)`` with ``"a"``, ``"b"`` must not share a key)."""
+        fingerprint = _fingerprint(self.query)
+        if fingerprint is not None:
+            return repr((self.db, fingerprint)), _engine.model_tables(self.model)
         sql, params = self._sql()
         return repr((self.db, sql, params)), _engine.tables_in(sql) | _engine.model_tables(self.model)
 
