@@ -881,24 +881,30 @@ class CachingModelIterable(ModelIterable):
     def __iter__(self) -> Iterator[Any]:
         queryset = self.queryset
         if self.timeout == config.NO_CACHE or queryset.query.select_for_update:
-            yield from super().__iter__()
-            return
+            return super().__iter__()
         # What this evaluation did (a hit, the key): for tools that show it.
         self.read = read = _Read(self.timeout)
+        built = self._by_structure(read)
+        if built is not None:
+            return iter(built)  # built from the cache, marked so
+        return self._iterate(read)
+
+    def _iterate(self, read: _Read) -> Iterator[Any]:
+        """Through the compiler: its rows from the cache (when ``_by_structure`` found them but
+        Django must build the objects, or the query is not simple) or from the database."""
+        queryset = self.queryset
         query = queryset.query
-        compat = config.CACHE_MACHINE_COMPAT
-        objects: list[Any] | None = [] if compat else None
+        objects: list[Any] | None = [] if config.CACHE_MACHINE_COMPAT else None
         try:
-            built = self._by_structure(read)
-            if built is None:
-                compiler = _reading(query.get_compiler(using=queryset.db), read)
-                results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
-                build = _plain_build(compiler, queryset) if read.hit and read.found is not None else None
-                if build is not None:
-                    fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
-                    late = _split(compiler.get_converters(fields))[1]
-                    rows = read.found[1]  # type: ignore[index]
-                    built = list(build(_convert(rows, late, compiler.connection) if late else rows))
+            compiler = _reading(query.get_compiler(using=queryset.db), read)
+            results = compiler.execute_sql(chunked_fetch=self.chunked_fetch, chunk_size=self.chunk_size)
+            build = _plain_build(compiler, queryset) if read.hit and read.found is not None else None
+            built: Any = None
+            if build is not None:
+                fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+                late = _split(compiler.get_converters(fields))[1]
+                rows = read.found[1]  # type: ignore[index]
+                built = list(build(_convert(rows, late, compiler.connection) if late else rows))
             if built is None:
                 # Django's own iterable, on this compiler and its rows (each handed over once:
                 # nothing here may keep a cursor open after the iteration ends).
