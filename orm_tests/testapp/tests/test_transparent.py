@@ -398,3 +398,20 @@ class RowsHeldInProcess(Twice):
                 self.assertEqual(self.cached(make), ([], []))
                 with self.assertNumQueries(0):
                     self.assertEqual(make(), [])
+
+
+class DamagedEntries(Twice):
+    """A stored value of another shape (damaged, or written by another version) is a miss: the
+    rows come from the database and replace it, never an error."""
+
+    def test_raw_and_model_queries(self):
+        for make in (
+            lambda: [b.title for b in Book.objects.raw("SELECT * FROM testapp_book ORDER BY id")],
+            lambda: [a.name for a in Author.objects.filter(books__title="t1")],
+            lambda: [a.name for a in Author.objects.filter(name="ann")],
+        ):
+            expected = make()
+            for bad in ([1, 2, 3], [[("id",)], [(1, 2)]], [(1,)], [[], "rows"]):
+                base._memo.clear()
+                with mock.patch.object(base, "_load", return_value=bad), self.assertNumQueries(1):
+                    self.assertEqual(make(), expected)

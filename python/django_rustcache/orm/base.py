@@ -1002,6 +1002,17 @@ class _StoredCursor:
             self.rest.close()
 
 
+def _raw_shape(stored: list[Any]) -> bool:
+    """Whether a stored raw result is what ``_raw_execute`` stores: the columns, then rows of
+    as many values."""
+    if len(stored) != 2 or type(stored[0]) is not list or type(stored[1]) is not list:
+        return False
+    width = len(stored[0])
+    return all(type(c) is tuple and c for c in stored[0]) and all(
+        type(r) is tuple and len(r) == width for r in stored[1]
+    )
+
+
 def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     """The caching twin of ``RawQuery._execute_query``."""
     conn = connections[query.using]
@@ -1013,10 +1024,13 @@ def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     tables = _engine.tables_in(query.sql) | _engine.model_tables(model)
     found = None if " at 0x" in key_text or _volatile(query.sql) else _lookup(read, conn.alias, key_text, tables)
     if found is not None and type(found[1]) is list:
-        description, rows = found[1]
-        read.hit = True
-        query.cursor = _StoredCursor(description, rows)
-        return None
+        if _raw_shape(found[1]):
+            description, rows = found[1]
+            read.hit = True
+            query.cursor = _StoredCursor(description, rows)
+            return None
+        _engine.warn("ORM cache: a stored result could not be read, using the database (not a raw result)")
+        found = (found[0], _PRESENT)
     RawQuery._execute_query(query)
     if found is None:
         return None
