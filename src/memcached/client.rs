@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::aio::MemcachedWire;
 use super::conn::{Address, Conn, Timeouts};
 use super::dialect::{Dialect, Reading, Simple, VECTORED_FROM};
 use super::pool::Pool;
 use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
 use super::router::{FailurePolicy, Router};
+use super::wire::MemcachedWire;
 use crate::error::{Error, ErrorKind};
 use crate::net::Counters;
 use crate::net::aio::Slots;

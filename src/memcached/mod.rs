@@ -16,3 +16,4 @@ pub mod pool;
 pub mod protocol;
 pub mod ring;
 pub mod router;
+pub mod wire;

@@ -6,92 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use redis::{FromRedisValue, ServerErrorKind, Value};
+use redis::{FromRedisValue, Value};
 use tokio::sync::oneshot;
 
 use super::client::{Client, Counter, INCR_IF_EXISTS, RENAME_IF_EXISTS, counter, missing};
-use super::conn::{Framing, Login, MAX_REPLY_BYTES, classify, handshake, is_master};
+use super::conn::{Login, handshake, is_master};
 use super::pool::{Pool, Target};
 use super::sentinel::Role;
+use super::wire::{RedisWire, classify, no_error_reply, read_only, typed};
 use crate::error::{Error, ErrorKind};
 use crate::net::Address;
-use crate::net::aio::{self, Answer, Mux, Wire, within};
-
-/// RESP as the multiplexed connections read it: whole replies cut at their ends (lengths
-/// bounded as they are announced), each parsed by the `redis` crate.
-pub struct RedisWire;
-
-/// Where the framing stopped in the bytes not yet taken.
-#[derive(Default)]
-pub struct Scan {
-    framing: Framing,
-    scanned: usize,
-}
-
-impl Wire for RedisWire {
-    type Frame = Value;
-    /// How many replies the request's commands give.
-    type Expect = usize;
-    type Scan = Scan;
-
-    fn next_frame(scan: &mut Scan, buf: &[u8]) -> Result<Option<(Value, usize)>, Error> {
-        let mut base = 0;
-        loop {
-            let from = base + scan.scanned;
-            let found = scan
-                .framing
-                .advance(&buf[from..])
-                .map_err(|what| Error::new(ErrorKind::TooLarge, format!("redis: the server announced {what}")))?;
-            let Some(n) = found else {
-                scan.scanned = buf.len() - base;
-                if scan.scanned > MAX_REPLY_BYTES {
-                    return Err(Error::new(
-                        ErrorKind::TooLarge,
-                        format!("redis: a reply larger than {MAX_REPLY_BYTES} bytes"),
-                    ));
-                }
-                return Ok(None);
-            };
-            let end = from + n;
-            scan.scanned = 0;
-            let value = redis::parse_redis_value(&buf[base..end])
-                .map_err(|e| Error::new(ErrorKind::Protocol, format!("redis: an unparsable reply: {e}")))?;
-            // RESP3 pushes are not replies (we speak RESP2, but a proxy might not).
-            if matches!(value, Value::Push { .. }) {
-                base = end;
-                continue;
-            }
-            return Ok(Some((value, end)));
-        }
-    }
-
-    fn is_last(expect: &mut usize, _frame: &Value) -> bool {
-        *expect = expect.saturating_sub(1);
-        *expect == 0
-    }
-}
-
-/// A reply as `T`: an error reply is the server's error, a reply of another shape a protocol
-/// error.
-fn typed<T: FromRedisValue>(label: &str, value: Value) -> Result<T, Error> {
-    if let Value::ServerError(e) = value {
-        return Err(classify(label, &e.into()));
-    }
-    redis::from_redis_value(value).map_err(|e| Error::new(ErrorKind::Protocol, format!("{label}: {e}")))
-}
-
-/// Whether a server refused with READONLY (a replica now).
-fn read_only(values: &[Value]) -> bool {
-    values.iter().any(|v| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::ReadOnly)))
-}
-
-/// The first error reply among `values`, as ours.
-fn no_error_reply(label: &str, values: &[Value]) -> Result<(), Error> {
-    match values.iter().find_map(|v| if let Value::ServerError(e) = v { Some(e.clone()) } else { None }) {
-        Some(e) => Err(classify(label, &e.into())),
-        None => Ok(()),
-    }
-}
+use crate::net::aio::{self, Answer, Mux, within};
 
 /// What gets an exchange's replies (or its error), with the pool of the server that answered.
 pub type Then = Box<dyn FnOnce(&Pool, Result<Vec<Value>, Error>) + Send>;

@@ -9,8 +9,9 @@ use std::time::Instant;
 use num_bigint::BigInt;
 use redis::{ConnectionLike, Script, Value};
 
-use super::conn::{Conn, classify, is_read_only};
+use super::conn::Conn;
 use super::pool::{Loan, Pool};
+use super::wire::{classify, is_read_only};
 use crate::error::{Error, ErrorKind};
 use crate::net::{ClientStats, Counters};
 

@@ -8,129 +8,13 @@ use std::time::Instant;
 
 use redis::{ConnectionLike, Parser, RedisError, RedisResult, Value};
 
-use crate::error::{Error, ErrorKind, Redirect};
+use super::wire::{Framing, MAX_REPLY_BYTES, classify};
+use crate::error::{Error, ErrorKind};
 use crate::net::{Address, Stream, Tls};
-
-/// The most one reply may be: redis's own bulk limit (`proto-max-bulk-len`, 512 MiB) plus room
-/// for the framing. A longer reply is a protocol error that drops the connection.
-pub const MAX_REPLY_BYTES: usize = 512 * 1024 * 1024 + 64 * 1024;
-
-/// The longest bulk string a server may announce (redis's own `proto-max-bulk-len` default).
-pub const MAX_BULK_LEN: i64 = 512 * 1024 * 1024;
-
-/// The most elements an array (map, set, push) may announce.
-pub const MAX_ELEMENTS: i64 = 1 << 24;
 
 /// A connection whose parser grew past this while reading goes back to the pool with a fresh
 /// (small) one, so a few large values do not keep their buffers for good.
 const TRIM_ABOVE: usize = 1024 * 1024;
-
-/// Aggregates may nest this deep at most (a deeper reply is hostile).
-const MAX_DEPTH: usize = 128;
-
-/// Follows the RESP framing of every byte read, so a length a server announces is checked the
-/// moment its header line is complete, before the parser waits for (or reserves) that much; and
-/// tells where each whole reply ends (for the multiplexed connections, which cut replies from
-/// what they read).
-#[derive(Debug, Default)]
-pub struct Framing {
-    /// Raw bytes (a bulk string and its CRLF) still to pass before the next header.
-    skip: usize,
-    /// Within a header line: its type byte.
-    kind: Option<u8>,
-    /// The line's number so far, and its sign.
-    number: i64,
-    negative: bool,
-    /// The open aggregates: elements each still waits for, and whether it is an attribute
-    /// (which precedes the element it annotates instead of being one).
-    open: Vec<(i64, bool)>,
-}
-
-impl Framing {
-    /// Follow `bytes`; an error names the first length past the bounds.
-    fn follow(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
-        while let Some(end) = self.advance(bytes)? {
-            bytes = &bytes[end..];
-        }
-        Ok(())
-    }
-
-    /// Follow `bytes` up to the end of a whole reply: how many bytes that took, or `None` when
-    /// they all went without one ending.
-    pub fn advance(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {
-        let mut at = 0;
-        while at < bytes.len() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len() - at);
-                self.skip -= n;
-                at += n;
-                if self.skip == 0 && self.element_done() {
-                    return Ok(Some(at));
-                }
-                continue;
-            }
-            let b = bytes[at];
-            at += 1;
-            let Some(kind) = self.kind else {
-                self.kind = Some(b);
-                self.number = 0;
-                self.negative = false;
-                continue;
-            };
-            match b {
-                b'\n' => {
-                    self.kind = None;
-                    let n = if self.negative { -self.number } else { self.number };
-                    let done = match kind {
-                        b'$' | b'=' | b'!' if n > MAX_BULK_LEN => return Err("a bulk string past 512 MiB"),
-                        b'$' | b'=' | b'!' if n >= 0 => {
-                            self.skip = n as usize + 2;
-                            false
-                        }
-                        b'*' | b'%' | b'~' | b'>' | b'|' if n > MAX_ELEMENTS => {
-                            return Err("an array past 2**24 elements");
-                        }
-                        b'*' | b'%' | b'~' | b'>' | b'|' if n > 0 => {
-                            if self.open.len() >= MAX_DEPTH {
-                                return Err("aggregates nested past 128 levels");
-                            }
-                            let pairs = matches!(kind, b'%' | b'|');
-                            self.open.push((if pairs { 2 * n } else { n }, kind == b'|'));
-                            false
-                        }
-                        _ => self.element_done(),
-                    };
-                    if done {
-                        return Ok(Some(at));
-                    }
-                }
-                b'-' if self.number == 0 => self.negative = true,
-                b'0'..=b'9' if matches!(kind, b'$' | b'=' | b'!' | b'*' | b'%' | b'~' | b'>' | b'|') => {
-                    self.number = self.number.saturating_mul(10).saturating_add(i64::from(b - b'0'));
-                }
-                _ => {}
-            }
-        }
-        Ok(None)
-    }
-
-    /// One element ended: whether that ended a whole reply.
-    fn element_done(&mut self) -> bool {
-        loop {
-            let Some((left, attribute)) = self.open.last_mut() else { return true };
-            *left -= 1;
-            if *left > 0 {
-                return false;
-            }
-            let attribute = *attribute;
-            self.open.pop();
-            if attribute {
-                // An attribute's pairs are in; the element it annotates comes next.
-                return false;
-            }
-        }
-    }
-}
 
 /// A redis connection. After an error of its own (`take_failure` returns one) it must be dropped.
 pub struct Conn {
@@ -374,38 +258,6 @@ pub fn is_master(label: &str, role: Option<&Value>) -> Result<(), Error> {
     Err(Error::new(ErrorKind::Io, format!("{label}: not a master (ROLE says {said:?}): the sentinels are asked again")))
 }
 
-/// Whether an error reply is READONLY: the server is a replica (a master demoted since the
-/// connection was made).
-pub fn is_read_only(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-}
-
-/// A `redis` crate error as ours: the server's error replies, conversions of a reply to the
-/// wanted type (the connection is still in step after both), and unparsable replies (it is not).
-pub fn classify(label: &str, e: &RedisError) -> Error {
-    use redis::ServerErrorKind as S;
-    let kind = match e.kind() {
-        redis::ErrorKind::Server(k @ (S::Moved | S::Ask)) => {
-            // "<slot> <host:port>", the protocol's own shape.
-            let mut parts = e.detail().unwrap_or_default().split_whitespace();
-            let slot = parts.next().and_then(|s| s.parse::<u16>().ok());
-            let address = parts.next().map(str::to_owned);
-            if let (Some(slot), Some(address)) = (slot, address) {
-                return Error::redirected(format!("{label}: {e}"), Redirect { ask: k == S::Ask, slot, address });
-            }
-            ErrorKind::Protocol
-        }
-        redis::ErrorKind::Server(S::TryAgain | S::ClusterDown | S::MasterDown) => ErrorKind::ClusterBusy,
-        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension | redis::ErrorKind::AuthenticationFailed => {
-            ErrorKind::Server
-        }
-        redis::ErrorKind::Io => ErrorKind::Io,
-        // Unparsable replies, and replies of another type than the command has: out of step.
-        _ => ErrorKind::Protocol,
-    };
-    Error::new(kind, format!("{label}: {e}"))
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         self.send(cmd)?;
@@ -433,75 +285,5 @@ impl ConnectionLike for Conn {
 
     fn is_open(&self) -> bool {
         self.failure.is_none()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framing_follows_replies_cut_anywhere() {
-        let stream = b"+OK\r\n$5\r\nhe\r\nl\r\n*2\r\n:1\r\n$-1\r\n-ERR x\r\n$0\r\n\r\n";
-        for cut in 0..stream.len() {
-            let mut f = Framing::default();
-            f.follow(&stream[..cut]).unwrap();
-            f.follow(&stream[cut..]).unwrap();
-            assert_eq!((f.skip, f.kind), (0, None), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn framing_finds_where_each_reply_ends() {
-        let replies: [&[u8]; 8] = [
-            b"+OK\r\n",
-            b"$5\r\nhe\r\nl\r\n",
-            b"*2\r\n:1\r\n$-1\r\n",
-            b"*-1\r\n",
-            b"*0\r\n",
-            b"*2\r\n*1\r\n$4\r\n*1\r\n\r\n%1\r\n+a\r\n*0\r\n",
-            b"|1\r\n+ttl\r\n:3\r\n$1\r\nx\r\n",
-            b"-ERR x\r\n",
-        ];
-        let stream: Vec<u8> = replies.concat();
-        for cut in 0..stream.len() {
-            let mut f = Framing::default();
-            let mut ends = Vec::new();
-            let mut base = 0;
-            for part in [&stream[..cut], &stream[cut..]] {
-                let mut at = 0;
-                while let Some(n) = f.advance(&part[at..]).unwrap() {
-                    at += n;
-                    ends.push(base + at);
-                }
-                base += part.len();
-            }
-            let expected: Vec<usize> = replies
-                .iter()
-                .scan(0, |sum, r| {
-                    *sum += r.len();
-                    Some(*sum)
-                })
-                .collect();
-            assert_eq!(ends, expected, "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn framing_refuses_deep_nesting() {
-        let mut f = Framing::default();
-        assert!(f.follow(&b"*1\r\n".repeat(200)).is_err());
-    }
-
-    #[test]
-    fn framing_refuses_hostile_lengths_at_the_header() {
-        let mut f = Framing::default();
-        assert!(f.follow(b"$1099511627776\r\n").is_err());
-        let mut f = Framing::default();
-        assert!(f.follow(b"*99999999999999999999999\r\n").is_err());
-        let mut f = Framing::default();
-        // A bulk string's bytes are skipped, never read as headers, whatever they hold.
-        f.follow(b"$16\r\n$9999999999999\r\n\r\n").unwrap();
-        assert_eq!((f.skip, f.kind), (0, None));
     }
 }

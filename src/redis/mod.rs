@@ -7,3 +7,4 @@ pub mod client;
 pub mod conn;
 pub mod pool;
 pub mod sentinel;
+pub mod wire;

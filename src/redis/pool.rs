@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use super::aio::RedisWire;
 use super::conn::{Conn, Login};
 use super::sentinel::{Role, Sentinel};
+use super::wire::RedisWire;
 use crate::error::{Error, ErrorKind};
 use crate::net::aio::Slots;
 use crate::net::{Address, SLICE, Tls, check_interrupt};

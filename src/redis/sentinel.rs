@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::aio::RedisWire;
-use super::conn::{Conn, Login, classify, handshake};
+use super::conn::{Conn, Login, handshake};
+use super::wire::{RedisWire, classify};
 use crate::error::{Error, ErrorKind};
 use crate::net::aio::{self, Wire};
 use crate::net::{Address, Tls};
