@@ -29,6 +29,8 @@ from typing import Any
 
 from django.db import connections
 
+from django_rustcache.orm import _cache
+
 log = logging.getLogger("django_rustcache.orm")
 
 _local = threading.local()
@@ -211,9 +213,7 @@ _pending_lock = threading.Lock()
 
 
 def _shared_cache() -> Any:
-    from django_rustcache.orm import invalidation
-
-    return invalidation.cache
+    return _cache.cache
 
 
 def bump(tables: Iterable[str], cache: Any = None) -> bool:
