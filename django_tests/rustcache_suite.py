@@ -263,16 +263,17 @@ if SUITE == "redis":
             self.assertIs(isinstance(cache, ViaAsync), VIA_ASYNC)
             sharded = REDIS_PARAMS["OPTIONS"].get("CLIENT_CLASS") == "django_redis.client.ShardClient"
             clustered = bool(REDIS_PARAMS["OPTIONS"].get("CLUSTER"))
-            kind = "ClusterClient" if clustered else "ShardedClient" if sharded else "RedisClient"
-            self.assertEqual(type(cache._cache).__name__, kind)
+            # One client type for every topology.
+            self.assertEqual(type(cache._cache).__name__, "RedisClient")
+            self.assertIs(cache._cache.cluster, clustered)
             if clustered:
                 # Keys went to every primary, by slot.
                 cache.set_many({f"cluster-probe-{i}": i for i in range(64)})
-                self.assertEqual(len(cache._cache.primaries()), 3)
-                for shard in cache._cache.primaries():
-                    self.assertTrue(shard.execute("DBSIZE", write=True))
+                self.assertEqual(len(cache._cache.nodes()), 3)
+                for node in cache._cache.nodes():
+                    self.assertTrue(cache._cache.execute("DBSIZE", write=True, node=node))
             if sharded:
-                self.assertEqual(len(cache._cache.clients), len(REDIS_PARAMS["LOCATION"].split(",")))
+                self.assertEqual(len(cache._cache.nodes()), len(REDIS_PARAMS["LOCATION"].split(",")))
             if REDIS_PARAMS["OPTIONS"].get("SENTINELS"):
                 # Every call went to the master the sentinels name.
                 cache.set("sentinel-probe", 1)

@@ -28,7 +28,7 @@ mod _core {
     use crate::bindings::memcached::PyMemcachedClient;
 
     #[pymodule_export]
-    use crate::bindings::redis::{PyRedisClient, sharded_delete_many, sharded_get_many, sharded_set_many};
+    use crate::bindings::redis::{PyHashRing, PyRedisClient, cluster_key_slot};
 
     #[pymodule_export]
     use crate::bindings::keys::check_key;

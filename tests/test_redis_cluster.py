@@ -16,8 +16,8 @@ import time
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from django_rustcache._cluster import key_slot
 from django_rustcache._core import CacheError, ClusterBusy
+from django_rustcache._core import cluster_key_slot as key_slot
 from django_rustcache.redis import RedisCache, RedisClusterCache
 from tests.servers import raw_command, wait_until
 
@@ -173,7 +173,7 @@ def test_settings(redis_cluster):
     # RedisCache with OPTIONS["CLUSTER"] is the same backend.
     cache = RedisCache(redis_cluster.location, {"OPTIONS": {"CLUSTER": True}})
     cache.set("x", 1)
-    assert type(cache._cache).__name__ == "ClusterClient"
+    assert cache._cache.cluster is True
     # Replica reads: each shard's reads go to its replica (after READONLY).
     replicas = cluster_cache(redis_cluster, REPLICA_READ=True, CLIENT_NAME="rc-cluster-replica")
     replicas.set("r", 1)

@@ -47,7 +47,8 @@ def their_node(server: str, db: int):
 
 @pytest.mark.parametrize("db", [1, 0, 7])
 def test_every_key_lands_where_django_redis_cache_put_it(db):
-    from django_rustcache._shards import DjangoRedisCacheRing, django_redis_cache_node
+    from django_rustcache._core import HashRing
+    from django_rustcache.redis_cache import django_redis_cache_node
 
     sharder = predecessor("sharder")
     servers = [
@@ -65,7 +66,7 @@ def test_every_key_lands_where_django_redis_cache_put_it(db):
         ring.add(their_node(server, db))
     nodes = [django_redis_cache_node(s, db) for s in servers]
     assert nodes == [their_node(s, db) for s in servers]
-    ours = DjangoRedisCacheRing(nodes)
+    ours = HashRing("django-redis-cache", [str(n) for n in nodes])
     for i in range(10_000):
         for made in (f":1:key{i}", f"site:2:user:{i}", f"p:{i % 7}:{i * 7919}"):
             assert nodes[ours.index(made)] == ring.get_node(made), made
@@ -97,14 +98,15 @@ def raw(shards):
 
 
 def test_keys_are_spread_and_found_on_their_servers(shards):
-    from django_rustcache._shards import DjangoRedisCacheRing, django_redis_cache_node
+    from django_rustcache._core import HashRing
+    from django_rustcache.redis_cache import django_redis_cache_node
 
     cache = make_sharded(shards)
     cache.clear()
     data = {f"k{i}": i for i in range(300)}
     assert cache.set_many(data) == []
     nodes = [django_redis_cache_node(s, 1) for s in cache._servers]
-    ring = DjangoRedisCacheRing(nodes)
+    ring = HashRing("django-redis-cache", [str(n) for n in nodes])
     clients = raw(shards)
     per_server = [0, 0, 0]
     for key in data:
@@ -154,13 +156,13 @@ def test_herd_and_locks_on_their_servers(shards):
 
 
 def test_django_redis_shard_client_placement():
-    from django_redis.hash_ring import HashRing
+    from django_redis.hash_ring import HashRing as TheirRing
 
-    from django_rustcache._shards import DjangoRedisRing
+    from django_rustcache._core import HashRing
 
     names = ["redis://127.0.0.1:6379/1", "redis://127.0.0.1:6380/1", "unix:///run/redis.sock?db=2"]
-    theirs = HashRing(names)
-    ours = DjangoRedisRing(names)
+    theirs = TheirRing(names)
+    ours = HashRing("django-redis", names)
     find_tag = __import__("re").compile(r".*\{(.*)\}.*")
     for i in range(10_000):
         for made in (f":1:key{i}", f"site:2:{{user{i % 50}}}:cart", f"p:1:{{a}}{{b{i}}}"):
@@ -211,7 +213,7 @@ def test_multi_key_calls_have_every_shard_working_at_once():
         options = {"CLIENT_CLASS": "django_redis.client.ShardClient", "RETRY_TIMEOUT": 0}
         cache = make_redis(location, OPTIONS=options)
         keys = [f"k{i}" for i in range(60)]
-        assert len({id(cache._cache.shard(cache.make_key(k))) for k in keys}) == 3
+        assert len(cache._cache.groups([cache.make_key(k) for k in keys])) == 3
         cache.get("warm")  # connections are made (and logged in) before timing
         for call, answer in (
             (lambda: cache.set_many(dict.fromkeys(keys, 1)), []),
@@ -251,9 +253,7 @@ def test_multi_key_calls_survive_a_shard_restart(shards):
     cache.set_many(data)
     assert cache.get_many(list(data)) == data
     shards[0].restart()
-    assert cache.get_many(list(data)) == {
-        k: v for k, v in data.items() if cache._cache.shard(cache.make_key(k)) is not cache._cache.clients[0]
-    }
+    assert cache.get_many(list(data)) == {k: v for k, v in data.items() if cache._cache.node_of(cache.make_key(k)) != 0}
     cache.delete_many(list(data))
     assert cache.get_many(list(data)) == {}
     # set_many with timeout 0 deletes on every shard.
@@ -276,7 +276,7 @@ def test_async_calls_go_to_every_shard_at_once():
         location = [f"{p.location}/{db}" for db, p in enumerate(proxies)]
         cache = make_redis(location, OPTIONS={"CLIENT_CLASS": "django_redis.client.ShardClient"})
         keys = [f"k{i}" for i in range(60)]
-        assert len({id(cache._cache.shard(cache.make_key(k))) for k in keys}) == 3
+        assert len(cache._cache.groups([cache.make_key(k) for k in keys])) == 3
 
         async def timed(call):
             start = time.monotonic()
@@ -310,7 +310,7 @@ def test_bytes_keys_are_made_and_placed_as_django_makes_them(shards):
     made = cache.make_key(b"abc")
     assert made == "bytes:1:b'abc'"
     holders = [i for i, r in enumerate(raw(shards)) if r.exists(made)]
-    assert len(holders) == 1 and cache._cache.shard(made) is cache._cache.clients[holders[0]]
+    assert len(holders) == 1 and cache._cache.node_of(made) == holders[0]
     assert cache.get_many([b"abc", "abc", b"\xff"]) == {b"abc": 1, "abc": 2, b"\xff": 3}
 
 
@@ -332,9 +332,9 @@ def test_a_silent_shard_costs_only_the_calls_that_need_it(shards, settings):
     else:
         cache = make_sharded(shards, KEY_PREFIX="silent-drc", OPTIONS=options)
     ring = cache._cache
-    silent_client = ring.shard(cache.make_key("elsewhere0"))
-    stopped = shards[ring.clients.index(silent_client)]
-    healthy = [k for k in (f"h{i}" for i in range(300)) if ring.shard(cache.make_key(k)) is not silent_client][:40]
+    silent_node = ring.node_of(cache.make_key("elsewhere0"))
+    stopped = shards[silent_node]
+    healthy = [k for k in (f"h{i}" for i in range(300)) if ring.node_of(cache.make_key(k)) != silent_node][:40]
     for key in healthy:
         cache.set(key, 1)
     failed, made = healthy_calls_while_one_server_is_silent(cache, stopped, healthy, seconds=1.5)

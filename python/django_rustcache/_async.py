@@ -50,12 +50,6 @@ class NativeAsync:
         except CacheError as e:
             return self._failed(e, default)
 
-    async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> None:
-        try:
-            await self._cache.aset(*self._parts(key, version), value, self.get_backend_timeout(timeout))
-        except CacheError as e:
-            self._failed(e, None)
-
     @answers(False)
     async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool:
         return await self._cache.aadd(*self._parts(key, version), value, self.get_backend_timeout(timeout))
@@ -108,10 +102,6 @@ class NativeAsync:
         else:
             await delete_many(None, None, [self.make_key(k, version) for k in keys])
 
-    @answers(None)
-    async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        return await self._cache.aincr(*self._parts(key, version), delta)
-
     async def adecr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return await self.aincr(key, -delta, version)
 
@@ -144,9 +134,3 @@ class NativeAsync:
 
     async def aclose(self, **kwargs: Any) -> None:
         """Keep the pool, as ``close`` does (nothing to hand to a thread)."""
-
-    async def aclear(self) -> bool:
-        try:
-            return await self._cache.aclear()
-        except CacheError as e:
-            return self._failed(e, False)

@@ -21,6 +21,7 @@ __all__ = [
     "CacheError",
     "ClusterBusy",
     "ClusterRedirect",
+    "HashRing",
     "LruStore",
     "MemcachedClient",
     "ProtocolError",
@@ -30,10 +31,8 @@ __all__ = [
     "TLSError",
     "__version__",
     "check_key",
+    "cluster_key_slot",
     "set_exception_classes",
-    "sharded_delete_many",
-    "sharded_get_many",
-    "sharded_set_many",
 ]
 __version__: str
 
@@ -342,8 +341,16 @@ class MemcachedClient:
 
 @disjoint_base
 class RedisClient:
-    """A redis client over a leader and its read replicas (the first of ``servers`` takes every
-    write; reads go to a random one of the others). One bounded pool per server; every round trip
+    """A redis client over one topology. ``topology="single"`` (the default): a leader and its
+    read replicas (the first of ``servers`` takes every write; reads go to a random one of the
+    others), or a Sentinel service (below). ``topology="sharded"``: one server per shard, each
+    key placed by a predecessor's ring (``ring``: "django-redis" or "django-redis-cache";
+    ``ring_names``: the servers as that ring names them). ``topology="cluster"``: ``servers`` are
+    a Redis Cluster's seed nodes; the slot map is read on first use, MOVED, ASK, TRYAGAIN,
+    CLUSTERDOWN and unreachable nodes are followed (a few times, within ``socket_timeout``), and
+    with ``replica_reads`` reads go to a shard's replicas (after READONLY). Every call crosses
+    into the core once: its keys are made, placed and, when they span nodes, sent to every node
+    at once (one pipeline of one-key commands per cluster node). One bounded pool per server; every round trip
     runs with the GIL released, within ``socket_timeout`` (a new connection's connect and AUTH/SELECT
     within ``connect_timeout`` of it); a server that stays silent past a deadline is skipped for
     ``retry_timeout`` seconds (calls raise ``ServerDown`` at once), while a refused, reset or
@@ -388,8 +395,11 @@ class RedisClient:
         sentinel_password: str | None = None,
         sentinel_tls: tuple[str, str | None, str | None, str | None, str | None, str | None, bool] | None = None,
         sentinel_connect_timeout: float | None = None,
-        readonly_replicas: bool = False,
-    ) -> RedisClient: ...
+        topology: str = "single",
+        ring: str | None = None,
+        ring_names: list[str] = ...,
+    ) -> RedisClient:
+        """An unknown keyword is a TypeError."""
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
 
@@ -401,8 +411,8 @@ class RedisClient:
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
     ) -> dict[Any, Any]:
-        """One MGET: the found keys (as given) and their values (``partial`` has no effect: one
-        MGET answers or fails as a whole)."""
+        """One MGET per node, every node at once: the found keys (as given) and their values
+        (``partial`` has no effect: the call answers or fails as a whole)."""
 
     def set(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None) -> None:
         """SET with EX; ``timeout=0`` deletes the key, None never expires."""
@@ -433,18 +443,18 @@ class RedisClient:
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
     ) -> list[Any]:
-        """One pipeline of SET ... EX; ``timeout=0`` deletes the keys. Returns [] (``partial`` has
-        no effect: the pipeline answers or fails as a whole)."""
+        """One pipeline of SET ... EX per node; ``timeout=0`` deletes the keys. Returns []
+        (``partial`` has no effect: the call answers or fails as a whole)."""
 
-    def delete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> None:
-        """One DEL."""
+    def delete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> int:
+        """DEL (one per node); how many keys were there."""
 
     def rename(self, source: str, target: str) -> None:
-        """RENAME one made key to another, atomically, its TTL kept; ValueError when ``source``
-        is missing."""
+        """RENAME one made key to another, its TTL kept: atomic when both are on one node (in one
+        slot), else DUMP + RESTORE + DEL. ValueError when ``source`` is missing."""
 
     def clear(self) -> bool:
-        """FLUSHDB on the leader."""
+        """FLUSHDB on every primary."""
 
     def servers(self) -> list[dict[str, Any]]:
         """Each server's pool: address, up, errors, last_error, idle_connections, open_connections,
@@ -453,10 +463,16 @@ class RedisClient:
     def client_stats(self) -> dict[str, int]:
         """Client-side counters: hits, misses, sets, failures."""
 
-    def execute(self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False) -> Any:
-        """Run one command as given; its reply as None, int, bytes, str, list or dict. ``write``
-        picks the leader (else a replica may answer); ``idempotent`` allows one retry on a new
-        connection when a pooled one went stale."""
+    def execute(
+        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False, node: int | None = None
+    ) -> Any:
+        """Run one command as given; its reply as None, int, bytes, str, list or dict. It goes to
+        the node of its key (EVAL: of its first key; none: the first node); DEL, UNLINK, EXISTS,
+        TOUCH and MGET are split by node and their answers merged; SUNION, SINTER, SDIFF (and
+        their STORE forms) and SMOVE over keys on several nodes are made of one-key commands;
+        ``node`` sends it to that node (see ``nodes()``). ``write`` picks a primary (else a
+        replica may answer); ``idempotent`` allows one retry on a new connection when a pooled
+        one went stale."""
 
     def loads(self, data: bytes) -> Any:
         """Decode stored bytes as ``get`` does (inflated if compressed, then deserialized)."""
@@ -467,11 +483,22 @@ class RedisClient:
         overrides the client's (when values are pickled)."""
 
     def server_for(self, write: bool = False) -> int:
-        """The index of the server a read (or a write) goes to."""
+        """The index of the server a read (or a write) of the first node goes to."""
 
-    def asking(self) -> RedisClient:
-        """The same client (servers, connections, format) with every command preceded by ASKING:
-        for the one call a Redis Cluster node sent elsewhere with ASK."""
+    def nodes(self) -> list[int]:
+        """The nodes a call over every node visits (SCAN), for ``execute(..., node=)``: the one
+        node, every shard, or every cluster primary serving slots now."""
+
+    def node_of(self, key: bytes | str) -> int:
+        """The node of a made key's primary (see ``nodes()``)."""
+
+    def groups(self, keys: list[bytes | str]) -> list[list[int]]:
+        """The made keys, by position, in groups one command may take together (one node; on a
+        cluster, one slot)."""
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this is a Redis Cluster."""
 
     # Async twins: each returns an asyncio future of the running loop (RuntimeError outside
     # one); the call runs on the process's I/O runtime, over multiplexed connections, within
@@ -484,10 +511,7 @@ class RedisClient:
         keys: Iterable[Any],
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
-        per_key: bool = False,
-    ) -> asyncio.Future[dict[Any, Any]]:
-        """MGET of the keys; with ``per_key`` a pipeline of GETs (a Redis Cluster node, where one
-        MGET may not span hash slots)."""
+    ) -> asyncio.Future[dict[Any, Any]]: ...
     def aset(
         self, prefix: str | None, version: Any, key: Any, value: Any, timeout: int | None
     ) -> asyncio.Future[None]: ...
@@ -507,36 +531,23 @@ class RedisClient:
         partial: bool = False,
         on_failure: Callable[[CacheError], object] | None = None,
     ) -> asyncio.Future[list[Any]]: ...
-    def adelete_many(
-        self, prefix: str | None, version: Any, keys: Iterable[Any], per_key: bool = False
-    ) -> asyncio.Future[int]:
-        """DEL of the keys, how many were there; with ``per_key`` a pipeline of one-key DELs."""
+    def adelete_many(self, prefix: str | None, version: Any, keys: Iterable[Any]) -> asyncio.Future[int]: ...
     def arename(self, source: str, target: str) -> asyncio.Future[None]: ...
     def aclear(self) -> asyncio.Future[bool]: ...
     def aexecute(
-        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False
+        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False, node: int | None = None
     ) -> asyncio.Future[Any]: ...
 
-def sharded_get_many(
-    prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]], per_key: bool = False
-) -> dict[Any, Any]:
-    """``get_many`` over shards at once: every ``(client, keys)`` part's MGET is sent before any
-    reply is read (the servers work in parallel), on one deadline, with the GIL released. The
-    found keys (as given) and their values. ``per_key``: a pipeline of GETs instead of one MGET
-    (a Redis Cluster node, where one MGET may not span hash slots)."""
+def cluster_key_slot(key: bytes | str) -> int:
+    """Redis Cluster's hash slot of a key: CRC16 (XMODEM) of the key, or of the text between its
+    first ``{`` and the next ``}`` when that is not empty."""
 
-def sharded_set_many(
-    prefix: Any,
-    version: Any,
-    parts: list[tuple[RedisClient, dict[Any, Any]]],
-    timeout: int | None,
-    per_key: bool = False,
-) -> None:
-    """``set_many`` over shards at once (one pipeline per part); a timeout of 0 deletes (one DEL
-    per key with ``per_key``)."""
+@final
+class HashRing:
+    """A predecessor's hash ring: ``kind`` "django-redis" (its ShardClient's) or
+    "django-redis-cache" (its ShardedRedisCache's), ``names`` the servers as that ring names them,
+    in LOCATION order."""
 
-def sharded_delete_many(
-    prefix: Any, version: Any, parts: list[tuple[RedisClient, list[Any]]], per_key: bool = False
-) -> int:
-    """``delete_many`` over shards at once; how many keys were there. ``per_key``: one DEL per
-    key (Redis Cluster nodes)."""
+    def __new__(cls, kind: str, names: list[str]) -> HashRing: ...
+    def index(self, key: bytes | str) -> int:
+        """The position of the server that holds ``key`` (a made key)."""

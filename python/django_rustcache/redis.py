@@ -24,7 +24,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._async import NativeAsync
-from django_rustcache._cluster import ClusterClient, key_slot
 from django_rustcache._codec import FORMAT_OPTIONS, load_class, value_format
 from django_rustcache._collections import RedisCollections
 from django_rustcache._core import CacheError, RedisClient
@@ -33,7 +32,6 @@ from django_rustcache._network import NetworkCache, setting_count, setting_flag,
 from django_rustcache._raw import get_redis_connection
 from django_rustcache._sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache._sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
-from django_rustcache._shards import DjangoRedisRing, ShardedClient
 from django_rustcache._tls import ALL_NAMES as TLS_NAMES
 from django_rustcache._tls import option_items as tls_option_items
 from django_rustcache._tls import split as tls_split
@@ -353,43 +351,22 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     def _cluster(self) -> bool:
         return self.cluster or setting_flag(self._options.get("CLUSTER", False), "OPTIONS['CLUSTER']")
 
-    def _make_cluster(self, s: RedisSettings) -> ClusterClient:
-        """A cluster client: the seeds give the scheme and credentials every node is reached with;
-        each shard is its primary, and (with REPLICA_READ / read_from_replicas) its replicas for
-        reads, each after READONLY."""
-        o = self._options
-        replica_reads = setting_flag(
-            o.get("REPLICA_READ", o.get("read_from_replicas", False)), "OPTIONS['REPLICA_READ']"
-        )
-        first = urlsplit(s.servers[0])
-        auth = first.netloc.rpartition("@")[0]
-        prefix = f"{first.scheme}://" + (f"{auth}@" if auth else "")
-        seeds = [urlsplit(url).netloc.rpartition("@")[2] for url in s.servers]
-
-        def make_shard(primary: str, replicas: tuple[str, ...]) -> RedisClient:
-            urls = [f"{prefix}{primary}", *(f"{prefix}{r}" for r in (replicas if replica_reads else ()))]
-            return self._make_one(dataclasses.replace(s, servers=tuple(urls)), readonly_replicas=True)
-
-        return ClusterClient(seeds, make_shard, deadline=s.socket_timeout)
-
-    def _make_client(self, s: RedisSettings) -> Any:
+    def _make_client(self, s: RedisSettings) -> RedisClient:
         if self._cluster:
-            return self._make_cluster(s)
+            # The seeds give the scheme and credentials every node is reached with; each shard is
+            # its primary and (with REPLICA_READ / read_from_replicas) its replicas for reads.
+            o = self._options
+            replica_reads = setting_flag(
+                o.get("REPLICA_READ", o.get("read_from_replicas", False)), "OPTIONS['REPLICA_READ']"
+            )
+            return self._make_one(s, topology="cluster", replica_reads=replica_reads)
         if self._sharded and len(s.servers) > 1:
-            clients = [self._make_one(dataclasses.replace(s, servers=(url,))) for url in s.servers]
-            # Its ring names the servers as django-redis does: LOCATION split at "," (not
+            # django-redis's ring names the servers as it does: LOCATION split at "," (not
             # stripped), or the list as written.
             raw = self._init_args[0]
             names = raw.split(",") if isinstance(raw, str) else [str(x) for x in raw]
-            return ShardedClient(clients, DjangoRedisRing(names).index)
+            return self._make_one(s, topology="sharded", ring="django-redis", ring_names=names)
         return self._make_one(s)
-
-    def _scan_clients(self) -> list[Any]:
-        """The clients whose keys a SCAN must visit (every shard or cluster primary, or the one
-        client)."""
-        if isinstance(self._cache, ClusterClient):
-            return self._cache.primaries()
-        return list(getattr(self._cache, "clients", [self._cache]))
 
     def _make_one(self, s: RedisSettings, **extra: Any) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
@@ -585,12 +562,12 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         return bool(await self._cache.aexecute("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
 
     async def _ascan(self, match: str, itersize: int | None, write: bool = True) -> AsyncIterator[list[bytes]]:
-        for client in self._scan_clients():
+        for node in self._cache.nodes():
             cursor: Any = b"0"
             while True:
                 count = itersize or self._scan_itersize
-                cursor, batch = await client.aexecute(
-                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
+                cursor, batch = await self._cache.aexecute(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True, node=node
                 )
                 if batch:
                     yield batch
@@ -711,12 +688,12 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
     def _scan(self, match: str, itersize: int | None, write: bool = True) -> Iterator[list[bytes]]:
         """The keys matching a glob pattern, a SCAN batch at a time (never KEYS), on every server
         that holds this cache's keys."""
-        for client in self._scan_clients():
+        for node in self._cache.nodes():
             cursor: Any = b"0"
             while True:
                 count = itersize or self._scan_itersize
-                cursor, batch = client.execute(
-                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True
+                cursor, batch = self._cache.execute(
+                    "SCAN", cursor, "MATCH", match, "COUNT", count, write=write, idempotent=True, node=node
                 )
                 if batch:
                     yield batch
@@ -775,16 +752,12 @@ class RedisCache(NativeAsync, NetworkCache, RedisCollections):
         return rewritten
 
     def _script_groups(self, keys: list[Any], pairs: list[Any]) -> list[tuple[list[Any], list[Any]]]:
-        """The keys one script may take together (with their (old, new) value pairs): all of them
-        on one server; on a cluster, those of one hash slot."""
-        if not self._cluster:
-            return [(keys, pairs)] if keys else []
-        groups: dict[int, tuple[list[Any], list[Any]]] = {}
-        for i, key in enumerate(keys):
-            group_keys, group_pairs = groups.setdefault(key_slot(key), ([], []))
-            group_keys.append(key)
-            group_pairs += pairs[2 * i : 2 * i + 2]
-        return list(groups.values())
+        """The keys one script may take together (with their (old, new) value pairs): those of
+        one node (on a cluster, of one hash slot)."""
+        return [
+            ([keys[i] for i in group], [p for i in group for p in pairs[2 * i : 2 * i + 2]])
+            for group in self._cache.groups(keys)
+        ]
 
     def get_or_set(
         self,

@@ -16,18 +16,17 @@ django-redis-cache accepted) where django-redis-cache answers differently from D
 
 from __future__ import annotations
 
-import dataclasses
 from contextlib import suppress
 from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
-from django_rustcache._core import CacheError
-from django_rustcache._shards import DjangoRedisCacheRing, ShardedClient, django_redis_cache_node
+from django_rustcache._core import CacheError, RedisClient
 from django_rustcache.redis import Lock
 from django_rustcache.redis import RedisCache as _RedisCache
 
-__all__ = ["RedisCache", "ShardedRedisCache"]
+__all__ = ["RedisCache", "ShardedRedisCache", "django_redis_cache_node"]
 
 # The value (kept ARGV[2] seconds, 0: forever) and its freshness marker (ARGV[3] seconds, 0:
 # forever), in one step: django-redis-cache writes both in one MULTI.
@@ -38,6 +37,29 @@ if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], 1, 'EX', ARGV[3])
 else redis.call('SET', KEYS[2], 1) end
 return 1
 """
+
+
+def django_redis_cache_node(server: str, db: int) -> tuple[Any, Any, Any, Any]:
+    """The ``(host, port, db, unix_socket_path)`` django-redis-cache names a LOCATION entry by
+    (its ``parse_connection_kwargs`` and connection-pool defaults), ``db`` being the cache's db
+    (OPTIONS DB, 1 by default) where the entry names none."""
+    if "://" in server:
+        url = urlparse(server)
+        query = {k: v[0] for k, v in parse_qs(url.query).items() if v}
+        url_db = query.get("db")
+        if url.scheme == "unix":
+            return ("127.0.0.1", 6379, int(url_db if url_db is not None else db or 0), url.path)
+        if url_db is None and url.path:
+            try:
+                url_db = int(url.path.replace("/", ""))
+            except ValueError:
+                url_db = None
+        host, port = url.hostname, int(url.port or 6379)
+        return (host, port, int(url_db if url_db is not None else db or 0), None if url.scheme == "rediss" else "")
+    if ":" in server:
+        host, port = server.rsplit(":", 1)
+        return (host, int(port), db, None)
+    return (None, None, db, server)
 
 
 class RedisCache(_RedisCache):
@@ -94,13 +116,15 @@ class RedisCache(_RedisCache):
     async def adelete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
         await super().adelete_many(keys, version)
 
-    def _client_for(self, made_key: str) -> Any:
-        """The client that holds ``made_key`` (the only one, unsharded)."""
-        return self._cache
-
     def delete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
         """django-redis-cache's delete_many returns nothing."""
         super().delete_many(keys, version)
+
+    def _fresh_and_value(self, both: list[Any]) -> tuple[bool, Any]:
+        """Whether the marker is there, and the value (None when missing), read together from
+        the value's node."""
+        marker, value = both
+        return marker is not None, None if value is None else self._cache.loads(value)
 
     def get_or_set(  # type: ignore[override]
         self,
@@ -120,21 +144,21 @@ class RedisCache(_RedisCache):
         made = self._made(key, version)
         fresh_key, lock_key = f"__fresh__{made}", f"__lock__{made}"
         # The value and its marker live where the value's key does; the lock where its own does.
-        client = self._client_for(made)
+        client = self._cache
         try:
-            stored = client.get_many(None, None, [fresh_key, made])
+            fresh, stored = self._fresh_and_value(client.execute("MGET", fresh_key, made, node=client.node_of(made)))
         except CacheError as e:
             return self._failed(e, default() if callable(default) else default)
-        if stored.get(fresh_key):
-            return stored.get(made)
+        if fresh:
+            return stored
         ttl = self.get_backend_timeout(timeout)
-        lock = Lock(self._client_for(lock_key), lock_key, lock_timeout, 0.1, False, None)
+        lock = Lock(self._cache, lock_key, lock_timeout, 0.1, False, None)
         try:
             acquired = lock.acquire(blocking=False)
         except CacheError as e:
-            return self._failed(e, stored.get(made))
+            return self._failed(e, stored)
         if not acquired:
-            return stored.get(made)
+            return stored
         try:
             value = default() if callable(default) else default
             if ttl is None or ttl > 0:
@@ -158,21 +182,22 @@ class RedisCache(_RedisCache):
         """``get_or_set``'s async twin, django-redis-cache's semantics and key layout included."""
         made = self._made(key, version)
         fresh_key, lock_key = f"__fresh__{made}", f"__lock__{made}"
-        client = self._client_for(made)
+        client = self._cache
         try:
-            stored = await client.aget_many(None, None, [fresh_key, made])
+            both = await client.aexecute("MGET", fresh_key, made, node=client.node_of(made))
+            fresh, stored = self._fresh_and_value(both)
         except CacheError as e:
             return self._failed(e, default() if callable(default) else default)
-        if stored.get(fresh_key):
-            return stored.get(made)
+        if fresh:
+            return stored
         ttl = self.get_backend_timeout(timeout)
-        lock = Lock(self._client_for(lock_key), lock_key, lock_timeout, 0.1, False, None)
+        lock = Lock(self._cache, lock_key, lock_timeout, 0.1, False, None)
         try:
             acquired = await lock.aacquire(blocking=False)
         except CacheError as e:
-            return self._failed(e, stored.get(made))
+            return self._failed(e, stored)
         if not acquired:
-            return stored.get(made)
+            return stored
         try:
             value = default() if callable(default) else default
             if ttl is None or ttl > 0:
@@ -207,7 +232,7 @@ class RedisCache(_RedisCache):
         version: Any = None,  # the lock is named by the key as given
     ) -> Lock:
         """A redis lock named ``key`` as given, as django-redis-cache names it."""
-        return Lock(self._client_for(key), key, timeout, sleep, True, blocking_timeout)
+        return Lock(self._cache, key, timeout, sleep, True, blocking_timeout)
 
 
 class ShardedRedisCache(RedisCache):
@@ -224,10 +249,7 @@ class ShardedRedisCache(RedisCache):
         self._nodes = [django_redis_cache_node(s, db) for s in self._servers]
         return settings
 
-    def _make_client(self, s: Any) -> ShardedClient:
-        clients = [self._make_one(dataclasses.replace(s, servers=(url,))) for url in s.servers]
-        ring = DjangoRedisCacheRing(self._nodes)
-        return ShardedClient(clients, ring.index)
-
-    def _client_for(self, made_key: str) -> Any:
-        return self._cache.shard(made_key)
+    def _make_client(self, s: Any) -> RedisClient:
+        # Placed by django-redis-cache's ring over its own names of the servers.
+        names = [str(node) for node in self._nodes]
+        return self._make_one(s, topology="sharded", ring="django-redis-cache", ring_names=names)

@@ -2,9 +2,11 @@
 //! become Python exceptions.
 
 pub mod aio;
+pub mod args;
 pub mod errors;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
 pub mod redis;
 pub mod stats;
+pub mod values;

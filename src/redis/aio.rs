@@ -1,25 +1,28 @@
-//! The redis client's async calls: the same commands, routes, deadlines, retry rule and
-//! failure accounting as the blocking ones, over multiplexed connections (a few per server,
-//! shared by every call in flight) on the process's I/O runtime.
+//! The async runner: the same [`Command`]s, topology, deadlines, retry rule, redirection policy
+//! and failure accounting as the blocking runner, over multiplexed connections (a few per
+//! server, shared by every call in flight) on the process's I/O runtime.
+//!
+//! A call on one node whose connection is open writes its request at once, on the caller's
+//! thread, and is settled on an I/O thread when the reply is in; anything more (connecting,
+//! several nodes, a redirection, a stale connection) continues as a task on the runtime.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use redis::{FromRedisValue, Value};
+use redis::Value;
 use tokio::sync::oneshot;
 
-use super::client::{Client, Counter, INCR_IF_EXISTS, RENAME_IF_EXISTS, counter, missing};
+use super::client::Client;
+use super::commands::{Command, Runner};
 use super::conn::{Login, handshake, is_master};
 use super::pool::{Pool, Target};
 use super::sentinel::Role;
-use super::wire::{RedisWire, classify, no_error_reply, read_only, typed};
+use super::topology::{Call, Next, Part, Topology};
+use super::wire::{RedisWire, no_error_reply, read_only};
 use crate::error::{Error, ErrorKind};
 use crate::net::Address;
-use crate::net::aio::{self, Answer, Mux, within};
-
-/// What gets an exchange's replies (or its error), with the pool of the server that answered.
-pub type Then = Box<dyn FnOnce(&Pool, Result<Vec<Value>, Error>) + Send>;
+use crate::net::aio::{self, Mux, within};
 
 /// What gets a call's result.
 pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
@@ -157,116 +160,237 @@ impl Pool {
     }
 }
 
-impl Client {
-    /// Start one exchange (`replies` replies to `packed`) on the server for a read or a write,
-    /// within one deadline; `then` gets the replies. With a connection open, the request is
-    /// written now, on the caller's thread, and `then` runs on an I/O thread when the reply is
-    /// in; otherwise the exchange connects first, on the I/O runtime.
-    pub fn start(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
-        if self.is_asking() {
-            // ASKING first, on the same connection; its +OK is not the caller's.
-            let mut asked = redis::cmd("ASKING").get_packed_command();
-            asked.extend_from_slice(&packed);
-            let then: Then = Box::new(move |pool, r| {
-                then(
-                    pool,
-                    r.and_then(|values| {
-                        let mut rest = values.into_iter();
-                        let asked = rest.next().unwrap_or(Value::Nil);
-                        no_error_reply(pool.label(), &[asked])?;
-                        Ok(rest.collect())
-                    }),
-                );
-            });
-            return self.dispatch(write, idempotent, asked, replies + 1, then);
-        }
-        self.dispatch(write, idempotent, packed, replies, then);
-    }
+/// A call's progress, carried from the caller's thread to an I/O thread and on to a task.
+struct Pending<C: Command> {
+    cmd: Arc<C>,
+    call: Call<C::Output>,
+    done: Done<C::Output>,
+}
 
-    fn dispatch(self: &Arc<Self>, write: bool, idempotent: bool, packed: Vec<u8>, replies: usize, then: Then) {
-        let index = self.server_for(write);
-        let pool = &self.pools()[index];
+impl Client {
+    /// Run `cmd`; `done` gets its answer (on an I/O thread, or at once on the caller's when it
+    /// failed before anything was sent).
+    pub fn start<C: Command>(self: &Arc<Self>, cmd: C, done: Done<C::Output>) {
+        let topology = self.topology();
+        let cmd = Arc::new(cmd);
+        let mut call = topology.begin(&*cmd);
+        if topology.needs_map() {
+            return self.spawn(Pending { cmd, call, done }, None, None);
+        }
+        let parts = match topology.parts(&*cmd, &mut call) {
+            Ok(parts) => parts,
+            Err(e) => return done(Err(e)),
+        };
+        let pending = Pending { cmd, call, done };
+        let [part] = parts.as_slice() else { return self.spawn(pending, Some(parts), None) };
+        let pool = part.pool();
         pool.refresh();
+        let Some(mux) = pool.slots().ready() else { return self.spawn(pending, Some(parts), None) };
         let started = Instant::now();
         let deadline = started + pool.config().socket_timeout;
         if let Err(e) = pool.check_up() {
-            return then(pool, Err(e));
+            return self.conclude(pending, parts, vec![Err(e)]);
         }
-        let packed = Arc::new(packed);
-        if let Some(mux) = pool.slots().ready() {
-            let retry = idempotent && mux.made < started;
-            let (client, conn, request) = (self.clone(), mux.clone(), packed.clone());
-            mux.send(
-                packed,
-                replies,
-                deadline,
-                Box::new(move |answer| client.settle(index, &conn, answer, (request, retry), replies, deadline, then)),
-            );
-            return;
-        }
-        self.spawn_exchange(index, idempotent, started, packed, replies, deadline, then);
+        let request = pending.cmd.request(&part.keys, part.each);
+        let request = if part.ask { request.asking() } else { request };
+        let (packed, replies) = (Arc::new(request.packed), request.replies);
+        // A connection made before the call started may have gone stale: then it runs again.
+        let retry = pending.cmd.idempotent() && mux.made < started;
+        let (client, conn, again) = (self.clone(), mux.clone(), packed.clone());
+        mux.send(
+            packed,
+            replies,
+            deadline,
+            Box::new(move |answer| {
+                let pool = parts[0].pool();
+                let outcome = match answer {
+                    Ok(values) if pool.master_only() && read_only(&values) => {
+                        // A demoted master refused: nothing was applied; once more on the new one.
+                        pool.demoted(conn.peer.as_ref());
+                        return client.spawn(pending, Some(parts), Some((again, replies, deadline)));
+                    }
+                    Ok(values) => {
+                        pool.mark_up();
+                        Ok(values)
+                    }
+                    Err(e) => {
+                        pool.slots().forget(&conn);
+                        if e.kind() == ErrorKind::Io && retry {
+                            return client.spawn(pending, Some(parts), Some((again, replies, deadline)));
+                        }
+                        client.account(pool, &e, conn.peer.as_ref());
+                        Err(e)
+                    }
+                };
+                client.conclude(pending, parts, vec![outcome]);
+            }),
+        );
     }
 
-    /// An answer from a connection that was ready: a stale connection's failure runs the
-    /// exchange once more (when `request` says it may be), on a new connection; so does a
-    /// demoted master's READONLY (nothing was applied).
-    #[allow(clippy::too_many_arguments)]
-    fn settle(
+    /// Settle an attempt's outcomes; answer, or go on as a task.
+    fn conclude<C: Command>(
         self: &Arc<Self>,
-        index: usize,
-        mux: &Arc<Mux<RedisWire>>,
-        answer: Answer<RedisWire>,
-        request: (Arc<Vec<u8>>, bool),
-        replies: usize,
-        deadline: Instant,
-        then: Then,
+        mut pending: Pending<C>,
+        parts: Vec<Part>,
+        outcomes: Vec<Result<Vec<Value>, Error>>,
     ) {
-        let pool = &self.pools()[index];
-        let (packed, retry) = request;
-        match answer {
-            Ok(values) if pool.master_only() && read_only(&values) => {
-                pool.demoted(mux.peer.as_ref());
-                self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
+        let topology = self.topology();
+        for (part, outcome) in parts.iter().zip(outcomes) {
+            topology.settle(&*pending.cmd, &mut pending.call, part, outcome);
+        }
+        match topology.next(&mut pending.call) {
+            Next::Done => {
+                let out = pending.call.output();
+                pending.cmd.count(&out, self.counters());
+                (pending.done)(Ok(out));
             }
-            Ok(values) => {
-                pool.mark_up();
-                then(pool, Ok(values));
-            }
-            Err(e) => {
-                pool.slots().forget(mux);
-                if e.kind() == ErrorKind::Io && retry {
-                    return self.spawn_exchange(index, false, Instant::now(), packed, replies, deadline, then);
-                }
-                self.account(pool, &e, mux.peer.as_ref());
-                then(pool, Err(e));
+            Next::Fail(e) => (pending.done)(Err(e)),
+            Next::Again(plan) => {
+                let client = self.clone();
+                let Pending { cmd, mut call, done } = pending;
+                Self::on_runtime(done, move |done| async move {
+                    let answer = async {
+                        client.prepare(&call, plan).await?;
+                        client.drive(&cmd, &mut call, None).await
+                    }
+                    .await;
+                    (done)(answer.map(|()| {
+                        let out = call.output();
+                        cmd.count(&out, client.counters());
+                        out
+                    }));
+                });
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_exchange(
+    /// Go on as a task: with the parts already placed (`parts`), a request to send again on a
+    /// new connection of the first part's pool (`resend`).
+    #[allow(clippy::type_complexity)]
+    fn spawn<C: Command>(
         self: &Arc<Self>,
-        index: usize,
-        idempotent: bool,
-        started: Instant,
-        packed: Arc<Vec<u8>>,
-        replies: usize,
-        deadline: Instant,
-        then: Then,
+        pending: Pending<C>,
+        parts: Option<Vec<Part>>,
+        resend: Option<(Arc<Vec<u8>>, usize, Instant)>,
     ) {
-        let handle = match aio::runtime() {
-            Ok(handle) => handle,
-            Err(e) => return then(&self.pools()[index], Err(e)),
-        };
         let client = self.clone();
-        handle.spawn(async move {
-            let pool = &client.pools()[index];
-            let (result, peer) = pool.exchange(idempotent, started, packed, replies, deadline).await;
-            if let Err(e) = &result {
-                client.account(pool, e, peer.as_ref());
+        let Pending { cmd, mut call, done } = pending;
+        Self::on_runtime(done, move |done| async move {
+            let answer = async {
+                if let (Some(parts), Some((packed, replies, deadline))) = (&parts, resend) {
+                    let pool = parts[0].pool();
+                    let (outcome, peer) = pool.exchange(false, Instant::now(), packed, replies, deadline).await;
+                    if let Err(e) = &outcome {
+                        client.account(pool, e, peer.as_ref());
+                    }
+                    client.topology().settle(&*cmd, &mut call, &parts[0], outcome);
+                    match client.topology().next(&mut call) {
+                        Next::Done => return Ok(()),
+                        Next::Fail(e) => return Err(e),
+                        Next::Again(plan) => client.prepare(&call, plan).await?,
+                    }
+                    return client.drive(&cmd, &mut call, None).await;
+                }
+                client.drive(&cmd, &mut call, parts).await
             }
-            then(pool, result);
+            .await;
+            done(answer.map(|()| {
+                let out = call.output();
+                cmd.count(&out, client.counters());
+                out
+            }));
         });
+    }
+
+    /// Run `work(done)` on the I/O runtime; `done` gets the runtime's failure if it cannot.
+    fn on_runtime<T, F, Fut>(done: Done<T>, work: F)
+    where
+        T: Send + 'static,
+        F: FnOnce(Done<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        match aio::runtime() {
+            Ok(handle) => {
+                handle.spawn(work(done));
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// What a plan asks before the next attempt: a pause, the slot map read again (failing when
+    /// a node is down and nobody took over its slots).
+    async fn prepare<O>(self: &Arc<Self>, call: &Call<O>, plan: crate::redis::cluster::Plan) -> Result<(), Error> {
+        if !plan.pause.is_zero() {
+            tokio::time::sleep(plan.pause).await;
+        }
+        if plan.refresh {
+            let before = plan.fail_unless_moved.then(|| self.topology().owners());
+            let refreshed = self.refresh_async(plan.force).await;
+            if before.is_some_and(|b| b == self.topology().owners()) {
+                return Err(self.topology().stuck(call));
+            }
+            if !plan.force {
+                refreshed?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the slot map again, off the I/O threads.
+    async fn refresh_async(self: &Arc<Self>, force: bool) -> Result<(), Error> {
+        let client = self.clone();
+        tokio::task::spawn_blocking(move || client.refresh(force))
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis cluster: the slot map reading was cancelled")))
+    }
+
+    /// Attempts until the call is answered: every part's exchange at once, each settled.
+    async fn drive<C: Command>(
+        self: &Arc<Self>,
+        cmd: &Arc<C>,
+        call: &mut Call<C::Output>,
+        mut parts: Option<Vec<Part>>,
+    ) -> Result<(), Error> {
+        let topology = self.topology();
+        loop {
+            if topology.needs_map() {
+                self.refresh_async(false).await?;
+            }
+            let parts = match parts.take() {
+                Some(parts) => parts,
+                None => topology.parts(&**cmd, call)?,
+            };
+            let started = Instant::now();
+            let mut tasks = Vec::with_capacity(parts.len());
+            for part in &parts {
+                let request = cmd.request(&part.keys, part.each);
+                let request = if part.ask { request.asking() } else { request };
+                let (client, node, server, idempotent) =
+                    (self.clone(), part.node.clone(), part.server, cmd.idempotent());
+                let deadline = started + part.pool().config().socket_timeout;
+                tasks.push(tokio::spawn(async move {
+                    let pool = &node.pools()[server];
+                    pool.refresh();
+                    pool.check_up()?;
+                    let packed = Arc::new(request.packed);
+                    let (outcome, peer) = pool.exchange(idempotent, started, packed, request.replies, deadline).await;
+                    if let Err(e) = &outcome {
+                        client.account(pool, e, peer.as_ref());
+                    }
+                    outcome
+                }));
+            }
+            for (part, task) in parts.iter().zip(tasks) {
+                let outcome =
+                    task.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped")));
+                topology.settle(&**cmd, call, part, outcome);
+            }
+            match topology.next(call) {
+                Next::Done => return Ok(()),
+                Next::Fail(e) => return Err(e),
+                Next::Again(plan) => self.prepare(call, plan).await?,
+            }
+        }
     }
 
     /// A call failed on the connection (not on the server's answer): it counts, and the server
@@ -277,285 +401,33 @@ impl Client {
             pool.record_failure(e, peer);
         }
     }
-
-    /// One command's reply as `T`, to `done`.
-    pub fn query_then<T: FromRedisValue + Send + 'static>(
-        self: &Arc<Self>,
-        write: bool,
-        idempotent: bool,
-        cmd: &redis::Cmd,
-        done: Done<T>,
-    ) {
-        self.start(
-            write,
-            idempotent,
-            cmd.get_packed_command(),
-            1,
-            Box::new(move |pool, r| done(r.and_then(|mut v| typed(pool.label(), v.pop().unwrap_or(Value::Nil))))),
-        );
-    }
-
-    /// One exchange, awaited: the replies and the label of the server that answered.
-    async fn exchange_on(
-        self: &Arc<Self>,
-        write: bool,
-        idempotent: bool,
-        packed: Vec<u8>,
-        replies: usize,
-    ) -> Result<(String, Vec<Value>), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.start(
-            write,
-            idempotent,
-            packed,
-            replies,
-            Box::new(move |pool, r| {
-                let _ = tx.send(r.map(|v| (pool.label().to_owned(), v)));
-            }),
-        );
-        rx.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped")))
-    }
-
-    async fn one(self: &Arc<Self>, write: bool, idempotent: bool, cmd: &redis::Cmd) -> Result<(String, Value), Error> {
-        let (label, mut values) = self.exchange_on(write, idempotent, cmd.get_packed_command(), 1).await?;
-        Ok((label, values.pop().unwrap_or(Value::Nil)))
-    }
-
-    /// GET; `None` when the key is missing.
-    pub fn get_then(self: &Arc<Self>, key: &[u8], done: Done<Option<Vec<u8>>>) {
-        let client = self.clone();
-        self.query_then(
-            false,
-            true,
-            redis::cmd("GET").arg(key),
-            Box::new(move |found: Result<Option<Vec<u8>>, Error>| {
-                if let Ok(f) = &found {
-                    client.counters().lookups(usize::from(f.is_some()), usize::from(f.is_none()));
-                }
-                done(found);
-            }),
-        );
-    }
-
-    /// MGET; `None` for the keys not found. With `per_key` (a Redis Cluster node, where one MGET
-    /// may not span hash slots), a pipeline of GETs instead.
-    pub fn get_many_then(self: &Arc<Self>, keys: &[&[u8]], per_key: bool, done: Done<Vec<Option<Vec<u8>>>>) {
-        if keys.is_empty() {
-            return done(Ok(Vec::new()));
-        }
-        let (client, count) = (self.clone(), keys.len());
-        let (packed, replies) = if per_key {
-            let mut pipe = redis::pipe();
-            for k in keys {
-                pipe.cmd("GET").arg(*k);
-            }
-            (pipe.get_packed_pipeline(), count)
-        } else {
-            (redis::cmd("MGET").arg(keys).get_packed_command(), 1)
-        };
-        self.start(
-            false,
-            true,
-            packed,
-            replies,
-            Box::new(move |pool, r| {
-                let found = r.and_then(|mut values| {
-                    no_error_reply(pool.label(), &values)?;
-                    let reply = if per_key { Value::Array(values) } else { values.pop().unwrap_or(Value::Nil) };
-                    typed::<Vec<Option<Vec<u8>>>>(pool.label(), reply)
-                });
-                let found = found.and_then(|f| {
-                    if f.len() == count {
-                        Ok(f)
-                    } else {
-                        Err(Error::new(ErrorKind::Protocol, "redis MGET: a reply of another length than the keys"))
-                    }
-                });
-                if let Ok(f) = &found {
-                    let hits = f.iter().filter(|v| v.is_some()).count();
-                    client.counters().lookups(hits, f.len() - hits);
-                }
-                done(found);
-            }),
-        );
-    }
-
-    /// SET with an optional expiry and NX/XX; whether it was stored.
-    pub fn set_then(
-        self: &Arc<Self>,
-        key: &[u8],
-        value: &[u8],
-        ttl: Option<u64>,
-        nx: bool,
-        xx: bool,
-        done: Done<bool>,
-    ) {
-        let client = self.clone();
-        // A plain SET may be repeated; SET NX/XX may not (the first may have applied).
-        self.query_then(
-            true,
-            !nx && !xx,
-            &Self::set_cmd(key, value, ttl, nx, xx),
-            Box::new(move |stored: Result<Option<String>, Error>| {
-                let stored = stored.map(|s| s.is_some());
-                if let Ok(true) = stored {
-                    client.counters().sets(1);
-                }
-                done(stored);
-            }),
-        );
-    }
-
-    /// `SET k v [EX ttl]` for every item, in one pipeline.
-    pub fn set_many_then(self: &Arc<Self>, items: &[(&[u8], &[u8])], ttl: Option<u64>, done: Done<()>) {
-        if items.is_empty() {
-            return done(Ok(()));
-        }
-        let mut pipe = redis::pipe();
-        for (k, v) in items {
-            let cmd = pipe.cmd("SET").arg(*k).arg(*v);
-            if let Some(ttl) = ttl {
-                cmd.arg("EX").arg(ttl);
-            }
-        }
-        let (client, count) = (self.clone(), items.len());
-        self.start(
-            true,
-            true,
-            pipe.get_packed_pipeline(),
-            count,
-            Box::new(move |pool, r| {
-                let stored = r.and_then(|values| no_error_reply(pool.label(), &values));
-                if stored.is_ok() {
-                    client.counters().sets(count);
-                }
-                done(stored);
-            }),
-        );
-    }
-
-    /// DEL; how many keys were there.
-    pub fn delete_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<u64>) {
-        if keys.is_empty() {
-            return done(Ok(0));
-        }
-        self.query_then(true, true, redis::cmd("DEL").arg(keys), done);
-    }
-
-    /// A pipeline of one-key DELs (a Redis Cluster node, where one DEL may not span hash
-    /// slots); how many keys were there.
-    pub fn delete_each_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<u64>) {
-        if keys.is_empty() {
-            return done(Ok(0));
-        }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.cmd("DEL").arg(*k);
-        }
-        self.start(
-            true,
-            true,
-            pipe.get_packed_pipeline(),
-            keys.len(),
-            Box::new(move |pool, r| {
-                done(r.and_then(|values| {
-                    no_error_reply(pool.label(), &values)?;
-                    Ok(values.iter().map(|v| if let Value::Int(n) = v { (*n).max(0).unsigned_abs() } else { 0 }).sum())
-                }));
-            }),
-        );
-    }
-
-    /// EXISTS.
-    pub fn exists_then(self: &Arc<Self>, key: &[u8], done: Done<bool>) {
-        self.query_then(false, true, redis::cmd("EXISTS").arg(key), done);
-    }
-
-    /// Any command, as given (see [`Client::execute`]).
-    pub fn execute_then(self: &Arc<Self>, args: &[Vec<u8>], write: bool, idempotent: bool, done: Done<Value>) {
-        let cmd = match Self::command(args) {
-            Ok(cmd) => cmd,
-            Err(e) => return done(Err(e)),
-        };
-        self.start(
-            write,
-            idempotent,
-            cmd.get_packed_command(),
-            1,
-            Box::new(move |pool, r| {
-                done(r.and_then(|mut values| match values.pop().unwrap_or(Value::Nil) {
-                    Value::ServerError(e) => Err(classify(pool.label(), &e.into())),
-                    value => Ok(value),
-                }));
-            }),
-        );
-    }
-
-    /// EXPIRE (seconds), or PERSIST with `None`; whether the key exists.
-    pub async fn touch_async(self: &Arc<Self>, key: &[u8], seconds: Option<u64>) -> Result<bool, Error> {
-        let Some(seconds) = seconds else {
-            // PERSIST answers 0 for a key without a TTL: ask for its existence in the same trip.
-            let mut pipe = redis::pipe();
-            pipe.cmd("PERSIST").arg(key).cmd("EXISTS").arg(key);
-            let (label, mut values) = self.exchange_on(true, true, pipe.get_packed_pipeline(), 2).await?;
-            no_error_reply(&label, &values)?;
-            return typed(&label, values.pop().unwrap_or(Value::Nil));
-        };
-        let (label, value) = self.one(true, true, redis::cmd("EXPIRE").arg(key).arg(seconds)).await?;
-        typed(&label, value)
-    }
-
-    /// INCRBY on an existing key only, atomically, its TTL kept (see [`Client::incr`]); past
-    /// 64 bits or on a non-integer it goes on as the blocking call does, off the I/O threads
-    /// (WATCH needs a connection of its own).
-    pub async fn incr_async(self: &Arc<Self>, key: Vec<u8>, delta: i64) -> Result<Counter, Error> {
-        let sha = self.incr_script().get_hash().to_owned();
-        let mut reply = self.one(true, false, redis::cmd("EVALSHA").arg(&sha).arg(1).arg(&key).arg(delta)).await?;
-        if let (_, Value::ServerError(e)) = &reply
-            && e.code() == "NOSCRIPT"
-        {
-            reply = self.one(true, false, redis::cmd("EVAL").arg(INCR_IF_EXISTS).arg(1).arg(&key).arg(delta)).await?;
-        }
-        match reply {
-            (_, Value::BulkString(digits)) => Ok(counter(&digits)),
-            (_, Value::ServerError(_)) => {
-                let client = self.clone();
-                tokio::task::spawn_blocking(move || client.incr_big(&key, delta))
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("redis incr: {e}")))?
-            }
-            _ => Err(missing(&key)),
-        }
-    }
-
-    /// RENAME `from` to `to` (atomic, the TTL kept); `NotFound` when `from` is missing.
-    pub async fn rename_async(self: &Arc<Self>, from: &[u8], to: &[u8]) -> Result<(), Error> {
-        let sha = self.rename_script().get_hash().to_owned();
-        let mut reply = self.one(true, false, redis::cmd("EVALSHA").arg(&sha).arg(2).arg(from).arg(to)).await?;
-        if let (_, Value::ServerError(e)) = &reply
-            && e.code() == "NOSCRIPT"
-        {
-            reply = self.one(true, false, redis::cmd("EVAL").arg(RENAME_IF_EXISTS).arg(2).arg(from).arg(to)).await?;
-        }
-        match reply {
-            (_, Value::Int(_)) => Ok(()),
-            (label, Value::ServerError(e)) => Err(classify(&label, &e.into())),
-            _ => Err(missing(from)),
-        }
-    }
-
-    /// FLUSHDB.
-    pub async fn clear_async(self: &Arc<Self>) -> Result<(), Error> {
-        let (label, value) = self.one(true, true, &redis::cmd("FLUSHDB")).await?;
-        typed(&label, value)
-    }
 }
 
-/// A callback's result, awaited.
-pub async fn awaited<T: Send + 'static>(start: impl FnOnce(Done<T>)) -> Result<T, Error> {
-    let (tx, rx) = oneshot::channel();
-    start(Box::new(move |r| {
-        let _ = tx.send(r);
-    }));
-    rx.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped")))
+/// The async runner: each command started at once, its answer awaited.
+pub struct Async(pub Arc<Client>);
+
+impl Runner for Async {
+    fn call<C: Command>(&self, cmd: C) -> impl Future<Output = Result<C::Output, Error>> + Send {
+        let (tx, rx) = oneshot::channel();
+        self.0.start(
+            cmd,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        async move { rx.await.unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "redis: the I/O runtime stopped"))) }
+    }
+
+    fn topology(&self) -> &Topology {
+        self.0.topology()
+    }
+
+    fn increment_big(&self, key: Vec<u8>, delta: i64) -> impl Future<Output = Result<String, Error>> + Send {
+        let client = self.0.clone();
+        async move {
+            tokio::task::spawn_blocking(move || client.increment_big(&key, delta))
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, format!("redis incr: {e}")))?
+        }
+    }
 }

@@ -407,6 +407,11 @@ impl Pool {
         }
     }
 
+    /// Whether a connection is idle (a call may send at once, without connecting first).
+    pub fn has_idle(&self) -> bool {
+        !self.state.lock().idle.is_empty()
+    }
+
     /// A new connection in a slot already counted as open (it is freed if connecting fails).
     pub fn replace(&self, deadline: Instant) -> Result<Conn, Error> {
         let deadline = deadline.min(Instant::now() + self.config.connect_timeout);

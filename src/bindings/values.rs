@@ -1,0 +1,181 @@
+//! Values on their way to and from redis: Django's RedisCache format (and django-redis's): an
+//! exact `int` as its decimal digits (so INCR works on it and other clients read it), anything
+//! else pickled or given to the configured serializer, then compressed if configured. Replies
+//! of commands as given become Python values here too.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyString};
+use redis::Value;
+
+use super::aio::{OFF_IO_FROM, off_loop};
+use crate::compress::{self, Compressor};
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A value on its way to the server: serialized while attached, compressed (if it may be) once
+/// detached.
+pub struct Encoded {
+    data: Vec<u8>,
+    compressible: bool,
+}
+
+/// How values are written and read: ints as digits (unless a serializer of Django's kind takes
+/// everything), the rest through pickle or a serializer's `dumps`/`loads`, then a compressor.
+pub struct RedisCodec {
+    pub pickle_protocol: i32,
+    /// `(dumps, loads)`; None means pickle.
+    pub serializer: Option<(Py<PyAny>, Py<PyAny>)>,
+    pub ints_as_digits: bool,
+    pub compressor: Option<Compressor>,
+    /// Inflate values whose header names a compression format: whenever a compressor is set, and
+    /// with pickle (whose output never starts like a compressed stream).
+    pub inflate: bool,
+}
+
+impl RedisCodec {
+    pub fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Encoded> {
+        self.encode_as(py, value, self.ints_as_digits, self.pickle_protocol)
+    }
+
+    /// `encode`, with ints as digits only when `digits` (sorted-set members never are, in
+    /// django-redis) and pickle's `protocol` (set members must be byte for byte django-redis's).
+    pub fn encode_as(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyAny>,
+        digits: bool,
+        protocol: i32,
+    ) -> PyResult<Encoded> {
+        if digits && let Ok(i) = value.cast_exact::<PyInt>() {
+            let data = match i.extract::<i64>() {
+                Ok(n) => n.to_string().into_bytes(),
+                Err(_) => i.str()?.to_str()?.as_bytes().to_vec(),
+            };
+            return Ok(Encoded { data, compressible: false });
+        }
+        let out = match &self.serializer {
+            None => PICKLE_DUMPS.import(py, "pickle", "dumps")?.call1((value, protocol))?,
+            Some((dumps, _)) => dumps.bind(py).call1((value,))?,
+        };
+        let data = if let Ok(b) = out.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
+        } else if let Ok(b) = out.cast::<PyByteArray>() {
+            b.to_vec()
+        } else if let Ok(s) = out.cast::<PyString>() {
+            s.to_str()?.as_bytes().to_vec()
+        } else {
+            return Err(PyTypeError::new_err(format!("the serializer returned {}, not bytes", out.get_type().name()?)));
+        };
+        Ok(Encoded { data, compressible: true })
+    }
+
+    /// The bytes to store (detached: compression runs without the GIL).
+    pub fn finish(&self, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
+        match &self.compressor {
+            Some(c) if value.compressible => c.compress(value.data),
+            _ => Ok(value.data),
+        }
+    }
+
+    /// Stored bytes inflated if they are compressed (detached).
+    pub fn unpack(&self, data: Vec<u8>) -> Vec<u8> {
+        if self.inflate { compress::decompress(&data).unwrap_or(data) } else { data }
+    }
+
+    /// django-redis's decode: `int(data)` if that works (Django's `RedisSerializer.loads` too),
+    /// else the serializer's `loads`.
+    pub fn decode<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        // A pickle (protocol 2 and up) starts with 0x80, which int() never accepts.
+        if self.ints_as_digits && data.first() != Some(&0x80) {
+            if let Some(n) = std::str::from_utf8(data).ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+                return Ok(n.into_pyobject(py)?.into_any());
+            }
+            match py.get_type::<PyInt>().call1((PyBytes::new(py, data),)) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.is_instance_of::<PyValueError>(py) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match &self.serializer {
+            None => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),)),
+            Some((_, loads)) => loads.bind(py).call1((PyBytes::new(py, data),)),
+        }
+    }
+}
+
+/// A reply as Python: nil None, integers int, bulk strings bytes, status lines str, arrays
+/// lists, maps dicts.
+pub fn reply(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Value::Nil => py.None().into_bound(py),
+        Value::Int(n) => n.into_pyobject(py)?.into_any(),
+        Value::BulkString(b) => PyBytes::new(py, &b).into_any(),
+        Value::SimpleString(s) => PyString::new(py, &s).into_any(),
+        Value::Okay => PyString::new(py, "OK").into_any(),
+        Value::Double(d) => d.into_pyobject(py)?.into_any(),
+        Value::Boolean(b) => PyBool::new(py, b).to_owned().into_any(),
+        Value::Array(items) | Value::Set(items) => {
+            let out = PyList::empty(py);
+            for item in items {
+                out.append(reply(py, item)?)?;
+            }
+            out.into_any()
+        }
+        Value::Map(pairs) => {
+            let out = PyDict::new(py);
+            for (k, v) in pairs {
+                out.set_item(reply(py, k)?, reply(py, v)?)?;
+            }
+            out.into_any()
+        }
+        other => PyString::new(py, &format!("{other:?}")).into_any(),
+    })
+}
+
+/// The bytes to store for `values`, then `go` with them: compressed (where they are to be) off
+/// the loop's thread and without the GIL, on a blocking thread when large; at once when nothing
+/// is to be compressed.
+pub fn finished(
+    codec: &Arc<RedisCodec>,
+    values: Vec<Encoded>,
+    go: impl FnOnce(Result<Vec<Vec<u8>>, crate::error::Error>) + Send + 'static,
+) {
+    let compresses =
+        |v: &Encoded| codec.compressor.as_ref().is_some_and(|c| v.compressible && v.data.len() >= c.min_length);
+    if !values.iter().any(compresses) {
+        return go(Ok(values.into_iter().map(|v| v.data).collect()));
+    }
+    let large = values.iter().map(|v| v.data.len()).sum::<usize>() >= OFF_IO_FROM;
+    let codec = codec.clone();
+    off_loop(large, move || go(values.into_iter().map(|v| codec.finish(v)).collect()));
+}
+
+/// Stored bytes inflated where compressed, then `go` with them (the caller is on an I/O thread:
+/// large values go to a blocking thread).
+pub fn unpacked(
+    codec: &Arc<RedisCodec>,
+    values: Vec<Option<Vec<u8>>>,
+    go: impl FnOnce(Vec<Option<Vec<u8>>>) + Send + 'static,
+) {
+    let large = codec.inflate && values.iter().flatten().map(Vec::len).sum::<usize>() >= OFF_IO_FROM;
+    let codec = codec.clone();
+    let work = move || go(values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect());
+    if large { off_loop(true, work) } else { work() }
+}
+
+/// The bytes to store for one value, from a task: compressed (where it is to be) on a blocking
+/// thread when large.
+pub async fn finish_async(codec: Arc<RedisCodec>, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
+    let compresses = codec.compressor.as_ref().is_some_and(|c| value.compressible && value.data.len() >= c.min_length);
+    if !compresses || value.data.len() < OFF_IO_FROM {
+        return codec.finish(value);
+    }
+    tokio::task::spawn_blocking(move || codec.finish(value))
+        .await
+        .unwrap_or_else(|e| Err(crate::error::Error::new(crate::error::ErrorKind::Io, format!("compression: {e}"))))
+}
