@@ -4,15 +4,15 @@
 //! command's reply is read by the same dialect code as the blocking path, from the frames the
 //! connection cut for it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use super::binary;
-use super::client::{Client, Item, PerServer, Retry, Stored, scatter};
+use super::client::{Client, Item, PerServer, Retry, Stored};
 use super::dialect::Simple;
+use super::plan::{DeleteMany, GetMany, Plan, Read, SetMany, prepare};
 use super::protocol::Store;
 use super::wire::{Expect, Frame, Frames, MemcachedWire};
 use crate::error::{Error, ErrorKind};
@@ -22,7 +22,7 @@ use crate::net::aio::{self, Answer, Mux, within};
 pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
 
 /// What reads one server's answer from its frames (the dialect, on an I/O thread).
-type Read<T> = Arc<dyn Fn(usize, &mut Frames<'_>) -> Result<T, Error> + Send + Sync>;
+type ReadFrames<T> = Arc<dyn Fn(usize, &mut Frames<'_>) -> Result<T, Error> + Send + Sync>;
 
 impl Client {
     fn label(&self, si: usize) -> String {
@@ -195,7 +195,7 @@ impl Client {
     fn fan_out_then<T: Send + 'static>(
         self: &Arc<Self>,
         requests: Vec<(usize, Vec<u8>, Expect)>,
-        read: Read<T>,
+        read: ReadFrames<T>,
         done: Done<PerServer<T>>,
     ) {
         if requests.is_empty() {
@@ -251,49 +251,23 @@ impl Client {
         if keys.is_empty() {
             return done(Ok((Vec::new(), Vec::new())));
         }
-        let dialect = self.dialect;
-        let built = self.router.group(keys.iter().copied()).and_then(|groups| {
-            Self::requests_by_server(&groups, |request, group| {
-                let group_keys: Vec<&[u8]> = group.iter().map(|&i| keys[i]).collect();
-                dialect.encode_get(request, &group_keys)
-            })
-        });
-        let requests = match built {
-            Ok(requests) => requests,
+        self.start_plan(&GetMany(keys), done);
+    }
+
+    /// Run a multi-key plan: one pipelined request per server, all at once; `done` gets the
+    /// answers put together once the last server's is in.
+    fn start_plan<P: Plan>(self: &Arc<Self>, plan: &P, done: Done<<P::Read as Read>::Output>) {
+        let (requests, reader) = match prepare(plan, &self.router, self.dialect) {
+            Ok(prepared) => prepared,
             Err(e) => return done(Err(e)),
         };
-        let mut positions: HashMap<Vec<u8>, Vec<usize>> = HashMap::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            positions.entry(key.to_vec()).or_default().push(i);
-        }
-        let (count, client) = (keys.len(), self.clone());
+        let reader = Arc::new(reader);
+        let requests = requests.into_iter().map(|(si, r)| (si, r, reader.expect(si))).collect();
+        let (reading, client) = (reader.clone(), self.clone());
         self.fan_out_then(
-            requests.into_iter().map(|(si, r)| (si, r, Expect::Answers(1))).collect(),
-            Arc::new(move |_, r: &mut Frames<'_>| dialect.read_get(r)),
-            Box::new(move |results| {
-                let results = match results {
-                    Ok(results) => results,
-                    Err(e) => return done(Err(e)),
-                };
-                let mut found: Vec<Option<Item>> = vec![None; count];
-                let mut errors = Vec::new();
-                for (_, result) in results {
-                    match result {
-                        Ok(hits) => {
-                            for (key, item) in hits {
-                                // A key asked for twice is answered at each of its positions.
-                                for &i in positions.get(&key).map_or(&[][..], Vec::as_slice) {
-                                    found[i] = Some(item.clone());
-                                }
-                            }
-                        }
-                        Err(e) => errors.push(e),
-                    }
-                }
-                let hits = found.iter().filter(|f| f.is_some()).count();
-                client.counters.lookups(hits, found.len() - hits);
-                done(Ok((found, errors)));
-            }),
+            requests,
+            Arc::new(move |si, r: &mut Frames<'_>| reading.read(si, r)),
+            Box::new(move |results| done(results.map(|rs| reader.gather(rs, &client.counters)))),
         );
     }
 
@@ -331,39 +305,7 @@ impl Client {
         exptime: i64,
         done: Done<Vec<Result<Stored, Error>>>,
     ) {
-        let dialect = self.dialect;
-        let built = self.router.group(items.iter().map(|(k, _, _)| *k)).and_then(|groups| {
-            let requests = Self::requests_by_server(&groups, |request, group| {
-                request.reserve(group.iter().map(|&i| items[i].0.len() + items[i].2.len() + 48).sum());
-                group.iter().try_for_each(|&i| {
-                    let (key, flags, data) = items[i];
-                    dialect.encode_store(request, Store::Set, key, flags, exptime, data)
-                })
-            })?;
-            Ok((groups, requests))
-        });
-        let (groups, requests) = match built {
-            Ok(built) => built,
-            Err(e) => return done(Err(e)),
-        };
-        let groups = Arc::new(groups);
-        let (count, client, reading) = (items.len(), self.clone(), groups.clone());
-        self.fan_out_then(
-            requests.into_iter().map(|(si, r)| (si, r, Expect::Frames(groups[si].len()))).collect(),
-            Arc::new(move |si, r: &mut Frames<'_>| {
-                reading[si].iter().map(|_| dialect.read_stored(r)).collect::<Result<Vec<_>, _>>()
-            }),
-            Box::new(move |results| {
-                let results = match results {
-                    Ok(results) => results,
-                    Err(e) => return done(Err(e)),
-                };
-                let mut out: Vec<Result<Stored, Error>> = (0..count).map(|_| Ok(Stored::No)).collect();
-                scatter(&mut out, &groups, results);
-                client.counters.sets(out.iter().filter(|r| matches!(r, Ok(Stored::Yes))).count());
-                done(Ok(out));
-            }),
-        );
+        self.start_plan(&SetMany { items, exptime }, done);
     }
 
     /// Delete one key; whether it was there.
@@ -375,26 +317,7 @@ impl Client {
 
     /// Delete several keys, pipelined per server: the errors of the servers that failed.
     pub fn delete_many_then(self: &Arc<Self>, keys: &[&[u8]], done: Done<Vec<Error>>) {
-        let dialect = self.dialect;
-        let built = self.router.group(keys.iter().copied()).and_then(|groups| {
-            let requests = Self::requests_by_server(&groups, |request, group| {
-                group.iter().try_for_each(|&i| dialect.encode_delete(request, keys[i]))
-            })?;
-            Ok((groups, requests))
-        });
-        let (groups, requests) = match built {
-            Ok(built) => built,
-            Err(e) => return done(Err(e)),
-        };
-        let groups = Arc::new(groups);
-        let reading = groups.clone();
-        self.fan_out_then(
-            requests.into_iter().map(|(si, r)| (si, r, Expect::Frames(groups[si].len()))).collect(),
-            Arc::new(move |si, r: &mut Frames<'_>| {
-                reading[si].iter().try_for_each(|_| dialect.read_deleted(r).map(|_| ()))
-            }),
-            Box::new(move |results| done(results.map(|rs| rs.into_iter().filter_map(|(_, r)| r.err()).collect()))),
-        );
+        self.start_plan(&DeleteMany(keys), done);
     }
 
     /// `incr`/`decr` by `delta`: the new value, or None when the key is missing. Not retried

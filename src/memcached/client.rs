@@ -3,11 +3,11 @@
 //! deadline. Multi-key commands are pipelined per server, and every server involved is sent its
 //! batch before any reply is read, so servers work in parallel within that one deadline.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::conn::{Address, Conn, Timeouts};
 use super::dialect::{Dialect, Reading, Simple, VECTORED_FROM};
+use super::plan::{DeleteMany, GetMany, Plan, Read, SetMany, prepare};
 use super::pool::Pool;
 use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
@@ -310,23 +310,6 @@ impl Client {
         Ok(out)
     }
 
-    /// One request per server that holds some of `keys`, each built by `encode` from that
-    /// server's share of the positions.
-    pub(super) fn requests_by_server(
-        groups: &[Vec<usize>],
-        mut encode: impl FnMut(&mut Vec<u8>, &[usize]) -> Result<(), Error>,
-    ) -> Result<Vec<(usize, Vec<u8>)>, Error> {
-        let mut requests = Vec::new();
-        for (si, group) in groups.iter().enumerate() {
-            if !group.is_empty() {
-                let mut request = Vec::new();
-                encode(&mut request, group)?;
-                requests.push((si, request));
-            }
-        }
-        Ok(requests)
-    }
-
     // --- the commands ------------------------------------------------------------------------
 
     /// Fetch one key.
@@ -345,9 +328,8 @@ impl Client {
     /// Fetch several keys: one request per server, all servers at once. Returns the items in
     /// the order of `keys`, and the errors of the servers that failed (their keys read as misses).
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<Error>), Error> {
-        let mut found: Vec<Option<Item>> = vec![None; keys.len()];
         if keys.is_empty() {
-            return Ok((found, Vec::new()));
+            return Ok((Vec::new(), Vec::new()));
         }
         if let [key] = keys {
             // One key: one server, one exchange (a failure is that server's, as below).
@@ -357,38 +339,17 @@ impl Client {
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::InvalidKey | ErrorKind::Config) => {
                     Err(e)
                 }
-                Err(e) => Ok((found, vec![e])),
+                Err(e) => Ok((vec![None], vec![e])),
             };
         }
-        let groups = self.router.group(keys.iter().copied())?;
-        let dialect = self.dialect;
-        let requests = Self::requests_by_server(&groups, |request, group| {
-            let group_keys: Vec<&[u8]> = group.iter().map(|&i| keys[i]).collect();
-            dialect.encode_get(request, &group_keys)
-        })?;
-        let mut positions: HashMap<&[u8], Vec<usize>> = HashMap::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            positions.entry(*key).or_default().push(i);
-        }
-        let mut errors = Vec::new();
-        for (_, result) in
-            self.fan_out(&requests, |_, conn, deadline| dialect.read_get(&mut Reading { conn, deadline }))?
-        {
-            match result {
-                Ok(hits) => {
-                    for (key, item) in hits {
-                        // A key asked for twice is answered at each of its positions.
-                        for &i in positions.get(key.as_slice()).map_or(&[][..], Vec::as_slice) {
-                            found[i] = Some(item.clone());
-                        }
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        let hits = found.iter().filter(|f| f.is_some()).count();
-        self.counters.lookups(hits, found.len() - hits);
-        Ok((found, errors))
+        self.run_plan(&GetMany(keys))
+    }
+
+    /// Run a multi-key plan: one pipelined request per server, all servers at once.
+    fn run_plan<P: Plan>(&self, plan: &P) -> Result<<P::Read as Read>::Output, Error> {
+        let (requests, reader) = prepare(plan, &self.router, self.dialect)?;
+        let results = self.fan_out(&requests, |si, conn, deadline| reader.read(si, &mut Reading { conn, deadline }))?;
+        Ok(reader.gather(results, &self.counters))
     }
 
     /// One storage command. Large values go out with a vectored write, not copied.
@@ -411,25 +372,7 @@ impl Client {
     /// Store every item, pipelined per server, all servers at once. One result per item, in
     /// order (a failed server's error for each of its items).
     pub fn set_many(&self, items: &[(&[u8], u32, &[u8])], exptime: i64) -> Result<Vec<Result<Stored, Error>>, Error> {
-        let groups = self.router.group(items.iter().map(|(k, _, _)| *k))?;
-        let dialect = self.dialect;
-        let requests = Self::requests_by_server(&groups, |request, group| {
-            request.reserve(group.iter().map(|&i| items[i].0.len() + items[i].2.len() + 48).sum());
-            group.iter().try_for_each(|&i| {
-                let (key, flags, data) = items[i];
-                dialect.encode_store(request, Store::Set, key, flags, exptime, data)
-            })
-        })?;
-        let results = self.fan_out(&requests, |si, conn, deadline| {
-            groups[si]
-                .iter()
-                .map(|_| dialect.read_stored(&mut Reading { conn, deadline }))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        let mut out: Vec<Result<Stored, Error>> = (0..items.len()).map(|_| Ok(Stored::No)).collect();
-        scatter(&mut out, &groups, results);
-        self.counters.sets(out.iter().filter(|r| matches!(r, Ok(Stored::Yes))).count());
-        Ok(out)
+        self.run_plan(&SetMany { items, exptime })
     }
 
     /// Delete one key; whether it was there.
@@ -445,15 +388,7 @@ impl Client {
 
     /// Delete several keys, pipelined per server. The errors of the servers that failed.
     pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<Error>, Error> {
-        let groups = self.router.group(keys.iter().copied())?;
-        let dialect = self.dialect;
-        let requests = Self::requests_by_server(&groups, |request, group| {
-            group.iter().try_for_each(|&i| dialect.encode_delete(request, keys[i]))
-        })?;
-        let results = self.fan_out(&requests, |si, conn, deadline| {
-            groups[si].iter().try_for_each(|_| dialect.read_deleted(&mut Reading { conn, deadline }).map(|_| ()))
-        })?;
-        Ok(results.into_iter().filter_map(|(_, r)| r.err()).collect())
+        self.run_plan(&DeleteMany(keys))
     }
 
     /// `incr`/`decr` by `delta`; the new value, or None when the key is missing (`NotNumeric`
@@ -536,23 +471,5 @@ impl Client {
     /// Drop every pooled connection.
     pub fn disconnect_all(&self) {
         self.pool.clear();
-    }
-}
-
-/// Put each server's per-item replies (or its error, for all its items) back in item order.
-pub(super) fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: PerServer<Vec<T>>) {
-    for (si, result) in results {
-        match result {
-            Ok(replies) => {
-                for (&i, reply) in groups[si].iter().zip(replies) {
-                    out[i] = Ok(reply);
-                }
-            }
-            Err(e) => {
-                for &i in &groups[si] {
-                    out[i] = Err(e.clone());
-                }
-            }
-        }
     }
 }

@@ -5,13 +5,15 @@
 //! - `ring` and `router`: pylibmc's key placement, and each server's health;
 //! - `conn` and `pool`: one connection (buffered reads on the shared deadline stream), and the
 //!   idle connections per server;
-//! - `client`: the commands, written once, with one deadline per call.
+//! - `plan`: each multi-key call (group, requests, reading, answers in order) written once;
+//! - `client` and `aio`: the blocking and the async runner, with one deadline per call.
 
 pub mod aio;
 pub mod binary;
 pub mod client;
 pub mod conn;
 pub mod dialect;
+pub mod plan;
 pub mod pool;
 pub mod protocol;
 pub mod ring;
