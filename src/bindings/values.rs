@@ -1,4 +1,4 @@
-//! Values on their way to and from redis: Django's RedisCache format (and django-redis's): an
+//! The value codecs. Memcached: pylibmc's flags and layout. Redis: Django's RedisCache format (and django-redis's): an
 //! exact `int` as its decimal digits (so INCR works on it and other clients read it), anything
 //! else pickled or given to the configured serializer, then compressed if configured. Replies
 //! of commands as given become Python values here too.
@@ -12,7 +12,9 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyString}
 use redis::Value;
 
 use super::aio::{OFF_IO_FROM, off_loop};
+use crate::codec;
 use crate::compress::{self, Compressor};
+use crate::memcached::client::Item;
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -178,4 +180,71 @@ pub async fn finish_async(codec: Arc<RedisCodec>, value: Encoded) -> Result<Vec<
     tokio::task::spawn_blocking(move || codec.finish(value))
         .await
         .unwrap_or_else(|e| Err(crate::error::Error::new(crate::error::ErrorKind::Io, format!("compression: {e}"))))
+}
+
+/// How values become bytes, and back.
+pub struct MemcachedCodec {
+    pub pickle_protocol: i32,
+    pub min_compress_len: usize,
+    pub compress_level: u32,
+}
+
+impl MemcachedCodec {
+    /// pylibmc's layout: exact bytes, str and int types are stored as they are (ints as
+    /// digits, so the server's incr works); everything else, bools included, is pickled (a bool
+    /// then reads back as a bool here and in pylibmc alike).
+    pub fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<(u32, Vec<u8>)> {
+        if let Ok(b) = value.cast_exact::<PyBytes>() {
+            return Ok((codec::FLAG_BYTES, b.as_bytes().to_vec()));
+        }
+        if let Ok(s) = value.cast_exact::<PyString>()
+            && let Ok(text) = s.to_str()
+        {
+            return Ok((codec::FLAG_TEXT, text.as_bytes().to_vec()));
+        }
+        if let Ok(i) = value.cast_exact::<PyInt>() {
+            let digits = match i.extract::<i64>() {
+                Ok(n) => n.to_string(),
+                Err(_) => i.str()?.to_str()?.to_owned(),
+            };
+            return Ok((codec::FLAG_LONG, digits.into_bytes()));
+        }
+        let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
+        let pickled = dumps.call1((value, self.pickle_protocol))?;
+        let pickled = pickled.cast::<PyBytes>()?;
+        Ok((codec::FLAG_PICKLE, pickled.as_bytes().to_vec()))
+    }
+
+    /// Whether `data` is to be compressed before it is stored.
+    pub fn compresses(&self, data: &[u8]) -> bool {
+        self.min_compress_len > 0 && data.len() >= self.min_compress_len
+    }
+
+    pub fn decode<'py>(py: Python<'py>, flags: u32, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        match flags & codec::TYPE_MASK {
+            codec::FLAG_PICKLE => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((PyBytes::new(py, data),)),
+            codec::FLAG_INTEGER | codec::FLAG_LONG => {
+                let text = std::str::from_utf8(data).map_err(|_| PyValueError::new_err("a stored int is not ASCII"))?;
+                let text = text.trim();
+                match text.parse::<i64>() {
+                    Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
+                    Err(_) => py.get_type::<PyInt>().call1((text,)),
+                }
+            }
+            codec::FLAG_TEXT => Ok(PyString::from_bytes(py, data)?.into_any()),
+            // Raw bytes, and flags no client we know writes: hand the bytes over as pylibmc does.
+            _ => Ok(PyBytes::new(py, data).into_any()),
+        }
+    }
+}
+
+/// Compress for the wire (runs detached).
+pub fn pack(codec: &MemcachedCodec, (flags, data): (u32, Vec<u8>)) -> (u32, Vec<u8>) {
+    let (data, flags) = codec::maybe_compress(data, flags, codec.min_compress_len, codec.compress_level);
+    (flags, data)
+}
+
+pub fn unpack(item: Item) -> Result<(u32, Vec<u8>), crate::error::Error> {
+    let (data, flags) = codec::inflate_if_needed(item.data, item.flags)?;
+    Ok((flags, data))
 }
