@@ -604,6 +604,7 @@ def test_a_herd_get_or_set_that_wins_the_lock_late_reads_before_computing(redis_
     from unittest import mock
 
     from django_rustcache import redis as ours
+    from django_rustcache.redis import extension
 
     cache = make_redis(redis_server.location)
     calls = []
@@ -617,7 +618,8 @@ def test_a_herd_get_or_set_that_wins_the_lock_late_reads_before_computing(redis_
             await cache.aset("late", "theirs")
             return await super().aacquire(*args, **kwargs)
 
-    with mock.patch.object(ours, "Lock", LateLock):
+    # The herd get_or_set (extension.py) takes its lock class from its module.
+    with mock.patch.object(extension, "Lock", LateLock):
         if sync:
             got = cache.get_or_set("late", lambda: calls.append(1) or "ours", 60, lock_timeout=2)
         else:

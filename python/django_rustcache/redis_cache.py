@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlparse
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache._core import CacheError, RedisClient
-from django_rustcache.redis import Lock
-from django_rustcache.redis import RedisCache as _RedisCache
+from django_rustcache.redis.backend import RedisCache as _RedisCache
+from django_rustcache.redis.lock import Lock
 
 __all__ = ["RedisCache", "ShardedRedisCache", "django_redis_cache_node"]
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use super::binary;
-use super::client::{Client, Item, PerServer, Retry, Stored};
+use super::client::{Client, Item, Retry, Stored};
 use super::dialect::Simple;
-use super::plan::{DeleteMany, GetMany, Plan, Read, SetMany, prepare};
+use super::plan::{DeleteMany, GetMany, PerServer, Plan, Read, SetMany, prepare};
 use super::protocol::Store;
 use super::wire::{Expect, Frame, Frames, MemcachedWire};
 use crate::error::{Error, ErrorKind};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::{Address, Conn, Timeouts};
 use super::dialect::{Dialect, Reading, Simple, VECTORED_FROM};
-use super::plan::{DeleteMany, GetMany, Plan, Read, SetMany, prepare};
+use super::plan::{DeleteMany, GetMany, PerServer, Plan, Read, SetMany, prepare};
 use super::pool::Pool;
 use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
@@ -79,9 +79,6 @@ impl Default for Config {
         }
     }
 }
-
-/// Each server's index and its result (or its error).
-pub type PerServer<T> = Vec<(usize, Result<T, Error>)>;
 
 /// Each server's address and its answer (or its error).
 pub type ByServer<T> = Vec<(String, Result<T, Error>)>;

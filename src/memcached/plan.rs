@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::client::{Item, PerServer, Stored};
-use super::dialect::{Dialect, Replies};
+use super::dialect::{Dialect, Item, Replies, Stored};
 use super::protocol::Store;
 use super::router::Router;
 use super::wire::Expect;
@@ -48,6 +47,9 @@ pub trait Read: Send + Sync + 'static {
     /// The servers' answers (or errors), put together and counted.
     fn gather(&self, results: PerServer<Self::Part>, counters: &Counters) -> Self::Output;
 }
+
+/// Each server's index and its result (or its error).
+pub type PerServer<T> = Vec<(usize, Result<T, Error>)>;
 
 /// Each server's index and its request.
 pub type Requests = Vec<(usize, Vec<u8>)>;

@@ -13,8 +13,9 @@ use parking_lot::Mutex;
 use redis::Value;
 use tokio::sync::oneshot;
 
+use super::calls::Runner;
 use super::client::Client;
-use super::commands::{Command, Runner};
+use super::commands::Command;
 use super::conn::{Login, handshake, is_master};
 use super::pool::{Pool, Target};
 use super::sentinel::Role;

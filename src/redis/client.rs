@@ -11,7 +11,8 @@ use std::time::Instant;
 use num_bigint::BigInt;
 use redis::{ConnectionLike, Value};
 
-use super::commands::{Command, Request, Runner, missing};
+use super::calls::{Runner, missing};
+use super::commands::{Command, Request};
 use super::conn::Conn;
 use super::pool::{Loan, Pool};
 use super::topology::{Next, Node, Part, Topology};

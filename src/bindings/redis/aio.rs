@@ -12,7 +12,8 @@ use crate::bindings::args::arg_bytes;
 use crate::bindings::keys::make_key;
 use crate::bindings::values::{finish_async, finished, reply, unpacked};
 use crate::redis::aio::{Async, Done};
-use crate::redis::commands::{self, Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::calls;
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
 
 /// What settles `promise` with a command's answer made into Python by `make`.
 fn keep<T: Send + 'static>(promise: aio::Promise, make: impl FnOnce(T) -> Make + Send + 'static) -> Done<T> {
@@ -35,7 +36,7 @@ impl PyRedisClient {
         let raw = Raw::new(args, write, idempotent, node)?;
         let runner = Async(self.client.clone());
         spawn(py, async move {
-            let value = commands::execute(&runner, raw).await?;
+            let value = calls::execute(&runner, raw).await?;
             Ok(Box::new(move |py: Python<'_>| reply(py, value).map(Bound::unbind)) as Make)
         })
     }
@@ -148,7 +149,7 @@ impl PyRedisClient {
         let (runner, codec) = (Async(self.client.clone()), self.codec.clone());
         spawn(py, async move {
             let value = finish_async(codec, encoded).await?;
-            Ok(aio::value(commands::add(&runner, key, value, timeout, timeout == Some(0)).await?))
+            Ok(aio::value(calls::add(&runner, key, value, timeout, timeout == Some(0)).await?))
         })
     }
 
@@ -203,7 +204,7 @@ impl PyRedisClient {
         let key = make_key(py, prefix, version, key)?.into_bytes();
         let runner = Async(self.client.clone());
         spawn(py, async move {
-            let digits = commands::increment(&runner, key, delta).await?;
+            let digits = calls::increment(&runner, key, delta).await?;
             Ok(Box::new(move |py: Python<'_>| int_of(py, &digits).map(Bound::unbind)) as Make)
         })
     }
@@ -263,7 +264,7 @@ impl PyRedisClient {
         let (from, to) = (source.as_bytes().to_vec(), target.as_bytes().to_vec());
         let runner = Async(self.client.clone());
         spawn(py, async move {
-            commands::rename(&runner, from, to).await?;
+            calls::rename(&runner, from, to).await?;
             Ok(none())
         })
     }

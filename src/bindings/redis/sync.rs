@@ -9,8 +9,9 @@ use crate::bindings::args::arg_bytes;
 use crate::bindings::keys::make_key;
 use crate::bindings::values::reply;
 use crate::error::Error;
+use crate::redis::calls::{self, finish};
 use crate::redis::client::Blocking;
-use crate::redis::commands::{self, Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany, finish};
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
 
 /// Digits as a Python int (exact at any size).
 pub(super) fn int_of<'py>(py: Python<'py>, digits: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -37,7 +38,7 @@ impl PyRedisClient {
         let args = args.iter().map(arg_bytes).collect::<PyResult<Vec<_>>>()?;
         let client = &self.client;
         let value =
-            py.detach(|| finish(commands::execute(&Blocking(client), Raw::new(args, write, idempotent, node)?)))?;
+            py.detach(|| finish(calls::execute(&Blocking(client), Raw::new(args, write, idempotent, node)?)))?;
         reply(py, value)
     }
 
@@ -130,7 +131,7 @@ impl PyRedisClient {
         let encoded = codec.encode(py, value)?;
         Ok(py.detach(|| {
             let value = codec.finish(encoded)?;
-            finish(commands::add(&Blocking(client), key, value, timeout, timeout == Some(0)))
+            finish(calls::add(&Blocking(client), key, value, timeout, timeout == Some(0)))
         })?)
     }
 
@@ -184,7 +185,7 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?.into_bytes();
         let client = &self.client;
-        let digits = py.detach(|| finish(commands::increment(&Blocking(client), key, delta)))?;
+        let digits = py.detach(|| finish(calls::increment(&Blocking(client), key, delta)))?;
         int_of(py, &digits)
     }
 
@@ -239,7 +240,7 @@ impl PyRedisClient {
     fn rename(&self, py: Python<'_>, source: &str, target: &str) -> PyResult<()> {
         let client = &self.client;
         let (from, to) = (source.as_bytes().to_vec(), target.as_bytes().to_vec());
-        Ok(py.detach(|| finish(commands::rename(&Blocking(client), from, to)))?)
+        Ok(py.detach(|| finish(calls::rename(&Blocking(client), from, to)))?)
     }
 
     /// FLUSHDB on every primary.

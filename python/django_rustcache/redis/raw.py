@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_rustcache._tls import ALL_NAMES as TLS_NAMES
-from django_rustcache._tls import TLS_SCHEMES
+from django_rustcache.redis.tls import ALL_NAMES as TLS_NAMES
+from django_rustcache.redis.tls import TLS_SCHEMES
 
 _made: dict[tuple[Any, ...], Any] = {}
 _lock = threading.Lock()
@@ -64,7 +64,7 @@ def get_redis_connection(alias: str = "default", write: bool = True) -> Any:
     either)."""
     from django.core.cache import caches
 
-    from django_rustcache.redis import RedisCache
+    from django_rustcache.redis.backend import RedisCache
 
     cache = caches[alias]
     if not isinstance(cache, RedisCache):

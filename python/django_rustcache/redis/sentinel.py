@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._network import setting_flag, setting_port, setting_seconds
-from django_rustcache._tls import TlsArgs, settings_args
+from django_rustcache.redis.tls import TlsArgs, settings_args
 
 SENTINEL_CLIENTS = frozenset({"django_redis.client.SentinelClient", "django_redis.client.sentinel.SentinelClient"})
 # redis-py's pool class under django-redis's Sentinel factory: its work is ours here.
