@@ -30,6 +30,19 @@ pub fn check(key: &str) -> KeyProblems {
     KeyProblems { too_long, bad_chars }
 }
 
+/// The most bytes a key may have on memcached's wire (both protocols).
+pub const MEMCACHED_MAX_KEY_BYTES: usize = 250;
+
+/// Whether a key's bytes may go on memcached's wire: at most [`MEMCACHED_MAX_KEY_BYTES`], none a
+/// control character, a space or DEL (in the text protocol they would split or end the command
+/// line; the binary protocol keeps the same rule so both refuse the same keys). The text protocol
+/// also refuses an empty key (`allow_empty`: the binary one carries it).
+pub fn wire_ok(key: &[u8], allow_empty: bool) -> bool {
+    (allow_empty || !key.is_empty())
+        && key.len() <= MEMCACHED_MAX_KEY_BYTES
+        && !key.iter().any(|&b| b <= 0x20 || b == 0x7f)
+}
+
 /// Append Django's default key, `"{prefix}:{version}:{key}"`, to `out`.
 pub fn make_default(out: &mut String, prefix: &str, version: &str, key: &str) {
     out.reserve(prefix.len() + version.len() + key.len() + 2);
@@ -52,6 +65,19 @@ mod tests {
         let mut s = String::new();
         make_default(&mut s, "site", "22", "a:b");
         assert_eq!(s, "site:22:a:b");
+    }
+
+    #[test]
+    fn memcacheds_wire_rule() {
+        assert!(wire_ok(b"a:1:key", false));
+        assert!(wire_ok(&[b'a'; 250], false));
+        assert!(!wire_ok(&[b'a'; 251], true));
+        assert!(!wire_ok(b"a b", true));
+        assert!(!wire_ok(b"a\r\nflush_all", true));
+        assert!(!wire_ok(b"\x7f", true));
+        assert!(!wire_ok(b"", false));
+        assert!(wire_ok(b"", true));
+        assert!(wire_ok("清".as_bytes(), false));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! speaks SASL on the binary protocol alone). Requests are encoded into a buffer; responses are
 //! parsed from the bytes read so far.
 
-use super::protocol::MAX_KEY_BYTES;
 use crate::error::{Error, ErrorKind};
 
 const REQUEST: u8 = 0x80;
@@ -87,7 +86,7 @@ impl Packet {
 }
 
 fn check_key(key: &[u8]) -> Result<(), Error> {
-    if key.len() > MAX_KEY_BYTES || key.iter().any(|&b| b <= 0x20 || b == 0x7f) {
+    if !crate::keys::wire_ok(key, true) {
         return Err(Error::new(
             ErrorKind::InvalidKey,
             format!("invalid memcached key {:?}", String::from_utf8_lossy(key)),

@@ -12,9 +12,6 @@ use crate::error::{Error, ErrorKind};
 /// accepts at most 1 GiB). A longer length is a protocol error, never an allocation.
 pub const MAX_VALUE_LEN: usize = 1 << 30;
 
-/// Memcached's limit on the length of a key, in bytes.
-pub const MAX_KEY_BYTES: usize = 250;
-
 /// Which storage command to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Store {
@@ -59,7 +56,7 @@ pub enum Reply {
 }
 
 fn check_key(key: &[u8]) -> Result<(), Error> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.iter().any(|&b| b <= 0x20 || b == 0x7f) {
+    if !crate::keys::wire_ok(key, false) {
         return Err(Error::new(
             ErrorKind::InvalidKey,
             format!("invalid memcached key {:?}", String::from_utf8_lossy(key)),
