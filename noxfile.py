@@ -98,7 +98,7 @@ def lint(session: nox.Session) -> None:
     leaks = [
         str(p.relative_to(ROOT))
         for p in (ROOT / "src").rglob("*.rs")
-        if "pyo3" in p.read_text() and p.parent.name != "bindings" and p.name != "lib.rs"
+        if "pyo3" in p.read_text() and p.relative_to(ROOT / "src").parts[0] not in ("bindings", "lib.rs")
     ]
     if leaks:
         session.error(f"pyo3 used outside src/bindings (DESIGN.md keeps the cores pure): {leaks}")

@@ -558,10 +558,16 @@ def redis_cluster_suite() -> Suite:
     """A Redis Cluster of 3 primaries with a replica each: ours (RedisClusterCache) against
     Django's RedisCache over redis-py's RedisCluster (bench/cluster_peer.py)."""
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-    from tests.servers import RedisCluster
+    from tests.servers import RedisCluster, RedisServer, raw_command, wait_until
 
     cluster = RedisCluster()
+    # Our own client on one server with a replica (a cluster shard's server-side work: each
+    # write is also sent to its replica): a cluster call may cost at most 1.15x of it.
+    single = RedisServer()
+    replica = RedisServer(args=("--replicaof", "127.0.0.1", str(single.port)))
+    wait_until(lambda: b"master_link_status:up" in raw_command(replica.port, "INFO", "replication"), 10)
     seeds = [f"redis://127.0.0.1:{n.port}" for n in cluster.nodes[:3]]
+    one_server = "django_rustcache RedisCache, one server + replica"
     backends = [
         Backend(
             "rust_cluster",
@@ -574,6 +580,9 @@ def redis_cluster_suite() -> Suite:
             "Django RedisCache on redis-py RedisCluster",
             {"BACKEND": "cluster_peer.RedisPyClusterCache", "LOCATION": seeds},
         ),
+        Backend(
+            "rust_single", one_server, {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": single.location}
+        ),
     ]
     for b in backends:
         b.params = {**b.params, "KEY_PREFIX": f"bench-{b.alias}"}
@@ -582,12 +591,15 @@ def redis_cluster_suite() -> Suite:
         "redis-cluster",
         backends,
         targets={
+            "get hit": {one_server: 1.15},
+            "get miss": {one_server: 1.15},
+            "set": {one_server: 1.15},
             "get_many(100)": peer,
             "set_many(100)": peer,
             "8 threads 80/20 (ops/s)": {"Django RedisCache on redis-py RedisCluster": 3.0},
         },
-        cleanup=[cluster.close],
-        server_pids=[n.proc.pid for n in cluster.nodes],
+        cleanup=[cluster.close, replica.close, single.close],
+        server_pids=[n.proc.pid for n in cluster.nodes] + [single.proc.pid, replica.proc.pid],
     )
 
 
