@@ -12,7 +12,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
@@ -139,7 +139,12 @@ if hasattr(os, "register_at_fork"):
 # --- the shared backend ------------------------------------------------------------------------
 
 
-class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
+# The core client a backend makes (RedisClient, MemcachedClient): one type per backend, for
+# every topology.
+ClientT = TypeVar("ClientT")
+
+
+class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
     """Django's cache API over a network client. Subclasses say how settings are read
     (``_configure``), how a client is made (``_make_client``), how timeouts convert, and the
     names of the client's multi-key methods."""
@@ -173,11 +178,11 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache):
         """Read LOCATION and OPTIONS into the settings the client is made from."""
         raise NotImplementedError
 
-    def _make_client(self, settings: Any) -> Any:
+    def _make_client(self, settings: Any) -> ClientT:
         raise NotImplementedError
 
     @cached_property
-    def _cache(self) -> Any:
+    def _cache(self) -> ClientT:
         if self._config_error is not None:
             raise self._config_error
         return _registry.client(self)

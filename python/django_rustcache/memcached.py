@@ -173,7 +173,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class MemcachedCache(NativeAsync, NetworkCache):
+class MemcachedCache(NativeAsync, NetworkCache[MemcachedClient]):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS

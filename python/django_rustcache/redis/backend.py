@@ -13,7 +13,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._async import NativeAsync
-from django_rustcache._core import CacheError
+from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache._network import NetworkCache
 from django_rustcache.redis.collections import RedisCollections
@@ -21,7 +21,7 @@ from django_rustcache.redis.extension import RedisExtension
 from django_rustcache.redis.options import RedisOptions, logger
 
 
-class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache, RedisCollections):
+class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisClient], RedisCollections):
     """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
     collection API."""
 
