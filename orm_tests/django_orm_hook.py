@@ -45,15 +45,15 @@ def caching_class(cls: type) -> type:
 def _prime(iterable: Any) -> bool:
     """Read a caching iterable's rows from the database into the cache, building nothing:
     whether its SQL ran."""
-    from django_rustcache.orm import base, config
+    from django_rustcache.orm import _cache, base, config
 
     queryset = iterable.queryset
     if iterable.timeout == config.NO_CACHE or queryset.query.select_for_update:
         return False
-    read = base._Read(iterable.timeout)
+    read = _cache._Read(iterable.timeout, base.cache)
     if iterable._by_structure(read) is not None:
         return False  # already stored
-    compiler = base._reading(queryset.query.get_compiler(using=queryset.db), read)
+    compiler = _cache._reading(queryset.query.get_compiler(using=queryset.db), read)
     results = compiler.execute_sql(chunked_fetch=iterable.chunked_fetch, chunk_size=iterable.chunk_size)
     for _ in compiler.results_iter(results):
         pass

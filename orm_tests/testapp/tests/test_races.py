@@ -14,7 +14,7 @@ from django.core.cache import caches
 from django.db import connections, transaction
 from django.test import TransactionTestCase
 
-from django_rustcache.orm import _engine, base
+from django_rustcache.orm import _cache, _engine, base
 from orm_tests.testapp.models import Author, Book
 
 _pause = threading.local()
@@ -33,7 +33,7 @@ def pausing_store(read, stamp, payload, present, rows=None):
     return _real_store(read, stamp, payload, present, rows)
 
 
-_real_store = base._store
+_real_store = _cache._store
 
 
 @contextmanager
@@ -44,10 +44,10 @@ def stamp_after_sql(delay=0.0):
     def store(read, stamp, payload, present, rows=None):
         after_sql()
         time.sleep(delay)
-        _, stamp, _ = base._stamp(base.cache, read.db, read.tables, None)
+        _, stamp, _ = _cache._stamp(base.cache, read.db, read.tables, None)
         return _real_store(read, stamp, payload, present, rows)
 
-    with mock.patch.object(base, "_store", store):
+    with mock.patch.object(_cache, "_store", store):
         yield
 
 
@@ -108,7 +108,7 @@ class ForcedInterleavings(RaceTestCase):
 
         def reader():
             _pause.hook = self.pausing(reached, resume)
-            with mock.patch.object(base, "_store", pausing_store) if self.ours else nullcontext():
+            with mock.patch.object(_cache, "_store", pausing_store) if self.ours else nullcontext():
                 return self.title()
 
         t, out, errors = in_thread(reader)

@@ -16,7 +16,7 @@ from django.db.transaction import TransactionManagementError
 from django.db.utils import DJANGO_VERSION_PICKLE_KEY
 from django.test import TransactionTestCase
 
-from django_rustcache.orm import CachingManager, CachingMixin, _engine, base
+from django_rustcache.orm import CachingManager, CachingMixin, _cache, _engine, _identity, _stored, base
 from orm_tests.testapp.models import Author, Book, BookProxy, Guarded, Item, Pool, PoolStyle, Secret, Tag
 
 
@@ -108,7 +108,7 @@ class WhatPickleRefuses(Twice):
     def test_a_value_pickle_refuses_is_not_stored(self):
         _engine._last_warning[0] = 0.0  # said at most every few seconds: now
         with self.assertLogs("django_rustcache.orm", "WARNING") as logs:
-            self.assertIsNone(base._storable([(1, Guarded("x"))], 1))
+            self.assertIsNone(_stored._storable([(1, Guarded("x"))], 1))
         self.assertIn("not cached", logs.output[0])
 
 
@@ -276,7 +276,7 @@ class BuiltAsDjangoBuildsThem(Twice):
             "proxy": lambda: BookProxy.objects.filter(pk__gt=0),
             "select_related": lambda: Book.objects.select_related("author"),
         }
-        real = base._builder
+        real = _stored._builder
         for name, make in shapes.items():
             with self.subTest(name):
                 django_built = [state(o) for o in make().no_cache()]
@@ -284,7 +284,7 @@ class BuiltAsDjangoBuildsThem(Twice):
                 built = []
                 with (
                     self.assertNumQueries(0),
-                    mock.patch.object(base, "_builder", lambda *a, built=built: built.append(real(*a)) or built[-1]),
+                    mock.patch.object(_stored, "_builder", lambda *a, built=built: built.append(real(*a)) or built[-1]),
                 ):
                     ours = list(make())
                 self.assertTrue(all(o.from_cache for o in ours))
@@ -326,8 +326,8 @@ class Volatile(Twice):
                     make()
 
     def test_a_name_that_looks_like_a_function_is_not_volatile(self):
-        self.assertFalse(base._volatile('SELECT "t"."now", `t`.`random` FROM "t"'))
-        self.assertTrue(base._volatile('SELECT "t"."a" FROM "t" ORDER BY RANDOM() ASC'))
+        self.assertFalse(_identity._volatile('SELECT "t"."now", `t`.`random` FROM "t"'))
+        self.assertTrue(_identity._volatile('SELECT "t"."a" FROM "t" ORDER BY RANDOM() ASC'))
 
 
 class RowsHeldInProcess(Twice):
@@ -373,8 +373,8 @@ class RowsHeldInProcess(Twice):
         short = lambda: [a.name for a in Author.objects.cache(1).filter(name="bob")]  # noqa: E731
         self.cached(short)
         self.assertEqual(len(self.keys_read(short)[1][0]), 1)
-        later = base.time.monotonic() + 2
-        with mock.patch.object(base.time, "monotonic", return_value=later):
+        later = _cache.time.monotonic() + 2
+        with mock.patch.object(_cache.time, "monotonic", return_value=later):
             self.assertEqual(len(self.keys_read(short)[1][0]), 2)
 
     def test_values_a_caller_can_change_are_not_held(self):
@@ -412,6 +412,6 @@ class DamagedEntries(Twice):
         ):
             expected = make()
             for bad in ([1, 2, 3], [[("id",)], [(1, 2)]], [(1,)], [[], "rows"]):
-                base._memo.clear()
-                with mock.patch.object(base, "_load", return_value=bad), self.assertNumQueries(1):
+                _cache._memo.clear()
+                with mock.patch.object(_stored, "_load", return_value=bad), self.assertNumQueries(1):
                     self.assertEqual(make(), expected)

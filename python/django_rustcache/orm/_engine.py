@@ -29,7 +29,7 @@ from typing import Any
 
 from django.db import connections
 
-from django_rustcache.orm import _cache
+from django_rustcache.orm import config as _config
 
 log = logging.getLogger("django_rustcache.orm")
 
@@ -213,7 +213,7 @@ _pending_lock = threading.Lock()
 
 
 def _shared_cache() -> Any:
-    return _cache.cache
+    return _config.cache
 
 
 def bump(tables: Iterable[str], cache: Any = None) -> bool:

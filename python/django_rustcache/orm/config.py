@@ -1,4 +1,6 @@
-"""Settings of the ORM query cache, read from ``django.conf.settings`` when they are used.
+"""Settings of the ORM query cache, read from ``django.conf.settings`` when they are used, and
+the cache they name: ``cache``, ``caches[alias]`` behind one proxy (Cache Machine's
+``caching.invalidation.cache``).
 
 Cache Machine read its settings once, at import; we read them at call time (cached until a
 ``setting_changed`` signal), so ``override_settings`` works and tests may still assign or patch
@@ -8,8 +10,10 @@ an assigned attribute wins over the setting until it is deleted.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
 NO_CACHE = -1
@@ -78,3 +82,36 @@ def check() -> None:
     """Read every setting once, so a wrong value is reported at start-up, not at first use."""
     for name in _SETTINGS:
         __getattr__(name)
+
+
+class CacheProxy:
+    """``caches[alias]`` for the calling thread, the alias chosen when first used: Cache
+    Machine's ``cache_machine`` alias when configured, else ``default`` (or
+    ``CACHE_MACHINE_ALIAS``). Attributes set on the proxy (tests patch ``cache.get``) shadow the
+    backend's until deleted."""
+
+    def _alias(self) -> str:
+        alias = _cached.get("_alias")
+        if alias is None:
+            from django.conf import settings
+
+            alias = sys.modules[__name__].CACHE_ALIAS or (
+                "cache_machine" if "cache_machine" in getattr(settings, "CACHES", {}) else "default"
+            )
+            _cached["_alias"] = alias
+        return alias
+
+    def backend(self) -> Any:
+        return caches[self._alias()]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(caches[self._alias()], name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in caches[self._alias()]
+
+    def __repr__(self) -> str:
+        return f"<ORM cache proxy for caches[{self._alias()!r}]>"
+
+
+cache: Any = CacheProxy()

@@ -27,7 +27,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.utils import encoding, translation
 
 from django_rustcache.orm import _engine, config
-from django_rustcache.orm._cache import cache
+from django_rustcache.orm.config import cache
 
 log = logging.getLogger("caching.invalidation")
 
