@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from django_rustcache._core import CacheError
 from django_rustcache._failures import answers
+from django_rustcache.redis.twins import async_twin, run
 
 
 def _pairs(flat: list[Any], cast: Any) -> list[tuple[Any, Any]]:
@@ -56,8 +56,7 @@ class RedisCollections:
     def _dec(self, data: Any) -> Any:
         return None if data is None else self._cache.loads(data)
 
-    def _run(self, *args: Any, write: bool = True) -> Any:
-        return self._cache.execute(*args, write=write, idempotent=not write)
+    _run = run
 
     def _no_match_with_compression(self, match: Any) -> None:
         options = getattr(self, "_options", {})
@@ -354,65 +353,8 @@ class RedisCollections:
         return None if result is None else float(result)
 
 
-# --- async twins -------------------------------------------------------------------------------
-#
-# Every collection method above sends one command through ``self._run`` and shapes its reply.
-# Its async twin (``asadd``, ``ahgetall``, ``azrange``, ...: django-valkey's names) runs the same
-# body: the first run stops at the command (handed over as ``_Command``), which is sent with the
-# native ``aexecute``; the second run gets the reply from ``_run`` and shapes it. One body, both
-# ways, and the twin never blocks the event loop.
-
-
-class _Command(BaseException):
-    """A command a twin's body wants sent (not an Exception: no ``except`` in a body catches it)."""
-
-    def __init__(self, args: tuple[Any, ...], write: bool) -> None:
-        self.args_, self.write = args, write
-
-
-class _Replay:
-    """The backend as a twin's body sees it: ``_run`` gives the replies got so far, in order, and
-    stops at the next command; everything else is the backend's (its helper methods bound to
-    this object, so their ``_run`` is this one)."""
-
-    def __init__(self, backend: Any, replies: list[Any]) -> None:
-        self._backend, self._replies, self._used = backend, replies, 0
-
-    def _run(self, *args: Any, write: bool = True) -> Any:
-        if self._used < len(self._replies):
-            self._used += 1
-            return self._replies[self._used - 1]
-        raise _Command(args, write)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = inspect.getattr_static(type(self._backend), name, None)
-        if inspect.isfunction(attr):
-            return types.MethodType(attr, self)
-        return getattr(self._backend, name)
-
-
-def _async_twin(method: Callable[..., Any]) -> Callable[..., Any]:
-    answer = getattr(method, "__answer__", None)
-
-    async def twin(self: Any, *args: Any, **kwargs: Any) -> Any:
-        replies: list[Any] = []
-        while True:
-            try:
-                return method(_Replay(self, replies), *args, **kwargs)
-            except _Command as command:
-                try:
-                    reply = await self._cache.aexecute(
-                        *command.args_, write=command.write, idempotent=not command.write
-                    )
-                except CacheError as e:
-                    if answer is None:
-                        raise
-                    return self._failed(e, answer())
-                replies.append(reply)
-
-    twin.__name__ = twin.__qualname__ = f"a{method.__name__}"
-    twin.__doc__ = f"``{method.__name__}``'s async twin."
-    return twin
+# Every collection method sends its commands through ``self._run``: its async twin (``asadd``,
+# ``ahgetall``, ``azrange``, ...: django-valkey's names) is made from it (see ``twins``).
 
 
 async def _asscan_iter(
@@ -438,4 +380,4 @@ for _name, _method in list(vars(RedisCollections).items()):
     if _name == "sscan_iter":
         RedisCollections.asscan_iter = _asscan_iter  # type: ignore[attr-defined]
     else:
-        setattr(RedisCollections, f"a{_name}", _async_twin(_method))
+        setattr(RedisCollections, f"a{_name}", async_twin(_method))

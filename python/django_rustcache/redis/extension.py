@@ -14,6 +14,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django_rustcache._core import CacheError
 from django_rustcache._failures import answers
 from django_rustcache.redis.lock import Lock
+from django_rustcache.redis.twins import async_twin, run
 
 # Stand-ins for the key and the version while a SCAN pattern is made (see _pattern).
 _KEY_MARK = "rustcacheKEYmark0"
@@ -52,50 +53,10 @@ class RedisExtension:
         async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any: ...
         async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any: ...
 
+    _run = run
+
     def _made(self, key: Any, version: Any = None) -> str:
         return self.make_and_validate_key(key, version=version)
-
-    @answers(None)
-    async def attl(self, key: Any, version: Any = None) -> int | None:
-        left = await self._cache.aexecute("TTL", self._made(key, version), write=False, idempotent=True)
-        return None if left == -1 else max(left, 0)
-
-    @answers(None)
-    async def apttl(self, key: Any, version: Any = None) -> int | None:
-        left = await self._cache.aexecute("PTTL", self._made(key, version), write=False, idempotent=True)
-        return None if left == -1 else max(left, 0)
-
-    @answers(None)
-    async def apersist(self, key: Any, version: Any = None) -> bool:
-        return bool(await self._cache.aexecute("PERSIST", self._made(key, version), idempotent=True))
-
-    @answers(None)
-    async def aexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
-        if timeout is DEFAULT_TIMEOUT:
-            timeout = self.default_timeout
-        made = self._made(key, version)
-        if timeout is None:
-            await self._cache.aexecute("PERSIST", made, idempotent=True)
-            return bool(await self._cache.aexecute("EXISTS", made, idempotent=True))
-        return bool(await self._cache.aexecute("EXPIRE", made, int(timeout), idempotent=True))
-
-    @answers(None)
-    async def apexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
-        if timeout is DEFAULT_TIMEOUT:
-            timeout = None if self.default_timeout is None else self.default_timeout * 1000
-        if timeout is None:
-            return await self.aexpire(key, None, version)
-        return bool(await self._cache.aexecute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
-
-    @answers(None)
-    async def aexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
-        stamp = int(when.timestamp()) if isinstance(when, datetime.datetime) else int(when)
-        return bool(await self._cache.aexecute("EXPIREAT", self._made(key, version), stamp, idempotent=True))
-
-    @answers(None)
-    async def apexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
-        stamp = int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else int(when)
-        return bool(await self._cache.aexecute("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
 
     async def _ascan(self, match: str, itersize: int | None, write: bool = True) -> AsyncIterator[list[bytes]]:
         for node in self._cache.nodes():
@@ -135,19 +96,19 @@ class RedisExtension:
     @answers(None)
     def ttl(self, key: Any, version: Any = None) -> int | None:
         """Seconds left (django-redis): None for a key that never expires, 0 for a missing key."""
-        left = self._cache.execute("TTL", self._made(key, version), write=False, idempotent=True)
+        left = self._run("TTL", self._made(key, version), write=False, idempotent=True)
         return None if left == -1 else max(left, 0)
 
     @answers(None)
     def pttl(self, key: Any, version: Any = None) -> int | None:
         """Milliseconds left: None for a key that never expires, 0 for a missing key."""
-        left = self._cache.execute("PTTL", self._made(key, version), write=False, idempotent=True)
+        left = self._run("PTTL", self._made(key, version), write=False, idempotent=True)
         return None if left == -1 else max(left, 0)
 
     @answers(None)
     def persist(self, key: Any, version: Any = None) -> bool:
         """Make the key never expire; whether it had an expiry."""
-        return bool(self._cache.execute("PERSIST", self._made(key, version), idempotent=True))
+        return bool(self._run("PERSIST", self._made(key, version), idempotent=True))
 
     @answers(None)
     def expire(self, key: Any, timeout: Any, version: Any = None) -> bool:
@@ -157,9 +118,9 @@ class RedisExtension:
             timeout = self.default_timeout
         made = self._made(key, version)
         if timeout is None:
-            self._cache.execute("PERSIST", made, idempotent=True)
-            return bool(self._cache.execute("EXISTS", made, idempotent=True))
-        return bool(self._cache.execute("EXPIRE", made, int(timeout), idempotent=True))
+            self._run("PERSIST", made, idempotent=True)
+            return bool(self._run("EXISTS", made, idempotent=True))
+        return bool(self._run("EXPIRE", made, int(timeout), idempotent=True))
 
     @answers(None)
     def pexpire(self, key: Any, timeout: Any, version: Any = None) -> bool:
@@ -169,19 +130,19 @@ class RedisExtension:
             timeout = None if self.default_timeout is None else self.default_timeout * 1000
         if timeout is None:
             return self.expire(key, None, version)
-        return bool(self._cache.execute("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
+        return bool(self._run("PEXPIRE", self._made(key, version), int(timeout), idempotent=True))
 
     @answers(None)
     def expire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
         """Expire at a datetime or Unix time; whether the key exists."""
         stamp = int(when.timestamp()) if isinstance(when, datetime.datetime) else int(when)
-        return bool(self._cache.execute("EXPIREAT", self._made(key, version), stamp, idempotent=True))
+        return bool(self._run("EXPIREAT", self._made(key, version), stamp, idempotent=True))
 
     @answers(None)
     def pexpire_at(self, key: Any, when: datetime.datetime | int | float, version: Any = None) -> bool:
         """Expire at a datetime or Unix time in milliseconds; whether the key exists."""
         stamp = int(when.timestamp() * 1000) if isinstance(when, datetime.datetime) else int(when)
-        return bool(self._cache.execute("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
+        return bool(self._run("PEXPIREAT", self._made(key, version), stamp, idempotent=True))
 
     def _user_key(self, made: bytes | str, version: Any) -> str:
         """The key as the caller gave it, from a made key (Django's default key format)."""
@@ -386,3 +347,8 @@ class RedisExtension:
         """A redis lock (SET NX PX, released only by its owner), as django-redis gives: its
         arguments in django-redis's order, named by the made key."""
         return Lock(self._cache, self._made(key, version), timeout, sleep, blocking, blocking_timeout)
+
+
+# The TTL commands' async twins (``attl``, ``aexpire``, ...), made from their sync bodies.
+for _name in ("ttl", "pttl", "persist", "expire", "pexpire", "expire_at", "pexpire_at"):
+    setattr(RedisExtension, f"a{_name}", async_twin(getattr(RedisExtension, _name)))
