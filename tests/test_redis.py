@@ -640,3 +640,44 @@ def test_aget_or_set_takes_the_herd_options(redis_server):
 
     assert asyncio.run(scenario()) == ["v"] * 4
     assert len(calls) == 1
+
+
+def test_the_ttl_api_async_answers_as_the_sync_one(redis_server):
+    """attl, apttl, apersist, aexpire, apexpire, aexpire_at and apexpire_at (made from the sync
+    bodies) answer as ttl, pttl, persist, expire, ... do, on the same keys."""
+    import asyncio
+    import time
+
+    cache = make_redis(redis_server.location, KEY_PREFIX="ttl-twins")
+
+    async def both() -> list[tuple[object, object]]:
+        out = []
+        cache.set("s", 1, 100)
+        cache.set("a", 1, 100)
+        for name, args in (
+            ("ttl", ()),
+            ("pttl", ()),
+            ("expire", (50,)),
+            ("pexpire", (40_000,)),
+            ("expire_at", (int(time.time()) + 30,)),
+            ("pexpire_at", (int(time.time() * 1000) + 20_000,)),
+            ("persist", ()),
+            ("ttl", ()),
+            ("expire", (None,)),
+        ):
+            # The same calls on two keys set alike: one through each API.
+            sync = getattr(cache, name)("s", *args)
+            native = await getattr(cache, f"a{name}")("a", *args)
+            out.append((sync, native))
+        out.append((cache.expire("missing", 5), await cache.aexpire("missing", 5)))
+        out.append((cache.ttl("missing"), await cache.attl("missing")))
+        return out
+
+    answers = asyncio.run(both())
+    for sync, native in answers:
+        if isinstance(sync, int) and not isinstance(sync, bool) and sync > 1000:
+            assert abs(sync - native) < 2000, (sync, native)  # milliseconds apart
+        else:
+            assert sync == native, answers
+    assert answers[0][0] in range(95, 101) and answers[6] == (True, True) and answers[7] == (None, None)
+    assert answers[-2] == (False, False) and answers[-1] == (0, 0)
