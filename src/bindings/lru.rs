@@ -10,16 +10,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyList};
 
 use super::keys::{make_key, warn_if_invalid};
+use super::values::{pickle_dumps, pickle_loads};
 use crate::lru::{Expiry, LruStore};
 
 type Store = LruStore<Py<PyAny>>;
-
-static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
@@ -67,17 +64,15 @@ impl PyLruStore {
     fn encode(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         match self.pickle_protocol {
             None => Ok(value.clone().unbind()),
-            Some(protocol) => {
-                let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
-                Ok(dumps.call1((value, protocol))?.unbind())
-            }
+            // LocMemCache's isolation: a pickled copy.
+            Some(protocol) => Ok(pickle_dumps(py, value, protocol)?.unbind()),
         }
     }
 
     fn decode<'py>(&self, py: Python<'py>, stored: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
         match self.pickle_protocol {
             None => Ok(stored.into_bound(py)),
-            Some(_) => PICKLE_LOADS.import(py, "pickle", "loads")?.call1((stored,)),
+            Some(_) => pickle_loads(py, stored.bind(py)),
         }
     }
 }

@@ -19,6 +19,16 @@ use crate::memcached::client::Item;
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// `pickle.dumps(value, protocol)`.
+pub fn pickle_dumps<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, protocol: i32) -> PyResult<Bound<'py, PyAny>> {
+    PICKLE_DUMPS.import(py, "pickle", "dumps")?.call1((value, protocol))
+}
+
+/// `pickle.loads(data)`.
+pub fn pickle_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    PICKLE_LOADS.import(py, "pickle", "loads")?.call1((data,))
+}
+
 /// A value on its way to the server: serialized while attached, compressed (if it may be) once
 /// detached.
 pub struct Encoded {
