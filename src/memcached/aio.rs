@@ -262,7 +262,7 @@ impl Client {
             Err(e) => return done(Err(e)),
         };
         let reader = Arc::new(reader);
-        let requests = requests.into_iter().map(|(si, r)| (si, r, reader.expect(si))).collect();
+        let requests = requests.into_iter().map(|(si, r)| (si, r, reader.frames(si))).collect();
         let (reading, client) = (reader.clone(), self.clone());
         self.fan_out_then(
             requests,

@@ -39,7 +39,7 @@ pub trait Read: Send + Sync + 'static {
     type Output: Send + 'static;
 
     /// Which frames answer server `si`'s request (async).
-    fn expect(&self, si: usize) -> Expect;
+    fn frames(&self, si: usize) -> Expect;
 
     /// Read server `si`'s replies.
     fn read(&self, si: usize, replies: &mut impl Replies) -> Result<Self::Part, Error>;
@@ -118,7 +118,7 @@ impl Plan for GetMany<'_> {
 impl Read for GetManyRead {
     type Part = Vec<(Vec<u8>, Item)>;
     type Output = (Vec<Option<Item>>, Vec<Error>);
-    fn expect(&self, _: usize) -> Expect {
+    fn frames(&self, _: usize) -> Expect {
         Expect::Answers(1)
     }
     fn read(&self, _: usize, replies: &mut impl Replies) -> Result<Self::Part, Error> {
@@ -184,7 +184,7 @@ impl Plan for SetMany<'_> {
 impl Read for SetManyRead {
     type Part = Vec<Stored>;
     type Output = Vec<Result<Stored, Error>>;
-    fn expect(&self, si: usize) -> Expect {
+    fn frames(&self, si: usize) -> Expect {
         Expect::Frames(self.0.groups[si].len())
     }
     fn read(&self, si: usize, replies: &mut impl Replies) -> Result<Self::Part, Error> {
@@ -221,7 +221,7 @@ impl Plan for DeleteMany<'_> {
 impl Read for DeleteManyRead {
     type Part = ();
     type Output = Vec<Error>;
-    fn expect(&self, si: usize) -> Expect {
+    fn frames(&self, si: usize) -> Expect {
         Expect::Frames(self.0.groups[si].len())
     }
     fn read(&self, si: usize, replies: &mut impl Replies) -> Result<(), Error> {
