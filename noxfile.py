@@ -92,7 +92,8 @@ def install_package(session: nox.Session, *extras: str, release: bool = False) -
 
 @nox.session(python=PY311)
 def lint(session: nox.Session) -> None:
-    """rustfmt, clippy (pedantic, -D warnings), no pyo3 outside src/bindings, ruff, stubtest."""
+    """rustfmt, clippy (pedantic, -D warnings), no pyo3 outside src/bindings, ruff, mypy
+    (strict, on the package), stubtest."""
     session.run("cargo", "fmt", "--check", external=True)
     session.run("cargo", "clippy", "--all-targets", "--", "-D", "warnings", external=True, env=BUILD_ENV)
     leaks = [
@@ -105,6 +106,7 @@ def lint(session: nox.Session) -> None:
     install_package(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("python", "-m", "mypy")
     session.run("python", "-m", "mypy.stubtest", "django_rustcache._core", "--allowlist", ".stubtest-allowlist")
 
 

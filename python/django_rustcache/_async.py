@@ -10,35 +10,55 @@ failure policy (``IGNORE_EXCEPTIONS``) is the sync path's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from django_rustcache._core import CacheError
 from django_rustcache._failures import answers
 
+T = TypeVar("T")
 
-class NativeAsync:
+
+class AsyncClient(Protocol):
+    """The core client's native async calls ``NativeAsync`` makes (each an asyncio future of the
+    running loop; ``_core.pyi`` states them per client)."""
+
+    def aget(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Awaitable[Any]: ...
+    def aadd(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: Any, /) -> Awaitable[bool]: ...
+    def atouch(self, prefix: str | None, version: Any, key: Any, timeout: Any, /) -> Awaitable[bool]: ...
+    def adelete(self, prefix: str | None, version: Any, key: Any) -> Awaitable[bool]: ...
+
+
+AsyncClientT = TypeVar("AsyncClientT", bound=AsyncClient)
+
+
+class NativeAsync(Generic[AsyncClientT]):
     """Mixed into a network backend (``NetworkCache``) whose client has the ``a*`` calls."""
 
     if TYPE_CHECKING:  # provided by the backend (NetworkCache, FailurePolicy, BaseCache)
-        _cache: Any
+
+        @property
+        def _cache(self) -> AsyncClientT: ...
+
         _native_keys: bool
-        _get_many_method: str
-        _set_many_method: str
-        _delete_many_method: str
+        _get_many_method: ClassVar[str]
+        _set_many_method: ClassVar[str]
+        _delete_many_method: ClassVar[str]
         key_prefix: str
         version: int
         _partial: tuple[bool, Any]
         _missing_key: Any
 
-        def _failed(self, error: CacheError, answer: Any) -> Any: ...
+        def _failed(self, error: CacheError, answer: T) -> T: ...
         def make_key(self, key: Any, version: Any = None) -> Any: ...
         def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> Any: ...
         def _parts(self, key: Any, version: Any) -> tuple[Any, Any, Any]: ...
         def _made_keys(self, keys: Any, version: Any) -> dict[Any, Any]: ...
-        async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any: ...
-        async def aadd(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> bool: ...
+        # Each backend's own (their sync twins differ: redis's nx/xx, memcached's exptime).
+        async def aset(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any: ...
+        async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int: ...
 
     async def aget(self, key: Any, default: Any = None, version: Any = None) -> Any:
         try:
@@ -62,12 +82,8 @@ class NativeAsync:
     async def adelete(self, key: Any, version: Any = None) -> bool:
         return await self._cache.adelete(*self._parts(key, version))
 
-    @answers(False)
-    async def ahas_key(self, key: Any, version: Any = None) -> bool:
-        return await self._cache.ahas_key(*self._parts(key, version))
-
     async def aget_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
-        get_many = getattr(self._cache, "a" + self._get_many_method)
+        get_many: Callable[..., Awaitable[dict[Any, Any]]] = getattr(self._cache, "a" + self._get_many_method)
         try:
             if self._native_keys:
                 return await get_many(
@@ -82,7 +98,7 @@ class NativeAsync:
     async def aset_many(self, data: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> list[Any]:
         if not data:
             return []
-        set_many = getattr(self._cache, "a" + self._set_many_method)
+        set_many: Callable[..., Awaitable[list[Any]]] = getattr(self._cache, "a" + self._set_many_method)
         timeout = self.get_backend_timeout(timeout)
         try:
             if self._native_keys:
@@ -120,14 +136,13 @@ class NativeAsync:
         return await self.aget(key, default, version=version)
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        if version is None:
-            version = self.version
-        value = await self.aget(key, self._missing_key, version=version)
+        old: int = self.version if version is None else version
+        value = await self.aget(key, self._missing_key, version=old)
         if value is self._missing_key:
             raise ValueError(f"Key '{key}' not found")
-        await self.aset(key, value, version=version + delta)
-        await self.adelete(key, version=version)
-        return version + delta
+        await self.aset(key, value, version=old + delta)
+        await self.adelete(key, version=old)
+        return old + delta
 
     async def adecr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return await self.aincr_version(key, -delta, version)

@@ -8,9 +8,12 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django_rustcache._core import CacheError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class FailurePolicy:
@@ -21,7 +24,7 @@ class FailurePolicy:
     # Seconds after which a new failure is logged again.
     _log_every = 60.0
 
-    def _failed(self, error: CacheError, answer: Any) -> Any:
+    def _failed(self, error: CacheError, answer: T) -> T:
         """Give `answer` for a failed call (logged), or raise `error` when failures count."""
         if not self._ignore_exc:
             raise error
@@ -32,7 +35,7 @@ class FailurePolicy:
         return answer
 
 
-def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def answers(value: Any) -> Callable[[F], F]:
     """Decorate a backend method so that, when failures are ignored, a server failure answers
     ``value`` (a fresh one each time when it is a type such as ``list``) instead of raising; a
     generator method then simply ends; a coroutine method answers it when awaited. Django's own
@@ -41,7 +44,7 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def fresh() -> Any:
         return value() if isinstance(value, type) else value
 
-    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(method: F) -> F:
         if inspect.isgeneratorfunction(method):
 
             @functools.wraps(method)
@@ -51,7 +54,7 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except CacheError as e:
                     self._failed(e, None)
 
-            return generate
+            return cast(F, generate)
 
         if inspect.iscoroutinefunction(method):
 
@@ -62,7 +65,7 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 except CacheError as e:
                     return self._failed(e, fresh())
 
-            return await_call
+            return cast(F, await_call)
 
         @functools.wraps(method)
         def call(self: FailurePolicy, *args: Any, **kwargs: Any) -> Any:
@@ -72,6 +75,6 @@ def answers(value: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 return self._failed(e, fresh())
 
         call.__answer__ = fresh  # type: ignore[attr-defined]  # for the async twins made from it
-        return call
+        return cast(F, call)
 
     return wrap

@@ -22,7 +22,8 @@ class NativeKeys:
     @key_func.setter
     def key_func(self, func: Any) -> None:
         self._key_func = func
-        self._native_keys = func is default_key_func and type(self).make_key is BaseCache.make_key
+        make_key: object = type(self).make_key
+        self._native_keys = func is default_key_func and make_key is BaseCache.make_key
 
     # Set by BaseCache.__init__ in the backends this is mixed into.
     key_prefix: str

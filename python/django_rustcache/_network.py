@@ -12,7 +12,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
@@ -103,9 +103,9 @@ class _Registry:
         self._clients: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
         self._recent: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self._backends: weakref.WeakSet[NetworkCache] = weakref.WeakSet()
+        self._backends: weakref.WeakSet[NetworkCache[Any]] = weakref.WeakSet()
 
-    def client(self, backend: NetworkCache) -> Any:
+    def client(self, backend: NetworkCache[ClientT]) -> ClientT:
         key = backend._settings
         with self._lock:
             client = self._clients.get(key)
@@ -117,9 +117,9 @@ class _Registry:
             self._recent.move_to_end(key)
             while len(self._recent) > self.KEEP:
                 self._recent.popitem(last=False)
-            return client
+            return cast("ClientT", client)
 
-    def track(self, backend: NetworkCache) -> None:
+    def track(self, backend: NetworkCache[Any]) -> None:
         self._backends.add(backend)
 
     def after_fork_in_child(self) -> None:
@@ -139,9 +139,20 @@ if hasattr(os, "register_at_fork"):
 # --- the shared backend ------------------------------------------------------------------------
 
 
-# The core client a backend makes (RedisClient, MemcachedClient): one type per backend, for
-# every topology.
-ClientT = TypeVar("ClientT")
+class NetworkClient(Protocol):
+    """What ``NetworkCache`` calls on the core client a backend makes (``RedisClient``,
+    ``MemcachedClient``: one type per backend, for every topology; ``_core.pyi`` states the
+    rest of each). Timeouts are the backend's own (seconds for redis, an exptime for memcached)."""
+
+    def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any: ...
+    def add(self, prefix: str | None, version: Any, key: Any, value: Any, timeout: Any, /) -> bool: ...
+    def touch(self, prefix: str | None, version: Any, key: Any, timeout: Any, /) -> bool: ...
+    def delete(self, prefix: str | None, version: Any, key: Any) -> bool: ...
+    def servers(self) -> list[dict[str, Any]]: ...
+    def client_stats(self) -> dict[str, int]: ...
+
+
+ClientT = TypeVar("ClientT", bound=NetworkClient)
 
 
 class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
@@ -231,8 +242,10 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
     def get_many(self, keys: Any, version: Any = None) -> dict[Any, Any]:
         get_many = getattr(self._cache, self._get_many_method)
         try:
+            found: dict[Any, Any]
             if self._native_keys:
-                return get_many(self.key_prefix, self.version if version is None else version, keys, *self._partial)
+                found = get_many(self.key_prefix, self.version if version is None else version, keys, *self._partial)
+                return found
             made = self._made_keys(keys, version)
             found = get_many(None, None, list(made), *self._partial)
             return {made[k]: v for k, v in found.items()}

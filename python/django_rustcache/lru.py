@@ -199,7 +199,7 @@ class LRUObjectCache(NativeKeys, BaseCache):
 
     def stats(self) -> dict[str, Any]:
         """Counters of the shared store: hits, misses, sets, evictions, expirations, size, max_size."""
-        stats = self._cache.stats()
+        stats: dict[str, Any] = dict(self._cache.stats())
         stats["max_size"] = self._max_entries
         stats["location"] = self._name
         stats["pickled"] = self._cache.pickle_protocol is not None

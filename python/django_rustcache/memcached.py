@@ -173,7 +173,7 @@ def _env(*names: str) -> str | None:
     return None
 
 
-class MemcachedCache(NativeAsync, NetworkCache[MemcachedClient]):
+class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]):
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
@@ -383,7 +383,7 @@ class MemcachedCache(NativeAsync, NetworkCache[MemcachedClient]):
         return await self._cache.aincr(*self._parts(key, version), delta)
 
     @answers(None)
-    async def aclear(self) -> None:  # type: ignore[override]
+    async def aclear(self) -> None:
         await self._cache.aflush_all()
 
     def server_stats(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def django_redis_cache_node(server: str, db: int) -> tuple[Any, Any, Any, Any]:
     if "://" in server:
         url = urlparse(server)
         query = {k: v[0] for k, v in parse_qs(url.query).items() if v}
-        url_db = query.get("db")
+        url_db: str | int | None = query.get("db")
         if url.scheme == "unix":
             return ("127.0.0.1", 6379, int(url_db if url_db is not None else db or 0), url.path)
         if url_db is None and url.path:
@@ -57,8 +57,8 @@ def django_redis_cache_node(server: str, db: int) -> tuple[Any, Any, Any, Any]:
         host, port = url.hostname, int(url.port or 6379)
         return (host, port, int(url_db if url_db is not None else db or 0), None if url.scheme == "rediss" else "")
     if ":" in server:
-        host, port = server.rsplit(":", 1)
-        return (host, int(port), db, None)
+        host, port_text = server.rsplit(":", 1)
+        return (host, int(port_text), db, None)
     return (None, None, db, server)
 
 
@@ -113,10 +113,10 @@ class RedisCache(_RedisCache):
             return self._failed(e, False)
         return True
 
-    async def adelete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
+    async def adelete_many(self, keys: Any, version: Any = None) -> None:
         await super().adelete_many(keys, version)
 
-    def delete_many(self, keys: Any, version: Any = None) -> None:  # type: ignore[override]
+    def delete_many(self, keys: Any, version: Any = None) -> None:
         """django-redis-cache's delete_many returns nothing."""
         super().delete_many(keys, version)
 

@@ -26,6 +26,10 @@ from django_rustcache.orm._identity import _convert, _split, _sql_key_text, _vol
 from django_rustcache.orm._stored import _MAGIC, _dump, _is_entry, _raw_shape, _storable, _StoredCursor
 from django_rustcache.orm.invalidation import make_key
 
+# A row as the database driver gives it, and the generation stamp an entry was stored under.
+Row = tuple[Any, ...]
+Stamp = tuple[Any, ...]
+
 
 class _Unusable(Exception):
     """The cache cannot be trusted for this call: run the query without it."""
@@ -48,11 +52,11 @@ class _Memo:
     )
 
     def __init__(self) -> None:
-        self._entries: collections.OrderedDict[str, tuple[tuple, list[tuple], float | None]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[Stamp, list[Row], float | None]] = collections.OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> tuple[tuple, list[tuple]] | None:
+    def get(self, key: str) -> tuple[Stamp, list[Row]] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -64,7 +68,7 @@ class _Memo:
                 self._entries.move_to_end(key)
         return entry[0], entry[1]
 
-    def remember(self, key: str | None, stamp: tuple, rows: list[tuple], timeout: Any) -> None:
+    def remember(self, key: str | None, stamp: Stamp, rows: list[Row], timeout: Any) -> None:
         if key is None or len(rows) > self.MAX_ROWS // 10 or config.CACHE_MACHINE_COMPAT:
             return
         immutable = self._IMMUTABLE
@@ -109,11 +113,11 @@ class _Remembered:
 
     __slots__ = ("rows",)
 
-    def __init__(self, rows: list[tuple] | None) -> None:
+    def __init__(self, rows: list[Row] | None) -> None:
         self.rows = rows
 
 
-def _stamp(cache: Any, db: str, tables: frozenset[str], key_text: str | None) -> tuple[str | None, tuple, Any]:
+def _stamp(cache: Any, db: str, tables: frozenset[str], key_text: str | None) -> tuple[str | None, Stamp, Any]:
     """One ``get_many`` of the tables' generations (and the result key, when given and its rows
     are not held here): (key, stamp, stored entry or _Remembered). Missing generations are
     created with fresh values before returning, which is before the caller runs its SQL."""
@@ -173,14 +177,14 @@ class _Read:
         self.db: str | None = None
         self.tables: frozenset[str] = frozenset()
         # What the lookup found: (stamp, rows | _PRESENT | None), or None (cache not used).
-        self.found: tuple[tuple, Any] | None = None
+        self.found: tuple[Stamp, Any] | None = None
         # Whether ``found`` was looked up before compiling (by the query's structure).
         self.preset = False
 
 
 def _lookup(
     read: _Read, db: str, key_text: str, tables: frozenset[str], width: int | None = None
-) -> tuple[tuple, Any] | None:
+) -> tuple[Stamp, Any] | None:
     """(stamp, stored rows, or _PRESENT when something unusable is stored, or None) for a read
     about to run its SQL; None when the cache cannot be used (it is down, or owes an
     invalidation). Stored rows must be tuples of ``width`` values, when it is given."""
@@ -194,7 +198,7 @@ def _lookup(
         if entry.rows is not None and (width is None or not entry.rows or len(entry.rows[0]) == width):
             return stamp, entry.rows
         # Stale here, so most likely stale there: read the database, replace the entry.
-        _memo.forget(key)  # type: ignore[arg-type]
+        _memo.forget(key)
         return stamp, _PRESENT
     if _is_entry(entry, stamp):
         try:
@@ -216,9 +220,7 @@ class _Present:
 _PRESENT = _Present()
 
 
-def _store(
-    read: _Read, stamp: tuple, payload: tuple[bytes, ...], present: bool, rows: list[tuple] | None = None
-) -> None:
+def _store(read: _Read, stamp: Stamp, payload: tuple[bytes, ...], present: bool, rows: list[Row] | None = None) -> None:
     """Store rows read by ``read`` under its key, with the generations read before its SQL
     (and hold them here, when given)."""
     value = (_MAGIC, stamp, payload)
@@ -237,7 +239,7 @@ def _store(
         _memo.remember(read.key, stamp, rows, read.timeout)
 
 
-def _streamed(read: _Read, stamp: tuple, chunks: Iterator[list[Any]], present: bool) -> Iterator[list[Any]]:
+def _streamed(read: _Read, stamp: Stamp, chunks: Iterator[list[Any]], present: bool) -> Iterator[list[Any]]:
     """Chunks of a chunked fetch (``iterator()``) passed on as they come, each pickled before
     the caller sees it (so a caller changing a value changes nothing stored); stored once the
     last has been read, unless there were more than ``MAX_ROWS`` (then none is held)."""
@@ -324,15 +326,16 @@ def _results(
         return iter(_convert(found[1], late, connection) if late else found[1])
     composite = getattr(compiler, "has_composite_fields", None)
     if found is None or (late and composite is not None and composite(fields)):
-        return type(compiler).results_iter(compiler, results, tuple_expected)
+        uncached: Iterator[Any] = type(compiler).results_iter(compiler, results, tuple_expected)
+        return uncached
 
-    def stored(chunk: Any) -> list[tuple]:
+    def stored(chunk: Any) -> list[Row]:
         rows = _convert(chunk, early, connection) if early else chunk
         if composite is not None and composite(fields):
             rows = compiler.composite_fields_to_tuples(rows, fields)
         return list(map(tuple, rows))
 
-    def read_back(rows: list[tuple]) -> list[tuple]:
+    def read_back(rows: list[Row]) -> list[Row]:
         return _convert(rows, late, connection) if late else rows
 
     stamp, present = found[0], found[1] is not None
@@ -380,7 +383,7 @@ def _reading(compiler: Any, read: _Read) -> Any:
     return compiler
 
 
-def _checked(read: _Read, found: tuple[tuple, Any], width: int) -> None:
+def _checked(read: _Read, found: tuple[Stamp, Any], width: int) -> None:
     """Stored rows Django's iterable will read (it slices them): tuples of ``width`` values, or
     they are treated as an unusable entry (the query runs, its rows replace them)."""
     rows = found[1]
@@ -395,7 +398,8 @@ def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     """The caching twin of ``RawQuery._execute_query``."""
     conn = connections[query.using]
     if conn.needs_rollback:
-        return RawQuery._execute_query(query)
+        RawQuery._execute_query(query)  # type: ignore[attr-defined]  # Django's; django-stubs omits it
+        return None
     params = query.params
     params = tuple(params) if isinstance(params, (list, tuple)) else params
     key_text = repr(("raw", conn.alias, query.sql, params, getattr(conn, "timezone_name", None)))
@@ -403,13 +407,13 @@ def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     found = None if " at 0x" in key_text or _volatile(query.sql) else _lookup(read, conn.alias, key_text, tables)
     if found is not None and type(found[1]) is list:
         if _raw_shape(found[1]):
-            description, rows = found[1]
+            description, stored = found[1]
             read.hit = True
-            query.cursor = _StoredCursor(description, rows)
+            query.cursor = _StoredCursor(description, stored)
             return None
         _engine.warn("ORM cache: a stored result could not be read, using the database (not a raw result)")
         found = (found[0], _PRESENT)
-    RawQuery._execute_query(query)
+    RawQuery._execute_query(query)  # type: ignore[attr-defined]  # Django's; django-stubs omits it
     if found is None:
         return None
     cursor = query.cursor

@@ -299,7 +299,7 @@ def current_txn(conn: Any, create: bool = False) -> Txn | None:
     if not conn.in_atomic_block:
         conn.__dict__.pop("_rustcache_txn", None)
         return None
-    txn = conn.__dict__.get("_rustcache_txn")
+    txn: Txn | None = conn.__dict__.get("_rustcache_txn")
     if txn is None and create:
         txn = conn.__dict__["_rustcache_txn"] = Txn()
     return txn
@@ -309,7 +309,7 @@ def _publishes_in_txn(conn: Any) -> bool:
     """Whether a read inside a transaction sees every commit made before the statement (READ
     COMMITTED), so its result may be shared. Otherwise (REPEATABLE READ, SERIALIZABLE, SQLite in
     WAL mode) the transaction may read an old snapshot, and its results stay private."""
-    known = conn.__dict__.get("_rustcache_publishes")
+    known: bool | None = conn.__dict__.get("_rustcache_publishes")
     if known is not None:
         return known
     vendor = conn.vendor
@@ -337,7 +337,7 @@ def _publishes_in_txn(conn: Any) -> bool:
     return result
 
 
-def private_scope(conn: Any, tables: frozenset[str]) -> tuple[str, tuple] | None:
+def private_scope(conn: Any, tables: frozenset[str]) -> tuple[str, tuple[Any, ...]] | None:
     """For a read on ``conn`` of ``tables``: None when its result may be shared, else the key
     suffix and the stamp that keep it inside the current transaction."""
     if not conn.in_atomic_block:
@@ -430,7 +430,7 @@ def _refuse_or_defer(conn: Any, sql: str, tables: frozenset[str]) -> bool:
     )
 
 
-def _execute(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
+def _execute(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
     if _is_busy():
         return execute(sql, params, many, context)
     try:

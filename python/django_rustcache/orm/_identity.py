@@ -22,10 +22,10 @@ _SIMPLE = (str, int, float, bool, type(None))
 _NOT_SHAPING = frozenset({"creation_counter", "verbose_name", "help_text", "_rustcache_identity"})
 
 
-def _field_identity(field: Any) -> tuple:
+def _field_identity(field: Any) -> tuple[Any, ...]:
     """What a field's conversion of database values depends on: its class and its plain
     settings (``decimal_places``, a custom field's options...). A model's field keeps it."""
-    known = field.__dict__.get("_rustcache_identity")
+    known: tuple[Any, ...] | None = field.__dict__.get("_rustcache_identity")
     if known is not None:
         return known
     cls = type(field)
@@ -36,12 +36,12 @@ def _field_identity(field: Any) -> tuple:
     return identity
 
 
-def _callable_identity(f: Any) -> tuple:
+def _callable_identity(f: Any) -> tuple[Any, ...]:
     f = getattr(f, "__func__", f)
     return (getattr(f, "__module__", None), getattr(f, "__qualname__", None) or type(f).__qualname__)
 
 
-def _converters_identity(compiler: Any) -> tuple:
+def _converters_identity(compiler: Any) -> tuple[Any, ...]:
     """Which conversions Django applies to each column of this query's rows (two queries of one
     SQL may convert differently: ``Sum(..., output_field=FloatField())``)."""
     fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
@@ -73,7 +73,7 @@ def _split(converters: dict[int, Any]) -> tuple[dict[int, Any], dict[int, Any]]:
     return early, late
 
 
-def _convert(rows: Any, converters: dict[int, Any], connection: Any) -> list[tuple]:
+def _convert(rows: Any, converters: dict[int, Any], connection: Any) -> list[tuple[Any, ...]]:
     """Django's ``apply_converters``, giving tuples."""
     items = list(converters.items())
     out = []

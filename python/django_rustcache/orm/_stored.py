@@ -54,7 +54,7 @@ def _load(payload: tuple[bytes, ...]) -> list[Any]:
     return rows
 
 
-def _is_entry(entry: Any, stamp: tuple) -> bool:
+def _is_entry(entry: Any, stamp: tuple[Any, ...]) -> bool:
     return type(entry) is tuple and len(entry) == 3 and entry[0] == _MAGIC and entry[1] == stamp
 
 
@@ -108,6 +108,8 @@ def _raw_shape(stored: list[Any]) -> bool:
 # stores the value in its ``__dict__`` (what a plain attribute does).
 _PLAIN_SETTERS = (DeferredAttribute, ForeignKeyDeferredAttribute, FileDescriptor, ImageFileDescriptor)
 _plain_recipes: dict[tuple[type, tuple[str, ...]], bool] = {}
+# The function behind Model.from_db (a classmethod): a model that keeps it builds plainly.
+_MODEL_FROM_DB = vars(models.Model)["from_db"].__func__
 
 
 def _plain_recipe(model: Any, names: tuple[str, ...]) -> bool:
@@ -118,7 +120,7 @@ def _plain_recipe(model: Any, names: tuple[str, ...]) -> bool:
     if known is not None:
         return known
     ok = (
-        getattr(model.from_db, "__func__", None) is models.Model.from_db.__func__
+        getattr(model.from_db, "__func__", None) is _MODEL_FROM_DB
         and model.__init__ is models.Model.__init__
         and list(names) == [f.attname for f in model._meta.concrete_fields if f.attname in names]
     )
@@ -148,7 +150,7 @@ def _plain_build(compiler: Any, queryset: Any) -> Any:
     return _builder(klass_info["model"], names, start, end, annotations, queryset)
 
 
-def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotations: list, queryset: Any) -> Any:
+def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotations: list[Any], queryset: Any) -> Any:
     if not _plain_recipe(model, names):
         return None
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
@@ -177,13 +179,13 @@ def _builder(model: Any, names: tuple[str, ...], start: int, end: int, annotatio
             state.adding = False
             state.db = db
             if fetch_mode is not None:
-                state.fetch_mode = fetch_mode
+                state.fetch_mode = fetch_mode  # type: ignore[attr-defined]  # Django 6.1's; not in django-stubs 5.2
             values = {"_state": state}
             values.update(zip(names, row[start:end], strict=True))
             obj.__dict__ = values
             if peers is not None:
                 peers.append(weakref.ref(obj))
-                state.peers = peers
+                state.peers = peers  # type: ignore[attr-defined]  # Django 6.1's; not in django-stubs 5.2
             for name, pos in annotations:
                 setattr(obj, name, row[pos])
             for field, related, getter in known:

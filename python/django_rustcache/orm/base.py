@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import EmptyResultSet
@@ -56,7 +56,8 @@ from django_rustcache.orm._identity import (
     _sql_key_text,
 )
 from django_rustcache.orm._stored import _plain_build
-from django_rustcache.orm.invalidation import FlushListBusy, byid, cache, flush_key, invalidator, make_key
+from django_rustcache.orm.config import cache
+from django_rustcache.orm.invalidation import FlushListBusy, byid, flush_key, invalidator, make_key
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -79,10 +80,20 @@ log = logging.getLogger("caching")
 _engine.install()
 
 
-class CachingModelIterable(ModelIterable):
+if TYPE_CHECKING:  # generic in django-stubs only (Django's own classes take no parameters)
+    _ModelIterable = ModelIterable[Any]
+    _RawQuerySet = RawQuerySet[Any]
+else:
+    _ModelIterable = ModelIterable
+    _RawQuerySet = RawQuerySet
+
+
+class CachingModelIterable(_ModelIterable):
     """Django's ModelIterable, whose query reads its rows through the cache: current stored
     rows when the tables' generations say so, else the database's (stored afterwards). Every
     object is built by Django's own code; ``from_cache`` says where its row came from."""
+
+    queryset: CachingQuerySet
 
     def __init__(self, queryset: Any, *args: Any, **kwargs: Any) -> None:
         self.timeout = kwargs.pop("timeout", getattr(queryset, "timeout", DEFAULT_TIMEOUT))
@@ -144,7 +155,7 @@ class CachingModelIterable(ModelIterable):
         if objects is not None and read.stored and read.key is not None:
             self._register(objects, read.key)
 
-    def _by_structure(self, read: _Read) -> Iterator[Any] | None:
+    def _by_structure(self, read: _Read) -> list[Any] | None:
         """A simple query (one table, filtered by plain values) is looked up by its structure,
         without compiling it: compiling costs more than the rest of a hit. Its objects when its
         rows are stored and plain to build; else None, with ``read`` holding what was found
@@ -158,6 +169,8 @@ class CachingModelIterable(ModelIterable):
         if conn.needs_rollback:
             return None
         model = query.model
+        if model is None:
+            return None
         names = tuple(f.attname for f in model._meta.concrete_fields)
         key_text = _fingerprint_key_text(fingerprint, model, conn)
         # The rows' shape is checked by building (each row unpacked into its names), so the
@@ -168,7 +181,8 @@ class CachingModelIterable(ModelIterable):
             return None
         build = _stored._builder(model, names, 0, len(names), [], queryset)
         if build is None:
-            return _checked(read, found, len(names))
+            _checked(read, found, len(names))
+            return None
         late = _model_late_converters(model, conn)
         try:
             built = build(_convert(found[1], late, conn) if late else found[1])
@@ -202,7 +216,7 @@ class CachingModelIterable(ModelIterable):
 # --- raw querysets ----------------------------------------------------------------------------
 
 
-class CachingQuerySet(models.query.QuerySet):
+class CachingQuerySet(models.query.QuerySet[Any]):
     _default_timeout_pickle_key = "__DEFAULT_TIMEOUT__"
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -219,11 +233,11 @@ class CachingQuerySet(models.query.QuerySet):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[misc]  # Django's; django-stubs omits it
         if self.timeout == self._default_timeout_pickle_key:
             self.timeout = DEFAULT_TIMEOUT
 
-    def _sql(self) -> tuple[str, tuple]:
+    def _sql(self) -> tuple[str, tuple[Any, ...]]:
         clone = self.query.clone()
         sql, params = clone.get_compiler(using=self.db).as_sql()
         return sql, tuple(params)
@@ -253,7 +267,7 @@ class CachingQuerySet(models.query.QuerySet):
         miss, where Cache Machine made two to share pickled objects between queries.)"""
         vals = self.values_list("pk", *list(self.query.extra.keys()))
         query = vals.query
-        query.get_compiler = _armed(query, _Read(self.timeout, cache))
+        query.get_compiler = _armed(query, _Read(self.timeout, cache))  # type: ignore[method-assign]  # for this read
         try:
             pks = [val[0] for val in vals]
         finally:
@@ -283,7 +297,8 @@ class CachingQuerySet(models.query.QuerySet):
             identity = self._cache_identity()  # compiled once, for the key and the tables
         except EmptyResultSet:
             return 0
-        return cached_with(self, super_count, "count", config.TIMEOUT, _identity=identity)
+        counted: int = cached_with(self, super_count, "count", config.TIMEOUT, _identity=identity)
+        return counted
 
     def cache(self, timeout: Any = DEFAULT_TIMEOUT) -> CachingQuerySet:
         qs = self._clone()
@@ -293,13 +308,13 @@ class CachingQuerySet(models.query.QuerySet):
     def no_cache(self) -> CachingQuerySet:
         return self.cache(config.NO_CACHE)
 
-    def _clone(self, *args: Any, **kw: Any) -> Any:
-        qs = super()._clone(*args, **kw)
+    def _clone(self, *args: Any, **kw: Any) -> CachingQuerySet:
+        qs: CachingQuerySet = super()._clone(*args, **kw)  # type: ignore[misc]  # Django's; django-stubs omits it
         qs.timeout = self.timeout
         return qs
 
 
-class CachingManager(models.Manager):
+class CachingManager(models.Manager[Any]):
     """A manager whose querysets are cached; in Cache Machine compatibility mode it also keeps
     Cache Machine's flush lists on save and delete."""
 
@@ -344,7 +359,9 @@ class CachingManager(models.Manager):
         self._flush(objects, **kwargs)
         invalidate(*objects)
 
-    def raw(self, raw_query: str, params: Any = (), translations: Any = None, **kwargs: Any) -> CachingRawQuerySet:
+    def raw(  # type: ignore[override]  # also takes the queryset's timeout
+        self, raw_query: str, params: Any = (), translations: Any = None, **kwargs: Any
+    ) -> CachingRawQuerySet:
         return CachingRawQuerySet(
             raw_query, self.model, params=params, translations=translations, using=self._db, **kwargs
         )
@@ -358,6 +375,11 @@ class CachingManager(models.Manager):
 
 class CachingMixin:
     """Inherit from this class to get caching and invalidation helpers."""
+
+    if TYPE_CHECKING:  # the model's, which this is mixed into
+        pk: Any
+        _state: Any
+        _meta: ClassVar[Any]
 
     def flush_key(self) -> str:
         return flush_key(self)
@@ -398,7 +420,7 @@ class CachingMixin:
         return fk.remote_field.model
 
 
-class CachingRawQuerySet(RawQuerySet):
+class CachingRawQuerySet(_RawQuerySet):
     """Django's RawQuerySet, whose SQL reads its rows (and their columns) through the cache."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -412,7 +434,7 @@ class CachingRawQuerySet(RawQuerySet):
             return
         read = _Read(self.timeout, cache)
         query = self.query
-        query._execute_query = functools.partial(_raw_execute, query, read, self.model)
+        query._execute_query = functools.partial(_raw_execute, query, read, self.model)  # type: ignore[attr-defined]
         try:
             for obj in super().iterator():
                 obj.from_cache = read.hit
@@ -421,7 +443,7 @@ class CachingRawQuerySet(RawQuerySet):
             query.__dict__.pop("_execute_query", None)
 
     def _clone(self) -> CachingRawQuerySet:
-        clone = super()._clone()
+        clone: CachingRawQuerySet = super()._clone()  # type: ignore[misc]  # Django's; django-stubs omits it
         clone.timeout = self.timeout
         return clone
 
@@ -430,21 +452,26 @@ class CachingRawQuerySet(RawQuerySet):
         return CachingRawQuerySet(
             self.raw_query,
             model=self.model,
-            query=self.query.chain(using=alias),
+            query=self.query.chain(using=alias),  # type: ignore[arg-type]  # as Django's own using()
             params=self.params,
             translations=self.translations,
             using=alias,
             timeout=self.timeout,
         )
 
+    @property
+    def _sql_text(self) -> str:
+        sql = self.raw_query  # the SQL as given (django-stubs also allows a RawQuery)
+        return sql if isinstance(sql, str) else str(sql)
+
     def query_key(self) -> str:
-        return self.raw_query % tuple(self.params or [])
+        return self._sql_text % tuple(self.params or [])
 
     def _cache_identity(self) -> tuple[str, frozenset[str]]:
         params = self.params
         params = tuple(params) if isinstance(params, (list, tuple)) else params
         identity = repr((self.db, self.raw_query, params))
-        return identity, _engine.tables_in(self.raw_query) | _engine.model_tables(self.model)
+        return identity, _engine.tables_in(self._sql_text) | _engine.model_tables(self.model)
 
 
 # --- function caches --------------------------------------------------------------------------
@@ -520,9 +547,11 @@ class cached_method:
     """Cache a method's result in its object's name: once per (object, arguments) in the cache,
     then in the object itself; invalidated with the object."""
 
+    __name__: str
+
     def __init__(self, func: Any) -> None:
         self.func = func
-        functools.update_wrapper(self, func)
+        functools.update_wrapper(cast(Any, self), func)
 
     def __get__(self, obj: Any, type: Any = None) -> Any:
         if obj is None:

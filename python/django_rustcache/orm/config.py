@@ -11,7 +11,7 @@ an assigned attribute wins over the setting until it is deleted.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
@@ -38,6 +38,20 @@ _SETTINGS: dict[str, tuple[str, Any]] = {
     # Ours: the cache alias; Cache Machine's rule (``cache_machine`` if configured, else default).
     "CACHE_ALIAS": ("CACHE_MACHINE_ALIAS", None),
 }
+
+if TYPE_CHECKING:  # the settings' types, answered by the module's __getattr__ below
+    CACHE_PREFIX: str
+    FLUSH: str
+    FETCH_BY_ID: bool
+    CACHE_EMPTY_QUERYSETS: bool
+    TIMEOUT: Any
+    CACHE_INVALIDATE_ON_CREATE: str | None
+    CACHE_MACHINE_NO_INVALIDATION: bool
+    CACHE_MACHINE_USE_REDIS: bool
+    CACHE_MACHINE_COMPAT: bool
+    FLUSH_LIST_LIMIT: int
+    MAX_ROWS: int
+    CACHE_ALIAS: str | None
 
 _INVALIDATE_ON_CREATE_VALUES = (None, WHOLE_MODEL)
 _cached: dict[str, Any] = {}

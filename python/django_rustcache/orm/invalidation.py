@@ -18,8 +18,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from django.core.cache import InvalidCacheBackendError
@@ -85,13 +85,13 @@ class Invalidator:
             flush_keys.append(model_cls.model_flush_key())
         if not obj_keys or not flush_keys:
             return
-        obj_keys, flush_keys = self.expand_flush_lists(obj_keys, flush_keys)
-        if obj_keys:
-            log.debug("deleting object keys: %s", obj_keys)
-            cache.delete_many(list(obj_keys))
-        if flush_keys:
-            log.debug("clearing flush lists: %s", flush_keys)
-            self.clear_flush_lists(list(flush_keys))
+        stale_objs, stale_lists = self.expand_flush_lists(obj_keys, flush_keys)
+        if stale_objs:
+            log.debug("deleting object keys: %s", stale_objs)
+            cache.delete_many(list(stale_objs))
+        if stale_lists:
+            log.debug("clearing flush lists: %s", stale_lists)
+            self.clear_flush_lists(list(stale_lists))
 
     def cache_objects(
         self,
@@ -139,7 +139,7 @@ class Invalidator:
 
     def add_to_flush_list(
         self,
-        mapping: dict[str, Iterable[str]],
+        mapping: Mapping[str, Iterable[str]],
         timeout: Any = None,
         tables: dict[str, frozenset[str]] | None = None,
     ) -> bool:
@@ -232,10 +232,13 @@ class Invalidator:
         return self._Lock(self)
 
 
-def safe_redis(return_type: Any) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def safe_redis(return_type: Any) -> Callable[[F], F]:
     """Log redis errors and return ``return_type`` (called when callable) instead."""
 
-    def decorator(f: Any) -> Any:
+    def decorator(f: F) -> F:
         @functools.wraps(f)
         def wrapper(*args: Any, **kw: Any) -> Any:
             import redis as redislib
@@ -246,7 +249,7 @@ def safe_redis(return_type: Any) -> Any:
                 log.error("redis error: %s", e)
                 return return_type() if callable(return_type) else return_type
 
-        return wrapper
+        return cast(F, wrapper)
 
     return decorator
 
@@ -281,7 +284,7 @@ return redis.call('SCARD', KEYS[1])
     @safe_redis(False)
     def add_to_flush_list(
         self,
-        mapping: dict[str, Iterable[str]],
+        mapping: Mapping[str, Iterable[str]],
         timeout: Any = None,
         tables: dict[str, frozenset[str]] | None = None,
     ) -> bool:

@@ -21,7 +21,7 @@ from django_rustcache.redis.extension import RedisExtension
 from django_rustcache.redis.options import RedisOptions, logger
 
 
-class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisClient], RedisCollections):
+class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, NetworkCache[RedisClient], RedisCollections):
     """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
     collection API."""
 
@@ -33,7 +33,7 @@ class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisCl
             timeout = self.default_timeout
         return None if timeout is None else max(0, int(timeout))
 
-    def set(
+    def set(  # type: ignore[override]  # django-redis's nx/xx, and their answer
         self,
         key: Any,
         value: Any,
@@ -82,13 +82,12 @@ class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisCl
     @answers(None)
     def incr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         """Django's incr_version in one RENAME: atomic, and the key keeps its TTL."""
-        if version is None:
-            version = self.version
+        old: int = self.version if version is None else version
         try:
-            self._cache.rename(self._made(key, version), self._made(key, version + delta))
+            self._cache.rename(self._made(key, old), self._made(key, old + delta))
         except ValueError:
             raise ValueError(f"Key '{key}' not found") from None
-        return version + delta
+        return old + delta
 
     # --- async twins of the above (the rest of Django's API: NativeAsync) -----------------------
 
@@ -117,6 +116,10 @@ class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisCl
             return self._failed(e, False if (nx or xx) else None)
         return None
 
+    @answers(False)
+    async def ahas_key(self, key: Any, version: Any = None) -> bool:
+        return await self._cache.ahas_key(*self._parts(key, version))
+
     @answers(None)
     async def aincr(self, key: Any, delta: int = 1, version: Any = None, ignore_key_check: bool = False) -> int:
         parts = self._parts(key, version)
@@ -132,13 +135,12 @@ class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisCl
 
     @answers(None)
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
-        if version is None:
-            version = self.version
+        old: int = self.version if version is None else version
         try:
-            await self._cache.arename(self._made(key, version), self._made(key, version + delta))
+            await self._cache.arename(self._made(key, old), self._made(key, old + delta))
         except ValueError:
             raise ValueError(f"Key '{key}' not found") from None
-        return version + delta
+        return old + delta
 
     async def adecr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return await self.aincr_version(key, -delta, version)
@@ -168,7 +170,7 @@ class RedisCache(RedisExtension, NativeAsync, RedisOptions, NetworkCache[RedisCl
             return None
         return int(self._cache.execute("DEL", *made, idempotent=True))
 
-    def clear(self, version: Any = None) -> bool:
+    def clear(self, version: Any = None) -> bool:  # type: ignore[override]  # django-redis-cache's version
         """FLUSHDB, as Django does; with `version` (django-redis-cache), only that version of
         this cache's keys."""
         if version is None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import inspect
 import pickle
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django_rustcache._core import CacheError
+from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache.redis.twins import async_twin, run
 
@@ -33,7 +33,11 @@ def _field(field: Any) -> Any:
 class RedisCollections:
     """Mixed into the redis backends (which provide ``_made``, ``_cache`` and the failure policy)."""
 
-    _cache: Any
+    if TYPE_CHECKING:
+
+        @property
+        def _cache(self) -> RedisClient: ...
+
     _made: Any
 
     @property

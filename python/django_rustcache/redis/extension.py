@@ -7,14 +7,16 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
-from django_rustcache._core import CacheError
+from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
 from django_rustcache.redis.lock import Lock
 from django_rustcache.redis.twins import async_twin, run
+
+T = TypeVar("T")
 
 # Stand-ins for the key and the version while a SCAN pattern is made (see _pattern).
 _KEY_MARK = "rustcacheKEYmark0"
@@ -37,14 +39,17 @@ class RedisExtension:
     """Mixed into ``RedisCache`` (which gives what the block below declares)."""
 
     if TYPE_CHECKING:
-        _cache: Any
+
+        @property
+        def _cache(self) -> RedisClient: ...
+
         _scan_itersize: int
         default_timeout: Any
         key_prefix: str
         version: int
         _missing_key: Any
 
-        def _failed(self, error: CacheError, answer: Any) -> Any: ...
+        def _failed(self, error: CacheError, answer: T) -> T: ...
         def make_key(self, key: Any, version: Any = None) -> str: ...
         def make_and_validate_key(self, key: Any, version: Any = None) -> str: ...
         def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None: ...
@@ -244,7 +249,7 @@ class RedisExtension:
         caller computes the value under a lock while the others get the stale copy (kept
         ``stale_cache_timeout`` seconds longer than the value) or wait for it briefly."""
         if lock_timeout is None and stale_cache_timeout is None:
-            return super().get_or_set(key, default, timeout, version)
+            return super().get_or_set(key, default, timeout, version)  # type: ignore[misc]  # BaseCache's
         missing = self._missing_key
         value = self.get(key, missing, version)
         if value is not missing:
@@ -289,7 +294,7 @@ class RedisExtension:
         """The async twin of our get_or_set, herd protection included (the lock's waits sleep
         the task)."""
         if lock_timeout is None and stale_cache_timeout is None:
-            return await super().aget_or_set(key, default, timeout, version)
+            return await super().aget_or_set(key, default, timeout, version)  # type: ignore[misc]  # BaseCache's
         missing = self._missing_key
         value = await self.aget(key, missing, version)
         if value is not missing:

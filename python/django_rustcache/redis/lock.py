@@ -74,7 +74,7 @@ class Lock:
             await asyncio.sleep(self.sleep)
 
     async def alocked(self) -> bool:
-        return await self._client.aexecute("EXISTS", self.name, idempotent=True) == 1
+        return bool(await self._client.aexecute("EXISTS", self.name, idempotent=True) == 1)
 
     async def aowned(self) -> bool:
         return self._token is not None and await self._client.aexecute("GET", self.name) == self._token.encode()
@@ -99,7 +99,7 @@ class Lock:
         await self.arelease()
 
     def locked(self) -> bool:
-        return self._client.execute("EXISTS", self.name, idempotent=True) == 1
+        return bool(self._client.execute("EXISTS", self.name, idempotent=True) == 1)
 
     def owned(self) -> bool:
         return self._token is not None and self._client.execute("GET", self.name) == self._token.encode()

@@ -88,7 +88,10 @@ def _make(redis: Any, cache: Any, s: Any, write: bool) -> Any:
         first = _connection_kwargs(s.servers[0], s)
         for name in ("db", "unix_socket_path", "host", "port"):
             first.pop(name, None)
-        nodes = [ClusterNode(urlsplit(u).hostname, urlsplit(u).port or 6379) for u in s.servers]
+        nodes = [
+            ClusterNode(urlsplit(u).hostname, urlsplit(u).port or 6379)  # type: ignore[no-untyped-call]  # redis-py's
+            for u in s.servers
+        ]
         # It routes each command itself (writes and reads to the slot's primary).
         return RedisCluster(startup_nodes=nodes, **first)
     if cache._sharded and len(s.servers) > 1:

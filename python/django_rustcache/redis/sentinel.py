@@ -109,7 +109,7 @@ def sentinel_settings(
     named = options.get("SENTINEL_SERVICE", options.get("SENTINEL_SERVICE_NAME"))
     entries = [_without_role(s) for s in servers]
     masters = [url for url, is_master in entries if is_master]
-    services = {urlsplit(url).hostname for url, _ in entries if urlsplit(url).hostname}
+    services = {host for url, _ in entries if (host := urlsplit(url).hostname)}
     if named is None:
         if len(services) != 1:
             raise ImproperlyConfigured(

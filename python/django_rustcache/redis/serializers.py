@@ -105,7 +105,7 @@ def _native_serializer(name: str) -> tuple[Any, Any] | None:
     if name == "json":
         return _json_dumps, json.loads
     try:
-        import msgpack
+        import msgpack  # type: ignore[import-untyped]  # msgpack ships no type hints
     except ImportError as e:
         raise ImproperlyConfigured(
             "the msgpack serializer needs the msgpack package: pip install 'django-rustcache[msgpack]'"
@@ -166,7 +166,7 @@ def _with_python_compressor(serializer: tuple[Any, Any] | None, comp: Any, proto
     dumps, loads = serializer or (functools.partial(pickle.dumps, protocol=protocol), pickle.loads)
 
     def packed(value: Any) -> bytes:
-        return comp.compress(dumps(value))
+        return bytes(comp.compress(dumps(value)))
 
     def unpacked(data: bytes) -> Any:
         with suppress(Exception):

@@ -48,7 +48,7 @@ TlsArgs = tuple[str, str | None, str | None, str | None, str | None, str | None,
 def option_items(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The TLS settings OPTIONS give (CONNECTION_POOL_KWARGS first, top-level OPTIONS over them),
     hashable, to be kept with the client's settings."""
-    merged = {}
+    merged: dict[str, Any] = {}
     for nested in ("CONNECTION_POOL_CLASS_KWARGS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_KWARGS"):
         merged.update((k, v) for k, v in (options.get(nested) or {}).items() if k in ALL_NAMES)
     merged.update((k, v) for k, v in options.items() if k in ALL_NAMES)

@@ -25,7 +25,8 @@ class OrmCacheNode(template.Node):
 
     def render(self, context: Any) -> str:
         if settings.DEBUG:
-            return self.nodelist.render(context)
+            rendered: str = self.nodelist.render(context)
+            return rendered
         from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
         from django_rustcache.orm import base
@@ -34,7 +35,8 @@ class OrmCacheNode(template.Node):
         timeout = DEFAULT_TIMEOUT if self.timeout is None else self.timeout.resolve(context)
         extra = ":".join(encoding.smart_str(e.resolve(context)) for e in self.extra)
         key = f"fragment:{self.name}:{extra}"
-        return base.cached_with(obj, lambda: self.nodelist.render(context), key, timeout)
+        cached: str = base.cached_with(obj, lambda: self.nodelist.render(context), key, timeout)
+        return cached
 
 
 @register.tag("ormcache")
