@@ -7,8 +7,6 @@
 //! owns what the reading needs, so it may outlive the call's arguments (the async replies come
 //! in on an I/O thread).
 
-use std::collections::HashMap;
-
 use super::dialect::{Dialect, Item, Replies, Stored};
 use super::protocol::Store;
 use super::router::Router;
@@ -90,11 +88,42 @@ fn scatter<T>(out: &mut [Result<T, Error>], groups: &[Vec<usize>], results: PerS
 /// failed (their keys read as misses).
 pub struct GetMany<'a>(pub &'a [&'a [u8]]);
 
-/// [`GetMany`]'s reading: where each key was asked for.
+/// [`GetMany`]'s reading: the keys (one buffer, no allocation per key) and each server's
+/// positions. A server answers its hits in the order it was asked, so each hit is matched by
+/// walking that server's positions forward: no map of the keys, no copy of a value.
 pub struct GetManyRead {
     dialect: Dialect,
-    count: usize,
-    positions: HashMap<Vec<u8>, Vec<usize>>,
+    keys: Vec<u8>,
+    /// Where key `i` ends in `keys` (it starts where key `i - 1` ends).
+    ends: Vec<usize>,
+    groups: Vec<Vec<usize>>,
+}
+
+impl GetManyRead {
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.keys[start..self.ends[i]]
+    }
+
+    /// Put one server's hits at their positions in `found`.
+    fn place(&self, group: &[usize], hits: Vec<(Vec<u8>, Item)>, found: &mut [Option<Item>]) {
+        let mut next = 0;
+        for (key, item) in hits {
+            match group[next..].iter().position(|&i| self.key(i) == key.as_slice()) {
+                Some(at) => {
+                    found[group[next + at]] = Some(item);
+                    next += at + 1;
+                }
+                // Not where the order says (a server that answers out of order, or twice): at
+                // every position of that key, as a lookup by key would.
+                None => {
+                    for &i in group.iter().filter(|&&i| self.key(i) == key.as_slice()) {
+                        found[i] = Some(item.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Plan for GetMany<'_> {
@@ -106,12 +135,14 @@ impl Plan for GetMany<'_> {
         let keys: Vec<&[u8]> = group.iter().map(|&i| self.0[i]).collect();
         dialect.encode_get(request, &keys)
     }
-    fn reader(&self, dialect: Dialect, _: Vec<Vec<usize>>) -> GetManyRead {
-        let mut positions: HashMap<Vec<u8>, Vec<usize>> = HashMap::with_capacity(self.0.len());
-        for (i, key) in self.0.iter().enumerate() {
-            positions.entry(key.to_vec()).or_default().push(i);
+    fn reader(&self, dialect: Dialect, groups: Vec<Vec<usize>>) -> GetManyRead {
+        let mut keys = Vec::with_capacity(self.0.iter().map(|k| k.len()).sum());
+        let mut ends = Vec::with_capacity(self.0.len());
+        for key in self.0 {
+            keys.extend_from_slice(key);
+            ends.push(keys.len());
         }
-        GetManyRead { dialect, count: self.0.len(), positions }
+        GetManyRead { dialect, keys, ends, groups }
     }
 }
 
@@ -125,18 +156,11 @@ impl Read for GetManyRead {
         self.dialect.read_get(replies)
     }
     fn gather(&self, results: PerServer<Self::Part>, counters: &Counters) -> Self::Output {
-        let mut found: Vec<Option<Item>> = vec![None; self.count];
+        let mut found: Vec<Option<Item>> = vec![None; self.ends.len()];
         let mut errors = Vec::new();
-        for (_, result) in results {
+        for (si, result) in results {
             match result {
-                Ok(hits) => {
-                    for (key, item) in hits {
-                        // A key asked for twice is answered at each of its positions.
-                        for &i in self.positions.get(&key).map_or(&[][..], Vec::as_slice) {
-                            found[i] = Some(item.clone());
-                        }
-                    }
-                }
+                Ok(hits) => self.place(&self.groups[si], hits, &mut found),
                 Err(e) => errors.push(e),
             }
         }
@@ -229,5 +253,65 @@ impl Read for DeleteManyRead {
     }
     fn gather(&self, results: PerServer<()>, _: &Counters) -> Vec<Error> {
         results.into_iter().filter_map(|(_, r)| r.err()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(byte: u8) -> Item {
+        Item { flags: 0, data: vec![byte], cas: None }
+    }
+
+    fn gathered(keys: &[&[u8]], groups: Vec<Vec<usize>>, results: PerServer<Vec<(Vec<u8>, Item)>>) -> Vec<Option<u8>> {
+        let read = GetMany(keys).reader(Dialect::Text, groups);
+        let (found, _) = read.gather(results, &Counters::default());
+        found.into_iter().map(|f| f.map(|item| item.data[0])).collect()
+    }
+
+    #[test]
+    fn hits_land_at_their_positions_across_servers() {
+        let keys: &[&[u8]] = &[b"a", b"b", b"c", b"d", b"e"];
+        let groups = vec![vec![0, 2, 4], vec![1, 3]];
+        let results = vec![
+            (0, Ok(vec![(b"a".to_vec(), item(1)), (b"e".to_vec(), item(5))])),
+            (1, Ok(vec![(b"d".to_vec(), item(4))])),
+        ];
+        assert_eq!(gathered(keys, groups, results), [Some(1), None, None, Some(4), Some(5)]);
+    }
+
+    #[test]
+    fn a_key_asked_twice_is_answered_at_each_position() {
+        let keys: &[&[u8]] = &[b"k", b"x", b"k"];
+        let groups = vec![vec![0, 1, 2]];
+        // As memcached answers `get k x k`: once per asking.
+        let twice = vec![(0, Ok(vec![(b"k".to_vec(), item(7)), (b"k".to_vec(), item(7))]))];
+        assert_eq!(gathered(keys, groups.clone(), twice), [Some(7), None, Some(7)]);
+        // A server that answers it once: still at both positions.
+        let once = vec![(0, Ok(vec![(b"k".to_vec(), item(7))]))];
+        assert_eq!(gathered(keys, groups, once)[0], Some(7));
+    }
+
+    #[test]
+    fn out_of_order_and_unasked_answers_are_placed_by_key_or_dropped() {
+        let keys: &[&[u8]] = &[b"a", b"b", b"c"];
+        let groups = vec![vec![0, 1, 2]];
+        let results =
+            vec![(0, Ok(vec![(b"c".to_vec(), item(3)), (b"a".to_vec(), item(1)), (b"zz".to_vec(), item(9))]))];
+        assert_eq!(gathered(keys, groups, results), [Some(1), None, Some(3)]);
+    }
+
+    #[test]
+    fn a_failed_server_reads_as_misses_and_its_error_is_kept() {
+        let keys: &[&[u8]] = &[b"a", b"b"];
+        let read = GetMany(keys).reader(Dialect::Text, vec![vec![0], vec![1]]);
+        let results = vec![
+            (0, Ok(vec![(b"a".to_vec(), item(1))])),
+            (1, Err(Error::new(crate::error::ErrorKind::Io, "127.0.0.1:1: reset"))),
+        ];
+        let (found, errors) = read.gather(results, &Counters::default());
+        assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(errors.len(), 1);
     }
 }
