@@ -36,6 +36,9 @@ pub enum ErrorKind {
     /// A Redis Cluster cannot serve the call now (TRYAGAIN during a migration, CLUSTERDOWN,
     /// MASTERDOWN): nothing was applied; the same call may work a moment later.
     ClusterBusy,
+    /// The server refuses what a setting needs (client-side caching on a server without
+    /// tracking): the settings cannot work with this server.
+    Unsupported,
     /// A signal handler raised while the call waited (Ctrl-C): the caller's own exception is
     /// raised in its place by the bindings.
     Interrupted,

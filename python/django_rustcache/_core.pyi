@@ -398,8 +398,16 @@ class RedisClient:
         topology: str = "single",
         ring: str | None = None,
         ring_names: list[str] = ...,
+        near_max_entries: int | None = None,
+        near_max_bytes: int | None = None,
+        near_prefix: bytes | None = None,
+        near_max_staleness: float | None = None,
     ) -> RedisClient:
-        """An unknown keyword is a TypeError."""
+        """An unknown keyword is a TypeError. ``near_max_entries`` with ``near_max_bytes`` turn
+        the near cache on: ``get`` and ``has_key`` answered from a process-local copy of what
+        ``get`` read, which the server keeps coherent by invalidation pushes for the keys under
+        ``near_prefix`` (every key when None), or, with ``near_max_staleness`` (seconds), copies
+        served for at most that long."""
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
 
@@ -462,6 +470,11 @@ class RedisClient:
 
     def client_stats(self) -> dict[str, int]:
         """Client-side counters: hits, misses, sets, failures."""
+    def near_stats(self) -> dict[str, int] | None:
+        """The near cache's counters (hits, misses, invalidations, flushes) and what it holds
+        (entries, bytes); None without a near cache."""
+    def reset_near_stats(self) -> None:
+        """Zero the near cache's counters."""
 
     def execute(
         self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False, node: int | None = None

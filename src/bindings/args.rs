@@ -90,6 +90,13 @@ pub struct RedisArgs {
     pub sentinel_password: Option<String>,
     pub sentinel_tls: Option<TlsArgs>,
     pub sentinel_connect_timeout: Option<f64>,
+    /// The near cache's bounds (both given, or no near cache).
+    pub near_max_entries: Option<usize>,
+    pub near_max_bytes: Option<usize>,
+    /// The key prefix the near cache tracks (None with the cache: every key).
+    pub near_prefix: Option<Vec<u8>>,
+    /// Seconds: age-bounded copies instead of tracking.
+    pub near_max_staleness: Option<f64>,
 }
 
 /// The value of `name` in `options`, if given (and not None).
@@ -142,6 +149,10 @@ impl RedisArgs {
             sentinel_password: item(o, "sentinel_password")?,
             sentinel_tls: item(o, "sentinel_tls")?,
             sentinel_connect_timeout: item(o, "sentinel_connect_timeout")?,
+            near_max_entries: item(o, "near_max_entries")?,
+            near_max_bytes: item(o, "near_max_bytes")?,
+            near_prefix: item(o, "near_prefix")?,
+            near_max_staleness: item(o, "near_max_staleness")?,
         })
     }
 }
@@ -172,4 +183,8 @@ const FIELDS: &[&str] = &[
     "sentinel_password",
     "sentinel_tls",
     "sentinel_connect_timeout",
+    "near_max_entries",
+    "near_max_bytes",
+    "near_prefix",
+    "near_max_staleness",
 ];

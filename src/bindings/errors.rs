@@ -173,6 +173,18 @@ fn redirect_error(e: &Error) -> PyErr {
     err
 }
 
+/// Django's `ImproperlyConfigured`: settings this server cannot serve (not a cache failure, so
+/// no failure policy answers it as a miss).
+fn improperly_configured(e: &Error) -> PyErr {
+    Python::attach(|py| {
+        let class = py.import("django.core.exceptions").and_then(|m| m.getattr("ImproperlyConfigured"));
+        match class.map(Bound::cast_into::<PyType>) {
+            Ok(Ok(class)) => PyErr::from_type(class, e.to_string()),
+            _ => PyValueError::new_err(e.to_string()),
+        }
+    })
+}
+
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e.kind() {
@@ -184,6 +196,7 @@ impl From<Error> for PyErr {
             ErrorKind::Redirect => redirect_error(&e),
             ErrorKind::Protocol | ErrorKind::TooLarge => raised(&e, |c| &c.protocol_error, ProtocolError::new_err),
             ErrorKind::InvalidKey | ErrorKind::NotFound | ErrorKind::Config => PyValueError::new_err(e.to_string()),
+            ErrorKind::Unsupported => improperly_configured(&e),
             ErrorKind::NotNumeric => PyTypeError::new_err(e.to_string()),
             ErrorKind::Interrupted => RAISED
                 .with(|slot| slot.borrow_mut().take())

@@ -319,6 +319,77 @@ impl Stream {
         !matches!(session.reader().read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Put the socket in non-blocking mode for good: for a connection that is only ever read
+    /// with [`Stream::read_arrived`] and written with [`Stream::send_arrived`] (the near cache's
+    /// invalidation connection, read before every local hit: one system call each).
+    pub fn set_nonblocking(&mut self) -> Result<(), Error> {
+        self.inner.sock().set_nonblocking(true).map_err(|e| io_error(&self.label, "set non-blocking", &e))
+    }
+
+    /// On a non-blocking socket: read what has already arrived, `None` when nothing has. A
+    /// closed connection is an error.
+    pub fn read_arrived(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+        let closed = || Error::new(ErrorKind::Io, format!("{}: connection closed by the server", self.label));
+        loop {
+            let Some(session) = self.tls.as_deref_mut() else {
+                return match self.inner.read(buf) {
+                    Ok(0) if !buf.is_empty() => Err(closed()),
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(io_error(&self.label, "receive", &e)),
+                };
+            };
+            match session.reader().read(buf) {
+                Ok(0) if !buf.is_empty() => return Err(closed()),
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(io_error(&self.label, "receive", &e)),
+            }
+            match session.read_tls(&mut self.inner) {
+                Ok(0) => return Err(closed()),
+                Ok(_) => {
+                    if let Err(e) = session.process_new_packets() {
+                        return Err(tls_error(&self.label, &e));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(&self.label, "receive", &e)),
+            }
+        }
+    }
+
+    /// On a non-blocking socket: send a few bytes at once (a heartbeat); a socket that cannot
+    /// take them now is as good as dead to its caller.
+    pub fn send_arrived(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let full = || Error::new(ErrorKind::Io, format!("{}: the connection takes no more bytes", self.label));
+        if let Some(session) = self.tls.as_deref_mut() {
+            session.writer().write_all(bytes).map_err(|e| io_error(&self.label, "send", &e))?;
+            while session.wants_write() {
+                match session.write_tls(&mut self.inner) {
+                    Ok(0) => return Err(full()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(full()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_error(&self.label, "send", &e)),
+                }
+            }
+            return Ok(());
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.inner.write(rest) {
+                Ok(0) => return Err(full()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(full()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(&self.label, "send", &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The label errors start with.
     pub fn label(&self) -> &str {
         &self.label

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::calls::Runner;
 use super::client::Client;
-use super::commands::Command;
+use super::commands::{Changes, Command};
 use super::conn::{Login, handshake, is_master};
 use super::pool::{Pool, Target};
 use super::sentinel::Role;
@@ -172,6 +172,19 @@ impl Client {
     /// Run `cmd`; `done` gets its answer (on an I/O thread, or at once on the caller's when it
     /// failed before anything was sent).
     pub fn start<C: Command>(self: &Arc<Self>, cmd: C, done: Done<C::Output>) {
+        // The near cache's copies of what it changes go when it is over (answered or failed).
+        let done = match (self.near(), cmd.changes()) {
+            (Some(_), Changes::None) | (None, _) => done,
+            (Some(_), changes) => {
+                let (client, stale) = (self.clone(), changes.owned());
+                Box::new(move |answer| {
+                    if let Some(near) = client.near() {
+                        near.changed(stale.borrowed());
+                    }
+                    done(answer);
+                })
+            }
+        };
         let topology = self.topology();
         let cmd = Arc::new(cmd);
         let mut call = topology.begin(&*cmd);

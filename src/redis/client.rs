@@ -14,6 +14,7 @@ use redis::{ConnectionLike, Value};
 use super::calls::{Runner, missing};
 use super::commands::{Command, Request};
 use super::conn::Conn;
+use super::near::Near;
 use super::pool::{Loan, Pool};
 use super::topology::{Next, Node, Part, Topology};
 use super::wire::{classify, is_read_only, read_only};
@@ -24,6 +25,7 @@ use crate::net::{ClientStats, Counters};
 pub struct Client {
     topology: Topology,
     counters: Counters,
+    near: Option<Near>,
 }
 
 /// An exchange sent to one server whose replies are still to be read.
@@ -38,7 +40,17 @@ struct InFlight<'a> {
 impl Client {
     /// A client over `topology`.
     pub fn new(topology: Topology) -> Self {
-        Self { topology, counters: Counters::default() }
+        Self { topology, counters: Counters::default(), near: None }
+    }
+
+    /// A client over `topology` with a near cache.
+    pub fn with_near(topology: Topology, near: Option<Near>) -> Self {
+        Self { topology, counters: Counters::default(), near }
+    }
+
+    /// The near cache, when there is one.
+    pub fn near(&self) -> Option<&Near> {
+        self.near.as_ref()
     }
 
     /// Where commands go.
@@ -56,8 +68,17 @@ impl Client {
         self.counters.snapshot()
     }
 
-    /// Run `cmd` to its answer, blocking, within one deadline per attempt.
+    /// Run `cmd` to its answer, blocking, within one deadline per attempt. The near cache's
+    /// copies of what it changed are dropped when it is over (answered or failed).
     pub fn run<C: Command>(&self, cmd: &C) -> Result<C::Output, Error> {
+        let result = self.run_to_answer(cmd);
+        if let Some(near) = &self.near {
+            near.changed(cmd.changes());
+        }
+        result
+    }
+
+    fn run_to_answer<C: Command>(&self, cmd: &C) -> Result<C::Output, Error> {
         let topology = &self.topology;
         if topology.needs_map() {
             self.refresh(false)?;

@@ -60,6 +60,110 @@ impl Route<'_> {
     }
 }
 
+/// The keys whose near-cache copies a command makes stale when it has run (or failed: it may
+/// have been applied).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changes<'a> {
+    /// A read.
+    None,
+    /// These keys.
+    Keys(Vec<&'a [u8]>),
+    /// Keys it does not name (FLUSHDB, a command we cannot read the keys of).
+    All,
+}
+
+impl Changes<'_> {
+    /// The same, owning its keys (to carry to where the call ends).
+    pub fn owned(&self) -> OwnedChanges {
+        match self {
+            Changes::None => OwnedChanges::None,
+            Changes::Keys(keys) => OwnedChanges::Keys(keys.iter().map(|k| k.to_vec()).collect()),
+            Changes::All => OwnedChanges::All,
+        }
+    }
+}
+
+/// [`Changes`] owning its keys.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OwnedChanges {
+    /// A read.
+    None,
+    /// These keys.
+    Keys(Vec<Vec<u8>>),
+    /// Keys it does not name.
+    All,
+}
+
+impl OwnedChanges {
+    /// As [`Changes`].
+    pub fn borrowed(&self) -> Changes<'_> {
+        match self {
+            OwnedChanges::None => Changes::None,
+            OwnedChanges::Keys(keys) => Changes::Keys(keys.iter().map(Vec::as_slice).collect()),
+            OwnedChanges::All => Changes::All,
+        }
+    }
+}
+
+/// Writes of one key, their first argument (what a raw command may change without emptying the
+/// whole near cache).
+const ONE_KEY_WRITES: &[&str] = &[
+    "SET",
+    "SETEX",
+    "PSETEX",
+    "SETNX",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "APPEND",
+    "SETRANGE",
+    "INCR",
+    "INCRBY",
+    "INCRBYFLOAT",
+    "DECR",
+    "DECRBY",
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "RESTORE",
+    "DEL",
+    "UNLINK",
+    "SADD",
+    "SREM",
+    "SPOP",
+    "HSET",
+    "HSETNX",
+    "HDEL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HMSET",
+    "LPUSH",
+    "RPUSH",
+    "LPUSHX",
+    "RPUSHX",
+    "LPOP",
+    "RPOP",
+    "LSET",
+    "LREM",
+    "LTRIM",
+    "LINSERT",
+    "ZADD",
+    "ZREM",
+    "ZINCRBY",
+    "ZPOPMIN",
+    "ZPOPMAX",
+    "ZREMRANGEBYSCORE",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYLEX",
+    "PFADD",
+    "SETBIT",
+    "XADD",
+    "XTRIM",
+    "XDEL",
+];
+
 /// Packed commands and how many replies they give.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -104,6 +208,17 @@ pub trait Command: Send + Sync + 'static {
 
     /// The answer before any reply is in.
     fn empty(&self) -> Self::Output;
+
+    /// The keys whose near-cache copies it makes stale: by default those of a write's route (a
+    /// write without keys: every key).
+    fn changes(&self) -> Changes<'_> {
+        match self.route() {
+            route if !route.writes() => Changes::None,
+            Route::Key { key, .. } => Changes::Keys(vec![key]),
+            Route::Keys { keys, .. } => Changes::Keys(keys.iter().map(Vec::as_slice).collect()),
+            _ => Changes::All,
+        }
+    }
 
     /// The request for the keys at `keys` (positions in the route's keys; `[0]` for a route
     /// without keys). `each`: one command per key (a Redis Cluster node: no command spans
@@ -181,6 +296,54 @@ impl Command for Get {
     }
     fn count(&self, out: &Self::Output, counters: &Counters) {
         counters.lookups(usize::from(out.is_some()), usize::from(out.is_none()));
+    }
+}
+
+/// GET with what is left of the key's life (PTTL), in one exchange with the key's primary: the
+/// near cache's fill (a replica that lags would fill it with an older value than the one whose
+/// invalidation it already had).
+pub struct GetFresh(pub Vec<u8>);
+
+/// What [`GetFresh`] read: the value (or none), and the key's TTL (`None`: no expiry).
+pub type Fresh = (Option<Vec<u8>>, Option<std::time::Duration>);
+
+impl Command for GetFresh {
+    type Output = Fresh;
+    fn route(&self) -> Route<'_> {
+        Route::Key { key: &self.0, write: true }
+    }
+    fn changes(&self) -> Changes<'_> {
+        Changes::None
+    }
+    fn empty(&self) -> Self::Output {
+        (None, None)
+    }
+    fn request(&self, _: &[usize], _: bool) -> Request {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&self.0).cmd("PTTL").arg(&self.0);
+        Request::pipe(&pipe)
+    }
+    fn read(
+        &self,
+        _: &[usize],
+        _: bool,
+        replies: Vec<Value>,
+        out: &mut Self::Output,
+        label: &str,
+    ) -> Result<(), Error> {
+        let mut replies = replies.into_iter();
+        let (Some(value), Some(ttl)) = (replies.next(), replies.next()) else {
+            return Err(Error::new(ErrorKind::Protocol, format!("{label}: GET and PTTL gave fewer than 2 replies")));
+        };
+        let value: Option<Vec<u8>> = typed(label, value)?;
+        let ttl: i64 = typed(label, ttl)?;
+        // -1: no expiry; -2: no key (it may have expired between the two).
+        let ttl = u64::try_from(ttl).ok().map(std::time::Duration::from_millis);
+        *out = (value, ttl);
+        Ok(())
+    }
+    fn count(&self, out: &Self::Output, counters: &Counters) {
+        counters.lookups(usize::from(out.0.is_some()), usize::from(out.0.is_none()));
     }
 }
 
@@ -429,6 +592,9 @@ pub struct Rename {
 }
 
 impl Command for Rename {
+    fn changes(&self) -> Changes<'_> {
+        Changes::Keys(vec![&self.from, &self.to])
+    }
     type Output = bool;
     fn route(&self) -> Route<'_> {
         Route::Key { key: &self.from, write: true }
@@ -551,6 +717,29 @@ impl Raw {
 
 impl Command for Raw {
     type Output = Value;
+    fn changes(&self) -> Changes<'_> {
+        if !self.write {
+            return Changes::None;
+        }
+        if self.node.is_some() {
+            return Changes::All;
+        }
+        if self.merge != Merge::One {
+            return Changes::Keys(self.keys.iter().map(Vec::as_slice).collect());
+        }
+        let name = self.name();
+        if matches!(name.as_str(), "EVAL" | "EVALSHA" | "FCALL") {
+            let count = self.args.get(2).and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+            return match count.and_then(|n| self.args.get(3..3 + n)) {
+                Some(keys) => Changes::Keys(keys.iter().map(Vec::as_slice).collect()),
+                None => Changes::All,
+            };
+        }
+        match self.args.get(1) {
+            Some(key) if ONE_KEY_WRITES.contains(&name.as_str()) => Changes::Keys(vec![key]),
+            _ => Changes::All,
+        }
+    }
     fn route(&self) -> Route<'_> {
         if let Some(index) = self.node {
             return Route::Node { index, write: self.write };

@@ -15,6 +15,7 @@ pub mod client;
 pub mod cluster;
 pub mod commands;
 pub mod conn;
+pub mod near;
 pub mod pool;
 pub mod ring;
 pub mod sentinel;

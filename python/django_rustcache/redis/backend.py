@@ -27,6 +27,19 @@ class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, Network
 
     _failure_logger = logger
 
+    def stats(self) -> dict[str, Any]:
+        """NetworkCache's shape; with OPTIONS["NEAR_CACHE"], also ``near_cache``: its hits,
+        misses, invalidations, flushes, entries and bytes."""
+        stats = super().stats()
+        near = self._cache.near_stats()
+        if near is not None:
+            stats["near_cache"] = near
+        return stats
+
+    def reset_stats(self) -> None:
+        """Zero the near cache's counters (what it holds stays)."""
+        self._cache.reset_near_stats()
+
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:
         """Django's rules: None makes the key persistent; non-positive values delete it."""
         if timeout is DEFAULT_TIMEOUT:

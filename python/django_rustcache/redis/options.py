@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
+from django.core.cache.backends.base import BaseCache, default_key_func
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._core import RedisClient
@@ -33,7 +34,7 @@ OPTIONS = frozenset(
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME", "CLUSTER", "read_from_replicas",
-        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS",
+        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS", "NEAR_CACHE",
     }
 ) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
@@ -152,6 +153,59 @@ class RedisSettings:
     tls_options: tuple[tuple[str, Any], ...] = ()
     # With Redis Sentinel: the sentinels (``servers`` is then the data nodes' one URL).
     sentinel: SentinelSettings | None = None
+    near_cache: NearCacheSettings | None = None
+
+
+# OPTIONS["NEAR_CACHE"]'s keys, and the defaults of the bounds.
+NEAR_CACHE_KEYS = frozenset({"MAX_ENTRIES", "MAX_BYTES", "MAX_STALENESS"})
+NEAR_CACHE_DEFAULTS = {"MAX_ENTRIES": 10_000, "MAX_BYTES": 64 * 2**20}
+
+
+@dataclasses.dataclass(frozen=True)
+class NearCacheSettings:
+    """OPTIONS["NEAR_CACHE"]: a process-local copy of what ``get`` reads, which the server keeps
+    coherent (tracking the keys under ``prefix``), or, with MAX_STALENESS, copies served for at
+    most that many seconds."""
+
+    max_entries: int
+    max_bytes: int
+    prefix: bytes | None
+    max_staleness: float | None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {
+            "near_max_entries": self.max_entries,
+            "near_max_bytes": self.max_bytes,
+            "near_prefix": self.prefix,
+            "near_max_staleness": self.max_staleness,
+        }
+
+
+def near_cache_settings(given: Any, prefix: bytes | None) -> NearCacheSettings | None:
+    """OPTIONS["NEAR_CACHE"] read: a dict of MAX_ENTRIES, MAX_BYTES and MAX_STALENESS (True: the
+    defaults; None or False: none). ``prefix``: what every key of the cache starts with (None
+    when a key function of the site's own makes them)."""
+    if given is None or given is False:
+        return None
+    if given is True:
+        given = {}
+    if not isinstance(given, dict):
+        raise ImproperlyConfigured(f"OPTIONS['NEAR_CACHE'] must be a dict (or True), not {type(given).__name__}")
+    unknown = sorted(set(given) - NEAR_CACHE_KEYS)
+    if unknown:
+        takes = ", ".join(sorted(NEAR_CACHE_KEYS))
+        raise ImproperlyConfigured(f"OPTIONS['NEAR_CACHE'] has no {', '.join(map(repr, unknown))} (it takes {takes})")
+    entries = given.get("MAX_ENTRIES", NEAR_CACHE_DEFAULTS["MAX_ENTRIES"])
+    size = given.get("MAX_BYTES", NEAR_CACHE_DEFAULTS["MAX_BYTES"])
+    staleness = given.get("MAX_STALENESS")
+    return NearCacheSettings(
+        max_entries=setting_count(entries, "OPTIONS['NEAR_CACHE']['MAX_ENTRIES']"),
+        max_bytes=setting_count(size, "OPTIONS['NEAR_CACHE']['MAX_BYTES']", minimum=1024, maximum=1 << 40),
+        prefix=prefix,
+        max_staleness=None
+        if staleness is None
+        else setting_seconds(staleness, "OPTIONS['NEAR_CACHE']['MAX_STALENESS']"),
+    )
 
 
 def connection_kwargs(options: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +376,17 @@ class RedisOptions:
             client_name=nested.get("client_name", o.get("client_name", o.get("CLIENT_NAME"))),
             value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
             tls_options=tls_option_items(o),
+            near_cache=near_cache_settings(o.get("NEAR_CACHE"), self._near_prefix()),
         )
+
+    def _near_prefix(self) -> bytes | None:
+        """What every key this cache makes starts with (Django's default key function:
+        ``KEY_PREFIX:``), for the near cache's tracking; None when a key function of the site's
+        own makes them (every key of the server is then tracked)."""
+        backend: Any = self
+        if backend.key_func is not default_key_func or type(backend).make_key is not BaseCache.make_key:
+            return None
+        return f"{backend.key_prefix}:".encode()
 
     @property
     def _sharded(self) -> bool:
@@ -368,5 +432,6 @@ class RedisOptions:
             client_name=s.client_name,
             **fmt.client_kwargs(),
             **(s.sentinel.client_kwargs() if s.sentinel else {}),
+            **(s.near_cache.client_kwargs() if s.near_cache else {}),
             **extra,
         )

@@ -21,6 +21,7 @@ use crate::compress::{Compressor, Format};
 use crate::net::{Address, Tls, TlsSettings};
 use crate::redis::client::Client;
 use crate::redis::cluster::key_slot;
+use crate::redis::near::{Coherence, Limits, Near, NearSettings};
 use crate::redis::pool::{Pool, PoolConfig};
 use crate::redis::ring::{Ring, RingKind};
 use crate::redis::sentinel::{Role, Sentinel, SentinelConfig};
@@ -205,6 +206,10 @@ impl RedisArgs {
             sentinel_password: None,
             sentinel_tls: None,
             sentinel_connect_timeout: None,
+            near_max_entries: None,
+            near_max_bytes: None,
+            near_prefix: None,
+            near_max_staleness: None,
         }
     }
 }
@@ -235,6 +240,21 @@ impl PyHashRing {
     }
 }
 
+/// The near cache the options ask for (`near_max_entries` and `near_max_bytes` turn it on).
+fn near(a: &RedisArgs) -> PyResult<Option<Near>> {
+    let (Some(max_entries), Some(max_bytes)) = (a.near_max_entries, a.near_max_bytes) else {
+        if a.near_max_entries.is_some() || a.near_max_bytes.is_some() || a.near_max_staleness.is_some() {
+            return Err(PyValueError::new_err("near cache: near_max_entries and near_max_bytes go together"));
+        }
+        return Ok(None);
+    };
+    let coherence = match a.near_max_staleness {
+        Some(s) => Coherence::MaxStaleness(seconds(s, "near_max_staleness")?),
+        None => Coherence::Tracking(a.near_prefix.clone()),
+    };
+    Ok(Some(Near::new(NearSettings { limits: Limits { max_entries, max_bytes }, coherence })))
+}
+
 #[pymethods]
 impl PyRedisClient {
     /// `servers`: URLs (``redis://``, ``unix://``); the options are keywords (see `_core.pyi`).
@@ -244,7 +264,8 @@ impl PyRedisClient {
         let mut args = RedisArgs::parse(options)?;
         let codec = codec(&mut args)?;
         let topology = topology(&servers, &args)?;
-        Ok(Self { client: Arc::new(Client::new(topology)), codec: Arc::new(codec) })
+        let near = near(&args)?;
+        Ok(Self { client: Arc::new(Client::with_near(topology, near)), codec: Arc::new(codec) })
     }
 
     /// Decode stored bytes as ``get`` does (inflated if compressed, then deserialized).
@@ -298,6 +319,32 @@ impl PyRedisClient {
     /// Client-side counters: hits, misses, sets, failures.
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         client_stats(py, self.client.client_stats())
+    }
+
+    /// The near cache's counters (hits, misses, invalidations, flushes) and what it holds
+    /// (entries, bytes); None without a near cache.
+    fn near_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(near) = self.client.near() else { return Ok(None) };
+        let s = near.store().stats();
+        let d = PyDict::new(py);
+        for (name, value) in [
+            ("hits", s.hits),
+            ("misses", s.misses),
+            ("invalidations", s.invalidations),
+            ("flushes", s.flushes),
+            ("entries", s.entries),
+            ("bytes", s.bytes),
+        ] {
+            d.set_item(name, value)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// Zero the near cache's counters.
+    fn reset_near_stats(&self) {
+        if let Some(near) = self.client.near() {
+            near.store().reset_stats();
+        }
     }
 
     /// The index of the server a read (or a write) of the first node goes to.

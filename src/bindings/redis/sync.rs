@@ -7,17 +7,49 @@ use pyo3::types::{PyDict, PyInt, PyList};
 use super::PyRedisClient;
 use crate::bindings::args::arg_bytes;
 use crate::bindings::keys::make_key;
+use crate::bindings::values::RedisCodec;
 use crate::bindings::values::reply;
 use crate::error::Error;
 use crate::redis::calls::{self, finish};
 use crate::redis::client::Blocking;
-use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::client::Client;
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetFresh, GetMany, Raw, Set, SetMany};
+use crate::redis::near::{Found, Near};
+use std::time::Instant;
 
 /// Digits as a Python int (exact at any size).
 pub(super) fn int_of<'py>(py: Python<'py>, digits: &str) -> PyResult<Bound<'py, PyAny>> {
     match digits.parse::<i64>() {
         Ok(n) => Ok(n.into_pyobject(py)?.into_any()),
         Err(_) => py.get_type::<PyInt>().call1((digits,)),
+    }
+}
+
+/// A `get` the near cache could not answer: read the value and its TTL from the key's primary,
+/// and keep them unless the key was invalidated meanwhile. Blocking (called detached).
+pub(super) fn near_fill(
+    client: &Client,
+    codec: &RedisCodec,
+    near: &Near,
+    key: Vec<u8>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let topology = client.topology();
+    if topology.needs_map() {
+        client.refresh(false)?;
+    }
+    let deadline = topology.node_of(&key)?.pools()[0].deadline();
+    let ticket = near.begin(topology, &key, deadline)?;
+    let read = GetFresh(key);
+    match client.run(&read) {
+        Ok((value, ttl)) => {
+            let value = value.map(|data| codec.unpack(data));
+            near.fill(&read.0, ticket, value.as_deref(), ttl);
+            Ok(value)
+        }
+        Err(e) => {
+            near.store().drop_ticket(&read.0, ticket);
+            Err(e)
+        }
     }
 }
 
@@ -53,7 +85,15 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?.into_bytes();
         let (client, codec) = (&self.client, &self.codec);
-        match py.detach(|| client.run(&Get(key)).map(|found| found.map(|data| codec.unpack(data))))? {
+        let found = match client.near().filter(|near| near.covers(&key)) {
+            Some(near) => match near.lookup(client.topology(), &key, Instant::now()) {
+                Found::Value(data) => return codec.decode(py, &data),
+                Found::Absent => None,
+                Found::Unknown => py.detach(|| near_fill(client, codec, near, key))?,
+            },
+            None => py.detach(|| client.run(&Get(key)).map(|found| found.map(|data| codec.unpack(data))))?,
+        };
+        match found {
             Some(data) => codec.decode(py, &data),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
         }
@@ -170,6 +210,13 @@ impl PyRedisClient {
     ) -> PyResult<bool> {
         let key = make_key(py, prefix, version, key)?.into_bytes();
         let client = &self.client;
+        if let Some(near) = client.near().filter(|near| near.covers(&key)) {
+            match near.lookup(client.topology(), &key, Instant::now()) {
+                Found::Value(_) => return Ok(true),
+                Found::Absent => return Ok(false),
+                Found::Unknown => {}
+            }
+        }
         Ok(py.detach(|| client.run(&Exists(key)))?)
     }
 

@@ -1,0 +1,259 @@
+//! The near cache of one redis client: a process-local store of what `get` read ([`store`]),
+//! kept coherent by one invalidation connection per server the values come from
+//! ([`tracking`]), or, where the user chose it instead, by a bound on each copy's age.
+//!
+//! The promise (tracking mode): a read that begins after a write has returned, in any process,
+//! sees that write. Each piece of it:
+//! - the server queues a write's invalidation to every tracking connection while it executes
+//!   the write, before the writer's reply (and writes both out in the same pass of its event
+//!   loop); before any local hit, the invalidations that have arrived are read and applied
+//!   ([`Near::lookup`]), so a hit never runs ahead of an invalidation that reached the socket;
+//! - a fill keeps its answer only if no invalidation of its key, and no flush, came while it
+//!   was in flight ([`store::Ticket`]);
+//! - our own writes drop the local copy when the server answered;
+//! - a server whose invalidation connection is not live serves nothing locally: not yet
+//!   subscribed, closed, reset, a heartbeat late past [`tracking::SILENCE`], a Sentinel
+//!   failover (another master), a cluster's slot map changed; losing one empties the store.
+
+pub mod store;
+pub mod tracking;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use store::{Found, Limits, NearStats, NearStore, Ticket};
+pub use tracking::{Event, Subscription, Tracking};
+
+use super::commands::Changes;
+use super::pool::Pool;
+use super::topology::Topology;
+use crate::error::{Error, ErrorKind};
+
+/// After a failed subscription, the next attempt waits this long (calls go to the server
+/// meanwhile, without the near cache).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How the near cache is kept coherent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Coherence {
+    /// By the servers' invalidation pushes (`CLIENT TRACKING ... BCAST`) for keys under `prefix`
+    /// (`None`: every key).
+    Tracking(Option<Vec<u8>>),
+    /// By age only: a copy is served for at most this long after it was read (the user's
+    /// choice, where tracking is refused). Own writes still drop their copies.
+    MaxStaleness(Duration),
+}
+
+/// The near cache's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NearSettings {
+    /// The store's bounds.
+    pub limits: Limits,
+    /// How it is kept coherent.
+    pub coherence: Coherence,
+}
+
+/// One server's invalidation connection, as the near cache keeps it.
+#[derive(Default)]
+struct Tracked {
+    tracking: Option<Tracking>,
+    /// The sentinels' epoch of the subscribed master (a failover names another).
+    epoch: u64,
+    /// No attempt to subscribe before this (a failed one was made).
+    retry_at: Option<Instant>,
+}
+
+/// The near cache of one client.
+pub struct Near {
+    store: NearStore,
+    settings: NearSettings,
+    /// By the name of each node's primary pool.
+    tracked: Mutex<HashMap<String, Tracked>>,
+    /// The server refused tracking: every call says so (the settings cannot work).
+    refused: Mutex<Option<Error>>,
+}
+
+impl Near {
+    /// A near cache with `settings`, nothing subscribed yet.
+    pub fn new(settings: NearSettings) -> Self {
+        let store = NearStore::new(settings.limits);
+        if matches!(settings.coherence, Coherence::MaxStaleness(_)) {
+            store.set_live(true);
+        }
+        Self { store, settings, tracked: Mutex::new(HashMap::new()), refused: Mutex::new(None) }
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        match self.tracked.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                // Whatever the panic left behind vouches for nothing.
+                let mut guard = poisoned.into_inner();
+                guard.clear();
+                self.store.set_live(false);
+                self.tracked.clear_poison();
+                guard
+            }
+        }
+    }
+
+    /// The store (its counters, and the tickets of fills).
+    pub fn store(&self) -> &NearStore {
+        &self.store
+    }
+
+    /// Whether `key` may be answered locally: under the tracked prefix (a key made by another
+    /// key function than the one the cache started with would get no invalidation).
+    pub fn covers(&self, key: &[u8]) -> bool {
+        match &self.settings.coherence {
+            Coherence::Tracking(Some(prefix)) => key.starts_with(prefix),
+            _ => true,
+        }
+    }
+
+    /// The error every call raises when the server refused tracking.
+    pub fn refused(&self) -> Option<Error> {
+        self.refused.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// The local answer for `key` (a hit, or [`Found::Unknown`]: ask the server). First reads
+    /// the invalidations that have arrived from the key's server, without waiting; a server
+    /// whose invalidation connection is not live (or just turned out lost) answers nothing
+    /// locally.
+    pub fn lookup(&self, topology: &Topology, key: &[u8], now: Instant) -> Found {
+        if let Coherence::Tracking(_) = self.settings.coherence
+            && !self.drain_for(topology, key, now)
+        {
+            self.store.lookup_counted_miss();
+            return Found::Unknown;
+        }
+        self.store.lookup(key, now)
+    }
+
+    /// Read the invalidations that have arrived from `key`'s server: whether its tracking is
+    /// live after that.
+    fn drain_for(&self, topology: &Topology, key: &[u8], now: Instant) -> bool {
+        let Ok(node) = topology.node_of(key) else { return false };
+        let pool = &node.pools()[0];
+        let mut tracked = self.tracked();
+        let Some(entry) = tracked.get_mut(pool.name()) else { return false };
+        let Some(tracking) = entry.tracking.as_mut() else { return false };
+        if entry.epoch != pool.current_epoch() {
+            // Another master since the subscription: its invalidations were not ours.
+            entry.tracking = None;
+            drop(tracked);
+            self.store.flush();
+            return false;
+        }
+        let mut events = Vec::new();
+        let drained = tracking.drain(now, &mut events);
+        self.apply(events);
+        if let Ok(vouched) = drained {
+            return vouched;
+        }
+        entry.tracking = None;
+        drop(tracked);
+        self.store.flush();
+        false
+    }
+
+    fn apply(&self, events: Vec<Event>) {
+        for event in events {
+            match event {
+                Event::Invalidate(keys) => self.store.invalidate(keys),
+                Event::Flush => self.store.flush(),
+            }
+        }
+    }
+
+    /// Before a read that may fill: make sure `key`'s server is subscribed (connecting and
+    /// subscribing, before `deadline`, when it is not), and take the fill's ticket. A server
+    /// that refuses tracking is an [`ErrorKind::Unsupported`] error; one that cannot be reached
+    /// now gives a ticket that keeps nothing (the read goes on without the near cache).
+    pub fn begin(&self, topology: &Topology, key: &[u8], deadline: Instant) -> Result<Ticket, Error> {
+        if let Some(e) = self.refused() {
+            return Err(e);
+        }
+        let Coherence::Tracking(prefix) = &self.settings.coherence else {
+            return Ok(self.store.ticket(key));
+        };
+        let node = topology.node_of(key)?;
+        let pool = &node.pools()[0];
+        if !self.subscribed(pool, prefix.as_ref(), deadline)? {
+            return Ok(self.store.no_ticket());
+        }
+        Ok(self.store.ticket(key))
+    }
+
+    /// Whether `pool`'s server has a live invalidation connection, subscribing first if not
+    /// (and if not tried too recently).
+    fn subscribed(&self, pool: &Pool, prefix: Option<&Vec<u8>>, deadline: Instant) -> Result<bool, Error> {
+        let now = Instant::now();
+        let mut tracked = self.tracked();
+        let entry = tracked.entry(pool.name().to_owned()).or_default();
+        if entry.tracking.is_some() && entry.epoch == pool.current_epoch() {
+            return Ok(true);
+        }
+        if entry.retry_at.is_some_and(|at| now < at) {
+            return Ok(false);
+        }
+        entry.tracking = None;
+        // The connection is made with the lock held: other threads' hits on this client wait
+        // for it (once per subscription), never on a server call of their own.
+        let (username, password) = pool.credentials();
+        let subscription = Subscription {
+            prefix: prefix.cloned(),
+            username: username.map(str::to_owned),
+            password: password.map(str::to_owned),
+        };
+        let subscribed = pool
+            .endpoint(deadline)
+            .and_then(|(addr, epoch)| Ok((Tracking::subscribe(&addr, pool.tls(), &subscription, deadline)?, epoch)));
+        match subscribed {
+            Ok((tracking, epoch)) => {
+                *entry = Tracked { tracking: Some(tracking), epoch, retry_at: None };
+                drop(tracked);
+                // What was held before vouches for nothing the new connection saw.
+                self.store.set_live(true);
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::Server => {
+                let refused = Error::new(ErrorKind::Unsupported, e.message().to_owned());
+                if let Ok(mut r) = self.refused.lock() {
+                    *r = Some(refused.clone());
+                }
+                Err(refused)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
+            Err(_) => {
+                entry.retry_at = Some(now + RETRY_AFTER);
+                Ok(false)
+            }
+        }
+    }
+
+    /// A command ran (or failed after it may have been applied): drop the copies it changed.
+    pub fn changed(&self, changes: Changes<'_>) {
+        match changes {
+            Changes::None => {}
+            Changes::Keys(keys) => self.store.invalidate(keys),
+            Changes::All => self.store.flush(),
+        }
+    }
+
+    /// Fill `key`'s copy from a read begun with `ticket`: the value and its TTL, capped by the
+    /// staleness bound in that mode.
+    pub fn fill(&self, key: &[u8], ticket: Ticket, value: Option<&[u8]>, ttl: Option<Duration>) {
+        let ttl = match self.settings.coherence {
+            Coherence::MaxStaleness(most) => Some(ttl.map_or(most, |t| t.min(most))),
+            Coherence::Tracking(_) => ttl,
+        };
+        self.store.fill(key, ticket, value, ttl, Instant::now());
+    }
+
+    /// The topology changed under the store (a cluster's slots moved): empty it.
+    pub fn flush(&self) {
+        self.store.flush();
+    }
+}

@@ -1,0 +1,247 @@
+//! The near cache's invalidation connection to one server: RESP3, `CLIENT TRACKING ON BCAST`
+//! with the cache's key prefix, on a connection of its own that carries nothing else.
+//!
+//! Why broadcast mode on its own connection, rather than the default mode with `REDIRECT`:
+//! - the server's promise is about this one connection: while it is up and answers the
+//!   heartbeat, every write under the prefix sends us its keys; when it drops we see it and
+//!   empty the store. Under `REDIRECT`, the promise hangs on every pooled data connection: one
+//!   of them dropping silently ends the invalidations of the keys it read (redis #11767),
+//!   and nothing tells the invalidation connection;
+//! - the pools, the async multiplexed connections and the cluster redirections stay as they
+//!   are (no `CLIENT TRACKING` on each data connection, no client id to keep in step), and
+//!   the server keeps no table of the keys each process read;
+//! - the price: every write under the prefix is pushed to every process with tracking on,
+//!   read or not (a few dozen bytes per key written, per process).
+//!
+//! The connection is non-blocking once subscribed: [`Tracking::drain`] reads what has arrived
+//! (one system call when nothing has) before every local hit, so an invalidation the server
+//! sent before the hit began is applied before the hit is served.
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use crate::error::{Error, ErrorKind};
+use crate::net::{Address, Stream, Tls};
+use crate::redis::wire::Framing;
+
+/// How often the connection is asked for a sign of life (while it is being read).
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// A connection vouches for local hits only while the last heartbeat it answered was sent
+/// within this; a heartbeat unanswered this long means the connection is lost. (The server
+/// writes a heartbeat's answer after every invalidation it queued before it: an answered one
+/// proves that nothing sent before it is missing.)
+pub const SILENCE: Duration = Duration::from_millis(1500);
+
+/// The most bytes one drain reads before handing the caller what it has (a flood of
+/// invalidations is applied in batches, never held back).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The most bytes of one unfinished push held (an invalidation of very many keys at once is
+/// far below it); past it the connection is dropped, and the store emptied.
+const MAX_PARTIAL: usize = 64 * 1024 * 1024;
+
+/// What a drain found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// These keys changed (or expired, or were evicted).
+    Invalidate(Vec<Vec<u8>>),
+    /// Every key may have changed (FLUSHALL, FLUSHDB, a tracking table overflow).
+    Flush,
+}
+
+/// How to subscribe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subscription {
+    /// `None`: every key of the server (a key function we cannot see into).
+    pub prefix: Option<Vec<u8>>,
+    /// An ACL user (with `password`).
+    pub username: Option<String>,
+    /// The password.
+    pub password: Option<String>,
+}
+
+/// A subscribed invalidation connection.
+pub struct Tracking {
+    stream: Stream,
+    framing: Framing,
+    /// Bytes read that do not yet make a whole push.
+    partial: Vec<u8>,
+    /// When a heartbeat went out that has not been answered.
+    ping_sent: Option<Instant>,
+    /// When the last answered heartbeat went out (first: when the subscription was asked).
+    answered: Instant,
+}
+
+const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+
+impl Tracking {
+    /// Connect to `addr`, speak RESP3 (logging in, as configured) and subscribe to the prefix's
+    /// invalidations, before `deadline`. A server that refuses (redis before 6, a service that
+    /// disables tracking) answers with a [`ErrorKind::Server`] error naming why.
+    pub fn subscribe(
+        addr: &Address,
+        tls: Option<&Tls>,
+        subscription: &Subscription,
+        deadline: Instant,
+    ) -> Result<Self, Error> {
+        let label =
+            if tls.is_some() { format!("redis {addr} (TLS, tracking)") } else { format!("redis {addr} (tracking)") };
+        let mut stream = Stream::connect_with(addr, tls, deadline, &label)?;
+        let mut hello = redis::cmd("HELLO");
+        hello.arg(3);
+        if let Some(password) = &subscription.password {
+            hello.arg("AUTH").arg(subscription.username.as_deref().unwrap_or("default")).arg(password);
+        }
+        let mut track = redis::cmd("CLIENT");
+        track.arg("TRACKING").arg("ON").arg("BCAST");
+        if let Some(prefix) = &subscription.prefix {
+            track.arg("PREFIX").arg(prefix.as_slice());
+        }
+        let (hello, track) = (hello.get_packed_command(), track.get_packed_command());
+        let asked = Instant::now();
+        stream.write_all(&[&hello, &track], deadline)?;
+        let mut conn =
+            Self { stream, framing: Framing::default(), partial: Vec::new(), ping_sent: None, answered: asked };
+        for what in ["HELLO 3", "CLIENT TRACKING"] {
+            match conn.reply(deadline)? {
+                Value::ServerError(e) => {
+                    let e: redis::RedisError = e.into();
+                    return Err(Error::new(
+                        ErrorKind::Server,
+                        format!(
+                            "{label}: the server refused {what} (client-side caching needs redis 6 or later with tracking allowed): {e}"
+                        ),
+                    ));
+                }
+                _ if what == "HELLO 3" => {}
+                Value::Okay => {}
+                Value::SimpleString(s) if s == "OK" => {}
+                other => {
+                    return Err(Error::new(ErrorKind::Protocol, format!("{label}: {what} answered {other:?}")));
+                }
+            }
+        }
+        conn.stream.set_nonblocking()?;
+        Ok(conn)
+    }
+
+    /// One whole reply, waiting for it until `deadline` (the subscription's answers).
+    fn reply(&mut self, deadline: Instant) -> Result<Value, Error> {
+        loop {
+            if let Some(value) = self.take()? {
+                // A push may come before the answer (an invalidation already): not the answer.
+                if !matches!(value, Value::Push { .. }) {
+                    return Ok(value);
+                }
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf, deadline)?;
+            self.partial.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// The first whole value in `partial`, taken out of it.
+    fn take(&mut self) -> Result<Option<Value>, Error> {
+        let Some(end) = self.framing.advance(&self.partial).map_err(|what| {
+            Error::new(ErrorKind::TooLarge, format!("{}: the server announced {what}", self.stream.label()))
+        })?
+        else {
+            // `advance` consumed the bytes it saw; they stay in `partial` until a value ends.
+            self.framing = Framing::default();
+            return Ok(None);
+        };
+        let value = redis::parse_redis_value(&self.partial[..end])
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("{}: {e}", self.stream.label())))?;
+        self.partial.drain(..end);
+        Ok(Some(value))
+    }
+
+    /// Read every push that has arrived, without waiting, into `events`; send a heartbeat when
+    /// one is due. Whether the connection vouches for local hits now (its last answered
+    /// heartbeat is recent; if not, the one just sent will be). An error means the connection
+    /// is lost (closed, reset, silent past [`SILENCE`], or speaking nonsense): drop it, and
+    /// everything it vouched for.
+    pub fn drain(&mut self, now: Instant, events: &mut Vec<Event>) -> Result<bool, Error> {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < READ_CHUNK {
+            match self.stream.read_arrived(&mut buf)? {
+                Some(n) => {
+                    read += n;
+                    if self.partial.len() + n > MAX_PARTIAL {
+                        return Err(Error::new(
+                            ErrorKind::TooLarge,
+                            format!("{}: a push longer than {MAX_PARTIAL} bytes", self.stream.label()),
+                        ));
+                    }
+                    self.partial.extend_from_slice(&buf[..n]);
+                    while let Some(value) = self.take()? {
+                        self.apply(value, events)?;
+                    }
+                }
+                None => break,
+            }
+        }
+        if let Some(sent) = self.ping_sent
+            && now.saturating_duration_since(sent) > SILENCE
+        {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{}: no answer to a heartbeat in {SILENCE:?}", self.stream.label()),
+            ));
+        }
+        if self.ping_sent.is_none() && now.saturating_duration_since(self.answered) >= HEARTBEAT {
+            self.stream.send_arrived(PING)?;
+            self.ping_sent = Some(now);
+        }
+        Ok(now.saturating_duration_since(self.answered) <= SILENCE)
+    }
+
+    fn apply(&mut self, value: Value, events: &mut Vec<Event>) -> Result<(), Error> {
+        match value {
+            Value::Push { kind: redis::PushKind::Invalidate, data } => {
+                match data.into_iter().next() {
+                    Some(Value::Array(keys)) => {
+                        let keys = keys
+                            .into_iter()
+                            .map(|k| match k {
+                                Value::BulkString(b) => Ok(b),
+                                Value::SimpleString(s) => Ok(s.into_bytes()),
+                                other => Err(other),
+                            })
+                            .collect::<Result<Vec<_>, _>>();
+                        match keys {
+                            Ok(keys) => events.push(Event::Invalidate(keys)),
+                            // Keys we cannot read: every key may have changed.
+                            Err(_) => events.push(Event::Flush),
+                        }
+                    }
+                    // A null: the whole keyspace (FLUSHALL, FLUSHDB, the tracking table's
+                    // overflow).
+                    _ => events.push(Event::Flush),
+                }
+                Ok(())
+            }
+            // Another push (a server notice): not ours to read.
+            Value::Push { .. } => Ok(()),
+            // The heartbeat's answer.
+            Value::SimpleString(s) if s == "PONG" => match self.ping_sent.take() {
+                Some(sent) => {
+                    self.answered = sent;
+                    Ok(())
+                }
+                None => {
+                    Err(Error::new(ErrorKind::Protocol, format!("{}: a PONG nobody asked for", self.stream.label())))
+                }
+            },
+            Value::ServerError(e) => {
+                let e: redis::RedisError = e.into();
+                Err(Error::new(ErrorKind::Server, format!("{}: {e}", self.stream.label())))
+            }
+            other => Err(Error::new(ErrorKind::Protocol, format!("{}: unexpected {other:?}", self.stream.label()))),
+        }
+    }
+}

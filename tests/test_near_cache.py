@@ -1,0 +1,362 @@
+"""The near cache (OPTIONS["NEAR_CACHE"]) against real redis-server processes: local hits, and
+never a read older than a write that returned before it began, whoever wrote."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import random
+import threading
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from tests.conftest import make_redis
+from tests.servers import RedisServer
+
+redis = pytest.importorskip("redis")
+
+NEAR = {"MAX_ENTRIES": 1000, "MAX_BYTES": 1 << 20}
+
+
+def near_cache(server, prefix=None, **near):
+    params = {"OPTIONS": {"NEAR_CACHE": {**NEAR, **near}}}
+    if prefix is not None:
+        params["KEY_PREFIX"] = prefix
+    return make_redis(server.location, **params)
+
+
+def raw_client(server):
+    return redis.Redis(port=server.port)
+
+
+@pytest.fixture
+def server():
+    """A server of the test's own: tests here kill clients, flush and restart it."""
+    srv = RedisServer()
+    yield srv
+    srv.close()
+
+
+def near(cache):
+    return cache.stats()["near_cache"]
+
+
+def test_a_repeated_get_is_answered_locally(server):
+    cache = near_cache(server)
+    cache.set("k", {"a": 1})
+    assert cache.get("k") == {"a": 1}
+    before = near(cache)
+    for _ in range(50):
+        value = cache.get("k")
+        assert value == {"a": 1}
+    value["a"] = 2  # each hit is a fresh object, as a server read is
+    assert cache.get("k") == {"a": 1}
+    after = near(cache)
+    assert after["hits"] - before["hits"] == 51
+    assert after["misses"] == before["misses"]
+    assert after["entries"] == 1 and after["bytes"] > 0
+
+
+def test_another_clients_write_is_seen_by_the_next_read(server):
+    cache = near_cache(server)
+    raw = raw_client(server)
+    key = cache.make_key("k")
+    for i in range(300):
+        raw.set(key, pickle.dumps(i))
+        # The write has returned: a read that begins now must see it (no sleep, no retry).
+        assert cache.get("k") == i
+        assert cache.get("k") == i
+    assert near(cache)["invalidations"] >= 299  # the first write came before the subscription
+    assert near(cache)["hits"] >= 290
+
+
+def test_a_remembered_miss_is_dropped_when_the_key_appears(server):
+    cache = near_cache(server)
+    raw = raw_client(server)
+    assert cache.get("later") is None
+    assert cache.get("later", "default") == "default"
+    assert cache.has_key("later") is False
+    raw.set(cache.make_key("later"), pickle.dumps("here"))
+    assert cache.has_key("later") is True
+    assert cache.get("later") == "here"
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda c: c.set("k", "new"),
+        lambda c: c.set_many({"k": "new"}),
+        lambda c: c.add("k", "new") if c.delete("k") else None,
+        lambda c: c.delete("k"),
+        lambda c: c.delete_many(["k", "other"]),
+        lambda c: c.incr("n"),
+        lambda c: c.touch("k", 0),
+        lambda c: c.expire("k", 0),
+        lambda c: c.persist("k") and c.set("k", "new"),
+        lambda c: c.delete_pattern("k*"),
+        lambda c: c.clear(),
+        lambda c: c.incr_version("k"),
+        lambda c: c.set("k", "new", nx=False, xx=True),
+    ],
+    ids=[
+        "set", "set_many", "add", "delete", "delete_many", "incr", "touch", "expire", "persist+set",
+        "delete_pattern", "clear", "incr_version", "set_xx",
+    ],
+)  # fmt: skip
+def test_own_writes_are_read_back_at_once(server, write):
+    cache = near_cache(server)
+    plain = make_redis(server.location, KEY_PREFIX=cache.key_prefix)
+    cache.set("k", "old")
+    cache.set("n", 1)
+    assert cache.get("k") == "old" and cache.get("n") == 1  # held locally now
+    write(cache)
+    # What the server holds now, read by a client without a near cache.
+    assert cache.get("k") == plain.get("k")
+    assert cache.get("n") == plain.get("n")
+
+
+def test_flushall_empties_the_store(server):
+    cache = near_cache(server)
+    cache.set("k", "v")
+    assert cache.get("k") == "v"
+    raw_client(server).flushall()
+    assert cache.get("k") is None
+    assert near(cache)["flushes"] >= 1
+
+
+def test_a_killed_invalidation_connection_empties_the_store_and_comes_back(server):
+    cache = near_cache(server)
+    raw = raw_client(server)
+    cache.set("k", "v1")
+    assert cache.get("k") == "v1" and cache.get("k") == "v1"
+    tracking = [c for c in raw.client_list() if "t" in c["flags"]]
+    assert len(tracking) == 1, raw.client_list()
+    raw.client_kill_filter(_id=tracking[0]["id"])
+    # Written by another client while ours has no invalidation connection.
+    raw.set(cache.make_key("k"), pickle.dumps("v2"))
+    assert cache.get("k") == "v2"
+    assert near(cache)["flushes"] >= 1
+    # A new subscription, and local hits again.
+    hits = near(cache)["hits"]
+    assert cache.get("k") == "v2" and cache.get("k") == "v2"
+    assert near(cache)["hits"] > hits
+    assert len([c for c in raw.client_list() if "t" in c["flags"]]) == 1
+
+
+def test_a_server_restart_loses_nothing(server):
+    cache = near_cache(server)
+    cache.set("k", "before")
+    assert cache.get("k") == "before" and cache.get("k") == "before"
+    server.restart()  # the data is gone (no persistence): the key no longer exists
+    assert cache.get("k") is None
+    raw_client(server).set(cache.make_key("k"), pickle.dumps("after"))
+    assert cache.get("k") == "after"
+
+
+def test_the_servers_ttl_is_honoured_locally(server):
+    cache = near_cache(server)
+    cache.set("short", "v", timeout=1)
+    assert cache.get("short") == "v" and cache.get("short") == "v"
+    time.sleep(1.05)
+    assert cache.get("short") is None
+
+
+def test_max_entries_and_max_bytes_hold(server):
+    cache = near_cache(server, MAX_ENTRIES=10, MAX_BYTES=1 << 20)
+    for i in range(50):
+        cache.set(f"k{i}", i)
+        cache.get(f"k{i}")
+    assert near(cache)["entries"] == 10
+    big = near_cache(server, MAX_ENTRIES=1000, MAX_BYTES=8192)
+    for i in range(20):
+        big.set(f"b{i}", "x" * 1000)
+        assert big.get(f"b{i}") == "x" * 1000
+    stats = near(big)
+    assert stats["bytes"] <= 8192 and 0 < stats["entries"] < 20
+    # A value larger than the whole budget is read, never held.
+    big.set("huge", "y" * 10_000)
+    assert big.get("huge") == "y" * 10_000
+    assert near(big)["bytes"] <= 8192
+
+
+def test_memory_is_flat_over_a_long_run(server):
+    cache = near_cache(server, MAX_ENTRIES=100, MAX_BYTES=1 << 16)
+    for i in range(5000):
+        cache.set(f"k{i % 500}", "v" * (i % 300))
+        cache.get(f"k{i % 500}")
+    stats = near(cache)
+    assert stats["entries"] <= 100 and stats["bytes"] <= 1 << 16
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_forked_child_starts_with_an_empty_store(server):
+    cache = near_cache(server)
+    cache.set("k", "parent")
+    assert cache.get("k") == "parent" and cache.get("k") == "parent"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            from django_rustcache.redis import RedisCache
+
+            child = RedisCache(*cache._init_args)
+            entries = near(child)["entries"]
+            raw_client(server).set(cache.make_key("k"), pickle.dumps("child"))
+            os.write(write, pickle.dumps((entries, child.get("k"))))
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = pickle.loads(os.read(read, 4096))
+    os.waitpid(pid, 0)
+    assert answer == (0, "child")
+    assert cache.get("k") == "child"
+
+
+def test_a_server_that_refuses_tracking_is_an_improperly_configured_cache():
+    srv = RedisServer(args=("--rename-command", "CLIENT", ""))
+    try:
+        cache = near_cache(srv)
+        with pytest.raises(ImproperlyConfigured, match="tracking"):
+            cache.get("k")
+        with pytest.raises(ImproperlyConfigured):
+            cache.get("k")
+        # Unless copies bounded by age are asked for instead.
+        bounded = near_cache(srv, MAX_STALENESS=0.5)
+        bounded.set("k", "v1")
+        assert bounded.get("k") == "v1" and bounded.get("k") == "v1"
+        raw_client(srv).set(bounded.make_key("k"), pickle.dumps("v2"))
+        assert bounded.get("k") == "v1"  # stale, as documented: at most MAX_STALENESS
+        time.sleep(0.55)
+        assert bounded.get("k") == "v2"
+    finally:
+        srv.close()
+
+
+def test_keys_of_a_key_function_of_its_own_still_read_fresh(server):
+    cache = make_redis(
+        server.location,
+        KEY_FUNCTION=lambda key, prefix, version: f"custom/{key}",
+        OPTIONS={"NEAR_CACHE": NEAR},
+    )
+    raw = raw_client(server)
+    for i in range(20):
+        raw.set("custom/k", pickle.dumps(i))
+        assert cache.get("k") == i
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"MAX_ENTRIES": 0}, {"MAX_BYTES": "lots"}, {"MAX_STALENESS": -1}, {"SIZE": 10}, "yes"],
+)
+def test_bad_near_cache_settings_are_named(server, bad):
+    cache = make_redis(server.location, OPTIONS={"NEAR_CACHE": bad})
+    with pytest.raises(ImproperlyConfigured, match="NEAR_CACHE"):
+        cache.get("k")
+
+
+# --- the checker: many processes, threads, writers and readers, faults injected --------------
+
+
+def _writer(location, prefix, announced, stop, slots):
+    """Each key has one writer, so its values only grow."""
+    cache = make_redis(location, KEY_PREFIX=prefix)
+    rng = random.Random()
+    n = 0
+    while not stop.is_set():
+        n += 1
+        slot = rng.choice(slots)
+        try:
+            cache.set(f"k{slot}", n)
+        except Exception:
+            continue  # a write that failed announces nothing
+        announced[slot] = n
+
+
+def _reader(location, prefix, announced, erased, stop, counts, threads):
+    cache = make_redis(location, KEY_PREFIX=prefix, OPTIONS={"NEAR_CACHE": NEAR})
+    lock = threading.Lock()
+    mine = {"reads": 0, "stale": 0}
+
+    def read():
+        rng = random.Random()
+        reads = stale = 0
+        while not stop.is_set():
+            slot = rng.randrange(4)
+            floor = announced[slot]  # a write of this value had returned
+            try:
+                value = cache.get(f"k{slot}")
+            except Exception:
+                continue
+            reads += 1
+            # Older than a returned write: stale. None: stale unless the data may have been
+            # erased since (a FLUSHALL or a restart, announced before it was made).
+            if (value is not None and value < floor) or (value is None and floor and not erased.value):
+                stale += 1
+        with lock:
+            mine["reads"] += reads
+            mine["stale"] += stale
+
+    workers = [threading.Thread(target=read) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    with counts.get_lock():
+        counts[0] += mine["reads"]
+        counts[1] += mine["stale"]
+        counts[2] += near(cache)["hits"]
+
+
+@pytest.mark.failover
+def test_no_reader_ever_reads_older_than_a_returned_write(server):
+    """Writers in two processes set increasing values and announce each after it returned;
+    readers in three processes (threads each) with near caches must never read an older one,
+    while the invalidation connections are killed, the server flushed and restarted."""
+    ctx = multiprocessing.get_context("fork")
+    announced = ctx.Array("q", 4, lock=False)
+    erased = ctx.Value("b", 0, lock=False)
+    counts = ctx.Array("q", 3)  # reads, stale reads, local hits
+    stop = ctx.Event()
+    prefix = f"checker{os.getpid()}"
+    procs = [
+        ctx.Process(target=_writer, args=(server.location, prefix, announced, stop, slots))
+        for slots in ([0, 1], [2, 3])
+    ]
+    procs += [
+        ctx.Process(target=_reader, args=(server.location, prefix, announced, erased, stop, counts, 3))
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    raw = raw_client(server)
+    try:
+        started = time.monotonic()
+        restarted = False
+        while time.monotonic() < started + 8:
+            time.sleep(0.25)
+            try:
+                fault = random.random()
+                if fault < 0.5:
+                    for c in raw.client_list():
+                        if "t" in c["flags"] and random.random() < 0.5:
+                            raw.client_kill_filter(_id=c["id"])
+                elif fault < 0.7:
+                    erased.value = 1
+                    raw.flushall()
+                elif not restarted and time.monotonic() > started + 4:
+                    erased.value = 1
+                    server.restart()
+                    restarted = True
+            except redis.RedisError:
+                pass
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(15)
+    reads, stale, hits = counts[:]
+    assert reads > 1000 and hits > reads // 10, (reads, hits)
+    print(f"checker: {reads} reads, {hits} local hits, {stale} stale")
+    assert stale == 0, f"{stale} stale reads of {reads}"
