@@ -360,3 +360,124 @@ def test_no_reader_ever_reads_older_than_a_returned_write(server):
     assert reads > 1000 and hits > reads // 10, (reads, hits)
     print(f"checker: {reads} reads, {hits} local hits, {stale} stale")
     assert stale == 0, f"{stale} stale reads of {reads}"
+
+
+# --- get_many, the async calls, every topology ---------------------------------------------
+
+
+def test_get_many_answers_what_it_holds_and_reads_the_rest(server):
+    cache = near_cache(server)
+    raw = raw_client(server)
+    cache.set_many({"a": 1, "b": 2})
+    assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+    hits = near(cache)["hits"]
+    assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+    assert near(cache)["hits"] == hits + 3  # "c" is a remembered miss
+    raw.set(cache.make_key("c"), pickle.dumps(3))
+    raw.set(cache.make_key("a"), pickle.dumps(10))
+    assert cache.get_many(["a", "b", "c", "b"]) == {"a": 10, "b": 2, "c": 3}
+    assert cache.get("c") == 3
+
+
+def test_the_async_calls_go_through_the_near_cache(server):
+    import asyncio
+
+    cache = near_cache(server)
+    raw = raw_client(server)
+
+    async def main():
+        await cache.aset("k", "v1")
+        assert await cache.aget("k") == "v1"  # subscribes (off the loop), keeps nothing yet
+        assert await cache.aget("k") == "v1"
+        await asyncio.sleep(0.05)
+        assert await cache.aget("k") == "v1"
+        before = near(cache)
+        # A hit is a future that is done already: no turn of the loop.
+        future = cache._cache.aget(cache.key_prefix, cache.version, "k")
+        assert future.done() and future.result() == "v1"
+        assert near(cache)["hits"] == before["hits"] + 1
+        raw.set(cache.make_key("k"), pickle.dumps("v2"))
+        assert await cache.aget("k") == "v2"
+        assert await cache.ahas_key("k") is True
+        assert await cache.ahas_key("nothing") is False
+        await cache.aset_many({"x": 1, "y": 2})
+        assert await cache.aget_many(["x", "y", "z"]) == {"x": 1, "y": 2}
+        assert await cache.aget_many(["x", "y", "z"]) == {"x": 1, "y": 2}
+        await cache.adelete("x")
+        assert await cache.aget_many(["x", "y"]) == {"y": 2}
+        for i in range(100):
+            raw.set(cache.make_key("k"), pickle.dumps(i))
+            assert await cache.aget("k") == i
+
+    asyncio.run(main())
+    assert near(cache)["hits"] > 5
+
+
+def test_sharded_caches_track_every_shard():
+    servers = [RedisServer() for _ in range(3)]
+    try:
+        location = ",".join(s.location for s in servers)
+        cache = make_redis(location, OPTIONS={"CLIENT_CLASS": "django_redis.client.ShardClient", "NEAR_CACHE": NEAR})
+        raws = [raw_client(s) for s in servers]
+        keys = [f"key{i}" for i in range(30)]
+        cache.set_many({k: 0 for k in keys})
+        assert cache.get_many(keys) == {k: 0 for k in keys}
+        for i in range(1, 4):
+            for k in keys:
+                for raw in raws:  # the key's shard is one of them: write it on each
+                    if raw.exists(cache.make_key(k)):
+                        raw.set(cache.make_key(k), pickle.dumps(i))
+            assert cache.get_many(keys) == {k: i for k in keys}
+            assert all(cache.get(k) == i for k in keys)
+        assert near(cache)["hits"] > 0
+        tracking = sum(len([c for c in raw.client_list() if "t" in c["flags"]]) for raw in raws)
+        assert tracking == 3
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_cluster_caches_track_every_primary(redis_cluster):
+    from django_rustcache.redis import RedisClusterCache
+
+    cache = RedisClusterCache(
+        redis_cluster.location, {"KEY_PREFIX": f"near{os.getpid()}", "OPTIONS": {"NEAR_CACHE": NEAR}}
+    )
+    plain = RedisClusterCache(redis_cluster.location, {"KEY_PREFIX": cache.key_prefix})
+    keys = [f"key{i}" for i in range(30)]
+    cache.set_many({k: 0 for k in keys})
+    assert cache.get_many(keys) == {k: 0 for k in keys}
+    for i in range(1, 4):
+        plain.set_many({k: i for k in keys})  # another client writes
+        assert cache.get_many(keys) == {k: i for k in keys}
+        assert all(cache.get(k) == i for k in keys)
+    assert near(cache)["hits"] > 0
+
+
+def test_a_sentinel_failover_empties_the_store():
+    from tests.servers import SentinelGroup
+
+    group = SentinelGroup()
+    try:
+        cache = make_redis(
+            f"redis://{group.service}/0",
+            OPTIONS={"SENTINELS": group.addresses, "NEAR_CACHE": NEAR, "SOCKET_TIMEOUT": 1.0},
+        )
+        cache.set("k", "before")
+        assert cache.get("k") == "before" and cache.get("k") == "before"
+        group.fail_over()
+        deadline = time.monotonic() + 10
+        while True:  # writes fail until the sentinels name the new master
+            try:
+                cache.set("k", "after")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert cache.get("k") == "after"
+        raw = redis.Redis(port=group.master_port())
+        raw.set(cache.make_key("k"), pickle.dumps("written on the new master"))
+        assert cache.get("k") == "written on the new master"
+    finally:
+        group.close()

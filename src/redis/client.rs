@@ -124,8 +124,16 @@ impl Client {
     }
 
     /// Read the cluster's slot map again (see [`Topology::refresh`]).
+    /// A slot that moved empties the near cache (its copies were vouched for by the old owner).
     pub fn refresh(&self, force: bool) -> Result<(), Error> {
-        self.topology.refresh(force, |node| self.cluster_slots(node))
+        let before = self.near.as_ref().map(|_| self.topology.owners());
+        let refreshed = self.topology.refresh(force, |node| self.cluster_slots(node));
+        if let (Some(near), Some(before)) = (&self.near, before)
+            && before != self.topology.owners()
+        {
+            near.flush();
+        }
+        refreshed
     }
 
     /// CLUSTER SLOTS from a node's primary, within its own deadline.

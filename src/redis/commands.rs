@@ -386,6 +386,59 @@ impl Command for GetMany {
     }
 }
 
+/// [`GetMany`] with each key's TTL, from the keys' primaries: the near cache's fill of a
+/// `get_many` (one MGET and one PTTL per key, pipelined per node).
+pub struct GetFreshMany(pub Vec<Vec<u8>>);
+
+impl Command for GetFreshMany {
+    type Output = Vec<Fresh>;
+    fn route(&self) -> Route<'_> {
+        Route::Keys { keys: &self.0, write: true }
+    }
+    fn changes(&self) -> Changes<'_> {
+        Changes::None
+    }
+    fn empty(&self) -> Self::Output {
+        vec![(None, None); self.0.len()]
+    }
+    fn request(&self, keys: &[usize], _: bool) -> Request {
+        let mut pipe = redis::pipe();
+        for &i in keys {
+            // A one-key MGET: nil for a key of another type, as get_many reads it.
+            pipe.cmd("MGET").arg(&self.0[i]).cmd("PTTL").arg(&self.0[i]);
+        }
+        Request::pipe(&pipe)
+    }
+    fn read(
+        &self,
+        keys: &[usize],
+        _: bool,
+        replies: Vec<Value>,
+        out: &mut Self::Output,
+        label: &str,
+    ) -> Result<(), Error> {
+        no_error(label, &replies)?;
+        if replies.len() != 2 * keys.len() {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{label}: MGET and PTTL gave another number of replies"),
+            ));
+        }
+        let mut replies = replies.into_iter();
+        for &i in keys {
+            let (Some(values), Some(ttl)) = (replies.next(), replies.next()) else { break };
+            let mut values: Vec<Option<Vec<u8>>> = typed(label, values)?;
+            let ttl: i64 = typed(label, ttl)?;
+            out[i] = (values.pop().flatten(), u64::try_from(ttl).ok().map(std::time::Duration::from_millis));
+        }
+        Ok(())
+    }
+    fn count(&self, out: &Self::Output, counters: &Counters) {
+        let hits = out.iter().filter(|v| v.0.is_some()).count();
+        counters.lookups(hits, out.len() - hits);
+    }
+}
+
 /// `SET key value [EX ttl] [NX|XX]`; whether it was stored.
 pub struct Set {
     /// The key.

@@ -7,17 +7,172 @@ use pyo3::types::{PyDict, PyList};
 
 use super::PyRedisClient;
 use super::sync::int_of;
-use crate::bindings::aio::{self, Make, none, promise, spawn};
+use crate::bindings::aio::{self, Make, none, off_loop, promise, ready, spawn};
 use crate::bindings::args::arg_bytes;
 use crate::bindings::keys::make_key;
 use crate::bindings::values::{finish_async, finished, reply, unpacked};
+use crate::error::Error;
 use crate::redis::aio::{Async, Done};
 use crate::redis::calls;
-use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::client::Client;
+use crate::redis::commands::{
+    Delete, Exists, Expire, FlushDb, Get, GetFresh, GetFreshMany, GetMany, Raw, Set, SetMany,
+};
+use crate::redis::near::{Begun, Found, Near, Ticket};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// What settles `promise` with a command's answer made into Python by `make`.
 fn keep<T: Send + 'static>(promise: aio::Promise, make: impl FnOnce(T) -> Make + Send + 'static) -> Done<T> {
     Box::new(move |r| promise.keep(r.map(make)))
+}
+
+/// The fill's ticket for an async read of `key`, without waiting: a server not subscribed yet is
+/// subscribed on a blocking thread (this read keeps nothing).
+fn near_ticket(client: &Arc<Client>, near: &Near, key: &[u8]) -> Result<Ticket, Error> {
+    let topology = client.topology();
+    if topology.needs_map() {
+        return Ok(near.store().no_ticket());
+    }
+    match near.begin_now(topology, key)? {
+        Begun::Ticket(ticket) => Ok(ticket),
+        Begun::Subscribe => {
+            let (client, key) = (client.clone(), key.to_vec());
+            off_loop(true, move || {
+                if let (Some(near), Ok(node)) = (client.near(), client.topology().node_of(&key)) {
+                    let pool = &node.pools()[0];
+                    // A refusal is kept by the near cache: the next call raises it.
+                    let _ = near.subscribe(pool, pool.deadline());
+                }
+            });
+            Ok(near.store().no_ticket())
+        }
+    }
+}
+
+impl PyRedisClient {
+    /// An async `get_many` through the near cache: the keys it holds answered locally (all of
+    /// them: a future already done), the others read with their TTLs and kept.
+    fn aget_many_near<'py>(
+        &self,
+        py: Python<'py>,
+        made: Vec<Vec<u8>>,
+        originals: Vec<Bound<'py, PyAny>>,
+        future: Bound<'py, PyAny>,
+        promise: aio::Promise,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(near) = self.client.near() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("no near cache"));
+        };
+        let found = near.lookup_many(self.client.topology(), &made, Instant::now());
+        let out = PyDict::new(py);
+        let mut missed = Vec::new();
+        for ((original, local), key) in originals.into_iter().zip(found).zip(made) {
+            match local {
+                Found::Value(data) => out.set_item(original, self.codec.decode(py, &data)?)?,
+                Found::Absent => {}
+                Found::Unknown => missed.push((original.unbind(), key)),
+            }
+        }
+        if missed.is_empty() {
+            drop(promise);
+            future.call_method1("set_result", (out,))?;
+            return Ok(future);
+        }
+        let mut tickets = Vec::with_capacity(missed.len());
+        for (_, key) in &missed {
+            match near_ticket(&self.client, near, key) {
+                Ok(ticket) => tickets.push(ticket),
+                Err(e) => {
+                    for ((_, key), ticket) in missed.iter().zip(tickets) {
+                        near.store().drop_ticket(key, ticket);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let (originals, keys): (Vec<Py<PyAny>>, Vec<Vec<u8>>) = missed.into_iter().unzip();
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let local = out.unbind();
+        let read = GetFreshMany(keys.clone());
+        self.client.start(
+            read,
+            Box::new(move |found| match found {
+                Ok(found) => {
+                    let ttls: Vec<_> = found.iter().map(|(_, ttl)| *ttl).collect();
+                    let values = found.into_iter().map(|(value, _)| value).collect();
+                    unpacked(&codec.clone(), values, move |values| {
+                        if let Some(near) = client.near() {
+                            for (((key, ticket), value), ttl) in keys.iter().zip(tickets).zip(&values).zip(ttls) {
+                                near.fill(key, ticket, value.as_deref(), ttl);
+                            }
+                        }
+                        promise.keep(Ok(Box::new(move |py: Python<'_>| {
+                            let out = local.into_bound(py);
+                            for (original, value) in originals.iter().zip(values) {
+                                if let Some(data) = value {
+                                    out.set_item(original, codec.decode(py, &data)?)?;
+                                }
+                            }
+                            Ok(out.into_any().unbind())
+                        })));
+                    });
+                }
+                Err(e) => {
+                    if let Some(near) = client.near() {
+                        for (key, ticket) in keys.iter().zip(tickets) {
+                            near.store().drop_ticket(key, ticket);
+                        }
+                    }
+                    promise.keep(Err(e));
+                }
+            }),
+        );
+        Ok(future)
+    }
+
+    /// An async `get` the near cache could not answer: GET+PTTL from the key's primary, kept
+    /// unless the key was invalidated meanwhile.
+    fn aget_fill<'py>(
+        &self,
+        py: Python<'py>,
+        key: Vec<u8>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(near) = self.client.near() else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("no near cache"));
+        };
+        let ticket = near_ticket(&self.client, near, &key)?;
+        let (future, promise) = promise(py)?;
+        let (client, codec) = (self.client.clone(), self.codec.clone());
+        let default = default.map(Bound::unbind);
+        let read = GetFresh(key.clone());
+        self.client.start(
+            read,
+            Box::new(move |found| match found {
+                Ok((value, ttl)) => {
+                    let values = vec![value];
+                    unpacked(&codec.clone(), values, move |mut values| {
+                        let value = values.pop().flatten();
+                        if let Some(near) = client.near() {
+                            near.fill(&key, ticket, value.as_deref(), ttl);
+                        }
+                        promise.keep(Ok(match value {
+                            Some(data) => Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind)),
+                            None => Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None()))),
+                        }));
+                    });
+                }
+                Err(e) => {
+                    if let Some(near) = client.near() {
+                        near.store().drop_ticket(&key, ticket);
+                    }
+                    promise.keep(Err(e));
+                }
+            }),
+        );
+        Ok(future)
+    }
 }
 
 #[pymethods]
@@ -51,6 +206,13 @@ impl PyRedisClient {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?.into_bytes();
+        if let Some(near) = self.client.near().filter(|near| near.covers(&key)) {
+            match near.lookup(self.client.topology(), &key, Instant::now()) {
+                Found::Value(data) => return ready(py, self.codec.decode(py, &data)?),
+                Found::Absent => return ready(py, default.unwrap_or_else(|| py.None().into_bound(py))),
+                Found::Unknown => return self.aget_fill(py, key, default),
+            }
+        }
         let (future, promise) = promise(py)?;
         let codec = self.codec.clone();
         let default = default.map(Bound::unbind);
@@ -85,6 +247,9 @@ impl PyRedisClient {
         if made.is_empty() {
             promise.keep(Ok(Box::new(|py: Python<'_>| Ok(PyDict::new(py).into_any().unbind()))));
             return Ok(future);
+        }
+        if self.client.near().is_some() {
+            return self.aget_many_near(py, made, originals, future, promise);
         }
         let originals: Vec<Py<PyAny>> = originals.into_iter().map(Bound::unbind).collect();
         let codec = self.codec.clone();
@@ -188,6 +353,13 @@ impl PyRedisClient {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let key = make_key(py, prefix, version, key)?.into_bytes();
+        if let Some(near) = self.client.near().filter(|near| near.covers(&key)) {
+            match near.lookup(self.client.topology(), &key, Instant::now()) {
+                Found::Value(_) => return ready(py, true.into_pyobject(py)?.to_owned().into_any()),
+                Found::Absent => return ready(py, false.into_pyobject(py)?.to_owned().into_any()),
+                Found::Unknown => {}
+            }
+        }
         let (future, promise) = promise(py)?;
         self.client.start(Exists(key), keep(promise, aio::value));
         Ok(future)

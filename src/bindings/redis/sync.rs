@@ -13,7 +13,9 @@ use crate::error::Error;
 use crate::redis::calls::{self, finish};
 use crate::redis::client::Blocking;
 use crate::redis::client::Client;
-use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetFresh, GetMany, Raw, Set, SetMany};
+use crate::redis::commands::{
+    Delete, Exists, Expire, FlushDb, Get, GetFresh, GetFreshMany, GetMany, Raw, Set, SetMany,
+};
 use crate::redis::near::{Found, Near};
 use std::time::Instant;
 
@@ -48,6 +50,53 @@ pub(super) fn near_fill(
         }
         Err(e) => {
             near.store().drop_ticket(&read.0, ticket);
+            Err(e)
+        }
+    }
+}
+
+/// A `get_many`'s keys the near cache could not answer: each value and TTL from its primary,
+/// kept unless invalidated meanwhile. Blocking (called detached).
+pub(super) fn near_fill_many(
+    client: &Client,
+    codec: &RedisCodec,
+    near: &Near,
+    keys: Vec<Vec<u8>>,
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    let topology = client.topology();
+    if topology.needs_map() {
+        client.refresh(false)?;
+    }
+    let mut tickets = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let deadline = topology.node_of(key)?.pools()[0].deadline();
+        match near.begin(topology, key, deadline) {
+            Ok(ticket) => tickets.push(ticket),
+            Err(e) => {
+                for (key, ticket) in keys.iter().zip(tickets) {
+                    near.store().drop_ticket(key, ticket);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let read = GetFreshMany(keys);
+    match client.run(&read) {
+        Ok(found) => Ok(read
+            .0
+            .iter()
+            .zip(tickets)
+            .zip(found)
+            .map(|((key, ticket), (value, ttl))| {
+                let value = value.map(|data| codec.unpack(data));
+                near.fill(key, ticket, value.as_deref(), ttl);
+                value
+            })
+            .collect()),
+        Err(e) => {
+            for (key, ticket) in read.0.iter().zip(tickets) {
+                near.store().drop_ticket(key, ticket);
+            }
             Err(e)
         }
     }
@@ -119,6 +168,36 @@ impl PyRedisClient {
             return Ok(out);
         }
         let (client, codec) = (&self.client, &self.codec);
+        if let Some(near) = client.near() {
+            let found = near.lookup_many(client.topology(), &made, Instant::now());
+            let (missed, keys): (Vec<usize>, Vec<Vec<u8>>) = found
+                .iter()
+                .zip(&made)
+                .enumerate()
+                .filter(|(_, (f, _))| matches!(f, Found::Unknown))
+                .map(|(i, (_, key))| (i, key.clone()))
+                .unzip();
+            let filled =
+                if keys.is_empty() { Vec::new() } else { py.detach(|| near_fill_many(client, codec, near, keys))? };
+            let mut filled = missed.into_iter().zip(filled);
+            let mut next = filled.next();
+            for (i, (original, local)) in originals.iter().zip(found).enumerate() {
+                match local {
+                    Found::Value(data) => out.set_item(original, codec.decode(py, &data)?)?,
+                    Found::Absent => {}
+                    Found::Unknown => {
+                        if let Some((at, value)) = next.take_if(|(at, _)| *at == i) {
+                            debug_assert_eq!(at, i);
+                            if let Some(data) = value {
+                                out.set_item(original, codec.decode(py, &data)?)?;
+                            }
+                            next = filled.next();
+                        }
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let values = py.detach(|| {
             client
                 .run(&GetMany(made))

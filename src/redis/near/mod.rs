@@ -62,6 +62,17 @@ struct Tracked {
     epoch: u64,
     /// No attempt to subscribe before this (a failed one was made).
     retry_at: Option<Instant>,
+    /// A subscription is being made (outside the lock: nobody waits for it).
+    connecting: bool,
+}
+
+/// What [`Near::begin_now`] found.
+pub enum Begun {
+    /// The fill's ticket (one that keeps nothing when the server's tracking is not live).
+    Ticket(Ticket),
+    /// The server has no invalidation connection yet: subscribe (blocking, off the caller's
+    /// thread) with [`Near::begin`]; this read keeps nothing.
+    Subscribe,
 }
 
 /// The near cache of one client.
@@ -131,11 +142,44 @@ impl Near {
         self.store.lookup(key, now)
     }
 
+    /// The local answers for `keys` (each key's server drained once).
+    pub fn lookup_many(&self, topology: &Topology, keys: &[Vec<u8>], now: Instant) -> Vec<Found> {
+        let tracking = matches!(self.settings.coherence, Coherence::Tracking(_));
+        let mut drained: Vec<(String, bool)> = Vec::new();
+        keys.iter()
+            .map(|key| {
+                if !self.covers(key) {
+                    return Found::Unknown;
+                }
+                if tracking {
+                    let Ok(node) = topology.node_of(key) else { return Found::Unknown };
+                    let pool = &node.pools()[0];
+                    let known = drained.iter().find(|(name, _)| name == pool.name()).map(|(_, v)| *v);
+                    let vouched = known.unwrap_or_else(|| {
+                        let vouched = self.drain_pool(pool, now);
+                        drained.push((pool.name().to_owned(), vouched));
+                        vouched
+                    });
+                    if !vouched {
+                        self.store.lookup_counted_miss();
+                        return Found::Unknown;
+                    }
+                }
+                self.store.lookup(key, now)
+            })
+            .collect()
+    }
+
     /// Read the invalidations that have arrived from `key`'s server: whether its tracking is
     /// live after that.
     fn drain_for(&self, topology: &Topology, key: &[u8], now: Instant) -> bool {
         let Ok(node) = topology.node_of(key) else { return false };
-        let pool = &node.pools()[0];
+        self.drain_pool(&node.pools()[0], now)
+    }
+
+    /// Read the invalidations that have arrived from `pool`'s server: whether its tracking is
+    /// live after that.
+    fn drain_pool(&self, pool: &Pool, now: Instant) -> bool {
         let mut tracked = self.tracked();
         let Some(entry) = tracked.get_mut(pool.name()) else { return false };
         let Some(tracking) = entry.tracking.as_mut() else { return false };
@@ -172,63 +216,95 @@ impl Near {
     /// that refuses tracking is an [`ErrorKind::Unsupported`] error; one that cannot be reached
     /// now gives a ticket that keeps nothing (the read goes on without the near cache).
     pub fn begin(&self, topology: &Topology, key: &[u8], deadline: Instant) -> Result<Ticket, Error> {
+        match self.begin_now(topology, key)? {
+            Begun::Ticket(ticket) => Ok(ticket),
+            Begun::Subscribe => {
+                let node = topology.node_of(key)?;
+                self.subscribe(&node.pools()[0], deadline)?;
+                Ok(self.ticket_if_live(topology, key))
+            }
+        }
+    }
+
+    /// [`Near::begin`] without waiting: the ticket, or that the server must be subscribed first.
+    pub fn begin_now(&self, topology: &Topology, key: &[u8]) -> Result<Begun, Error> {
         if let Some(e) = self.refused() {
             return Err(e);
         }
-        let Coherence::Tracking(prefix) = &self.settings.coherence else {
-            return Ok(self.store.ticket(key));
+        if !self.covers(key) {
+            return Ok(Begun::Ticket(self.store.no_ticket()));
+        }
+        let Coherence::Tracking(_) = &self.settings.coherence else {
+            return Ok(Begun::Ticket(self.store.ticket(key)));
         };
         let node = topology.node_of(key)?;
         let pool = &node.pools()[0];
-        if !self.subscribed(pool, prefix.as_ref(), deadline)? {
-            return Ok(self.store.no_ticket());
-        }
-        Ok(self.store.ticket(key))
-    }
-
-    /// Whether `pool`'s server has a live invalidation connection, subscribing first if not
-    /// (and if not tried too recently).
-    fn subscribed(&self, pool: &Pool, prefix: Option<&Vec<u8>>, deadline: Instant) -> Result<bool, Error> {
         let now = Instant::now();
         let mut tracked = self.tracked();
         let entry = tracked.entry(pool.name().to_owned()).or_default();
         if entry.tracking.is_some() && entry.epoch == pool.current_epoch() {
-            return Ok(true);
+            drop(tracked);
+            return Ok(Begun::Ticket(self.store.ticket(key)));
         }
-        if entry.retry_at.is_some_and(|at| now < at) {
-            return Ok(false);
+        if entry.connecting || entry.retry_at.is_some_and(|at| now < at) {
+            return Ok(Begun::Ticket(self.store.no_ticket()));
         }
-        entry.tracking = None;
-        // The connection is made with the lock held: other threads' hits on this client wait
-        // for it (once per subscription), never on a server call of their own.
+        Ok(Begun::Subscribe)
+    }
+
+    fn ticket_if_live(&self, topology: &Topology, key: &[u8]) -> Ticket {
+        match self.begin_now(topology, key) {
+            Ok(Begun::Ticket(ticket)) => ticket,
+            _ => self.store.no_ticket(),
+        }
+    }
+
+    /// Subscribe to `pool`'s server, before `deadline`, unless it is subscribed or being
+    /// subscribed. The connection is made outside the lock: hits on other servers, and calls
+    /// that find this one being subscribed, never wait for it.
+    pub fn subscribe(&self, pool: &Pool, deadline: Instant) -> Result<(), Error> {
+        let Coherence::Tracking(prefix) = &self.settings.coherence else { return Ok(()) };
+        let name = pool.name().to_owned();
+        {
+            let mut tracked = self.tracked();
+            let entry = tracked.entry(name.clone()).or_default();
+            if entry.connecting || (entry.tracking.is_some() && entry.epoch == pool.current_epoch()) {
+                return Ok(());
+            }
+            entry.tracking = None;
+            entry.connecting = true;
+        }
         let (username, password) = pool.credentials();
         let subscription = Subscription {
-            prefix: prefix.cloned(),
+            prefix: prefix.clone(),
             username: username.map(str::to_owned),
             password: password.map(str::to_owned),
         };
-        let subscribed = pool
+        let made = pool
             .endpoint(deadline)
             .and_then(|(addr, epoch)| Ok((Tracking::subscribe(&addr, pool.tls(), &subscription, deadline)?, epoch)));
-        match subscribed {
+        let mut tracked = self.tracked();
+        let entry = tracked.entry(name).or_default();
+        entry.connecting = false;
+        match made {
             Ok((tracking, epoch)) => {
-                *entry = Tracked { tracking: Some(tracking), epoch, retry_at: None };
+                *entry = Tracked { tracking: Some(tracking), epoch, retry_at: None, connecting: false };
                 drop(tracked);
                 // What was held before vouches for nothing the new connection saw.
                 self.store.set_live(true);
-                Ok(true)
+                Ok(())
             }
             Err(e) if e.kind() == ErrorKind::Server => {
+                drop(tracked);
                 let refused = Error::new(ErrorKind::Unsupported, e.message().to_owned());
                 if let Ok(mut r) = self.refused.lock() {
                     *r = Some(refused.clone());
                 }
                 Err(refused)
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
-            Err(_) => {
-                entry.retry_at = Some(now + RETRY_AFTER);
-                Ok(false)
+            Err(e) => {
+                entry.retry_at = Some(Instant::now() + RETRY_AFTER);
+                if e.kind() == ErrorKind::Interrupted { Err(e) } else { Ok(()) }
             }
         }
     }
