@@ -80,6 +80,18 @@ VARIANTS = {
         "RUSTCACHE_REDIS_OPTIONS": '{"CLIENT_CLASS": "django_redis.client.ShardClient"}',
         "RUSTCACHE_VIA_ASYNC": "1",
     },
+    # The near cache on (a process-local copy the server keeps coherent), sync and async.
+    "redis-near": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "tcp",
+        "RUSTCACHE_REDIS_OPTIONS": '{"NEAR_CACHE": {"MAX_ENTRIES": 10000, "MAX_BYTES": 16777216}}',
+    },
+    "redis-near-async": {
+        "RUSTCACHE_SUITE": "redis",
+        "RUSTCACHE_REDIS": "tcp",
+        "RUSTCACHE_REDIS_OPTIONS": '{"NEAR_CACHE": {"MAX_ENTRIES": 10000, "MAX_BYTES": 16777216}}',
+        "RUSTCACHE_VIA_ASYNC": "1",
+    },
     "memcached-async": {"RUSTCACHE_SUITE": "memcached", "RUSTCACHE_MEMCACHED": "tcp", "RUSTCACHE_VIA_ASYNC": "1"},
     "memcached-binary-async": {
         "RUSTCACHE_SUITE": "memcached",

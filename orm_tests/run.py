@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import MemcachedServer, RedisServer  # noqa: E402
 
-OURS = ["lru", "locmem", "memcached", "redis", "filebased", "database"]
+OURS = ["lru", "locmem", "memcached", "redis", "redis-near", "filebased", "database"]
 # Cache Machine's examples/cache_machine settings modules (its run_tests.py list).
 CACHE_MACHINE = [
     "locmem_settings",
@@ -70,9 +70,8 @@ def main() -> int:
                     cmd, cwd = cache_machine_command(name[3:], env, tmp, args.verbosity), CM
                 else:
                     env["RUSTCACHE_ORM_CACHE"] = name
-                    env["RUSTCACHE_ORM_LOCATION"] = {"memcached": memcached.location, "redis": redis.location}.get(
-                        name, ""
-                    )
+                    locations = {"memcached": memcached.location, "redis": redis.location}
+                    env["RUSTCACHE_ORM_LOCATION"] = locations.get(name.removesuffix("-near"), "")
                     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
                     labels = args.tests or ["orm_tests.testapp"]
                     cmd = [sys.executable, "-m", "django", "test", *labels, "--settings=orm_tests.settings"]

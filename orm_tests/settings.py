@@ -1,6 +1,6 @@
 """Settings for the ORM query cache tests (run by orm_tests/run.py, one cache backend per run).
 
-RUSTCACHE_ORM_CACHE picks the cache: lru, locmem, memcached, redis (the last two need
+RUSTCACHE_ORM_CACHE picks the cache: lru, locmem, memcached, redis, redis-near (the network ones need
 RUSTCACHE_ORM_LOCATION, a live server's LOCATION). RUSTCACHE_ORM_DB_DIR holds the SQLite files.
 """
 
@@ -16,6 +16,12 @@ BACKENDS = {
     "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "orm-tests"},
     "memcached": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": LOCATION},
     "redis": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": LOCATION},
+    # The near cache on: the ORM cache's generation keys and results read through it.
+    "redis-near": {
+        "BACKEND": "django_rustcache.redis.RedisCache",
+        "LOCATION": LOCATION,
+        "OPTIONS": {"NEAR_CACHE": {"MAX_ENTRIES": 10_000, "MAX_BYTES": 16 * 2**20}},
+    },
     "django-memcached": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": LOCATION},
     "django-redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": LOCATION},
     "filebased": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": f"{DB_DIR}/filecache"},
