@@ -603,6 +603,46 @@ def redis_cluster_suite() -> Suite:
     )
 
 
+def redis_near_suite() -> Suite:
+    """The near cache (OPTIONS["NEAR_CACHE"]): a hot key's get answered in the process, against
+    our own get without it and django-redis's; a set pays the local invalidation only."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import RedisServer
+
+    server = RedisServer()
+    plain = "django_rustcache RedisCache, no near cache"
+    near = {"NEAR_CACHE": {"MAX_ENTRIES": 10_000, "MAX_BYTES": 64 * 2**20}}
+    backends = [
+        Backend("rust_near", "django_rustcache RedisCache, NEAR_CACHE", {"OPTIONS": near}, True),
+        Backend("rust_plain", plain, {}),
+    ]
+    try:
+        import django_redis  # noqa: F401
+
+        backends.append(Backend("django_redis", "django-redis", {"BACKEND": "django_redis.cache.RedisCache"}))
+    except ImportError:
+        print("django-redis is not installed: its column is left out", file=sys.stderr)
+    for b in backends:
+        b.params = {
+            "BACKEND": "django_rustcache.redis.RedisCache",
+            **b.params,
+            "LOCATION": server.location,
+            "KEY_PREFIX": f"bench-{b.alias}",
+        }
+    return Suite(
+        "redis-near",
+        backends,
+        targets={
+            # At least 10x faster than a round trip of ours; a write costs at most 1.1x.
+            "get hit": {plain: 0.1},
+            "get miss": {plain: 0.1},
+            "set": {plain: 1.1},
+        },
+        cleanup=[server.close],
+        server_pids=[server.proc.pid],
+    )
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "lru": lru_suite,
     "memcached": memcached_suite,
@@ -611,6 +651,7 @@ SUITES: dict[str, Callable[[], Suite]] = {
     "redis-sharded": redis_sharded_suite,
     "redis-tls": redis_tls_suite,
     "redis-cluster": redis_cluster_suite,
+    "redis-near": redis_near_suite,
 }
 
 

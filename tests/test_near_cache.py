@@ -481,3 +481,15 @@ def test_a_sentinel_failover_empties_the_store():
         assert cache.get("k") == "written on the new master"
     finally:
         group.close()
+
+
+def test_django_redis_cache_settings_take_the_near_cache_too(server):
+    from django_rustcache.redis_cache import RedisCache as DjangoRedisCacheSuccessor
+
+    cache = DjangoRedisCacheSuccessor(server.location, {"KEY_PREFIX": "drc", "OPTIONS": {"NEAR_CACHE": True}})
+    raw = redis.Redis(port=server.port, db=1)  # django-redis-cache's default db
+    cache.set("k", 1)
+    assert cache.get("k") == 1 and cache.get("k") == 1
+    raw.set(cache.make_key("k"), b"2")
+    assert cache.get("k") == 2
+    assert near(cache)["hits"] >= 1
