@@ -34,9 +34,9 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// proves that nothing sent before it is missing.)
 pub const SILENCE: Duration = Duration::from_millis(1500);
 
-/// The most bytes one drain reads before handing the caller what it has (a flood of
-/// invalidations is applied in batches, never held back).
-const READ_CHUNK: usize = 64 * 1024;
+/// The most bytes one drain reads (a flood of invalidations is applied in batches). A drain that
+/// stops there has not read everything that arrived: it vouches for nothing this time.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// The most bytes of one unfinished push held (an invalidation of very many keys at once is
 /// far below it); past it the connection is dropped, and the store emptied.
@@ -165,24 +165,24 @@ impl Tracking {
     /// is lost (closed, reset, silent past [`SILENCE`], or speaking nonsense): drop it, and
     /// everything it vouched for.
     pub fn drain(&mut self, now: Instant, events: &mut Vec<Event>) -> Result<bool, Error> {
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 16 * 1024];
         let mut read = 0;
+        let mut emptied = false;
         while read < READ_CHUNK {
-            match self.stream.read_arrived(&mut buf)? {
-                Some(n) => {
-                    read += n;
-                    if self.partial.len() + n > MAX_PARTIAL {
-                        return Err(Error::new(
-                            ErrorKind::TooLarge,
-                            format!("{}: a push longer than {MAX_PARTIAL} bytes", self.stream.label()),
-                        ));
-                    }
-                    self.partial.extend_from_slice(&buf[..n]);
-                    while let Some(value) = self.take()? {
-                        self.apply(value, events)?;
-                    }
-                }
-                None => break,
+            let Some(n) = self.stream.read_arrived(&mut buf)? else {
+                emptied = true;
+                break;
+            };
+            read += n;
+            if self.partial.len() + n > MAX_PARTIAL {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!("{}: a push longer than {MAX_PARTIAL} bytes", self.stream.label()),
+                ));
+            }
+            self.partial.extend_from_slice(&buf[..n]);
+            while let Some(value) = self.take()? {
+                self.apply(value, events)?;
             }
         }
         if let Some(sent) = self.ping_sent
@@ -197,7 +197,7 @@ impl Tracking {
             self.stream.send_arrived(PING)?;
             self.ping_sent = Some(now);
         }
-        Ok(now.saturating_duration_since(self.answered) <= SILENCE)
+        Ok(emptied && now.saturating_duration_since(self.answered) <= SILENCE)
     }
 
     fn apply(&mut self, value: Value, events: &mut Vec<Event>) -> Result<(), Error> {
