@@ -319,6 +319,16 @@ impl Stream {
         !matches!(session.reader().read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Ask the kernel to probe an idle TCP connection: after `idle` without traffic, a probe
+    /// every `interval`, and the connection reset after `probes` unanswered ones (a peer that
+    /// vanished without a reset, a network partition). Nothing for a unix socket (a peer that
+    /// dies closes it).
+    pub fn set_keepalive(&mut self, idle: Duration, interval: Duration, probes: u32) -> Result<(), Error> {
+        let Inner::Tcp(_) = &self.inner else { return Ok(()) };
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(interval).with_retries(probes);
+        self.inner.sock().set_tcp_keepalive(&keepalive).map_err(|e| io_error(&self.label, "set keepalive", &e))
+    }
+
     /// Put the socket in non-blocking mode for good: for a connection that is only ever read
     /// with [`Stream::read_arrived`] and written with [`Stream::send_arrived`] (the near cache's
     /// invalidation connection, read before every local hit: one system call each).

@@ -307,6 +307,17 @@ pub struct GetFresh(pub Vec<u8>);
 /// What [`GetFresh`] read: the value (or none), and the key's TTL (`None`: no expiry).
 pub type Fresh = (Option<Vec<u8>>, Option<std::time::Duration>);
 
+/// The TTL a fill keeps from PTTL's answer: -1 none; -2 (no key) after a value was read means
+/// the key went between the two commands (deleted, flushed, expired): a zero TTL, so the
+/// value is never served locally.
+fn fresh_ttl(had_value: bool, pttl: i64) -> Option<std::time::Duration> {
+    match u64::try_from(pttl) {
+        Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+        Err(_) if pttl == -2 && had_value => Some(std::time::Duration::ZERO),
+        Err(_) => None,
+    }
+}
+
 impl Command for GetFresh {
     type Output = Fresh;
     fn route(&self) -> Route<'_> {
@@ -337,8 +348,7 @@ impl Command for GetFresh {
         };
         let value: Option<Vec<u8>> = typed(label, value)?;
         let ttl: i64 = typed(label, ttl)?;
-        // -1: no expiry; -2: no key (it may have expired between the two).
-        let ttl = u64::try_from(ttl).ok().map(std::time::Duration::from_millis);
+        let ttl = fresh_ttl(value.is_some(), ttl);
         *out = (value, ttl);
         Ok(())
     }
@@ -428,8 +438,9 @@ impl Command for GetFreshMany {
         for &i in keys {
             let (Some(values), Some(ttl)) = (replies.next(), replies.next()) else { break };
             let mut values: Vec<Option<Vec<u8>>> = typed(label, values)?;
-            let ttl: i64 = typed(label, ttl)?;
-            out[i] = (values.pop().flatten(), u64::try_from(ttl).ok().map(std::time::Duration::from_millis));
+            let value = values.pop().flatten();
+            let ttl = fresh_ttl(value.is_some(), typed(label, ttl)?);
+            out[i] = (value, ttl);
         }
         Ok(())
     }

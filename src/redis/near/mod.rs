@@ -12,7 +12,7 @@
 //!   was in flight ([`store::Ticket`]);
 //! - our own writes drop the local copy when the server answered;
 //! - a server whose invalidation connection is not live serves nothing locally: not yet
-//!   subscribed, closed, reset, a heartbeat late past [`tracking::SILENCE`], a Sentinel
+//!   subscribed, closed, reset (a silent peer: by TCP keepalive), a Sentinel
 //!   failover (another master), a cluster's slot map changed; losing one empties the store.
 
 pub mod store;
@@ -186,10 +186,11 @@ impl Near {
         if entry.epoch != pool.current_epoch() {
             // Another master since the subscription: its invalidations were not ours.
             entry.tracking = None;
-            drop(tracked);
             self.store.flush();
             return false;
         }
+        // Read and applied under the lock: a hit elsewhere that finds the socket empty after
+        // us finds the store already reflecting what we read.
         let mut events = Vec::new();
         let drained = tracking.drain(now, &mut events);
         self.apply(events);
@@ -197,8 +198,8 @@ impl Near {
             return vouched;
         }
         entry.tracking = None;
-        drop(tracked);
         self.store.flush();
+        drop(tracked);
         false
     }
 
@@ -289,9 +290,10 @@ impl Near {
         match made {
             Ok((tracking, epoch)) => {
                 *entry = Tracked { tracking: Some(tracking), epoch, retry_at: None, connecting: false };
-                drop(tracked);
-                // What was held before vouches for nothing the new connection saw.
+                // What was held before vouches for nothing the new connection saw: emptied
+                // before any hit can drain the new connection.
                 self.store.set_live(true);
+                drop(tracked);
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::Server => {
@@ -319,13 +321,41 @@ impl Near {
     }
 
     /// Fill `key`'s copy from a read begun with `ticket`: the value and its TTL, capped by the
-    /// staleness bound in that mode.
+    /// staleness bound in that mode. The invalidations that arrived meanwhile are read first
+    /// (a fill they spoil keeps nothing, and a process that reads mostly from the server still
+    /// keeps its invalidation socket flowing).
     pub fn fill(&self, key: &[u8], ticket: Ticket, value: Option<&[u8]>, ttl: Option<Duration>) {
+        let now = Instant::now();
         let ttl = match self.settings.coherence {
             Coherence::MaxStaleness(most) => Some(ttl.map_or(most, |t| t.min(most))),
-            Coherence::Tracking(_) => ttl,
+            Coherence::Tracking(_) => {
+                self.keep_up(now);
+                ttl
+            }
         };
-        self.store.fill(key, ticket, value, ttl, Instant::now());
+        self.store.fill(key, ticket, value, ttl, now);
+    }
+
+    /// Read every subscribed server's invalidations that have arrived (dropping a connection
+    /// found lost), vouching for nothing. What is read is applied before the lock goes: a hit
+    /// that drains after us must find the socket empty only once the store reflects it.
+    fn keep_up(&self, now: Instant) {
+        let mut lost = false;
+        let mut events = Vec::new();
+        let mut tracked = self.tracked();
+        for entry in tracked.values_mut() {
+            if let Some(tracking) = entry.tracking.as_mut()
+                && tracking.keep_up(now, &mut events).is_err()
+            {
+                entry.tracking = None;
+                lost = true;
+            }
+        }
+        self.apply(events);
+        if lost {
+            self.store.flush();
+        }
+        drop(tracked);
     }
 
     /// The topology changed under the store (a cluster's slots moved): empty it.

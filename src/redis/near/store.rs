@@ -3,7 +3,7 @@
 //!
 //! Three rules make a local answer as fresh as the server's:
 //! - **Nothing is served or kept while tracking is not live** (not yet subscribed, the
-//!   invalidation connection lost, its heartbeat late): going down empties the store.
+//!   invalidation connection lost): going down empties the store.
 //! - **A fill keeps its answer only if nothing invalidated its key after the read began.** A
 //!   read takes a [`Ticket`] (the invalidation sequence, and a mark on the key) before its
 //!   request goes out; an invalidation of that key, or a flush, while the read is in flight
@@ -214,7 +214,7 @@ impl NearStore {
             return;
         }
         let size = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
-        if size > self.limits.max_bytes || self.limits.max_entries == 0 {
+        if size > self.limits.max_bytes || self.limits.max_entries == 0 || ttl.is_some_and(|t| t.is_zero()) {
             return;
         }
         let entry = Entry { value: value.map(Arc::from), expires: ttl.map(|t| now + t), size };

@@ -2,8 +2,8 @@
 //! with the cache's key prefix, on a connection of its own that carries nothing else.
 //!
 //! Why broadcast mode on its own connection, rather than the default mode with `REDIRECT`:
-//! - the server's promise is about this one connection: while it is up and answers the
-//!   heartbeat, every write under the prefix sends us its keys; when it drops we see it and
+//! - the server's promise is about this one connection: while it is up, every write under
+//!   the prefix sends us its keys; when it drops we see it and
 //!   empty the store. Under `REDIRECT`, the promise hangs on every pooled data connection: one
 //!   of them dropping silently ends the invalidations of the keys it read (redis #11767),
 //!   and nothing tells the invalidation connection;
@@ -25,18 +25,28 @@ use crate::error::{Error, ErrorKind};
 use crate::net::{Address, Stream, Tls};
 use crate::redis::wire::Framing;
 
-/// How often the connection is asked for a sign of life (while it is being read).
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
-
-/// A connection vouches for local hits only while the last heartbeat it answered was sent
-/// within this; a heartbeat unanswered this long means the connection is lost. (The server
-/// writes a heartbeat's answer after every invalidation it queued before it: an answered one
-/// proves that nothing sent before it is missing.)
+/// A connection that was behind (see [`BEHIND`]) asks the server for a mark (a PING: its
+/// answer comes after everything queued for us before it); unanswered this long, the
+/// connection counts as lost.
 pub const SILENCE: Duration = Duration::from_millis(1500);
+
+/// A silent peer (gone without a reset, a network partition) is found by the kernel's TCP
+/// keepalive: probes after 1 s idle, every 1 s, the connection reset after 2 unanswered.
+/// Nothing is sent on the connection for it: a command of ours would queue output for this
+/// connection early in the server's event-loop pass, and the server would then write the
+/// replies of writes made later in that pass before our invalidations (it writes clients in
+/// the order they got output), opening a window this design keeps shut.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(1), Duration::from_secs(1), 2);
 
 /// The most bytes one drain reads (a flood of invalidations is applied in batches). A drain that
 /// stops there has not read everything that arrived: it vouches for nothing this time.
 const READ_CHUNK: usize = 256 * 1024;
+
+/// A drain that finds at least this much waiting was behind: the server may hold more for us
+/// than the socket did (it stops writing to a connection whose reader falls behind), so the
+/// connection vouches for nothing until a mark (PING) sent after that is answered (its answer
+/// comes after everything queued before it).
+const BEHIND: usize = 8 * 1024;
 
 /// The most bytes of one unfinished push held (an invalidation of very many keys at once is
 /// far below it); past it the connection is dropped, and the store emptied.
@@ -68,10 +78,13 @@ pub struct Tracking {
     framing: Framing,
     /// Bytes read that do not yet make a whole push.
     partial: Vec<u8>,
-    /// When a heartbeat went out that has not been answered.
+    /// When a mark (PING) went out that has not been answered.
     ping_sent: Option<Instant>,
-    /// When the last answered heartbeat went out (first: when the subscription was asked).
+    /// When the last answered mark went out (first: when the subscription was asked).
     answered: Instant,
+    /// Since when the connection is known to have been behind (see [`BEHIND`]): it vouches for
+    /// nothing until a mark sent at or after this is answered.
+    behind: Option<Instant>,
 }
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
@@ -102,8 +115,14 @@ impl Tracking {
         let (hello, track) = (hello.get_packed_command(), track.get_packed_command());
         let asked = Instant::now();
         stream.write_all(&[&hello, &track], deadline)?;
-        let mut conn =
-            Self { stream, framing: Framing::default(), partial: Vec::new(), ping_sent: None, answered: asked };
+        let mut conn = Self {
+            stream,
+            framing: Framing::default(),
+            partial: Vec::new(),
+            ping_sent: None,
+            answered: asked,
+            behind: None,
+        };
         for what in ["HELLO 3", "CLIENT TRACKING"] {
             match conn.reply(deadline)? {
                 Value::ServerError(e) => {
@@ -123,6 +142,7 @@ impl Tracking {
                 }
             }
         }
+        conn.stream.set_keepalive(KEEPALIVE.0, KEEPALIVE.1, KEEPALIVE.2)?;
         conn.stream.set_nonblocking()?;
         Ok(conn)
     }
@@ -159,11 +179,11 @@ impl Tracking {
         Ok(Some(value))
     }
 
-    /// Read every push that has arrived, without waiting, into `events`; send a heartbeat when
-    /// one is due. Whether the connection vouches for local hits now (its last answered
-    /// heartbeat is recent; if not, the one just sent will be). An error means the connection
-    /// is lost (closed, reset, silent past [`SILENCE`], or speaking nonsense): drop it, and
-    /// everything it vouched for.
+    /// Read every push that has arrived, without waiting, into `events`. Whether the connection
+    /// vouches for local hits now: everything that arrived was read, and it is not catching up
+    /// (see [`BEHIND`]; then a mark is asked for, and its answer ends the catching up). An error
+    /// means the connection is lost (closed, reset, a mark unanswered past [`SILENCE`], or
+    /// nonsense): drop it, and everything it vouched for.
     pub fn drain(&mut self, now: Instant, events: &mut Vec<Event>) -> Result<bool, Error> {
         let mut buf = [0u8; 16 * 1024];
         let mut read = 0;
@@ -190,14 +210,27 @@ impl Tracking {
         {
             return Err(Error::new(
                 ErrorKind::Timeout,
-                format!("{}: no answer to a heartbeat in {SILENCE:?}", self.stream.label()),
+                format!("{}: no answer to a PING in {SILENCE:?}", self.stream.label()),
             ));
         }
-        if self.ping_sent.is_none() && now.saturating_duration_since(self.answered) >= HEARTBEAT {
+        // Behind: much was waiting, or a push is half read (the server is writing it now).
+        if read >= BEHIND || !self.partial.is_empty() {
+            self.behind = Some(now);
+        }
+        if self.behind.is_some_and(|since| self.answered >= since) {
+            self.behind = None;
+        }
+        if self.ping_sent.is_none() && self.behind.is_some() {
             self.stream.send_arrived(PING)?;
             self.ping_sent = Some(now);
         }
-        Ok(emptied && now.saturating_duration_since(self.answered) <= SILENCE)
+        Ok(emptied && self.behind.is_none())
+    }
+
+    /// Read what has arrived (keeping the socket flowing while reads go to the server), without
+    /// vouching for anything.
+    pub fn keep_up(&mut self, now: Instant, events: &mut Vec<Event>) -> Result<(), Error> {
+        self.drain(now, events).map(|_| ())
     }
 
     fn apply(&mut self, value: Value, events: &mut Vec<Event>) -> Result<(), Error> {
@@ -227,7 +260,7 @@ impl Tracking {
             }
             // Another push (a server notice): not ours to read.
             Value::Push { .. } => Ok(()),
-            // The heartbeat's answer.
+            // The answer to our mark.
             Value::SimpleString(s) if s == "PONG" => match self.ping_sent.take() {
                 Some(sent) => {
                     self.answered = sent;
