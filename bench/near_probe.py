@@ -1,0 +1,70 @@
+"""A quick probe of the near cache's freshness under FLUSHALL (the open issue in the README):
+one process, a writer thread (values increasing, each announced after it returned), a thread
+that FLUSHALLs every 10 ms, and N reader threads with near caches that count every read older
+than the last announced write.
+
+    python bench/near_probe.py [readers=3] [seconds=5]
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    import redis
+    from tests.conftest import make_redis
+    from tests.servers import RedisServer
+
+    readers = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+    server = RedisServer()
+    near = {"NEAR_CACHE": {"MAX_ENTRIES": 1000, "MAX_BYTES": 1 << 20}}
+    writer = make_redis(server.location, KEY_PREFIX="probe")
+    reader = make_redis(server.location, KEY_PREFIX="probe", OPTIONS=near)
+    announced = [0]
+    stop = threading.Event()
+    stale: list[tuple[int, int]] = []
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            writer.set("k", n)
+            announced[0] = n
+
+    def flush() -> None:
+        raw = redis.Redis(port=server.port)
+        while not stop.is_set():
+            time.sleep(0.01)
+            raw.flushall()
+
+    def read() -> None:
+        while not stop.is_set():
+            floor = announced[0]
+            value = reader.get("k")
+            if value is not None and value < floor:
+                stale.append((value, floor))
+
+    threads = [threading.Thread(target=write), threading.Thread(target=flush)]
+    threads += [threading.Thread(target=read) for _ in range(readers)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        server.close()
+    print(f"{len(stale)} stale reads {stale[:5]}; near cache {reader.stats()['near_cache']}; writes {announced[0]}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
