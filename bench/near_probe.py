@@ -16,9 +16,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def make_redis(location: str, **params):
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(CACHES={"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}})
+        django.setup()
+    from django_rustcache.redis import RedisCache
+
+    return RedisCache(location, params)
+
+
 def main() -> int:
     import redis
-    from tests.conftest import make_redis
     from tests.servers import RedisServer
 
     readers = int(sys.argv[1]) if len(sys.argv) > 1 else 3
