@@ -170,30 +170,27 @@ impl PyRedisClient {
         let (client, codec) = (&self.client, &self.codec);
         if let Some(near) = client.near() {
             let found = near.lookup_many(client.topology(), &made, Instant::now());
-            let (missed, keys): (Vec<usize>, Vec<Vec<u8>>) = found
+            // The keys it could not answer, in order: their values come back in that order.
+            let keys: Vec<Vec<u8>> = found
                 .iter()
                 .zip(&made)
-                .enumerate()
-                .filter(|(_, (f, _))| matches!(f, Found::Unknown))
-                .map(|(i, (_, key))| (i, key.clone()))
-                .unzip();
+                .filter(|(f, _)| matches!(f, Found::Unknown))
+                .map(|(_, key)| key.clone())
+                .collect();
             let filled =
                 if keys.is_empty() { Vec::new() } else { py.detach(|| near_fill_many(client, codec, near, keys))? };
-            let mut filled = missed.into_iter().zip(filled);
-            let mut next = filled.next();
-            for (i, (original, local)) in originals.iter().zip(found).enumerate() {
-                match local {
-                    Found::Value(data) => out.set_item(original, codec.decode(py, &data)?)?,
-                    Found::Absent => {}
-                    Found::Unknown => {
-                        if let Some((at, value)) = next.take_if(|(at, _)| *at == i) {
-                            debug_assert_eq!(at, i);
-                            if let Some(data) = value {
-                                out.set_item(original, codec.decode(py, &data)?)?;
-                            }
-                            next = filled.next();
-                        }
-                    }
+            let mut filled = filled.into_iter();
+            for (original, local) in originals.iter().zip(found) {
+                let data = match local {
+                    Found::Value(data) => Some(codec.decode(py, &data)?),
+                    Found::Absent => None,
+                    Found::Unknown => match filled.next().flatten() {
+                        Some(data) => Some(codec.decode(py, &data)?),
+                        None => None,
+                    },
+                };
+                if let Some(value) = data {
+                    out.set_item(original, value)?;
                 }
             }
             return Ok(out);
