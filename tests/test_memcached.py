@@ -373,7 +373,7 @@ def test_dead_server_fails_fast_and_comes_back():
         start = time.monotonic()
         with pytest.raises(ServerDown, match="marked down"):
             cache.set("k", "v2")
-        assert time.monotonic() - start < 0.05
+        assert time.monotonic() - start < 0.5  # well under the 1 s timeout a try would risk
         assert cache.stats()["servers"][0]["up"] is False
         server.start()
         # Still in the window the behavior asked for, although the server is back.
@@ -398,10 +398,13 @@ def test_silent_server_times_out_within_the_deadline():
             cache.get("k")
         elapsed = time.monotonic() - start
         assert 0.4 < elapsed < 2.0, elapsed
+        assert silent.connections_since_last_asked() == 1
+        # Marked down for retry_timeout: no new connection, so no second timeout.
         start = time.monotonic()
         with pytest.raises(ServerDown):
             cache.set("k", 1)
-        assert time.monotonic() - start < 0.05
+        assert silent.connections_since_last_asked() == 0
+        assert time.monotonic() - start < 0.25
     finally:
         silent.close()
 

@@ -205,7 +205,7 @@ def test_dead_server_raises_within_the_deadline_and_recovers():
         for _ in range(20):
             with pytest.raises(ServerDown, match="refused"):
                 cache.get("k")
-        assert time.monotonic() - start < 0.2
+        assert time.monotonic() - start < 1.0  # 20 refusals, not one 1 s timeout among them
         server.start()
         # No retry window after a refusal: the server is used the moment it is back.
         assert cache.get("k") is None
