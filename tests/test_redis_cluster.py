@@ -646,3 +646,28 @@ def test_a_restarted_primary_is_used_the_moment_it_is_back(redis_cluster, sync):
         assert call() is None
     assert time.monotonic() - ok_at < 0.5
     redis_cluster.wait_ok()
+
+
+def test_the_first_calls_of_many_threads_at_once_wait_for_the_slot_map(redis_cluster):
+    """A fresh cache (a worker's first requests): every thread's first call waits for the one
+    reading of the slot map; none fails for a map that is half made."""
+    for _ in range(5):
+        cache = cluster_cache(redis_cluster)
+        barrier = threading.Barrier(8)
+        errors = []
+
+        def first_call(i, cache=cache, barrier=barrier, errors=errors):
+            barrier.wait()
+            try:
+                assert cache.get(f"cold{i}") is None
+                cache.set(f"cold{i}", i)
+            except CacheError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=first_call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert cache.get_many([f"cold{i}" for i in range(8)]) == {f"cold{i}": i for i in range(8)}

@@ -329,3 +329,26 @@ def test_get_redis_connection_speaks_tls_with_the_caches_settings(tls_server, ce
         r = get_redis_connection()
         assert r.exists(caches["default"].make_key("k")) == 1
         r.connection_pool.disconnect()
+
+
+def test_the_near_cache_over_tls_with_a_password(certs):
+    """The invalidation connection speaks TLS and logs in like the data connections: another
+    client's writes are seen by the next read, again and again, while hits are local."""
+    server = TlsRedisServer(certs, password="s3cret")
+    try:
+        location = f"rediss://:s3cret@127.0.0.1:{server.port}"
+        near = make_redis(location, OPTIONS={**trusting(certs), "NEAR_CACHE": True})
+        other = make_redis(location, KEY_PREFIX=near.key_prefix, OPTIONS=trusting(certs))
+        near.set("k", 0)
+        for i in range(1, 201):
+            assert near.get("k") == i - 1
+            assert near.get("k") == i - 1  # answered locally
+            other.set("k", i)
+            assert near.get("k") == i
+        stats = near.stats()["near_cache"]
+        assert stats["hits"] >= 200 and stats["invalidations"] >= 200, stats
+        # The invalidation connection is a TLS client of its own on the server, logged in.
+        clients = server.raw(b"CLIENT LIST").decode()
+        assert any(" flags=tB " in line and "resp=3" in line for line in clients.splitlines()), clients  # BCAST
+    finally:
+        server.close()

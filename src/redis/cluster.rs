@@ -132,6 +132,9 @@ pub struct SlotMap<T> {
     /// A node by its primary's address (the latest one made for it).
     by_primary: HashMap<String, usize>,
     moves: u64,
+    /// Whether a whole map was installed (a node made to be asked for it does not count: the
+    /// calls that find the map unknown wait for the reading instead of failing for no owner).
+    installed: bool,
 }
 
 impl<T: Clone> Default for SlotMap<T> {
@@ -149,12 +152,13 @@ impl<T: Clone> SlotMap<T> {
             shards: HashMap::new(),
             by_primary: HashMap::new(),
             moves: 0,
+            installed: false,
         }
     }
 
     /// Whether any map was installed.
     pub fn is_known(&self) -> bool {
-        !self.by_primary.is_empty()
+        self.installed
     }
 
     /// The node serving `slot`, and its index.
@@ -251,6 +255,7 @@ impl<T: Clone> SlotMap<T> {
                 self.slots[usize::from(slot)] = Some(index as u32);
             }
         }
+        self.installed |= !ranges.is_empty();
         Ok(())
     }
 
@@ -375,6 +380,9 @@ mod tests {
     fn moves_and_maps() {
         let mut map: SlotMap<String> = SlotMap::new();
         assert!(!map.is_known());
+        // A seed made to be asked for the map: still no map (concurrent calls must wait).
+        map.at("s:1", |a| Ok(a.to_owned())).unwrap();
+        assert!(!map.is_known() && map.owner(5).is_none());
         let make = |a: &str, _: &[String]| Ok(a.to_owned());
         let ranges = vec![
             SlotRange { first: 0, last: 9, primary: "a:1".into(), replicas: vec![] },

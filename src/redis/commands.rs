@@ -171,25 +171,43 @@ pub struct Request {
     pub packed: Vec<u8>,
     /// How many replies they give.
     pub replies: usize,
+    /// Where each command starts in `packed` (for [`Request::asking`]).
+    starts: Vec<usize>,
 }
 
 impl Request {
     /// One command.
     pub fn one(cmd: &redis::Cmd) -> Self {
-        Self { packed: cmd.get_packed_command(), replies: 1 }
+        Self { packed: cmd.get_packed_command(), replies: 1, starts: vec![0] }
     }
 
     /// A pipeline of commands (not a transaction).
     pub fn pipe(pipe: &redis::Pipeline) -> Self {
-        Self { packed: pipe.get_packed_pipeline(), replies: pipe.cmd_iter().count() }
+        let mut packed = Vec::new();
+        let mut starts = Vec::new();
+        for cmd in pipe.cmd_iter() {
+            starts.push(packed.len());
+            cmd.write_packed_command(&mut packed);
+        }
+        Self { packed, replies: starts.len(), starts }
     }
 
-    /// The same request preceded by ASKING (a Redis Cluster slot being migrated).
+    /// The same request with ASKING before each of its commands (a Redis Cluster slot being
+    /// migrated: ASKING holds for the one command after it). Its replies alternate: ASKING's,
+    /// then the command's.
     #[must_use]
     pub fn asking(self) -> Self {
-        let mut packed = redis::cmd("ASKING").get_packed_command();
-        packed.extend_from_slice(&self.packed);
-        Self { packed, replies: self.replies + 1 }
+        let asking = redis::cmd("ASKING").get_packed_command();
+        let mut packed = Vec::with_capacity(self.packed.len() + asking.len() * self.starts.len());
+        let mut starts = Vec::with_capacity(self.starts.len() * 2);
+        for (i, &start) in self.starts.iter().enumerate() {
+            let end = self.starts.get(i + 1).copied().unwrap_or(self.packed.len());
+            starts.push(packed.len());
+            packed.extend_from_slice(&asking);
+            starts.push(packed.len());
+            packed.extend_from_slice(&self.packed[start..end]);
+        }
+        Self { packed, replies: self.replies * 2, starts }
     }
 }
 
@@ -238,6 +256,10 @@ pub trait Command: Send + Sync + 'static {
 
     /// Count the answer in the client's counters.
     fn count(&self, _out: &Self::Output, _counters: &Counters) {}
+
+    /// The answers for `keys` came from a node the slot map does not name (ASK: the slot is
+    /// being migrated), after [`Command::read`] folded them in.
+    fn asked(&self, _keys: &[usize], _out: &mut Self::Output) {}
 }
 
 /// The only reply of a one-command request, as `T`.
@@ -355,6 +377,12 @@ impl Command for GetFresh {
     fn count(&self, out: &Self::Output, counters: &Counters) {
         counters.lookups(usize::from(out.0.is_some()), usize::from(out.0.is_none()));
     }
+    /// An answer from the node a migrating slot's key went to is not kept: the near cache
+    /// reads the invalidations of the node the map names, and the key's next write will be on
+    /// the other.
+    fn asked(&self, _: &[usize], out: &mut Self::Output) {
+        out.1 = Some(std::time::Duration::ZERO);
+    }
 }
 
 /// MGET (a node's keys in one command), or a GET per key on a Redis Cluster node; `None` for
@@ -447,6 +475,14 @@ impl Command for GetFreshMany {
     fn count(&self, out: &Self::Output, counters: &Counters) {
         let hits = out.iter().filter(|v| v.0.is_some()).count();
         counters.lookups(hits, out.len() - hits);
+    }
+    /// As [`GetFresh::asked`]: those answers are not kept.
+    fn asked(&self, keys: &[usize], out: &mut Self::Output) {
+        for &i in keys {
+            if let Some(fresh) = out.get_mut(i) {
+                fresh.1 = Some(std::time::Duration::ZERO);
+            }
+        }
     }
 }
 
@@ -866,5 +902,25 @@ impl Command for Raw {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_goes_before_each_command_of_a_pipeline() {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg("k").cmd("PTTL").arg("k");
+        let asked = Request::pipe(&pipe).asking();
+        let mut expected = redis::pipe();
+        expected.cmd("ASKING").cmd("GET").arg("k").cmd("ASKING").cmd("PTTL").arg("k");
+        assert_eq!(asked.packed, expected.get_packed_pipeline());
+        assert_eq!(asked.replies, 4);
+        let one = Request::one(redis::cmd("GET").arg("k")).asking();
+        let mut expected = redis::pipe();
+        expected.cmd("ASKING").cmd("GET").arg("k");
+        assert_eq!((one.packed, one.replies), (expected.get_packed_pipeline(), 2));
     }
 }

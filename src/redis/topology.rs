@@ -420,12 +420,20 @@ impl Topology {
                 return;
             }
         };
-        if part.ask && !replies.is_empty() {
-            // ASKING's own +OK is not the command's.
-            if let Value::ServerError(e) = replies.remove(0) {
-                call.failure.get_or_insert(classify(label, &e.into()));
-                return;
+        if part.ask {
+            // Each command went after an ASKING: its +OK is not the command's.
+            let mut kept = Vec::with_capacity(replies.len() / 2);
+            for (i, reply) in replies.into_iter().enumerate() {
+                match reply {
+                    Value::ServerError(e) if i % 2 == 0 => {
+                        call.failure.get_or_insert(classify(label, &e.into()));
+                        return;
+                    }
+                    _ if i % 2 == 0 => {}
+                    reply => kept.push(reply),
+                }
             }
+            replies = kept;
         }
         let Shape::Cluster(c) = &self.shape else {
             if let Err(e) = cmd.read(&part.keys, part.each, replies, &mut call.out, label) {
@@ -434,8 +442,12 @@ impl Topology {
             return;
         };
         if !replies.iter().any(|r| detour_of(label, r).is_some()) {
-            if let Err(e) = cmd.read(&part.keys, part.each, replies, &mut call.out, label) {
-                call.failure.get_or_insert(e);
+            match cmd.read(&part.keys, part.each, replies, &mut call.out, label) {
+                Ok(()) if part.ask => cmd.asked(&part.keys, &mut call.out),
+                Ok(()) => {}
+                Err(e) => {
+                    call.failure.get_or_insert(e);
+                }
             }
             return;
         }
@@ -468,10 +480,14 @@ impl Topology {
                 answers.extend(chunk);
             }
         }
-        if !answered.is_empty()
-            && let Err(e) = cmd.read(&answered, part.each, answers, &mut call.out, label)
-        {
-            call.failure.get_or_insert(e);
+        if !answered.is_empty() {
+            match cmd.read(&answered, part.each, answers, &mut call.out, label) {
+                Ok(()) if part.ask => cmd.asked(&answered, &mut call.out),
+                Ok(()) => {}
+                Err(e) => {
+                    call.failure.get_or_insert(e);
+                }
+            }
         }
     }
 
