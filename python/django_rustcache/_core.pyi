@@ -470,6 +470,9 @@ class RedisClient:
 
     def client_stats(self) -> dict[str, int]:
         """Client-side counters: hits, misses, sets, failures."""
+    def loop_stats(self) -> dict[str, int]:
+        """The calls read on an event loop's own thread (one ``aget`` at a time) since the
+        client was made (``calls``), and the loops' connections open now (``connections``)."""
     def near_stats(self) -> dict[str, int] | None:
         """The near cache's counters (hits, misses, invalidations, flushes) and what it holds
         (entries, bytes); None without a near cache."""

@@ -217,10 +217,21 @@ impl Promise {
     }
 }
 
+/// The running loop (RuntimeError outside one, as asyncio gives).
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()
+}
+
+/// The promise that settles `future`, a future of the running loop made already.
+pub fn promise_for(py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<Promise> {
+    let event_loop = running_loop(py)?;
+    Ok(Promise { future: Held::new(future), queue: queue_for(py, &event_loop)? })
+}
+
 /// A new future of the running loop and the promise that settles it. RuntimeError outside a
 /// running loop, as asyncio gives.
 pub fn promise(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Promise)> {
-    let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+    let event_loop = running_loop(py)?;
     let queue = queue_for(py, &event_loop)?;
     let future = event_loop.call_method0(intern!(py, "create_future"))?;
     let promise = Promise { future: Held::new(&future), queue };

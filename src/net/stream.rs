@@ -332,6 +332,15 @@ impl Stream {
     /// Put the socket in non-blocking mode for good: for a connection that is only ever read
     /// with [`Stream::read_arrived`] and written with [`Stream::send_arrived`] (the near cache's
     /// invalidation connection, read before every local hit: one system call each).
+    /// The socket's descriptor (for an event loop to watch).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.inner {
+            Inner::Tcp(s) => s.as_raw_fd(),
+            Inner::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     pub fn set_nonblocking(&mut self) -> Result<(), Error> {
         self.inner.sock().set_nonblocking(true).map_err(|e| io_error(&self.label, "set non-blocking", &e))
     }

@@ -32,17 +32,28 @@ impl Pool {
     /// A new multiplexed connection, logged in, before `deadline` (and within the connect
     /// timeout). A Sentinel-managed pool that cannot reach the address it had asks the
     /// sentinels again, and tries the new answer once.
-    async fn connect_mux(&self, deadline: Instant) -> Result<Mux<RedisWire>, Error> {
+    ///
+    /// `tried` gets the address of a Sentinel-managed pool's last attempt: a failure to reach
+    /// a master the sentinels have replaced since costs only that server's connections.
+    async fn connect_mux(&self, deadline: Instant, tried: &Mutex<Option<Address>>) -> Result<Mux<RedisWire>, Error> {
         let deadline = deadline.min(Instant::now() + self.config().connect_timeout);
+        let sentinel = self.sentinel().is_some();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let (addr, epoch) = self.endpoint_async(deadline).await?;
+            if sentinel {
+                *tried.lock() = Some(addr.clone());
+            }
             let (made, epoch) = match self.connect_mux_to(&addr, deadline).await {
-                Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
+                Err(e) if e.is_connection_failure() && sentinel => {
                     self.suspect(&addr);
                     match self.endpoint_async(deadline).await {
-                        Ok((again, epoch)) if again != addr => (self.connect_mux_to(&again, deadline).await, epoch),
+                        // With time left: the address the sentinels name now, once.
+                        Ok((again, epoch)) if again != addr && Instant::now() < deadline => {
+                            *tried.lock() = Some(again.clone());
+                            (self.connect_mux_to(&again, deadline).await, epoch)
+                        }
                         _ => (Err(e), epoch),
                     }
                 }
@@ -128,7 +139,7 @@ impl Pool {
             let mut retried = false;
             let mut redirected = false;
             loop {
-                let mux = self.slots().get(|| self.connect_mux(deadline)).await?;
+                let mux = self.slots().get(|| self.connect_mux(deadline, &peer)).await?;
                 peer.lock().clone_from(&mux.peer);
                 match mux.call(packed.clone(), replies, deadline).await {
                     Ok(values) if !redirected && self.master_only() && read_only(&values) => {

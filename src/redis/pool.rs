@@ -407,6 +407,21 @@ impl Pool {
         }
     }
 
+    /// An idle connection, if one is there now (never waits, never connects); `None` too when
+    /// the server is marked down.
+    pub fn take_idle(&self) -> Option<Loan> {
+        self.refresh();
+        self.check_up().ok()?;
+        loop {
+            let mut conn = self.state.lock().idle.pop()?;
+            if !conn.is_stale() {
+                return Some(Loan { conn, pooled: true });
+            }
+            drop(conn);
+            self.forget();
+        }
+    }
+
     /// Whether a connection is idle (a call may send at once, without connecting first).
     pub fn has_idle(&self) -> bool {
         !self.state.lock().idle.is_empty()
@@ -423,13 +438,21 @@ impl Pool {
             master_only: self.master_only(),
             readonly: self.config.readonly,
         };
+        // A Sentinel-managed pool's last address tried: failing to reach a master the
+        // sentinels have replaced since costs only that server's connections.
+        let mut tried = None;
         let connected = self.endpoint(deadline).and_then(|(addr, epoch)| {
+            if self.sentinel().is_some() {
+                tried = Some(addr.clone());
+            }
             let made = match Conn::connect(&addr, self.tls.as_ref(), &login, deadline) {
                 Err(e) if e.is_connection_failure() && self.sentinel().is_some() => {
                     // The sentinels may know better already (a failover this client missed).
                     self.suspect(&addr);
                     match self.endpoint(deadline) {
-                        Ok((again, epoch)) if again != addr => {
+                        // With time left: the address they name now, once.
+                        Ok((again, epoch)) if again != addr && Instant::now() < deadline => {
+                            tried = Some(again.clone());
                             Conn::connect(&again, self.tls.as_ref(), &login, deadline).map(|c| (c, epoch))
                         }
                         _ => Err(e),
@@ -451,7 +474,7 @@ impl Pool {
                 self.forget();
                 if e.is_connection_failure() {
                     // The addresses that failed were passed over already (`suspect`).
-                    self.record_failure(&e, None);
+                    self.record_failure(&e, tried.as_ref());
                 }
                 Err(e)
             }

@@ -5,6 +5,7 @@
 //! twins in `aio.rs`; this file makes the client and answers what is not a call.
 
 mod aio;
+mod on_loop;
 mod sync;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::redis::topology::{Node, NodeRecipe, Topology};
 pub struct PyRedisClient {
     client: Arc<Client>,
     codec: Arc<RedisCodec>,
+    /// The event loops' own connections (see `on_loop`).
+    loop_conns: on_loop::LoopConns,
 }
 
 /// Made keys, and the keys as given.
@@ -265,7 +268,11 @@ impl PyRedisClient {
         let codec = codec(&mut args)?;
         let topology = topology(&servers, &args)?;
         let near = near(&args)?;
-        Ok(Self { client: Arc::new(Client::with_near(topology, near)), codec: Arc::new(codec) })
+        Ok(Self {
+            client: Arc::new(Client::with_near(topology, near)),
+            codec: Arc::new(codec),
+            loop_conns: on_loop::LoopConns::default(),
+        })
     }
 
     /// Decode stored bytes as ``get`` does (inflated if compressed, then deserialized).
@@ -319,6 +326,16 @@ impl PyRedisClient {
     /// Client-side counters: hits, misses, sets, failures.
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         client_stats(py, self.client.client_stats())
+    }
+
+    /// The calls read on an event loop's own thread (one `aget` at a time) since the client was
+    /// made, and the loops' connections open now.
+    fn loop_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (calls, open) = self.loop_conns.stats();
+        let d = PyDict::new(py);
+        d.set_item("calls", calls)?;
+        d.set_item("connections", open)?;
+        Ok(d)
     }
 
     /// The near cache's counters (hits, misses, invalidations, flushes) and what it holds
