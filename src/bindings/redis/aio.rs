@@ -17,10 +17,8 @@ use crate::error::Error;
 use crate::redis::aio::{Async, Done};
 use crate::redis::calls;
 use crate::redis::client::Client;
-use crate::redis::commands::{
-    Delete, Exists, Expire, FlushDb, Get, GetFresh, GetFreshMany, GetMany, Raw, Set, SetMany,
-};
-use crate::redis::near::{Begun, Found, Near, Ticket};
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::near::{Begun, Found, GetFresh, GetFreshMany, Near, Ticket};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -13,10 +13,8 @@ use crate::error::Error;
 use crate::redis::calls::{self, finish};
 use crate::redis::client::Blocking;
 use crate::redis::client::Client;
-use crate::redis::commands::{
-    Delete, Exists, Expire, FlushDb, Get, GetFresh, GetFreshMany, GetMany, Raw, Set, SetMany,
-};
-use crate::redis::near::{Found, Near};
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::near::{Found, GetFresh, GetFreshMany, Near};
 use std::time::Instant;
 
 /// Digits as a Python int (exact at any size).

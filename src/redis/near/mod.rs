@@ -4,10 +4,11 @@
 //!
 //! The promise (tracking mode): a read that begins after a write has returned, in any process,
 //! sees that write. Each piece of it:
-//! - the server queues a write's invalidation to every tracking connection while it executes
-//!   the write, before the writer's reply (and writes both out in the same pass of its event
-//!   loop); before any local hit, the invalidations that have arrived are read and applied
-//!   ([`Near::lookup`]), so a hit never runs ahead of an invalidation that reached the socket;
+//! - in broadcast mode the server queues a pass's invalidations at the end of the pass and
+//!   writes its clients out last-queued first, so our push leaves before the reply of any write
+//!   of that pass (the one exception, a flush in the same pass, is in the README); before any
+//!   local hit, the invalidations that have arrived are read and applied ([`Near::lookup`]), so
+//!   a hit never runs ahead of an invalidation that reached the socket;
 //! - a fill keeps its answer only if no invalidation of its key, and no flush, came while it
 //!   was in flight ([`store::Ticket`]);
 //! - our own writes drop the local copy when the server answered;
@@ -15,6 +16,7 @@
 //!   subscribed, closed, reset (a silent peer: by TCP keepalive), a Sentinel
 //!   failover (another master), a cluster's slot map changed; losing one empties the store.
 
+pub mod fill;
 pub mod store;
 pub mod tracking;
 
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use fill::{Fresh, GetFresh, GetFreshMany};
 pub use store::{Found, Limits, NearStats, NearStore, Ticket};
 pub use tracking::{Event, Subscription, Tracking};
 
