@@ -181,12 +181,16 @@ impl LoopConn {
     }
 
     /// Send `call`'s request and wait for its reply on the loop.
+    ///
+    /// (No Python code runs while the state's lock is held here or below: Python may hand the
+    /// GIL to another thread, whose loop may be asking this connection whether it is usable.)
     fn start<'py>(
         self: &Arc<Self>,
         py: Python<'py>,
         event_loop: &Bound<'py, PyAny>,
         call: GetCall,
     ) -> PyResult<Result<Bound<'py, PyAny>, GetCall>> {
+        let future = event_loop.call_method0(intern!(py, "create_future"))?;
         let mut state = self.state.lock();
         let pool = &state.node.pools()[0];
         if pool.check_up().is_err() {
@@ -197,16 +201,19 @@ impl LoopConn {
         let Some(conn) = state.conn.as_mut() else { return Ok(Err(call)) };
         if conn.send_at_once(&request.packed).is_err() {
             // Nothing answered yet: the usual way runs it (on a connection of its own).
+            let closing = state.detach(py);
             drop(state);
-            self.drop_conn(py);
+            close(py, closing);
             return Ok(Err(call));
         }
-        let future = event_loop.call_method0(intern!(py, "create_future"))?;
-        let now = Instant::now();
-        let deadline = now + timeout;
+        let deadline = Instant::now() + timeout;
         state.waiting = Some(Waiting { future: future.clone().unbind(), deadline, call });
-        if state.watchdog.is_none() {
+        let arm = state.watchdog.is_none();
+        if arm {
             state.watchdog = Some(deadline);
+        }
+        drop(state);
+        if arm {
             let dog = Watchdog { conn: self.clone() };
             event_loop.call_method1(intern!(py, "call_later"), (timeout.as_secs_f64(), dog))?;
         }
@@ -215,8 +222,8 @@ impl LoopConn {
 
     /// The socket is readable: read what arrived; settle the call whose reply is whole.
     fn readable(self: &Arc<Self>, py: Python<'_>) {
-        let mut state = self.state.lock();
-        let state = &mut *state;
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         // Out of the state while it reads (put back unless it failed).
         let Some(mut conn) = state.conn.take() else { return };
         let mut failure = None;
@@ -259,24 +266,30 @@ impl LoopConn {
             // was last used); the usual way runs the call once more.
             let went_stale = e.kind() == ErrorKind::Io && state.partial.is_empty();
             let waiting = state.waiting.take();
-            drop_locked(py, state);
+            let closing = state.detach(py);
+            let pool_owner = state.node.clone();
+            drop(guard);
+            close(py, closing);
             let Some(waiting) = waiting else { return };
             if went_stale {
                 return retry(py, waiting);
             }
             if e.is_connection_failure() {
                 waiting.call.client.counters().failure();
-                state.node.pools()[0].record_failure(&e, Some(&peer));
+                pool_owner.pools()[0].record_failure(&e, Some(&peer));
             }
             return settle(py, waiting, Err(e));
         }
         let Some(value) = reply else { return };
         let Some(waiting) = state.waiting.take() else {
             // A reply nobody asked for: the connection is out of step.
-            drop_locked(py, state);
+            let closing = state.detach(py);
+            drop(guard);
+            close(py, closing);
             return;
         };
         state.node.pools()[0].mark_up();
+        drop(guard);
         settle(py, waiting, Ok(value));
     }
 
@@ -287,29 +300,70 @@ impl LoopConn {
         let Some(deadline) = state.waiting.as_ref().map(|w| w.deadline) else { return };
         let now = Instant::now();
         if now < deadline {
-            let Some(event_loop) = state.event_loop.bind(py).upgrade() else { return };
+            let event_loop = state.event_loop.clone_ref(py);
             state.watchdog = Some(deadline);
+            drop(state);
             let delay = (deadline - now).as_secs_f64();
             let dog = Watchdog { conn: self.clone() };
-            if event_loop.call_method1(intern!(py, "call_later"), (delay, dog)).is_err() {
-                state.watchdog = None;
+            let armed = event_loop
+                .bind(py)
+                .upgrade()
+                .is_some_and(|l| l.call_method1(intern!(py, "call_later"), (delay, dog)).is_ok());
+            if !armed {
+                self.state.lock().watchdog = None;
             }
             return;
         }
         let Some(waiting) = state.waiting.take() else { return };
-        let pool = &state.node.pools()[0];
+        let pool_owner = state.node.clone();
+        let pool = &pool_owner.pools()[0];
         let label = state.conn.as_ref().map_or_else(|| pool.label().to_owned(), |c| c.label().to_owned());
+        let peer = state.conn.as_ref().map(|c| c.peer.clone());
+        let closing = state.detach(py);
+        drop(state);
+        close(py, closing);
         let e = Error::new(ErrorKind::Timeout, format!("{label}: no complete reply: timed out"));
         waiting.call.client.counters().failure();
-        pool.record_failure(&e, state.conn.as_ref().map(|c| &c.peer));
-        drop_locked(py, &mut state);
+        pool.record_failure(&e, peer.as_ref());
         settle(py, waiting, Err(e));
     }
 
     /// Stop watching the connection and close it (its slot in the pool freed).
     fn drop_conn(&self, py: Python<'_>) {
-        drop_locked(py, &mut self.state.lock());
+        let closing = self.state.lock().detach(py);
+        close(py, closing);
     }
+}
+
+/// A loop connection taken out of its state, to be closed outside the state's lock.
+struct Closing {
+    conn: Conn,
+    fd: RawFd,
+    event_loop: Py<PyWeakrefReference>,
+    node: Arc<Node>,
+}
+
+impl State {
+    fn detach(&mut self, py: Python<'_>) -> Option<Closing> {
+        let conn = self.conn.take()?;
+        self.partial.clear();
+        self.framing = Framing::default();
+        Some(Closing { conn, fd: self.fd, event_loop: self.event_loop.clone_ref(py), node: self.node.clone() })
+    }
+}
+
+/// Stop the loop watching the connection, then close it: the watch goes before the socket
+/// closes (its number may be reused at once); its slot in the pool is freed.
+fn close(py: Python<'_>, closing: Option<Closing>) {
+    let Some(Closing { conn, fd, event_loop, node }) = closing else { return };
+    if let Some(event_loop) = event_loop.bind(py).upgrade() {
+        let closed = event_loop.call_method0(intern!(py, "is_closed")).and_then(|c| c.is_truthy()).unwrap_or(true);
+        if !closed {
+            let _ = event_loop.call_method1(intern!(py, "remove_reader"), (fd,));
+        }
+    }
+    drop(conn);
+    node.pools()[0].forget();
 }
 
 /// The next whole reply in `partial`, taken out of it.
@@ -326,21 +380,6 @@ fn next_reply(state: &mut State, label: &str) -> Result<Option<redis::Value>, Er
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("{label}: {e}")))?;
     state.partial.drain(..end);
     Ok(Some(value))
-}
-
-fn drop_locked(py: Python<'_>, state: &mut State) {
-    let Some(conn) = state.conn.take() else { return };
-    // The watch goes before the socket closes (its number may be reused at once).
-    if let Some(event_loop) = state.event_loop.bind(py).upgrade() {
-        let closed = event_loop.call_method0(intern!(py, "is_closed")).and_then(|c| c.is_truthy()).unwrap_or(true);
-        if !closed {
-            let _ = event_loop.call_method1(intern!(py, "remove_reader"), (state.fd,));
-        }
-    }
-    drop(conn);
-    state.node.pools()[0].forget();
-    state.partial.clear();
-    state.framing = Framing::default();
 }
 
 /// Settle the waiting call's future with its reply (or failure), unless it was cancelled.
