@@ -39,6 +39,9 @@ use crate::redis::conn::Conn;
 use crate::redis::topology::Node;
 use crate::redis::wire::{Framing, MAX_REPLY_BYTES, classify};
 
+/// A read buffer grown past this for a large reply is given up once the reply is read.
+const TRIM_ABOVE: usize = 1024 * 1024;
+
 /// How the answer of a `get` becomes Python (on the loop's thread), and how it goes the usual
 /// way when the loop connection could not carry it.
 pub(super) struct GetCall {
@@ -281,6 +284,10 @@ impl LoopConn {
             return settle(py, waiting, Err(e));
         }
         let Some(value) = reply else { return };
+        if state.partial.is_empty() && state.partial.capacity() > TRIM_ABOVE {
+            // A large reply's buffer is not kept for the small ones after it.
+            state.partial = Vec::new();
+        }
         let Some(waiting) = state.waiting.take() else {
             // A reply nobody asked for: the connection is out of step.
             let closing = state.detach(py);
