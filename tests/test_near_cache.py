@@ -586,6 +586,26 @@ def test_a_slot_migration_under_load_never_serves_an_older_value(redis_cluster):
     assert near(cache)["hits"] == hits + len(names)
 
 
+def test_with_replicas_fills_read_the_leader_never_a_lagging_replica():
+    """LOCATION names a leader and a replica; the replica here never catches up (a standalone
+    server: a replica lagging without end). Plain reads that land on it miss; the near cache
+    fills from the leader only, so it reads every write the moment it returned."""
+    leader, behind = RedisServer(), RedisServer()
+    try:
+        cache = make_redis([leader.location, behind.location], OPTIONS={"NEAR_CACHE": NEAR})
+        writer = make_redis(leader.location, KEY_PREFIX=cache.key_prefix)
+        for i in range(50):
+            writer.set("k", i)
+            assert cache.get("k") == i
+            assert cache.get("k") == i
+        assert near(cache)["hits"] >= 50
+        plain = make_redis([leader.location, behind.location], KEY_PREFIX=cache.key_prefix)
+        assert None in {plain.get("k") for _ in range(50)}  # the spread reads do land on it
+    finally:
+        leader.close()
+        behind.close()
+
+
 def test_a_sentinel_failover_empties_the_store():
     from tests.servers import SentinelGroup
 
