@@ -220,6 +220,9 @@ impl LoopConn {
             let dog = Watchdog { conn: self.clone() };
             event_loop.call_method1(intern!(py, "call_later"), (timeout.as_secs_f64(), dog))?;
         }
+        // The reply may be in already (a server on this CPU runs as soon as it is woken): then
+        // the future is done before it is awaited, and the loop takes no turn for it.
+        self.readable(py);
         Ok(Ok(future))
     }
 
