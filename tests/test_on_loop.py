@@ -172,3 +172,20 @@ def test_a_gone_loops_connection_is_closed_by_the_next_loop(server):
     assert on_loop(cache)["connections"] <= 1
     clients = redis.Redis(port=server.port).client_list()
     assert len(clients) <= 4, clients
+
+
+def test_a_pool_at_its_limit_lends_no_connection_to_a_loop(server):
+    """With MAX_CONNECTIONS = 1, the one connection stays the blocking calls': the loop's
+    calls go the usual way, and a sync call after them does not wait for a connection."""
+    cache = make_redis(server.location, OPTIONS={"MAX_CONNECTIONS": 1, "SOCKET_TIMEOUT": 1})
+    cache.set("k", "v")
+
+    async def main():
+        for _ in range(5):
+            assert await cache.aget("k") == "v"
+
+    asyncio.run(main())
+    assert on_loop(cache)["calls"] == 0
+    start = time.monotonic()
+    assert cache.get("k") == "v"
+    assert time.monotonic() - start < 0.5  # not the 1 s wait for a busy pool

@@ -409,11 +409,19 @@ impl Pool {
 
     /// An idle connection, if one is there now (never waits, never connects); `None` too when
     /// the server is marked down.
+    /// Only while the pool could still open another: what is taken here is kept for a long
+    /// time (an event loop's own connection), and must not leave the blocking calls waiting.
     pub fn take_idle(&self) -> Option<Loan> {
         self.refresh();
         self.check_up().ok()?;
         loop {
-            let mut conn = self.state.lock().idle.pop()?;
+            let mut conn = {
+                let mut state = self.state.lock();
+                if state.open >= self.config.max_connections {
+                    return None;
+                }
+                state.idle.pop()?
+            };
             if !conn.is_stale() {
                 return Some(Loan { conn, pooled: true });
             }

@@ -93,6 +93,7 @@ impl LoopConns {
         let [pool] = node.pools() else { return Ok(Err(call)) };
         let Ok(event_loop) = running_loop(py) else { return Ok(Err(call)) };
         let name = pool.name();
+        pool.refresh();
         let known = self.0.lock().get(name).cloned();
         let conn = if let Some(conn) = known {
             match conn.usable(py, &event_loop, pool.current_epoch()) {
@@ -106,7 +107,15 @@ impl LoopConns {
             }
         } else {
             let Some(conn) = LoopConn::make(py, &event_loop, &node) else { return Ok(Err(call)) };
-            self.0.lock().insert(name.to_owned(), conn.clone());
+            let mut conns = self.0.lock();
+            if conns.contains_key(name) {
+                // Another loop's thread made one meanwhile: it keeps it.
+                drop(conns);
+                conn.drop_conn(py);
+                return Ok(Err(call));
+            }
+            conns.insert(name.to_owned(), conn.clone());
+            drop(conns);
             conn
         };
         let started = conn.start(py, &event_loop, call)?;
@@ -342,6 +351,16 @@ impl LoopConn {
     fn drop_conn(&self, py: Python<'_>) {
         let closing = self.state.lock().detach(py);
         close(py, closing);
+    }
+}
+
+/// A loop connection nobody can reach any more (its loop closed, its client gone) is closed
+/// here: its slot in the pool is freed. (Nothing watches it then: the loop's watch held it.)
+impl Drop for State {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.node.pools()[0].forget();
+        }
     }
 }
 
