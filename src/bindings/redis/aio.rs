@@ -6,18 +6,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::PyRedisClient;
-use super::on_loop::GetCall;
+use super::on_loop::{GetCall, start_get};
 use super::sync::int_of;
 use crate::bindings::aio::{self, Make, none, off_loop, promise, ready, spawn};
 use crate::bindings::args::arg_bytes;
 use crate::bindings::keys::make_key;
-use crate::bindings::values::RedisCodec;
 use crate::bindings::values::{finish_async, finished, reply, unpacked};
 use crate::error::Error;
 use crate::redis::aio::{Async, Done};
 use crate::redis::calls;
 use crate::redis::client::Client;
-use crate::redis::commands::{Delete, Exists, Expire, FlushDb, Get, GetMany, Raw, Set, SetMany};
+use crate::redis::commands::{Delete, Exists, Expire, FlushDb, GetMany, Raw, Set, SetMany};
 use crate::redis::near::{Begun, Found, GetFresh, GetFreshMany, Near, Ticket};
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,35 +47,6 @@ fn near_ticket(client: &Arc<Client>, near: &Near, key: &[u8]) -> Result<Ticket, 
             Ok(near.store().no_ticket())
         }
     }
-}
-
-/// A `get` the usual way: the answer settles `promise`.
-pub(super) fn start_get(
-    client: &Arc<Client>,
-    codec: &Arc<RedisCodec>,
-    key: Vec<u8>,
-    default: Option<Py<PyAny>>,
-    promise: aio::Promise,
-) {
-    let codec = codec.clone();
-    client.start(
-        Get(key),
-        Box::new(move |found| match found {
-            Ok(Some(data)) => keep_value(&codec, data, promise),
-            Ok(None) => promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None()))))),
-            Err(e) => promise.keep(Err(e)),
-        }),
-    );
-}
-
-/// Settle `promise` with a stored value: inflated where compressed (a large one off the loop
-/// and off the I/O threads), unpickled on the loop's thread.
-pub(super) fn keep_value(codec: &Arc<RedisCodec>, data: Vec<u8>, promise: aio::Promise) {
-    let codec = codec.clone();
-    unpacked(&codec.clone(), vec![Some(data)], move |mut values| {
-        let data = values.pop().flatten().unwrap_or_default();
-        promise.keep(Ok(Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind))));
-    });
 }
 
 impl PyRedisClient {

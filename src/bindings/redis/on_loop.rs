@@ -18,6 +18,9 @@
 //! between calls) sends the call the usual way, once, as the blocking client retries a stale
 //! pooled connection; other failures fail the call. A connection is dropped after any failure,
 //! and its watch removed before its socket closes.
+//!
+//! The usual way's `get` ([`start_get`]) is here too: the loop hands calls to it, and `aio.rs`
+//! starts the calls the loop does not take with it.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -31,7 +34,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 
 use crate::bindings::aio::{OFF_IO_FROM, Promise, promise_for, running_loop};
-use crate::bindings::values::RedisCodec;
+use crate::bindings::values::{RedisCodec, unpacked};
 use crate::error::{Error, ErrorKind};
 use crate::redis::client::Client;
 use crate::redis::commands::{Command, Get};
@@ -434,7 +437,7 @@ fn settle(py: Python<'_>, waiting: Waiting, reply: Result<redis::Value, Error>) 
         Ok(Some(data)) if codec.inflate && data.len() >= OFF_IO_FROM => {
             // A large compressed value is inflated off the loop, as the usual way does.
             match promise_for(py, future) {
-                Ok(promise) => return super::aio::keep_value(&codec, data, promise),
+                Ok(promise) => return keep_value(&codec, data, promise),
                 Err(e) => Err(e),
             }
         }
@@ -461,7 +464,7 @@ fn retry(py: Python<'_>, waiting: Waiting) {
             return;
         }
     };
-    super::aio::start_get(&waiting.call.client, &waiting.call.codec, waiting.call.key, waiting.call.default, promise);
+    start_get(&waiting.call.client, &waiting.call.codec, waiting.call.key, waiting.call.default, promise);
 }
 
 /// The loop's callback for a readable loop connection.
@@ -488,4 +491,33 @@ impl Watchdog {
     fn __call__(&self, py: Python<'_>) {
         self.conn.watch(py);
     }
+}
+
+/// A `get` the usual way: the answer settles `promise`.
+pub(super) fn start_get(
+    client: &Arc<Client>,
+    codec: &Arc<RedisCodec>,
+    key: Vec<u8>,
+    default: Option<Py<PyAny>>,
+    promise: Promise,
+) {
+    let codec = codec.clone();
+    client.start(
+        Get(key),
+        Box::new(move |found| match found {
+            Ok(Some(data)) => keep_value(&codec, data, promise),
+            Ok(None) => promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None()))))),
+            Err(e) => promise.keep(Err(e)),
+        }),
+    );
+}
+
+/// Settle `promise` with a stored value: inflated where compressed (a large one off the loop
+/// and off the I/O threads), unpickled on the loop's thread.
+pub(super) fn keep_value(codec: &Arc<RedisCodec>, data: Vec<u8>, promise: Promise) {
+    let codec = codec.clone();
+    unpacked(&codec.clone(), vec![Some(data)], move |mut values| {
+        let data = values.pop().flatten().unwrap_or_default();
+        promise.keep(Ok(Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind))));
+    });
 }
