@@ -1,4 +1,5 @@
-"""A quick probe of the near cache's freshness under FLUSHALL (the open issue in the README):
+"""A quick probe of the near cache's freshness under FLUSHALL (the README's one exception: a
+write in the server's pass with a flush may be missed, by that one write, just after it):
 one process, a writer thread (values increasing, each announced after it returned), a thread
 that FLUSHALLs every 10 ms, and N reader threads with near caches that count every read older
 than the last announced write.
