@@ -55,7 +55,9 @@ def test_one_call_at_a_time_is_read_on_the_loop_and_answers_as_get_does(server):
     assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (13, 6)
 
 
-def test_calls_at_once_go_the_usual_way_and_all_get_their_own_values(server):
+def test_many_calls_at_once_all_get_their_own_values(server):
+    """200 at once: a call finds the loop connection free (its reply read at once) or busy (it
+    goes the usual way); every call gets its own value either way."""
     cache = make_redis(server.location)
     cache.set_many({f"k{i}": i for i in range(200)})
 
@@ -66,8 +68,7 @@ def test_calls_at_once_go_the_usual_way_and_all_get_their_own_values(server):
             assert await cache.aget("k7") == 7
 
     asyncio.run(main())
-    calls = on_loop(cache)["calls"]
-    assert 5 <= calls < 5 * 201  # some on the loop, the rest the usual way
+    assert on_loop(cache)["calls"] >= 5
 
 
 def test_a_slow_reply_fails_the_call_at_its_deadline_and_the_next_call_works(server):
@@ -142,8 +143,12 @@ def test_loops_one_after_another_and_in_several_threads(server):
         for i in range(200):
             assert await cache.aget(f"k{(i + offset) % 20}") == (i + offset) % 20
 
-    for _ in range(3):
+    for i in range(3):
+        calls = on_loop(cache)["calls"]
         asyncio.run(reads(0))  # each run a new loop: the old one's connection goes with it
+        cache.get("k0")  # an idle pooled connection for the next loop to take
+        if i:
+            assert on_loop(cache)["calls"] >= calls + 199  # all but the first on the new loop
     errors = []
 
     def in_thread(offset):

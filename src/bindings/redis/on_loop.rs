@@ -182,17 +182,29 @@ impl LoopConn {
     }
 
     fn usable(&self, py: Python<'_>, event_loop: &Bound<'_, PyAny>, epoch: u64) -> Usable {
-        let state = self.state.lock();
-        let Some(conn) = state.conn.as_ref() else { return Usable::Gone };
-        match state.event_loop.bind(py).upgrade() {
-            Some(watcher) if watcher.is(event_loop) => {}
-            Some(_) => return Usable::Busy,
-            None => return Usable::Gone,
+        let (watcher, busy) = {
+            let state = self.state.lock();
+            let Some(conn) = state.conn.as_ref() else { return Usable::Gone };
+            if conn.epoch != epoch {
+                return Usable::Gone;
+            }
+            (state.event_loop.clone_ref(py), state.waiting.is_some())
+        };
+        match watcher.bind(py).upgrade() {
+            Some(watcher) if watcher.is(event_loop) => {
+                if busy {
+                    Usable::Busy
+                } else {
+                    Usable::Yes
+                }
+            }
+            // A loop closed (asyncio.run returned) but not yet collected is as good as gone.
+            Some(watcher) => {
+                let closed = watcher.call_method0(intern!(py, "is_closed")).and_then(|c| c.is_truthy());
+                if closed.unwrap_or(false) { Usable::Gone } else { Usable::Busy }
+            }
+            None => Usable::Gone,
         }
-        if conn.epoch != epoch {
-            return Usable::Gone;
-        }
-        if state.waiting.is_some() { Usable::Busy } else { Usable::Yes }
     }
 
     /// Send `call`'s request and wait for its reply on the loop.
