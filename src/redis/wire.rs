@@ -47,6 +47,20 @@ impl Framing {
         Ok(())
     }
 
+    /// Where the first whole reply in `bytes` ends, for a reader that keeps what it read until
+    /// a reply is whole: `None` (and the framing started over, to follow the same bytes and
+    /// more next time) when none ends there yet; a length past the bounds is an error naming
+    /// `label`.
+    pub fn whole(&mut self, bytes: &[u8], label: &str) -> Result<Option<usize>, Error> {
+        let end = self
+            .advance(bytes)
+            .map_err(|what| Error::new(ErrorKind::TooLarge, format!("{label}: the server announced {what}")))?;
+        if end.is_none() {
+            *self = Self::default();
+        }
+        Ok(end)
+    }
+
     /// Follow `bytes` up to the end of a whole reply: how many bytes that took, or `None` when
     /// they all went without one ending.
     pub fn advance(&mut self, bytes: &[u8]) -> Result<Option<usize>, &'static str> {

@@ -76,12 +76,16 @@ struct State {
     waiting: Option<Waiting>,
     /// When the watchdog armed last fires (`None`: none is armed).
     watchdog: Option<Instant>,
+    /// The server's label, for errors.
+    label: Arc<str>,
 }
 
 struct Waiting {
     future: Py<PyAny>,
     deadline: Instant,
     call: GetCall,
+    /// The server's label, for errors.
+    label: Arc<str>,
 }
 
 impl LoopConns {
@@ -166,6 +170,7 @@ impl LoopConn {
                 buf: vec![0u8; 16 * 1024].into_boxed_slice(),
                 waiting: None,
                 watchdog: None,
+                label: Arc::from(pool.label()),
             }),
         });
         let watch = Readable { conn: made.clone() };
@@ -234,7 +239,8 @@ impl LoopConn {
             return Ok(Err(call));
         }
         let deadline = Instant::now() + timeout;
-        state.waiting = Some(Waiting { future: future.clone().unbind(), deadline, call });
+        let label = state.label.clone();
+        state.waiting = Some(Waiting { future: future.clone().unbind(), deadline, call, label });
         let arm = state.watchdog.is_none();
         if arm {
             state.watchdog = Some(deadline);
@@ -351,7 +357,7 @@ impl LoopConn {
         let Some(waiting) = state.waiting.take() else { return };
         let pool_owner = state.node.clone();
         let pool = &pool_owner.pools()[0];
-        let label = state.conn.as_ref().map_or_else(|| pool.label().to_owned(), |c| c.label().to_owned());
+        let label = state.label.clone();
         let peer = state.conn.as_ref().map(|c| c.peer.clone());
         let closing = state.detach(py);
         drop(state);
@@ -412,14 +418,7 @@ fn close(py: Python<'_>, closing: Option<Closing>) {
 
 /// The next whole reply in `partial`, taken out of it.
 fn next_reply(state: &mut State, label: &str) -> Result<Option<redis::Value>, Error> {
-    let Some(end) = state
-        .framing
-        .advance(&state.partial)
-        .map_err(|what| Error::new(ErrorKind::TooLarge, format!("{label}: the server announced {what}")))?
-    else {
-        state.framing = Framing::default();
-        return Ok(None);
-    };
+    let Some(end) = state.framing.whole(&state.partial, label)? else { return Ok(None) };
     let value = redis::parse_redis_value(&state.partial[..end])
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("{label}: {e}")))?;
     state.partial.drain(..end);
@@ -432,14 +431,13 @@ fn settle(py: Python<'_>, waiting: Waiting, reply: Result<redis::Value, Error>) 
     if future.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
         return;
     }
-    let call = waiting.call;
+    let (call, label) = (waiting.call, waiting.label);
     let get = Get(call.key);
-    let label = || call.client.topology().node_of(&get.0).map(|n| n.pools()[0].label().to_owned()).unwrap_or_default();
     let found = reply.and_then(|value| match value {
-        redis::Value::ServerError(e) => Err(classify(&label(), &e.into())),
+        redis::Value::ServerError(e) => Err(classify(&label, &e.into())),
         value => {
             let mut out = None;
-            get.read(&[0], false, vec![value], &mut out, &label())?;
+            get.read(&[0], false, vec![value], &mut out, &label)?;
             get.count(&out, call.client.counters());
             Ok(out)
         }

@@ -216,14 +216,7 @@ impl Tracking {
     /// the caller removes what it consumed once, not a shift of the rest per value).
     fn next_value(&mut self, at: &mut usize) -> Result<Option<Value>, Error> {
         let rest = &self.partial[*at..];
-        let Some(end) = self.framing.advance(rest).map_err(|what| {
-            Error::new(ErrorKind::TooLarge, format!("{}: the server announced {what}", self.stream.label()))
-        })?
-        else {
-            // `advance` consumed the bytes it saw; they stay in `partial` until a value ends.
-            self.framing = Framing::default();
-            return Ok(None);
-        };
+        let Some(end) = self.framing.whole(rest, self.stream.label())? else { return Ok(None) };
         let frame = &rest[..end];
         let value = match quick(frame) {
             Some(value) => value,
