@@ -304,6 +304,10 @@ class MemcachedClient:
     def client_stats(self) -> dict[str, int]:
         """Client-side counters since the client was made: hits, misses, sets, failures."""
 
+    def loop_stats(self) -> dict[str, int]:
+        """The calls read on an event loop's own thread (one ``aget`` at a time) since the
+        client was made (``calls``), and the loops' connections open now (``connections``)."""
+
     def server_index(self, key: str) -> int:
         """The index of the configured server a made key goes to."""
 

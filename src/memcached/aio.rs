@@ -25,15 +25,11 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, Error>) + Send>;
 type ReadFrames<T> = Arc<dyn Fn(usize, &mut Frames<'_>) -> Result<T, Error> + Send + Sync>;
 
 impl Client {
-    fn label(&self, si: usize) -> String {
-        format!("memcached {}", self.router.addr(si))
-    }
-
     /// A new multiplexed connection to server `si` (SASL where configured), before `deadline`
     /// and within the connect timeout.
     async fn connect_mux(&self, si: usize, deadline: Instant) -> Result<Mux<MemcachedWire>, Error> {
         let deadline = deadline.min(Instant::now() + self.pool.timeouts().connect);
-        let label = self.label(si);
+        let label = self.server_label(si);
         let stream = aio::connect(self.router.addr(si), None, deadline, &label).await?;
         let mux = Mux::start(stream, &label)?;
         if let Some((username, password)) = &self.config().credentials {
@@ -137,7 +133,7 @@ impl Client {
                     }
                 }
             };
-            let label = client.label(si);
+            let label = client.server_label(si);
             let result = tokio::time::timeout_at(deadline.into(), attempt).await.unwrap_or_else(|_| {
                 Err(Error::new(ErrorKind::Timeout, format!("{label}: no reply before the call's deadline")))
             });

@@ -12,7 +12,7 @@ use super::pool::Pool;
 use super::protocol::Store;
 use super::ring::{Distribution, KeyHash};
 use super::router::{FailurePolicy, Router};
-use super::wire::MemcachedWire;
+use super::wire::{Frame, Frames, MemcachedWire};
 use crate::error::{Error, ErrorKind};
 use crate::net::Counters;
 use crate::net::aio::Slots;
@@ -169,7 +169,7 @@ impl Client {
 
     /// A failed exchange: a connection-level failure counts against the server (its retry
     /// window starts and its idle connections, likely dead too, are dropped).
-    pub(super) fn failed(&self, si: usize, e: &Error) {
+    pub(crate) fn failed(&self, si: usize, e: &Error) {
         if e.is_connection_failure() {
             self.counters.failure();
             self.router.record_failure(si, e);
@@ -463,6 +463,61 @@ impl Client {
                 }
             })
             .collect()
+    }
+
+    // --- an event loop's own connection (`bindings::on_loop`) ---------------------------------
+
+    /// An idle connection to server `si`, if one is there now and the server is not marked
+    /// down (never waits, never connects).
+    pub fn take_idle(&self, si: usize) -> Option<Conn> {
+        self.router.check_up(si).ok()?;
+        self.pool.take_live(si)
+    }
+
+    /// Open one connection to server `si` into its idle list, where none is (blocking, within
+    /// the connect timeout). A failure here is not counted: the next call finds it out.
+    pub fn open_idle(&self, si: usize) {
+        if self.router.check_up(si).is_err() || self.pool.idle_count(si) > 0 {
+            return;
+        }
+        if let Ok(conn) = self.pool.connect(self.router.addr(si), self.deadline()) {
+            self.pool.put(si, conn);
+        }
+    }
+
+    /// Whether calls may go to server `si` now.
+    pub fn is_up(&self, si: usize) -> bool {
+        self.router.check_up(si).is_ok()
+    }
+
+    /// The timeout of one call.
+    pub fn call_timeout(&self) -> Duration {
+        self.pool.timeouts().call
+    }
+
+    /// The request of a `get` of `key`.
+    pub fn get_request(&self, key: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut request = Vec::with_capacity(key.len() + 32);
+        self.dialect.encode_get(&mut request, &[key])?;
+        Ok(request)
+    }
+
+    /// What a `get` of server `si` answered, from its frames (counted as `get` counts it).
+    pub fn read_get(&self, si: usize, frames: Vec<Frame>) -> Result<Option<Item>, Error> {
+        let mut frames = Frames::new(frames, self.router.addr(si));
+        let found = self.dialect.read_get(&mut frames)?.into_iter().next().map(|(_, item)| item);
+        self.counters.lookups(usize::from(found.is_some()), usize::from(found.is_none()));
+        Ok(found)
+    }
+
+    /// An exchange with server `si` completed.
+    pub fn succeeded(&self, si: usize) {
+        self.router.record_success(si);
+    }
+
+    /// The server's label, for errors.
+    pub fn server_label(&self, si: usize) -> String {
+        format!("memcached {}", self.router.addr(si))
     }
 
     /// Drop every pooled connection.

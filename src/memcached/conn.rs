@@ -151,6 +151,12 @@ impl Conn {
         Ok(())
     }
 
+    /// The socket, for an event loop's thread (`bindings::on_loop`): a connection handed to
+    /// one is made non-blocking and never goes back to a pool.
+    pub(crate) fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
     /// Whether unread bytes are buffered (a connection in that state must not be reused).
     pub fn has_pending_input(&self) -> bool {
         self.rend > self.rstart

@@ -69,6 +69,35 @@ impl Wire for MemcachedWire {
     }
 }
 
+/// One request's answer cut from bytes that arrive a piece at a time (an event loop's
+/// connection): the frames parsed so far are kept, and the bytes they took are not parsed again.
+pub struct Answer {
+    expect: Expect,
+    frames: Vec<Frame>,
+    used: usize,
+}
+
+impl Answer {
+    /// The answer to a request that expects `expect`.
+    pub fn new(expect: Expect) -> Self {
+        Self { expect, frames: Vec::new(), used: 0 }
+    }
+
+    /// Follow `bytes` (everything read since the request, more each time): its frames and the
+    /// bytes they took once the answer is whole, `None` until then.
+    pub fn cut(&mut self, bytes: &[u8]) -> Result<Option<(Vec<Frame>, usize)>, Error> {
+        while let Some((frame, used)) = MemcachedWire::next_frame(&mut (), &bytes[self.used..])? {
+            self.used += used;
+            let last = MemcachedWire::is_last(&mut self.expect, &frame);
+            self.frames.push(frame);
+            if last {
+                return Ok(Some((std::mem::take(&mut self.frames), self.used)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The frames one request got, read by the dialect as a connection's replies.
 pub struct Frames<'a> {
     frames: VecDeque<Frame>,
@@ -110,5 +139,45 @@ impl Replies for Frames<'_> {
 
     fn addr(&self) -> &Address {
         self.addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer of a get, read as it arrives a byte at a time: nothing until its `END`, then
+    /// its frames and exactly its bytes (the next reply's left alone).
+    #[test]
+    fn an_answer_cut_from_pieces_is_whole_only_at_its_end() {
+        let answer = b"VALUE k 5 3\r\nabc\r\nEND\r\n";
+        let mut bytes = answer.to_vec();
+        bytes.extend_from_slice(b"VALUE n");
+        let mut cut = Answer::new(Expect::Answers(1));
+        for n in 0..answer.len() {
+            assert!(cut.cut(&bytes[..n]).unwrap().is_none(), "whole after {n} bytes");
+        }
+        let (frames, used) = cut.cut(&bytes).unwrap().unwrap();
+        assert_eq!(used, answer.len());
+        let replies: Vec<Reply> = frames
+            .into_iter()
+            .map(|f| match f {
+                Frame::Text(r) => r,
+                Frame::Binary(_) => panic!("a binary frame"),
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [Reply::Value { key: b"k".to_vec(), flags: 5, data: b"abc".to_vec(), cas: None }, Reply::End]
+        );
+    }
+
+    /// A miss is its `END` alone; a server error ends the answer too.
+    #[test]
+    fn a_miss_or_an_error_line_ends_the_answer() {
+        for reply in [&b"END\r\n"[..], b"SERVER_ERROR out of memory\r\n"] {
+            let (frames, used) = Answer::new(Expect::Answers(1)).cut(reply).unwrap().unwrap();
+            assert_eq!((frames.len(), used), (1, reply.len()));
+        }
     }
 }

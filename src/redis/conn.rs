@@ -187,23 +187,10 @@ impl Conn {
         }
     }
 
-    /// Hand the connection to an event loop's thread: non-blocking from now on, read with
-    /// [`Conn::read_arrived`], written with [`Conn::send_at_once`]; its descriptor, to watch.
-    /// (It never goes back to a pool: drop it when done.)
-    pub fn to_event_loop(&mut self) -> Result<std::os::fd::RawFd, Error> {
-        self.stream.set_nonblocking()?;
-        Ok(self.stream.raw_fd())
-    }
-
-    /// On a connection handed to an event loop: send `packed` whole now, or fail (a socket that
-    /// cannot take a request on an idle connection at once is not one to wait on there).
-    pub fn send_at_once(&mut self, packed: &[u8]) -> Result<(), Error> {
-        self.stream.send_arrived(packed)
-    }
-
-    /// On a connection handed to an event loop: what has arrived, without waiting.
-    pub fn read_arrived(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Error> {
-        self.stream.read_arrived(buf)
+    /// The socket, for an event loop's thread (`bindings::on_loop`): a connection handed to
+    /// one is made non-blocking and never goes back to a pool.
+    pub(crate) fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
     }
 
     /// Send packed commands (their replies are read later, with [`Conn::read_replies`]).

@@ -430,6 +430,26 @@ impl Pool {
         }
     }
 
+    /// Open one connection into the idle list, for [`Pool::take_idle`] to find (an event loop
+    /// asks for one where none is idle; this runs off the loop): only while none is idle and
+    /// the pool could still open one more after it, within the connect timeout.
+    pub fn open_idle(&self) {
+        self.refresh();
+        if self.check_up().is_err() {
+            return;
+        }
+        {
+            let mut state = self.state.lock();
+            if !state.idle.is_empty() || state.open + 1 >= self.config.max_connections {
+                return;
+            }
+            state.open += 1;
+        }
+        if let Ok(conn) = self.replace(self.deadline()) {
+            self.put(conn);
+        }
+    }
+
     /// Whether a connection is idle (a call may send at once, without connecting first).
     pub fn has_idle(&self) -> bool {
         !self.state.lock().idle.is_empty()

@@ -6,11 +6,11 @@ use pyo3::prelude::*;
 use pyo3::exceptions::PyValueError;
 use pyo3::types::{PyDict, PyList};
 
+use super::on_loop::{GetCall, start_get, try_get, unpacked};
 use super::{PyMemcachedClient, report_partial};
 use crate::bindings::aio::{self, Make, OFF_IO_FROM, none, off_loop, promise};
-use crate::bindings::values::{MemcachedCodec, pack, unpack};
-use crate::codec;
-use crate::memcached::client::{Item, Stored};
+use crate::bindings::values::{MemcachedCodec, pack};
+use crate::memcached::client::Stored;
 use crate::memcached::protocol::Store;
 
 impl PyMemcachedClient {
@@ -54,23 +54,6 @@ impl PyMemcachedClient {
     }
 }
 
-/// Items inflated where compressed, then `go` with them (the caller is on an I/O thread:
-/// large compressed values go to a blocking thread).
-fn unpacked(
-    items: Vec<Option<Item>>,
-    go: impl FnOnce(Result<Vec<Option<(u32, Vec<u8>)>>, crate::error::Error>) + Send + 'static,
-) {
-    let large = items
-        .iter()
-        .flatten()
-        .filter(|item| item.flags & codec::FLAG_ZLIB != 0)
-        .map(|item| item.data.len())
-        .sum::<usize>()
-        >= OFF_IO_FROM / 4;
-    let work = move || go(items.into_iter().map(|item| item.map(unpack).transpose()).collect());
-    if large { off_loop(true, work) } else { work() }
-}
-
 #[pymethods]
 impl PyMemcachedClient {
     #[pyo3(signature = (prefix, version, key, default=None))]
@@ -82,24 +65,14 @@ impl PyMemcachedClient {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let key = Self::key(py, prefix, version, key)?;
+        let call = GetCall { key: Self::key(py, prefix, version, key)?, default: default.map(Bound::unbind) };
+        // One call at a time on this loop: read on the loop's own thread (see `on_loop`).
+        let call = match try_get(&self.loop_conns, py, &self.client, call)? {
+            Ok(future) => return Ok(future),
+            Err(call) => call,
+        };
         let (future, promise) = promise(py)?;
-        let default = default.map(Bound::unbind);
-        self.client.get_then(
-            key.as_bytes(),
-            Box::new(move |found| match found {
-                Ok(item) => unpacked(vec![item], move |items| {
-                    let item = items.map(|mut items| items.pop().flatten());
-                    promise.keep(item.map(|item| {
-                        Box::new(move |py: Python<'_>| match item {
-                            Some((flags, data)) => MemcachedCodec::decode(py, flags, &data).map(Bound::unbind),
-                            None => Ok(default.unwrap_or_else(|| py.None())),
-                        }) as Make
-                    }));
-                }),
-                Err(e) => promise.keep(Err(e)),
-            }),
-        );
+        start_get(&self.client, &call.key, call.default, promise);
         Ok(future)
     }
 

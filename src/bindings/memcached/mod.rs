@@ -4,6 +4,7 @@
 //! their async twins in `aio.rs`; this file makes the client and answers what is not a call.
 
 mod aio;
+mod on_loop;
 mod sync;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct PyMemcachedClient {
     client: Arc<Client>,
     codec: Arc<MemcachedCodec>,
     behaviors: Py<PyDict>,
+    /// The event loops' own connections (see `on_loop`).
+    loop_conns: on_loop::MemcachedLoopConns,
 }
 
 impl PyMemcachedClient {
@@ -209,6 +212,7 @@ impl PyMemcachedClient {
             client: Arc::new(Client::new(config)?),
             codec: Arc::new(MemcachedCodec { pickle_protocol, min_compress_len, compress_level }),
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
+            loop_conns: on_loop::MemcachedLoopConns::default(),
         })
     }
 
@@ -280,6 +284,12 @@ impl PyMemcachedClient {
     /// Client-side counters: hits, misses, sets, failures.
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         client_stats(py, self.client.client_stats())
+    }
+
+    /// The calls read on an event loop's own thread (one `aget` at a time) since the client was
+    /// made, and the loops' connections open now.
+    fn loop_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.loop_conns.stats(py)
     }
 
     /// Which configured server (index) a made key goes to.

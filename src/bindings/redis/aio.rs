@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::PyRedisClient;
-use super::on_loop::{GetCall, start_get};
+use super::on_loop::{GetCall, start_get, try_get};
 use super::sync::int_of;
 use crate::bindings::aio::{self, Make, none, off_loop, promise, ready, spawn};
 use crate::bindings::args::arg_bytes;
@@ -212,19 +212,14 @@ impl PyRedisClient {
                 Found::Unknown => return self.aget_fill(py, key, default),
             }
         }
-        let call = GetCall {
-            key,
-            default: default.map(Bound::unbind),
-            codec: self.codec.clone(),
-            client: self.client.clone(),
-        };
+        let call = GetCall { key, default: default.map(Bound::unbind) };
         // One call at a time on this loop: read on the loop's own thread (see `on_loop`).
-        let call = match self.loop_conns.try_get(py, call)? {
+        let call = match try_get(&self.loop_conns, py, &self.client, &self.codec, call)? {
             Ok(future) => return Ok(future),
             Err(call) => call,
         };
         let (future, promise) = promise(py)?;
-        start_get(&call.client, &call.codec, call.key, call.default, promise);
+        start_get(&self.client, &self.codec, call.key, call.default, promise);
         Ok(future)
     }
 

@@ -34,7 +34,7 @@ pub struct PyRedisClient {
     client: Arc<Client>,
     codec: Arc<RedisCodec>,
     /// The event loops' own connections (see `on_loop`).
-    loop_conns: on_loop::LoopConns,
+    loop_conns: on_loop::RedisLoopConns,
 }
 
 /// Made keys, and the keys as given.
@@ -271,7 +271,7 @@ impl PyRedisClient {
         Ok(Self {
             client: Arc::new(Client::with_near(topology, near)),
             codec: Arc::new(codec),
-            loop_conns: on_loop::LoopConns::default(),
+            loop_conns: on_loop::RedisLoopConns::default(),
         })
     }
 
@@ -331,11 +331,7 @@ impl PyRedisClient {
     /// The calls read on an event loop's own thread (one `aget` at a time) since the client was
     /// made, and the loops' connections open now.
     fn loop_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (calls, open) = self.loop_conns.stats();
-        let d = PyDict::new(py);
-        d.set_item("calls", calls)?;
-        d.set_item("connections", open)?;
-        Ok(d)
+        self.loop_conns.stats(py)
     }
 
     /// The near cache's counters (hits, misses, invalidations, flushes) and what it holds
