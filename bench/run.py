@@ -69,6 +69,9 @@ class Suite:
     # Run (untimed) after each batch: so a batch does not pay for what the one before left
     # (the near cache reads the invalidations its writes send back at its next read).
     settle: Callable[[object], None] | None = None
+    # Ratios of these (first / second) instead of ours against each peer: a suite that compares
+    # our backends with themselves (the metrics suite: on / off, per backend).
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Placement:
@@ -654,6 +657,50 @@ def redis_near_suite() -> Suite:
     )
 
 
+def metrics_suite() -> Suite:
+    """The cost of the metrics: each of our backends with them recording against the same build
+    with ``OPTIONS["METRICS"] = False``, interleaved in one run (target <= 1.03x on get/set)."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.servers import MemcachedServer, RedisServer
+
+    redis_server = RedisServer()
+    memcached_server = MemcachedServer(args=("-m", "256", "-t", "1"))
+    kinds = {
+        "LRU": ("django_rustcache.lru.LRUObjectCache", "bench-metrics-lru"),
+        "memcached": ("django_rustcache.memcached.MemcachedCache", memcached_server.location),
+        "redis": ("django_rustcache.redis.RedisCache", redis_server.location),
+    }
+    backends = []
+    targets: dict[str, dict[str, float]] = {}
+    for kind, (path, location) in kinds.items():
+        off = f"{kind}, metrics off"
+        for on in (True, False):
+            label = f"{kind}, metrics on" if on else off
+            backends.append(
+                Backend(
+                    f"metrics_{kind.lower()}_{'on' if on else 'off'}",
+                    label,
+                    {
+                        "BACKEND": path,
+                        "LOCATION": location,
+                        "KEY_PREFIX": f"bench-m-{kind}-{on}",
+                        "OPTIONS": {"METRICS": on, **({"MAX_ENTRIES": 100_000} if kind == "LRU" else {})},
+                    },
+                    on,
+                )
+            )
+        for op in ("get hit", "get miss", "set"):
+            targets.setdefault(op, {})[off] = 1.03
+    return Suite(
+        "metrics",
+        backends,
+        targets=targets,
+        cleanup=[redis_server.close, memcached_server.close],
+        server_pids=[redis_server.proc.pid, memcached_server.proc.pid],
+        pairs=[(f"{kind}, metrics on", f"{kind}, metrics off") for kind in kinds],
+    )
+
+
 SUITES: dict[str, Callable[[], Suite]] = {
     "lru": lru_suite,
     "memcached": memcached_suite,
@@ -663,6 +710,7 @@ SUITES: dict[str, Callable[[], Suite]] = {
     "redis-tls": redis_tls_suite,
     "redis-cluster": redis_cluster_suite,
     "redis-near": redis_near_suite,
+    "metrics": metrics_suite,
 }
 
 
@@ -771,12 +819,14 @@ def run_suite(suite: Suite, rounds: int, thread_rounds: int, thread_seconds: flo
 def report(suite: Suite, samples: dict, cpu: dict, one_cpu: bool) -> tuple[list[str], list[str]]:
     ours = next(b.label for b in suite.backends if b.ours)
     peers = [b.label for b in suite.backends if not b.ours] + list(suite.floors)
+    pairs = suite.pairs or [(ours, p) for p in peers]
     labels = [b.label for b in suite.backends] + list(suite.floors)
+    heads = [f"ratio vs {p}" for p in peers] if not suite.pairs else [f"{a} / {b}" for a, b in pairs]
     lines = [
         f"## suite: {suite.name} (Python {sys.version.split()[0]}, Django {django.get_version()})",
         "",
-        "| op | " + " | ".join(labels) + " | " + " | ".join(f"ratio vs {p}" for p in peers) + " |",
-        "|---" * (1 + len(labels) + len(peers)) + "|",
+        "| op | " + " | ".join(labels) + " | " + " | ".join(heads) + " |",
+        "|---" * (1 + len(labels) + len(pairs)) + "|",
     ]
     misses = []
     for op, by_backend in samples.items():
@@ -793,10 +843,13 @@ def report(suite: Suite, samples: dict, cpu: dict, one_cpu: bool) -> tuple[list[
             if floor is not None and label not in suite.floors:
                 extra.append(f"floor {median - floor:+.1f}")
             extra.append(f"cpu {statistics.median(cpu[op][label]):.1f}")
-            cells.append(f"{median:.1f} us ({', '.join(extra)})")
+            # An in-process call takes tenths of a microsecond: shown to the hundredth.
+            cells.append(
+                f"{median:.2f} us ({', '.join(extra)})" if median < 10 else f"{median:.1f} us ({', '.join(extra)})"
+            )
         ratios = []
-        mine = statistics.median(by_backend[ours])
-        for p in peers:
+        for mine_label, p in pairs:
+            mine = statistics.median(by_backend[mine_label])
             theirs = statistics.median(by_backend[p])
             # Time: ours / peer (lower is better). Throughput: ours / peer (higher is better).
             ratio = mine / theirs

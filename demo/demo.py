@@ -181,7 +181,10 @@ def main() -> int:
             failures += 1
 
     stats = caches_stats()
-    print("\nCache stats: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    print(
+        f"\nCache stats: hits={stats['hits']}, misses={stats['misses']}, sets={stats['sets']}, "
+        f"entries={stats['store']['size']}, get p50={stats['latency']['get']['p50_seconds'] * 1e6:.1f} us"
+    )
     print(f"Work really done: {dict(work_done)}")
     if failures:
         print(f"\nDEMO FAILED: {failures} unexpected result(s)")

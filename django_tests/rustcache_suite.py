@@ -190,7 +190,7 @@ if SUITE == "lru":
             cache = caches["default"]
             self.assertEqual(f"{type(cache).__module__}.{type(cache).__qualname__}", LRU)
             self.assertEqual(type(cache._cache).__name__, "LruStore")
-            self.assertEqual(cache.stats()["pickled"], MODE == "pickled")
+            self.assertEqual(cache.stats()["store"]["pickled"], MODE == "pickled")
 
 
 if SUITE == "memcached":

@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
+pub mod metrics;
 pub mod net;
 pub mod redis;
 
@@ -32,6 +33,9 @@ mod _core {
 
     #[pymodule_export]
     use crate::bindings::keys::check_key;
+
+    #[pymodule_export]
+    use crate::bindings::metrics::{metrics_labels, metrics_snapshots, reset_all_metrics};
 
     #[pymodule_export]
     use crate::bindings::errors::set_exception_classes;

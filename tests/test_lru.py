@@ -125,7 +125,7 @@ def test_key_expiring_between_has_key_and_get(cache):
     time.sleep(0.4)
     assert cache.get("brief", "gone") == "gone"
     assert cache.has_key("brief") is False
-    assert cache.stats()["expirations"] == 1
+    assert cache.stats()["store"]["expirations"] == 1
 
 
 def test_get_many_set_many_delete_many(cache):
@@ -248,8 +248,8 @@ def test_pickle_protocol_option():
 def test_modes_do_not_share_a_store():
     obj = make_lru("object", LOCATION="same-place")
     pickled = make_lru("pickled", LOCATION="same-place")
-    assert obj._cache is not pickled._cache
-    assert make_lru("object", LOCATION="same-place")._cache is obj._cache
+    assert obj._shared is not pickled._shared
+    assert make_lru("object", LOCATION="same-place")._shared is obj._shared
 
 
 def test_lru_order_get_promotes_has_key_does_not(mode):
@@ -274,10 +274,10 @@ def test_max_entries_held_exactly_after_many_writes(mode):
         c.set(f"k{i}", i)
         sizes.add(len(c._cache))
     assert max(sizes) == 100
-    assert c.stats()["size"] <= 100
+    assert c.stats()["store"]["size"] <= 100
     # The most recent writes survive.
     assert c.get("k4999") == 4999
-    assert c.stats()["evictions"] == 5000 - len(c._cache)
+    assert c.stats()["store"]["evictions"] == 5000 - len(c._cache)
 
 
 def test_cull_frequency_zero_empties_store(mode):
@@ -304,8 +304,8 @@ def test_stats(cache):
     cache.get("missing")
     cache.get_many(["a", "missing"])
     s = cache.stats()
-    assert (s["hits"], s["misses"], s["sets"], s["size"]) == (2, 2, 1, 1)
-    assert s["max_size"] == 300
+    assert (s["hits"], s["misses"], s["sets"], s["store"]["size"]) == (2, 2, 1, 1)
+    assert s["store"]["max_size"] == 300
     cache.reset_stats()
     assert cache.stats()["hits"] == 0
 

@@ -100,7 +100,7 @@ def test_clients_of_settings_nobody_uses_go_with_their_connections(redis_server,
         memcached = MemcachedCache(memcached_server.location, {"OPTIONS": {"max_pool_size": 100 + i}})
         memcached.set("k", 1)
         asyncio.run(memcached.aget("k"))
-        made += [weakref.ref(redis._cache), weakref.ref(memcached._cache)]
+        made += [weakref.ref(redis._shared), weakref.ref(memcached._shared)]
     del redis, memcached
     settled()
     assert sum(1 for client in made if client() is not None) <= _network._Registry.KEEP
@@ -111,10 +111,10 @@ def test_clients_of_settings_nobody_uses_go_with_their_connections(redis_server,
 def test_a_client_in_use_stays_shared_whatever_else_comes_and_goes(redis_server):
     first = RedisCache(redis_server.location, {"OPTIONS": {"CLIENT_NAME": "kept"}})
     first.set("k", 1)
-    client = first._cache
+    client = first._shared
     for i in range(_network._Registry.KEEP * 2):
         RedisCache(redis_server.location, {"OPTIONS": {"CLIENT_NAME": f"passing-{i}"}}).get("k")
     gc.collect()
     # Another instance of the same settings (another thread's, say) finds the same pool.
     again = RedisCache(redis_server.location, {"OPTIONS": {"CLIENT_NAME": "kept"}})
-    assert again._cache is client and again.get("k") == 1
+    assert again._shared is client and again.get("k") == 1

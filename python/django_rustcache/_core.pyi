@@ -13,7 +13,7 @@ one raises (``KeyboardInterrupt`` for Ctrl-C) ends the call and is raised as it 
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, final
+from typing import Any, Self, final
 
 from typing_extensions import disjoint_base
 
@@ -32,6 +32,9 @@ __all__ = [
     "__version__",
     "check_key",
     "cluster_key_slot",
+    "metrics_labels",
+    "metrics_snapshots",
+    "reset_all_metrics",
     "set_exception_classes",
 ]
 __version__: str
@@ -97,6 +100,15 @@ class LruStore:
     """
 
     def __new__(cls, pickle_protocol: int | None = None) -> LruStore: ...
+    def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
+        """The same store, its calls recorded in ``alias``'s metrics: with ``named`` (an alias
+        of ``settings.CACHES``) those every view of that alias shares, else this view's own."""
+    def metrics(self) -> dict[str, Any]:
+        """This view's alias's metrics: alias, backend, enabled, since, calls (method ->
+        outcome -> n), keys_found, keys_missed, bytes_sent, bytes_received, latency (method ->
+        count, sum_seconds, p50_seconds, p99_seconds, buckets)."""
+    def reset_metrics(self) -> None:
+        """Zero this view's alias's metrics."""
     @property
     def pickle_protocol(self) -> int | None:
         """The pickle protocol values are stored with; None when live objects are stored."""
@@ -206,7 +218,7 @@ class MemcachedClient:
 
     def __new__(
         cls,
-        servers: list[tuple[str, int, int]],
+        servers: list[tuple[str, int, int]] | None = None,
         *,
         distribution: str = "modula",
         hash: str = "default",
@@ -225,7 +237,18 @@ class MemcachedClient:
         binary: bool = False,
         username: str | None = None,
         password: str | None = None,
+        view_of: MemcachedClient | None = None,
+        metrics_for: tuple[str, str, bool, bool] | None = None,
     ) -> MemcachedClient: ...
+    def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
+        """The same client (the same Python class), its calls recorded in ``alias``'s metrics: with ``named`` (an alias
+        of ``settings.CACHES``) those every view of that alias shares, else this view's own."""
+    def metrics(self) -> dict[str, Any]:
+        """This view's alias's metrics: alias, backend, enabled, since, calls (method ->
+        outcome -> n), keys_found, keys_missed, bytes_sent, bytes_received, latency (method ->
+        count, sum_seconds, p50_seconds, p99_seconds, buckets)."""
+    def reset_metrics(self) -> None:
+        """Zero this view's alias's metrics."""
     @property
     def behaviors(self) -> dict[str, Any]:
         """The behaviors this client was configured with (pylibmc's ``Client.behaviors``)."""
@@ -238,6 +261,9 @@ class MemcachedClient:
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """The value under the key, or ``default``."""
 
+    def has_key(self, prefix: str | None, version: Any, key: Any) -> bool:
+        """Whether a value is stored under the key (read, not decoded)."""
+    def ahas_key(self, prefix: str | None, version: Any, key: Any) -> asyncio.Future[bool]: ...
     def get_multi(
         self,
         prefix: str | None,
@@ -477,6 +503,15 @@ class RedisClient:
     def loop_stats(self) -> dict[str, int]:
         """The calls read on an event loop's own thread (one ``aget`` at a time) since the
         client was made (``calls``), and the loops' connections open now (``connections``)."""
+    def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
+        """The same client, its calls recorded in ``alias``'s metrics: with ``named`` (an alias
+        of ``settings.CACHES``) those every view of that alias shares, else this view's own."""
+    def metrics(self) -> dict[str, Any]:
+        """This view's alias's metrics: alias, backend, enabled, since, calls (method ->
+        outcome -> n), keys_found, keys_missed, bytes_sent, bytes_received, latency (method ->
+        count, sum_seconds, p50_seconds, p99_seconds, buckets)."""
+    def reset_metrics(self) -> None:
+        """Zero this view's alias's metrics."""
     def near_stats(self) -> dict[str, int] | None:
         """The near cache's counters (hits, misses, invalidations, flushes) and what it holds
         (entries, bytes); None without a near cache."""
@@ -484,7 +519,12 @@ class RedisClient:
         """Zero the near cache's counters."""
 
     def execute(
-        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False, node: int | None = None
+        self,
+        *args: bytes | str | int | float,
+        write: bool = True,
+        idempotent: bool = False,
+        node: int | None = None,
+        op: str | None = None,
     ) -> Any:
         """Run one command as given; its reply as None, int, bytes, str, list or dict. It goes to
         the node of its key (EVAL: of its first key; none: the first node); DEL, UNLINK, EXISTS,
@@ -555,8 +595,22 @@ class RedisClient:
     def arename(self, source: str, target: str) -> asyncio.Future[None]: ...
     def aclear(self) -> asyncio.Future[bool]: ...
     def aexecute(
-        self, *args: bytes | str | int | float, write: bool = True, idempotent: bool = False, node: int | None = None
+        self,
+        *args: bytes | str | int | float,
+        write: bool = True,
+        idempotent: bool = False,
+        node: int | None = None,
+        op: str | None = None,
     ) -> asyncio.Future[Any]: ...
+
+def metrics_snapshots() -> list[dict[str, Any]]:
+    """Every alias's metrics alive in this process (each as ``metrics()`` gives it)."""
+
+def metrics_labels() -> dict[str, list[str]]:
+    """The method and outcome names metrics use."""
+
+def reset_all_metrics() -> None:
+    """Zero every alias's metrics (a forked child starts from zero)."""
 
 def cluster_key_slot(key: bytes | str) -> int:
     """Redis Cluster's hash slot of a key: CRC16 (XMODEM) of the key, or of the text between its

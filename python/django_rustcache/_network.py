@@ -18,7 +18,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.functional import cached_property
 
-from django_rustcache import _compat
+from django_rustcache import _compat, _core, _exporters, _metrics
 from django_rustcache._core import CacheError
 from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
@@ -129,6 +129,9 @@ class _Registry:
         self._recent.clear()
         for backend in list(self._backends):
             backend.__dict__.pop("_cache", None)
+            backend.__dict__.pop("_shared", None)
+        # The parent's calls are the parent's: the child counts its own.
+        _core.reset_all_metrics()
 
 
 _registry = _Registry()
@@ -150,6 +153,9 @@ class NetworkClient(Protocol):
     def delete(self, prefix: str | None, version: Any, key: Any) -> bool: ...
     def servers(self) -> list[dict[str, Any]]: ...
     def client_stats(self) -> dict[str, int]: ...
+    def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Any: ...
+    def metrics(self) -> dict[str, Any]: ...
+    def reset_metrics(self) -> None: ...
 
 
 ClientT = TypeVar("ClientT", bound=NetworkClient)
@@ -193,20 +199,36 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
         raise NotImplementedError
 
     @cached_property
-    def _cache(self) -> ClientT:
+    def _shared(self) -> ClientT:
+        """The client of these settings, shared by every backend instance that has them (held
+        here: the registry keeps it while a backend uses it)."""
         if self._config_error is not None:
             raise self._config_error
         return _registry.client(self)
 
+    @cached_property
+    def _cache(self) -> ClientT:
+        """The shared client, as this backend's alias sees it (its calls counted under it)."""
+        server, params = self._init_args
+        alias, named = _metrics.alias_of(self, server, params)
+        path = f"{type(self).__module__}.{type(self).__qualname__}"
+        view = self._shared.with_metrics(alias, path, named, _metrics.metrics_enabled(self._options))
+        _metrics.track(self)
+        _exporters.ensure_exported()
+        return cast("ClientT", view)
+
     def close(self, **kwargs: Any) -> None:
         """Keep the pool: reconnecting at every request end is what these backends avoid."""
 
-    def stats(self) -> dict[str, Any]:
-        """One shape for every network backend: the client-side counters (hits, misses, sets,
-        failures; shared by every backend instance on the client), each server's state (address,
-        up, errors, last_error, idle_connections, and per backend removed / open_connections) and
-        the LOCATION."""
-        return {**self._cache.client_stats(), "servers": self._cache.servers(), "location": self._servers}
+    def stats(self) -> _metrics.CacheStats:
+        """The one shape of every backend (see ``CacheStats``): this alias's calls, keys, bytes
+        and latencies, and each server's state (address, up, errors, last_error,
+        idle_connections, and per backend removed / open_connections)."""
+        return _metrics.stats_shape(self._cache.metrics(), location=self._servers, servers=self._cache.servers())
+
+    def reset_stats(self) -> None:
+        """Zero this alias's counts."""
+        self._cache.reset_metrics()
 
     # --- Django's API, answered per the failure policy ---------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
+from django_rustcache import _exporters, _metrics
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import LruStore, check_key
 from django_rustcache._keys import NativeKeys
@@ -82,7 +83,14 @@ class LRUObjectCache(NativeKeys, BaseCache):
         if _truthy(self._options.get("PICKLE", False)):
             protocol = int(self._options.get("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL))
         self._name = name
-        self._cache = _store(name, protocol)
+        alias, named = _metrics.alias_of(self, name, params)
+        path = f"{type(self).__module__}.{type(self).__qualname__}"
+        # The store of this LOCATION (and mode), shared by every backend instance; and as this
+        # backend's alias sees it (its calls counted under it).
+        self._shared = _store(name, protocol)
+        self._cache = self._shared.with_metrics(alias, path, named, _metrics.metrics_enabled(self._options))
+        _metrics.track(self)
+        _exporters.ensure_exported()
         self._expire_info = _ExpireInfo(self._cache)
         self._lock = _StoreLock(self._cache)
 
@@ -197,15 +205,22 @@ class LRUObjectCache(NativeKeys, BaseCache):
     def close(self, **kwargs: Any) -> None:
         """Nothing to close: the store lives as long as the process."""
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of the shared store: hits, misses, sets, evictions, expirations, size, max_size."""
-        stats: dict[str, Any] = dict(self._cache.stats())
-        stats["max_size"] = self._max_entries
-        stats["location"] = self._name
-        stats["pickled"] = self._cache.pickle_protocol is not None
-        return stats
+    def stats(self) -> _metrics.CacheStats:
+        """The one shape of every backend (see ``CacheStats``); ``store`` holds the shared
+        store's own counters: size, max_size, evictions, expirations, pickled."""
+        own = self._cache.stats()
+        store = {
+            "size": own["size"],
+            "max_size": self._max_entries,
+            "evictions": own["evictions"],
+            "expirations": own["expirations"],
+            "pickled": self._cache.pickle_protocol is not None,
+        }
+        return _metrics.stats_shape(self._cache.metrics(), location=self._name, servers=[], store=store)
 
     def reset_stats(self) -> None:
+        """Zero this alias's counts, and the store's own."""
+        self._cache.reset_metrics()
         self._cache.reset_stats()
 
     # The store never blocks on I/O, so the async API calls it directly instead of hopping to a

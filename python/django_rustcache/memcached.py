@@ -354,7 +354,10 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
         return stored if self._set_returns_bool else None
 
     def has_key(self, key: Any, version: Any = None) -> bool:
-        return self.get(key, self._missing_key, version) is not self._missing_key
+        try:
+            return self._cache.has_key(*self._parts(key, version))
+        except CacheError as e:
+            return bool(self._failed(e, False))
 
     @answers(None)
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
@@ -376,7 +379,10 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
         return stored if self._set_returns_bool else None
 
     async def ahas_key(self, key: Any, version: Any = None) -> bool:
-        return await self.aget(key, self._missing_key, version) is not self._missing_key
+        try:
+            return await self._cache.ahas_key(*self._parts(key, version))
+        except CacheError as e:
+            return bool(self._failed(e, False))
 
     @answers(None)
     async def aincr(self, key: Any, delta: int = 1, version: Any = None) -> int:

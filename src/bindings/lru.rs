@@ -5,6 +5,7 @@
 //! `__add__`, `__hash__`, `__del__` all run outside it), and values the store lets go of are
 //! dropped only after the lock is released, because a destructor may use the cache again.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -15,6 +16,7 @@ use pyo3::types::{PyDict, PyInt, PyList};
 use super::keys::{make_key, warn_if_invalid};
 use super::values::{pickle_dumps, pickle_loads};
 use crate::lru::{Expiry, LruStore};
+use crate::metrics::{self, Method, Metrics, Outcome};
 
 type Store = LruStore<Py<PyAny>>;
 
@@ -46,9 +48,11 @@ fn add_small_ints<'py>(a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>) -> Option<i
 /// instances share it.
 #[pyclass(frozen, name = "LruStore", module = "django_rustcache._core")]
 pub struct PyLruStore {
-    inner: Mutex<Store>,
+    inner: Arc<Mutex<Store>>,
     /// `Some(protocol)`: values are stored as pickles (LocMemCache's isolation).
     pickle_protocol: Option<i32>,
+    /// The calls' metrics: this view's alias's (see `with_metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl PyLruStore {
@@ -75,6 +79,54 @@ impl PyLruStore {
             Some(_) => pickle_loads(py, stored.bind(py)),
         }
     }
+
+    /// `incr`'s addition: see `incr`.
+    fn add_to<'py>(&self, py: Python<'py>, key: &str, delta: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        for _ in 0..MAX_INCR_ATTEMPTS {
+            let mut garbage = Vec::new();
+            let mut store = self.lock(py);
+            let Some(entry) = store.entry_mut(key, now(), &mut garbage) else {
+                drop(store);
+                drop(garbage);
+                return Err(not_found(key));
+            };
+            if self.pickle_protocol.is_none()
+                && let Some(sum) = add_small_ints(entry.value.bind(py), delta)
+            {
+                let sum = sum.into_pyobject(py)?.into_any();
+                garbage.push(std::mem::replace(&mut entry.value, sum.clone().unbind()));
+                drop(store);
+                drop(garbage);
+                return Ok(sum);
+            }
+            let current = entry.value.clone_ref(py);
+            drop(store);
+            drop(garbage);
+
+            let sum = self.decode(py, current.clone_ref(py))?.add(delta)?;
+            let encoded = self.encode(py, &sum)?;
+
+            let mut garbage = Vec::new();
+            let mut store = self.lock(py);
+            match store.entry_mut(key, now(), &mut garbage) {
+                None => {
+                    drop(store);
+                    return Err(not_found(key));
+                }
+                Some(entry) if entry.value.is(&current) => {
+                    garbage.push(std::mem::replace(&mut entry.value, encoded));
+                    drop(store);
+                    return Ok(sum);
+                }
+                // Another thread changed the value while we were adding: start again.
+                Some(_) => {}
+            }
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "incr('{key}') gave up after {MAX_INCR_ATTEMPTS} attempts: the value changed during every addition \
+             (does its __add__ write the same key?)"
+        )))
+    }
 }
 
 /// How often `incr` starts again when the value changed while it was adding (another thread,
@@ -86,7 +138,26 @@ impl PyLruStore {
     #[new]
     #[pyo3(signature = (pickle_protocol=None))]
     fn new(pickle_protocol: Option<i32>) -> Self {
-        Self { inner: Mutex::new(Store::new()), pickle_protocol }
+        let metrics = metrics::for_alias("", "django_rustcache.lru.LRUObjectCache", false);
+        Self { inner: Arc::new(Mutex::new(Store::new())), pickle_protocol, metrics }
+    }
+
+    /// The same store, its calls recorded in `alias`'s metrics (`named`: an alias of
+    /// `settings.CACHES`, whose metrics every view of that alias shares; else this view's own).
+    fn with_metrics(&self, alias: &str, backend: &str, named: bool, enabled: bool) -> Self {
+        let metrics = metrics::for_alias(alias, backend, named);
+        metrics.set_enabled(enabled);
+        Self { inner: self.inner.clone(), pickle_protocol: self.pickle_protocol, metrics }
+    }
+
+    /// This view's alias's metrics (see `bindings::metrics::snapshot` for the shape).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::bindings::metrics::snapshot(py, &self.metrics)
+    }
+
+    /// Zero this view's alias's metrics.
+    fn reset_metrics(&self) {
+        self.metrics.reset();
     }
 
     /// The pickle protocol values are stored with, or None when live objects are stored.
@@ -113,12 +184,14 @@ impl PyLruStore {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
         let found = store.get(key.as_str(), now(), &mut garbage).map(|v| v.clone_ref(py));
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Get, Outcome::found(found.is_some()), started);
         match found {
             Some(v) => self.decode(py, v),
             None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
@@ -137,6 +210,7 @@ impl PyLruStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<()> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let value = self.encode(py, value)?;
         let now = now();
@@ -146,6 +220,7 @@ impl PyLruStore {
         store.set(key, value, expiry, now, max_entries, cull_frequency, &mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Set, Outcome::Stored, started);
         Ok(())
     }
 
@@ -161,6 +236,7 @@ impl PyLruStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<bool> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let value = self.encode(py, value)?;
         let now = now();
@@ -170,6 +246,7 @@ impl PyLruStore {
         let added = store.add(key, value, expiry, now, max_entries, cull_frequency, &mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Add, Outcome::stored(added), started);
         Ok(added)
     }
 
@@ -181,6 +258,7 @@ impl PyLruStore {
         key: &Bound<'_, PyAny>,
         timeout: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let now = now();
         let expiry = expiry(timeout, now)?;
@@ -189,6 +267,7 @@ impl PyLruStore {
         let touched = store.touch(key.as_str(), expiry, now, &mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Touch, Outcome::acted(touched), started);
         Ok(touched)
     }
 
@@ -199,12 +278,14 @@ impl PyLruStore {
         version: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
         let deleted = store.delete(key.as_str(), now(), &mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Delete, Outcome::acted(deleted), started);
         Ok(deleted)
     }
 
@@ -216,12 +297,14 @@ impl PyLruStore {
         version: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
         let found = store.contains(key.as_str(), now(), &mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::HasKey, Outcome::found(found), started);
         Ok(found)
     }
 
@@ -236,51 +319,16 @@ impl PyLruStore {
         key: &Bound<'py, PyAny>,
         delta: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let started = self.metrics.start_sampled();
         let key = make_key(py, prefix, version, key)?;
-        for _ in 0..MAX_INCR_ATTEMPTS {
-            let mut garbage = Vec::new();
-            let mut store = self.lock(py);
-            let Some(entry) = store.entry_mut(key.as_str(), now(), &mut garbage) else {
-                drop(store);
-                drop(garbage);
-                return Err(not_found(&key));
-            };
-            if self.pickle_protocol.is_none()
-                && let Some(sum) = add_small_ints(entry.value.bind(py), delta)
-            {
-                let sum = sum.into_pyobject(py)?.into_any();
-                garbage.push(std::mem::replace(&mut entry.value, sum.clone().unbind()));
-                drop(store);
-                drop(garbage);
-                return Ok(sum);
-            }
-            let current = entry.value.clone_ref(py);
-            drop(store);
-            drop(garbage);
-
-            let sum = self.decode(py, current.clone_ref(py))?.add(delta)?;
-            let encoded = self.encode(py, &sum)?;
-
-            let mut garbage = Vec::new();
-            let mut store = self.lock(py);
-            match store.entry_mut(key.as_str(), now(), &mut garbage) {
-                None => {
-                    drop(store);
-                    return Err(not_found(&key));
-                }
-                Some(entry) if entry.value.is(&current) => {
-                    garbage.push(std::mem::replace(&mut entry.value, encoded));
-                    drop(store);
-                    return Ok(sum);
-                }
-                // Another thread changed the value while we were adding: start again.
-                Some(_) => {}
-            }
-        }
-        Err(PyRuntimeError::new_err(format!(
-            "incr('{key}') gave up after {MAX_INCR_ATTEMPTS} attempts: the value changed during every addition \
-             (does its __add__ write the same key?)"
-        )))
+        let sum = self.add_to(py, &key, delta);
+        let outcome = match &sum {
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.is_instance_of::<PyValueError>(py) => Outcome::Miss,
+            Err(_) => Outcome::Error,
+        };
+        self.metrics.record(Method::Incr, outcome, started);
+        sum
     }
 
     /// Look several keys up under one lock; a dict of the original keys that were found.
@@ -291,6 +339,7 @@ impl PyLruStore {
         version: &Bound<'py, PyAny>,
         keys: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let started = self.metrics.start_sampled();
         let mut made = Vec::new();
         for key in keys.try_iter()? {
             let key = key?;
@@ -308,6 +357,8 @@ impl PyLruStore {
         }
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::GetMany, Outcome::found(!found.is_empty()), started);
+        self.metrics.keys(found.len(), made.len() - found.len());
         let out = PyDict::new(py);
         for (i, v) in found {
             out.set_item(&made[i].0, self.decode(py, v)?)?;
@@ -329,6 +380,7 @@ impl PyLruStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<Bound<'py, PyList>> {
+        let started = self.metrics.start_sampled();
         let mut items = Vec::new();
         let mut push = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<()> {
             items.push((make_key(py, prefix, version, &k)?, self.encode(py, &v)?));
@@ -353,6 +405,7 @@ impl PyLruStore {
         }
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::SetMany, Outcome::Stored, started);
         Ok(PyList::empty(py))
     }
 
@@ -363,6 +416,7 @@ impl PyLruStore {
         version: &Bound<'_, PyAny>,
         keys: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let started = self.metrics.start_sampled();
         let mut made = Vec::new();
         for key in keys.try_iter()? {
             made.push(make_key(py, prefix, version, &key?)?);
@@ -375,6 +429,7 @@ impl PyLruStore {
         }
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::DeleteMany, Outcome::Ok, started);
         Ok(())
     }
 
@@ -392,11 +447,13 @@ impl PyLruStore {
     }
 
     fn clear(&self, py: Python<'_>) {
+        let started = self.metrics.start_sampled();
         let mut garbage = Vec::new();
         let mut store = self.lock(py);
         store.clear(&mut garbage);
         drop(store);
         drop(garbage);
+        self.metrics.record(Method::Clear, Outcome::Ok, started);
     }
 
     /// The expiry (seconds since the epoch, None for never) of the live entry under a made

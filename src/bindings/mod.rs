@@ -7,6 +7,7 @@ pub mod errors;
 pub mod keys;
 pub mod lru;
 pub mod memcached;
+pub mod metrics;
 pub mod on_loop;
 pub mod redis;
 pub mod stats;

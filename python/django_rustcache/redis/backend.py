@@ -15,6 +15,7 @@ from django_rustcache import checks as _checks  # noqa: F401  (registers the opt
 from django_rustcache._async import NativeAsync
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache._failures import answers
+from django_rustcache._metrics import CacheStats
 from django_rustcache._network import NetworkCache
 from django_rustcache.redis.collections import RedisCollections
 from django_rustcache.redis.extension import RedisExtension
@@ -27,17 +28,16 @@ class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, Network
 
     _failure_logger = logger
 
-    def stats(self) -> dict[str, Any]:
-        """NetworkCache's shape; with OPTIONS["NEAR_CACHE"], also ``near_cache``: its hits,
+    def stats(self) -> CacheStats:
+        """NetworkCache's shape; with OPTIONS["NEAR_CACHE"], ``near_cache`` holds its hits,
         misses, invalidations, flushes, entries and bytes."""
         stats = super().stats()
-        near = self._cache.near_stats()
-        if near is not None:
-            stats["near_cache"] = near
+        stats["near_cache"] = self._cache.near_stats()
         return stats
 
     def reset_stats(self) -> None:
-        """Zero the near cache's counters (what it holds stays)."""
+        """Zero this alias's counts and the near cache's (what it holds stays)."""
+        super().reset_stats()
         self._cache.reset_near_stats()
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int | None:

@@ -22,6 +22,7 @@ use crate::memcached::client::{Client, Config, ServerSpec, Stored};
 use crate::memcached::conn::{Address, Timeouts};
 use crate::memcached::protocol::Store;
 use crate::memcached::ring::{Distribution, KeyHash};
+use crate::metrics::{self, Method, Metrics, Outcome, Started};
 
 /// A memcached client shared by every backend instance of one configuration.
 #[pyclass(frozen, subclass, weakref, name = "MemcachedClient", module = "django_rustcache._core")]
@@ -30,7 +31,9 @@ pub struct PyMemcachedClient {
     codec: Arc<MemcachedCodec>,
     behaviors: Py<PyDict>,
     /// The event loops' own connections (see `on_loop`).
-    loop_conns: on_loop::MemcachedLoopConns,
+    loop_conns: Arc<on_loop::MemcachedLoopConns>,
+    /// The calls' metrics: this view's alias's (see `with_metrics`).
+    metrics: Arc<Metrics>,
 }
 
 impl PyMemcachedClient {
@@ -43,9 +46,25 @@ impl PyMemcachedClient {
         make_key_checked(py, prefix, version, key, OnInvalid::Raise)
     }
 
+    /// `key`, a key refused counted as `method`'s outcome.
+    fn key_for(
+        &self,
+        py: Python<'_>,
+        method: Method,
+        started: Started,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        Self::key(py, prefix, version, key).inspect_err(|_| self.metrics.record(method, Outcome::InvalidKey, started))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn store_one(
         &self,
         py: Python<'_>,
+        method: Method,
+        started: Started,
         cmd: Store,
         key: String,
         value: &Bound<'_, PyAny>,
@@ -53,6 +72,7 @@ impl PyMemcachedClient {
         delete_on_refusal: bool,
     ) -> PyResult<bool> {
         let encoded = self.codec.encode(py, value)?;
+        let sent = key.len() + encoded.1.len();
         let (client, codec) = (&self.client, &self.codec);
         let stored = py.detach(|| -> Result<Stored, crate::error::Error> {
             let (flags, data) = pack(codec, encoded);
@@ -62,8 +82,10 @@ impl PyMemcachedClient {
                 client.delete(key.as_bytes())?;
             }
             Ok(stored)
-        })?;
-        Ok(stored == Stored::Yes)
+        });
+        self.metrics.record_result(method, started, &stored, |s| Outcome::stored(*s == Stored::Yes));
+        self.metrics.bytes(sent, 0);
+        Ok(stored? == Stored::Yes)
     }
 }
 
@@ -131,17 +153,18 @@ pub(super) fn report_partial(
 #[pymethods]
 impl PyMemcachedClient {
     /// `servers`: `(host, port, weight)` tuples; port 0 means `host` is a unix socket path.
+    /// With `view_of` (see `with_metrics`), a view of that client: the rest is not read.
     #[new]
     #[pyo3(signature = (
-        servers, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
+        servers=None, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
         receive_timeout=3.0, retry_timeout=2.0, window_on_any_failure=false, remove_failed=0, dead_timeout=10.0, max_idle=32,
         min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false,
-        username=None, password=None
+        username=None, password=None, view_of=None, metrics_for=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        servers: Vec<(String, u16, u32)>,
+        servers: Option<Vec<(String, u16, u32)>>,
         distribution: &str,
         hash: &str,
         connect_timeout: f64,
@@ -159,7 +182,27 @@ impl PyMemcachedClient {
         binary: bool,
         username: Option<String>,
         password: Option<String>,
+        view_of: Option<PyRef<'_, Self>>,
+        metrics_for: Option<(String, String, bool, bool)>,
     ) -> PyResult<Self> {
+        if let Some(of) = view_of {
+            let metrics = match metrics_for {
+                Some((alias, backend, named, enabled)) => {
+                    let m = metrics::for_alias(&alias, &backend, named);
+                    m.set_enabled(enabled);
+                    m
+                }
+                None => of.metrics.clone(),
+            };
+            return Ok(Self {
+                client: of.client.clone(),
+                codec: of.codec.clone(),
+                behaviors: of.behaviors.clone_ref(py),
+                loop_conns: of.loop_conns.clone(),
+                metrics,
+            });
+        }
+        let Some(servers) = servers else { return Err(PyValueError::new_err("no servers given")) };
         let credentials = match (username, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -212,8 +255,36 @@ impl PyMemcachedClient {
             client: Arc::new(Client::new(config)?),
             codec: Arc::new(MemcachedCodec { pickle_protocol, min_compress_len, compress_level }),
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
-            loop_conns: on_loop::MemcachedLoopConns::default(),
+            loop_conns: Arc::default(),
+            metrics: metrics::for_alias("", "django_rustcache.memcached.MemcachedCache", false),
         })
+    }
+
+    /// The same client (its connections, servers' health and counters), its calls recorded in
+    /// `alias`'s metrics (`named`: an alias of `settings.CACHES`, whose metrics every view of
+    /// that alias shares; else this view's own), of the same Python class as this one.
+    fn with_metrics<'py>(
+        slf: &Bound<'py, Self>,
+        alias: String,
+        backend: String,
+        named: bool,
+        enabled: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("view_of", slf)?;
+        kwargs.set_item("metrics_for", (alias, backend, named, enabled))?;
+        slf.get_type().call((), Some(&kwargs))
+    }
+
+    /// This view's alias's metrics (see `bindings::metrics::snapshot` for the shape).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::bindings::metrics::snapshot(py, &self.metrics)
+    }
+
+    /// Zero this view's alias's metrics.
+    fn reset_metrics(&self) {
+        self.metrics.reset();
     }
 
     /// The behaviors this client was configured with (pylibmc's ``Client.behaviors``).

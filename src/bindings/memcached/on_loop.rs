@@ -17,12 +17,14 @@ use crate::error::Error;
 use crate::memcached::client::{Client, Item};
 use crate::memcached::conn::Conn;
 use crate::memcached::wire::{Answer, Expect, Frame};
+use crate::metrics::{Outcome, Recording};
 use crate::net::Stream;
 
-/// A `get` on its way: its made key, and what a miss answers.
+/// A `get` on its way: its made key, what a miss answers, and its metrics.
 pub(super) struct GetCall {
     pub key: String,
     pub default: Option<Py<PyAny>>,
+    pub recording: Recording,
 }
 
 /// One server of a client, as its loop connection sees it.
@@ -112,22 +114,25 @@ impl Server for MemcachedServer {
     }
 
     fn settle(&self, py: Python<'_>, future: &Bound<'_, PyAny>, call: GetCall, reply: Result<Vec<Frame>, Error>) {
-        let result = match reply.and_then(|frames| self.client.read_get(self.si, frames)) {
+        let found = reply.and_then(|frames| self.client.read_get(self.si, frames));
+        let GetCall { key, default, recording } = call;
+        counted(recording, key.len(), &found);
+        let result = match found {
             Ok(Some(item)) if inflates_off_loop(&[Some(&item)]) => match promise_for(py, future) {
-                Ok(promise) => return keep_item(Some(item), call.default, promise),
+                Ok(promise) => return keep_item(Some(item), default, promise),
                 Err(e) => Err(e),
             },
             Ok(Some(item)) => unpack(item)
                 .map_err(PyErr::from)
                 .and_then(|(flags, data)| MemcachedCodec::decode(py, flags, &data).map(Bound::unbind)),
-            Ok(None) => Ok(call.default.unwrap_or_else(|| py.None())),
+            Ok(None) => Ok(default.unwrap_or_else(|| py.None())),
             Err(e) => Err(PyErr::from(e)),
         };
         resolve(py, future, result);
     }
 
     fn retry(&self, call: GetCall, promise: Promise) {
-        start_get(&self.client, &call.key, call.default, promise);
+        start_get(&self.client, call, promise);
     }
 }
 
@@ -162,12 +167,25 @@ fn keep_item(item: Option<Item>, default: Option<Py<PyAny>>, promise: Promise) {
 }
 
 /// A `get` the usual way: the answer settles `promise`.
-pub(super) fn start_get(client: &Arc<Client>, key: &str, default: Option<Py<PyAny>>, promise: Promise) {
+pub(super) fn start_get(client: &Arc<Client>, call: GetCall, promise: Promise) {
+    let GetCall { key, default, recording } = call;
+    let sent = key.len();
     client.get_then(
         key.as_bytes(),
-        Box::new(move |found| match found {
-            Ok(item) => keep_item(item, default, promise),
-            Err(e) => promise.keep(Err(e)),
+        Box::new(move |found| {
+            counted(recording, sent, &found);
+            match found {
+                Ok(item) => keep_item(item, default, promise),
+                Err(e) => promise.keep(Err(e)),
+            }
         }),
     );
+}
+
+/// A `get` ended with `found`: its outcome, key and bytes recorded.
+fn counted(recording: Recording, sent: usize, found: &Result<Option<Item>, Error>) {
+    if let Ok(item) = found {
+        recording.metrics().bytes(sent, item.as_ref().map_or(0, |i| i.data.len()));
+    }
+    recording.end(found, |item| Outcome::found(item.is_some()));
 }

@@ -19,6 +19,7 @@ use super::keys::make_key;
 use super::stats::client_stats;
 use super::values::{Encoded, RedisCodec};
 use crate::compress::{Compressor, Format};
+use crate::metrics::{self, Method, Metrics, Outcome, Started};
 use crate::net::{Address, Tls, TlsSettings};
 use crate::redis::client::Client;
 use crate::redis::cluster::key_slot;
@@ -34,7 +35,9 @@ pub struct PyRedisClient {
     client: Arc<Client>,
     codec: Arc<RedisCodec>,
     /// The event loops' own connections (see `on_loop`).
-    loop_conns: on_loop::RedisLoopConns,
+    loop_conns: Arc<on_loop::RedisLoopConns>,
+    /// The calls' metrics: this view's alias's (see `with_metrics`).
+    metrics: Arc<Metrics>,
 }
 
 /// Made keys, and the keys as given.
@@ -271,8 +274,28 @@ impl PyRedisClient {
         Ok(Self {
             client: Arc::new(Client::with_near(topology, near)),
             codec: Arc::new(codec),
-            loop_conns: on_loop::RedisLoopConns::default(),
+            loop_conns: Arc::default(),
+            metrics: metrics::for_alias("", "django_rustcache.redis.RedisCache", false),
         })
+    }
+
+    /// The same client (its connections, servers' health, near cache and counters), its calls
+    /// recorded in `alias`'s metrics (`named`: an alias of `settings.CACHES`, whose metrics
+    /// every view of that alias shares; else this view's own).
+    fn with_metrics(&self, alias: &str, backend: &str, named: bool, enabled: bool) -> Self {
+        let metrics = metrics::for_alias(alias, backend, named);
+        metrics.set_enabled(enabled);
+        Self { client: self.client.clone(), codec: self.codec.clone(), loop_conns: self.loop_conns.clone(), metrics }
+    }
+
+    /// This view's alias's metrics (see `bindings::metrics::snapshot` for the shape).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::bindings::metrics::snapshot(py, &self.metrics)
+    }
+
+    /// Zero this view's alias's metrics.
+    fn reset_metrics(&self) {
+        self.metrics.reset();
     }
 
     /// Decode stored bytes as ``get`` does (inflated if compressed, then deserialized).
@@ -399,6 +422,56 @@ impl PyRedisClient {
 }
 
 impl PyRedisClient {
+    /// A made key; a key refused counted as `method`'s outcome.
+    fn key_for(
+        &self,
+        py: Python<'_>,
+        method: Method,
+        prefix: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u8>> {
+        match make_key(py, prefix, version, key) {
+            Ok(key) => Ok(key.into_bytes()),
+            Err(e) => {
+                self.metrics.record(method, Outcome::InvalidKey, Started::default());
+                Err(e)
+            }
+        }
+    }
+
+    /// A multi-key read of `asked` keys found `found`: its outcome, keys and bytes recorded.
+    fn count_many(&self, started: Started, asked: usize, found: usize, sent: usize, received: usize) {
+        self.metrics.record(Method::GetMany, Outcome::found(found > 0), started);
+        self.metrics.keys(found, asked - found);
+        self.metrics.bytes(sent, received);
+    }
+
+    /// The method a raw command is counted as: `op` when the backend names it, else by the
+    /// command (`TTL` as `ttl`, `HSET` as `collection`...), else `execute`.
+    fn op(op: Option<&str>, command: Option<&[u8]>) -> Method {
+        if let Some(op) = op {
+            return match op {
+                "ttl" | "pttl" => Method::Ttl,
+                "expire" | "pexpire" | "expire_at" | "pexpire_at" => Method::Expire,
+                "persist" => Method::Persist,
+                "keys" | "iter_keys" | "delete_pattern" => Method::Scan,
+                "lock" => Method::Lock,
+                _ => Method::Other,
+            };
+        }
+        let Some(command) = command else { return Method::Execute };
+        let upper = command.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"TTL" | b"PTTL" => Method::Ttl,
+            b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT" => Method::Expire,
+            b"PERSIST" => Method::Persist,
+            b"SCAN" | b"KEYS" | b"UNLINK" => Method::Scan,
+            [b'H' | b'S' | b'L' | b'Z', ..] if upper.as_slice() != b"SET" => Method::Collection,
+            _ => Method::Execute,
+        }
+    }
+
     /// `mapping`'s items as made keys and encoded values.
     fn encode_items<'py>(
         &self,

@@ -13,6 +13,7 @@ use crate::bindings::aio::{OFF_IO_FROM, Promise, promise_for, running_loop};
 use crate::bindings::on_loop::{LoopConns, LoopSocket, Server, resolve};
 use crate::bindings::values::{RedisCodec, unpacked};
 use crate::error::{Error, ErrorKind};
+use crate::metrics::{Outcome, Recording};
 use crate::net::Stream;
 use crate::redis::client::Client;
 use crate::redis::commands::{Command, Get};
@@ -20,10 +21,11 @@ use crate::redis::conn::Conn;
 use crate::redis::topology::Node;
 use crate::redis::wire::{Framing, MAX_REPLY_BYTES, classify};
 
-/// A `get` on its way: how its answer becomes Python, and how it goes the usual way.
+/// A `get` on its way: its made key, what a miss answers, and its metrics.
 pub(super) struct GetCall {
     pub key: Vec<u8>,
     pub default: Option<Py<PyAny>>,
+    pub recording: Recording,
 }
 
 /// One pool (a single server) of a client, as its loop connection sees it.
@@ -124,7 +126,9 @@ impl Server for RedisServer {
     }
 
     fn settle(&self, py: Python<'_>, future: &Bound<'_, PyAny>, call: GetCall, reply: Result<redis::Value, Error>) {
-        let get = Get(call.key);
+        let GetCall { key, default, recording } = call;
+        let sent = key.len();
+        let get = Get(key);
         let found = reply.and_then(|value| match value {
             redis::Value::ServerError(e) => Err(classify(&self.label, &e.into())),
             value => {
@@ -134,6 +138,7 @@ impl Server for RedisServer {
                 Ok(out)
             }
         });
+        counted(recording, sent, &found.as_ref().map(Option::as_ref).map_err(Clone::clone));
         let codec = &self.codec;
         let result = match found {
             Ok(Some(data)) if codec.inflate && data.len() >= OFF_IO_FROM => {
@@ -144,32 +149,32 @@ impl Server for RedisServer {
                 }
             }
             Ok(Some(data)) => codec.decode(py, &codec.unpack(data)).map(Bound::unbind),
-            Ok(None) => Ok(call.default.unwrap_or_else(|| py.None())),
+            Ok(None) => Ok(default.unwrap_or_else(|| py.None())),
             Err(e) => Err(PyErr::from(e)),
         };
         resolve(py, future, result);
     }
 
     fn retry(&self, call: GetCall, promise: Promise) {
-        start_get(&self.client, &self.codec, call.key, call.default, promise);
+        start_get(&self.client, &self.codec, call, promise);
     }
 }
 
 /// A `get` the usual way: the answer settles `promise`.
-pub(super) fn start_get(
-    client: &Arc<Client>,
-    codec: &Arc<RedisCodec>,
-    key: Vec<u8>,
-    default: Option<Py<PyAny>>,
-    promise: Promise,
-) {
-    let codec = codec.clone();
+pub(super) fn start_get(client: &Arc<Client>, codec: &Arc<RedisCodec>, call: GetCall, promise: Promise) {
+    let GetCall { key, default, recording } = call;
+    let (codec, sent) = (codec.clone(), key.len());
     client.start(
         Get(key),
-        Box::new(move |found| match found {
-            Ok(Some(data)) => keep_value(&codec, data, promise),
-            Ok(None) => promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None()))))),
-            Err(e) => promise.keep(Err(e)),
+        Box::new(move |found| {
+            counted(recording, sent, &found.as_ref().map(Option::as_ref).map_err(Clone::clone));
+            match found {
+                Ok(Some(data)) => keep_value(&codec, data, promise),
+                Ok(None) => {
+                    promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None())))));
+                }
+                Err(e) => promise.keep(Err(e)),
+            }
         }),
     );
 }
@@ -182,4 +187,12 @@ pub(super) fn keep_value(codec: &Arc<RedisCodec>, data: Vec<u8>, promise: Promis
         let data = values.pop().flatten().unwrap_or_default();
         promise.keep(Ok(Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind))));
     });
+}
+
+/// A `get` ended with `found` (`sent` bytes of key): its outcome, key and bytes recorded.
+pub(super) fn counted(recording: Recording, sent: usize, found: &Result<Option<&Vec<u8>>, Error>) {
+    if let Ok(value) = found {
+        recording.metrics().bytes(sent, value.map_or(0, Vec::len));
+    }
+    recording.end(found, |value| Outcome::found(value.is_some()));
 }
