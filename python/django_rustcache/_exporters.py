@@ -11,7 +11,8 @@ _lock = threading.Lock()
 
 
 def ensure_exported() -> None:
-    """Put the metrics in ``prometheus_client``'s default registry, once, when it is installed."""
+    """Put the metrics in ``prometheus_client``'s default registry when it is installed, and on
+    OpenTelemetry's global ``MeterProvider`` when ``RUSTCACHE_OPENTELEMETRY`` asks (once)."""
     global _exported
     if _exported:
         return
@@ -19,6 +20,10 @@ def ensure_exported() -> None:
         if _exported:
             return
         _exported = True
+        from django_rustcache import opentelemetry
+
+        if opentelemetry.settings_ask()[0]:
+            opentelemetry.enable()
         try:
             import prometheus_client  # noqa: F401
         except ImportError:

@@ -18,7 +18,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.functional import cached_property
 
-from django_rustcache import _compat, _core, _exporters, _metrics
+from django_rustcache import _compat, _core, _exporters, _metrics, opentelemetry
 from django_rustcache._core import CacheError
 from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
@@ -168,6 +168,8 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
 
     _settings: Hashable | None = None
     _config_error: ImproperlyConfigured | None = None
+    # OpenTelemetry's db.system.name for this backend's spans.
+    _system_name: ClassVar[str] = ""
     # The client's multi-key methods (memcached keeps pylibmc's names: Django's suite patches them).
     _get_many_method: ClassVar[str] = "get_many"
     _set_many_method: ClassVar[str] = "set_many"
@@ -213,6 +215,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
         alias, named = _metrics.alias_of(self, server, params)
         path = f"{type(self).__module__}.{type(self).__qualname__}"
         view = self._shared.with_metrics(alias, path, named, _metrics.metrics_enabled(self._options))
+        view = opentelemetry.traced(view, self._system_name, self._servers)
         _metrics.track(self)
         _exporters.ensure_exported()
         return cast("ClientT", view)

@@ -90,6 +90,8 @@ ACCEPTED_BEHAVIORS = frozenset(NO_EFFECT_BEHAVIORS)
 # Top-level OPTIONS of Django's PyLibMCCache and PyMemcacheCache, and our own.
 OPTIONS = frozenset(
     {
+        # Ours: whether this cache's calls are counted (see the README's Metrics).
+        "METRICS",
         "binary",
         "username",
         "password",
@@ -177,6 +179,7 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
     """Memcached backend with Django's exact semantics."""
 
     known_options = OPTIONS
+    _system_name = "memcached"
     nested_options = {"behaviors": BEHAVIORS}
     nested_no_effect = {"behaviors": NO_EFFECT_BEHAVIORS}
     no_effect_when = NO_EFFECT_WHEN

@@ -26,6 +26,7 @@ class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, Network
     """Redis backend with Django's RedisCache semantics, and django-redis's extensions and
     collection API."""
 
+    _system_name = "redis"
     _failure_logger = logger
 
     def stats(self) -> CacheStats:
