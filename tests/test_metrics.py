@@ -243,3 +243,13 @@ def test_the_prometheus_exposition_holds_every_alias_by_value(servers):
     assert buckets == sorted(buckets)  # cumulative
     assert value(duration, duration + "_sum", alias=redis_alias, method="get") > 0
     assert value("django_rustcache_server_up", "django_rustcache_server_up", alias=redis_alias) == 1
+
+
+def test_the_metrics_option_passes_the_system_check_of_every_backend():
+    from django_rustcache.checks import option_messages
+    from django_rustcache.lru import LRUObjectCache
+    from django_rustcache.memcached import MemcachedCache, PyLibMCCache
+    from django_rustcache.redis import RedisCache
+
+    for cls in (LRUObjectCache, MemcachedCache, PyLibMCCache, RedisCache):
+        assert option_messages("x", cls, {"METRICS": False}) == [], cls

@@ -552,6 +552,19 @@ def test_django_redis_global_ignore_settings(caplog):
         strict.get("k")
 
 
+def test_django_redis_logger_setting_names_where_ignored_failures_go(caplog):
+    from django.test.utils import override_settings
+
+    server = RedisServer()
+    server.close()
+    with override_settings(DJANGO_REDIS_IGNORE_EXCEPTIONS=True, DJANGO_REDIS_LOGGER="mysite.cache"):
+        cache = make_redis(server.location, OPTIONS={"SOCKET_CONNECT_TIMEOUT": 0.2})
+    with caplog.at_level(logging.ERROR):
+        assert cache.get("k", "dflt") == "dflt"
+    assert [r.name for r in caplog.records] == ["mysite.cache"]
+    assert "answered as a miss" in caplog.records[0].getMessage()
+
+
 def test_get_or_set_computes_once_under_a_thundering_herd(redis_server):
     cache = make_redis(redis_server.location)
     calls = []

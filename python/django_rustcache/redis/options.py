@@ -29,6 +29,7 @@ logger = logging.getLogger("django_rustcache.redis")
 # Options of Django's RedisCache, django-redis and django-redis-cache that we act on.
 OPTIONS = frozenset(
     {
+        "METRICS",
         "db", "DB", "password", "PASSWORD", "username", "USERNAME",
         "socket_timeout", "SOCKET_TIMEOUT", "socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT",
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
@@ -268,6 +269,7 @@ class RedisOptions:
     _init_args: tuple[Any, ...]
     _ignore_exc: bool
     _log_ignored: bool
+    _failure_logger: logging.Logger
     known_options = OPTIONS
     no_effect = NO_EFFECT
     no_effect_when = NO_EFFECT_WHEN
@@ -292,6 +294,10 @@ class RedisOptions:
         self._log_ignored = setting_flag(
             getattr(settings, "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS", True), "DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS"
         )
+        # django-redis's DJANGO_REDIS_LOGGER names the logger ignored failures go to.
+        name = getattr(settings, "DJANGO_REDIS_LOGGER", None)
+        if isinstance(name, str) and name:
+            self._failure_logger = logging.getLogger(name)
         self._scan_itersize = setting_count(
             getattr(settings, "DJANGO_REDIS_SCAN_ITERSIZE", 1000), "DJANGO_REDIS_SCAN_ITERSIZE"
         )
