@@ -9,6 +9,8 @@ Instruments (meter ``django_rustcache``; attributes ``alias``, ``backend``, and 
 * ``django_rustcache.calls`` (``{call}``; ``method``, ``outcome``), observable counter;
 * ``django_rustcache.keys`` (``{key}``; ``result``: found / missed), observable counter;
 * ``django_rustcache.sent_bytes`` and ``django_rustcache.received_bytes`` (``By``);
+* ``django_rustcache.orm.reads`` (``result``), ``.orm.writes`` (``path``), ``.orm.invalidations``:
+  the ORM query cache's counts (see ``django_rustcache.orm.stats``);
 * ``django_rustcache.call.duration.sum`` (``s``) and ``django_rustcache.call.duration.count``
   (``{call}``) per ``method``, observable counters, and ``django_rustcache.call.duration.p99``
   (``s``), a gauge. (The cores keep each method's latencies as a histogram of their own; an
@@ -24,6 +26,7 @@ Async calls' spans end when their future does. With spans off, calls pay nothing
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -59,6 +62,21 @@ def _observe(read: Callable[[dict[str, Any]], Iterable[tuple[float, dict[str, st
             base = {"alias": s["alias"], "backend": s["backend"]}
             for value, attributes in read(s):
                 yield Observation(value, {**base, **attributes})
+
+    return callback
+
+
+def _orm(read: Callable[[dict[str, Any]], Iterable[tuple[float, dict[str, str]]]]) -> Callable[[Any], Any]:
+    """An observable instrument's callback over the ORM query cache's counts (once it is used)."""
+    from opentelemetry.metrics import Observation
+
+    def callback(options: Any) -> Iterable[Any]:
+        orm = sys.modules.get("django_rustcache.orm.stats")
+        if orm is None:
+            return
+        s = orm.stats()
+        for value, attributes in read(s):
+            yield Observation(value, {"alias": s["alias"] or "", **attributes})
 
     return callback
 
@@ -118,6 +136,24 @@ def enable() -> None:
         [_observe(lambda s: ((lat["count"], {"method": m}) for m, lat in s["latency"].items()))],
         unit="{call}",
         description="Timed calls, per method (in-process calls are timed one in 16).",
+    )
+    meter.create_observable_counter(
+        "django_rustcache.orm.reads",
+        [_orm(lambda s: ((n, {"result": r}) for r, n in s["reads"].items()))],
+        unit="{read}",
+        description="ORM query cache reads: hit, miss, bypass.",
+    )
+    meter.create_observable_counter(
+        "django_rustcache.orm.writes",
+        [_orm(lambda s: ((n, {"path": p}) for p, n in s["writes"].items()))],
+        unit="{statement}",
+        description="Writes the ORM query cache saw, by write path.",
+    )
+    meter.create_observable_counter(
+        "django_rustcache.orm.invalidations",
+        [_orm(lambda s: ((s["invalidations"], {}),))],
+        unit="{table}",
+        description="Tables the ORM query cache gave new generations.",
     )
     meter.create_observable_gauge(
         "django_rustcache.call.duration.p99",

@@ -12,7 +12,10 @@ Families (every one labelled ``alias`` and ``backend``):
 * ``django_rustcache_connections{server, state="open"|"idle"}``,
   ``django_rustcache_server_up{server}``: each server's pool and health, now;
 * ``django_rustcache_near_cache_*``: the near cache's hits, misses, invalidations, flushes
-  (``_total``) and what it holds (``entries``, ``bytes``).
+  (``_total``) and what it holds (``entries``, ``bytes``);
+* ``django_rustcache_orm_*``: the ORM query cache's ``reads_total{result}``, ``stores_total``,
+  ``store_failures_total``, ``writes_total{path}``, ``invalidations_total`` and
+  ``invalidation_failures_total`` (see ``django_rustcache.orm.stats``).
 
 In a pre-fork server each process exports its own (as with any collector); use
 prometheus_client's multiprocess mode's aggregation, or scrape every worker.
@@ -20,6 +23,7 @@ prometheus_client's multiprocess mode's aggregation, or scrape every worker.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -132,6 +136,36 @@ class RustCacheCollector(Collector):
             received.add_metric(base, s["bytes_received"])
         yield from (calls, duration, keys, sent, received)
         yield from self._servers()
+        yield from self._orm()
+
+    def _orm(self) -> Iterator[Any]:
+        """The ORM query cache's counts, once it is in use in this process."""
+        orm = sys.modules.get("django_rustcache.orm.stats")
+        if orm is None:
+            return
+        s = orm.stats()
+        alias = s["alias"] or ""
+        reads = CounterMetricFamily(
+            "django_rustcache_orm_reads", "ORM cache reads: hit, miss, bypass.", labels=["alias", "result"]
+        )
+        for result, n in s["reads"].items():
+            reads.add_metric([alias, result], n)
+        writes = CounterMetricFamily(
+            "django_rustcache_orm_writes", "Writes the ORM cache saw, by write path.", labels=["alias", "path"]
+        )
+        for path, n in s["writes"].items():
+            writes.add_metric([alias, path], n)
+        yield reads
+        yield writes
+        for name, key, text in (
+            ("stores", "stores", "Results stored."),
+            ("store_failures", "store_failures", "Results that could not be stored."),
+            ("invalidations", "invalidations", "Tables given new generations."),
+            ("invalidation_failures", "invalidation_failures", "Invalidations that failed (retried)."),
+        ):
+            family = CounterMetricFamily(f"django_rustcache_orm_{name}", text, labels=["alias"])
+            family.add_metric([alias], s[key])
+            yield family
 
     def _servers(self) -> Iterator[Any]:
         connections = GaugeMetricFamily(

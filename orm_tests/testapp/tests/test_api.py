@@ -651,3 +651,55 @@ class InTestCaseTests(TestCase):
 
     def test_zz_a_previous_tests_write_is_gone(self):
         self.assertEqual(titles(Book.objects.all()), ["one"])
+
+
+class StatsTests(CacheTestCase):
+    """``django_rustcache.orm.stats``: reads, stores, writes by path and invalidations, counted
+    by value after a known sequence; and in the Prometheus exposition."""
+
+    def test_a_known_sequence_is_counted(self):
+        from django_rustcache.orm import stats
+
+        stats.reset_stats()
+        titles(Book.objects.filter(author=self.ann))  # a miss, stored
+        titles(Book.objects.filter(author=self.ann))  # a hit
+        Book.objects.filter(pk=self.books[0].pk).update(title="new")  # an update: one table
+        titles(Book.objects.filter(author=self.ann))  # a miss again (new generation), stored
+        Tag.objects.create(label="blue")  # an insert
+        Tag.objects.filter(label="blue").delete()  # (a read of what to delete, then a delete)
+        s = stats.stats()
+        self.assertEqual(s["alias"], "default")
+        self.assertEqual(s["reads"]["hit"], 1)
+        self.assertGreaterEqual(s["reads"]["miss"], 2)
+        self.assertEqual(s["reads"]["bypass"], 0)
+        self.assertGreaterEqual(s["stores"], 2)
+        self.assertEqual(s["writes"]["update"], 1)
+        self.assertEqual(s["writes"]["insert"], 1)
+        self.assertGreaterEqual(s["writes"]["delete"], 1)
+        self.assertGreaterEqual(s["invalidations"], 3)
+        self.assertEqual(s["invalidation_failures"], 0)
+        stats.reset_stats()
+        self.assertEqual(stats.stats()["reads"], {"hit": 0, "miss": 0, "bypass": 0})
+
+    def test_the_counts_are_in_the_prometheus_exposition(self):
+        try:
+            import prometheus_client
+            from prometheus_client.parser import text_string_to_metric_families
+        except ImportError:
+            self.skipTest("prometheus_client is not installed")
+        from django_rustcache import prometheus
+        from django_rustcache.orm import stats
+
+        prometheus.register()
+        stats.reset_stats()
+        titles(Book.objects.filter(author=self.bob))
+        titles(Book.objects.filter(author=self.bob))
+        text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+        reads = {
+            s.labels["result"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "django_rustcache_orm_reads"
+            for s in f.samples
+        }
+        self.assertEqual(reads["hit"], 1)
+        self.assertGreaterEqual(reads["miss"], 1)

@@ -22,6 +22,7 @@ from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI
 from django.db.models.sql.query import RawQuery
 
 from django_rustcache.orm import _engine, _stored, config
+from django_rustcache.orm import stats as _stats
 from django_rustcache.orm._identity import _convert, _split, _sql_key_text, _volatile
 from django_rustcache.orm._stored import _MAGIC, _dump, _is_entry, _raw_shape, _storable, _StoredCursor
 from django_rustcache.orm.invalidation import make_key
@@ -233,7 +234,9 @@ def _store(read: _Read, stamp: Stamp, payload: tuple[bytes, ...], present: bool,
                 read.cache.add(read.key, value, timeout=read.timeout)
     except Exception as exc:
         _engine.warn(f"ORM cache: storing a result failed ({exc!r})")
+        _stats.count("store.failed")
         return
+    _stats.count("store")
     read.stored = True
     if rows is not None:
         _memo.remember(read.key, stamp, rows, read.timeout)
@@ -296,7 +299,9 @@ def _execute(
         read.found = found = _lookup(read, conn.alias, key_text, tables, compiler.col_count)
     if found is not None and type(found[1]) is list:
         read.hit = True
+        _stats.count("read.hit")
         return []
+    _stats.count("read.miss" if found is not None else "read.bypass")
     # Run the SQL already compiled, as Django would.
     compiler.as_sql = lambda *args, **kwargs: (sql, params)
     try:

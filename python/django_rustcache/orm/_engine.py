@@ -30,6 +30,7 @@ from typing import Any
 from django.db import connections
 
 from django_rustcache.orm import config as _config
+from django_rustcache.orm import stats as _stats
 
 log = logging.getLogger("django_rustcache.orm")
 
@@ -240,6 +241,9 @@ def bump(tables: Iterable[str], cache: Any = None) -> bool:
     if failed and isinstance(failed, (list, tuple, set)):
         failed_keys = set(failed)
         lost = {t for t in tables if generation_key(t) in failed_keys}
+    _stats.count("invalidation", len(tables) - len(lost))
+    if lost:
+        _stats.count("invalidation.failed", len(lost))
     with _pending_lock:
         _pending.difference_update(tables - lost)
         _pending.update(lost)
@@ -444,6 +448,9 @@ def _execute(execute: Callable[..., Any], sql: str, params: Any, many: bool, con
         tables = tables_in(sql) if isinstance(sql, str) else frozenset()
     except Exception:
         tables = frozenset()
+    if isinstance(sql, str):
+        lead = _LEAD.match(sql)
+        _stats.count("write." + _stats.write_path(lead.group(1) if lead else None))
     if _shares_cache_database(conn) and _refuse_or_defer(conn, sql, tables):
         return execute(sql, params, many, context)
     try:
