@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 from django.core.cache import CacheHandler
@@ -253,3 +254,64 @@ def test_the_metrics_option_passes_the_system_check_of_every_backend():
 
     for cls in (LRUObjectCache, MemcachedCache, PyLibMCCache, RedisCache):
         assert option_messages("x", cls, {"METRICS": False}) == [], cls
+
+
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+def test_a_server_marked_down_and_found_up_again_is_counted(kind, servers):
+    from tests.servers import DelayProxy
+
+    proxy = DelayProxy(servers[kind].port, 0.0)
+    try:
+        if kind == "redis":
+            cache = make_redis(f"redis://127.0.0.1:{proxy.port}", OPTIONS={"SOCKET_TIMEOUT": 0.3, "RETRY_TIMEOUT": 0.3})
+        else:
+            cache = make_memcached(f"127.0.0.1:{proxy.port}", OPTIONS={"timeout": 0.3, "retry_timeout": 0.3})
+        cache.set("k", 1)
+        proxy.delay = 2.0
+        with pytest.raises(ServerDown):
+            cache.get("k")  # no reply in time: marked down
+        with pytest.raises(ServerDown):
+            cache.get("k")  # still down: not counted again
+        proxy.delay = 0.0
+        time.sleep(0.4)  # the retry window ends
+        assert cache.get("k") == 1  # found up again
+        (server,) = cache.stats()["servers"]
+        assert (server["went_down"], server["came_back"]) == (1, 1)
+        text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+        alias = cache.stats()["alias"]
+        moves = {
+            s.labels["to"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "django_rustcache_server_transitions"
+            for s in f.samples
+            if s.labels["alias"] == alias
+        }
+        assert moves == {"down": 1, "up": 1}
+    finally:
+        proxy.close()
+
+
+def test_calls_waiting_for_a_connection_are_a_gauge(servers):
+    from tests.servers import DelayProxy
+
+    proxy = DelayProxy(servers["redis"].port, 0.0)
+    try:
+        cache = make_redis(f"redis://127.0.0.1:{proxy.port}", OPTIONS={"MAX_CONNECTIONS": 1, "SOCKET_TIMEOUT": 3})
+        cache.set("k", 1)
+        proxy.delay = 0.5
+        holder = threading.Thread(target=cache.get, args=("k",))
+        holder.start()
+        time.sleep(0.1)  # the holder has the one connection
+        waiter = threading.Thread(target=cache.get, args=("k",))
+        waiter.start()
+        seen = 0
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline and not seen:
+            seen = cache.stats()["servers"][0]["waiting"]
+            time.sleep(0.01)
+        holder.join()
+        waiter.join()
+        assert seen == 1
+        assert cache.stats()["servers"][0]["waiting"] == 0
+    finally:
+        proxy.close()

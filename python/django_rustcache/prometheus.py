@@ -9,8 +9,9 @@ Families (every one labelled ``alias`` and ``backend``):
 * ``django_rustcache_keys_total{result="found"|"missed"}``: keys reads asked for;
 * ``django_rustcache_sent_bytes_total``, ``django_rustcache_received_bytes_total``: bytes of keys
   and values sent, and of values received;
-* ``django_rustcache_connections{server, state="open"|"idle"}``,
-  ``django_rustcache_server_up{server}``: each server's pool and health, now;
+* ``django_rustcache_connections{server, state="open"|"idle"|"waiting"}``,
+  ``django_rustcache_server_up{server}``: each server's pool and health, now, and
+  ``django_rustcache_server_transitions_total{server, to="down"|"up"}``;
 * ``django_rustcache_near_cache_*``: the near cache's hits, misses, invalidations, flushes
   (``_total``) and what it holds (``entries``, ``bytes``);
 * ``django_rustcache_orm_*``: the ORM query cache's ``reads_total{result}``, ``stores_total``,
@@ -176,6 +177,11 @@ class RustCacheCollector(Collector):
         up = GaugeMetricFamily(
             "django_rustcache_server_up", "1 while calls go to the server.", labels=["alias", "backend", "server"]
         )
+        transitions = CounterMetricFamily(
+            "django_rustcache_server_transitions",
+            "Times a server was marked down, and found up again by a call.",
+            labels=["alias", "backend", "server", "to"],
+        )
         near = {
             name: CounterMetricFamily(f"django_rustcache_near_cache_{name}", f"Near cache {name}.", labels=["alias"])
             for name in ("hits", "misses", "invalidations", "flushes")
@@ -193,9 +199,12 @@ class RustCacheCollector(Collector):
             for server in stats["servers"]:
                 address = str(server.get("address", ""))
                 up.add_metric([*base, address], 1.0 if server.get("up", True) else 0.0)
-                for state, key in (("open", "open_connections"), ("idle", "idle_connections")):
+                for state, key in (("open", "open_connections"), ("idle", "idle_connections"), ("waiting", "waiting")):
                     if key in server:
                         connections.add_metric([*base, address, state], float(server[key]))
+                for to, key in (("down", "went_down"), ("up", "came_back")):
+                    if key in server:
+                        transitions.add_metric([*base, address, to], server[key])
             if stats["near_cache"]:
                 for name, family in near.items():
                     family.add_metric([alias], stats["near_cache"][name])
@@ -203,6 +212,7 @@ class RustCacheCollector(Collector):
                     gauge.add_metric([alias], stats["near_cache"][name])
         yield connections
         yield up
+        yield transitions
         yield from near.values()
         yield from near_now.values()
 

@@ -100,6 +100,9 @@ pub struct ServerState {
     pub idle: usize,
     /// Open multiplexed connections (the async calls').
     pub async_connections: usize,
+    /// Times the server was marked down, and found up again by a call.
+    pub went_down: u64,
+    pub came_back: u64,
 }
 
 /// Whether an exchange may run again on a new connection when a pooled one turns out dead: not
@@ -460,6 +463,8 @@ impl Client {
                     last_error: h.last_error,
                     idle: self.pool.idle_count(si),
                     async_connections: self.slots[si].open(),
+                    went_down: h.went_down,
+                    came_back: h.came_back,
                 }
             })
             .collect()

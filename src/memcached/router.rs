@@ -33,6 +33,9 @@ struct Health {
     removed_until: Option<Instant>,
     errors: u64,
     last_error: Option<String>,
+    /// Times the server was marked down (from up), and found up again by a call.
+    went_down: u64,
+    came_back: u64,
 }
 
 struct Routing {
@@ -52,6 +55,9 @@ pub struct HealthState {
     pub errors: u64,
     /// The last such failure.
     pub last_error: Option<String>,
+    /// Times the server was marked down, and found up again by a call.
+    pub went_down: u64,
+    pub came_back: u64,
 }
 
 /// The ring over the servers and their health.
@@ -183,7 +189,11 @@ impl Router {
         h.last_error = Some(e.to_string());
         let window = self.policy.window_on_any_failure || e.kind() == ErrorKind::Timeout;
         if window && !self.policy.retry_timeout.is_zero() {
-            h.down_until = Some(Instant::now() + self.policy.retry_timeout);
+            let now = Instant::now();
+            if h.down_until.is_none_or(|was| was <= now) {
+                h.went_down += 1;
+            }
+            h.down_until = Some(now + self.policy.retry_timeout);
         }
         let remove = self.policy.remove_failed > 0
             && h.failures_in_a_row >= self.policy.remove_failed
@@ -202,7 +212,9 @@ impl Router {
         let mut h = self.health[si].lock();
         if h.failures_in_a_row > 0 || h.down_until.is_some() {
             h.failures_in_a_row = 0;
-            h.down_until = None;
+            if h.down_until.take().is_some() {
+                h.came_back += 1;
+            }
         }
     }
 
@@ -215,6 +227,8 @@ impl Router {
             removed: h.removed_until.is_some_and(|until| until > now),
             errors: h.errors,
             last_error: h.last_error.clone(),
+            went_down: h.went_down,
+            came_back: h.came_back,
         }
     }
 }

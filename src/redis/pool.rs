@@ -55,6 +55,8 @@ impl Default for PoolConfig {
 struct State {
     idle: Vec<Conn>,
     open: usize,
+    /// Blocking calls waiting for a connection to be given back.
+    waiting: usize,
 }
 
 #[derive(Default)]
@@ -62,6 +64,26 @@ struct Health {
     down_until: Option<Instant>,
     last_error: Option<String>,
     errors: u64,
+    /// Times the server was marked down (from up), and found up again by a call.
+    went_down: u64,
+    came_back: u64,
+}
+
+impl Health {
+    /// Calls go to the server no more until `until` (counted when it was up).
+    fn mark_down(&mut self, until: Instant) {
+        if self.down_until.is_none_or(|was| was <= Instant::now()) {
+            self.went_down += 1;
+        }
+        self.down_until = Some(until);
+    }
+
+    /// A call came through: the server is up (counted when it was marked down).
+    fn mark_up(&mut self) {
+        if self.down_until.take().is_some() {
+            self.came_back += 1;
+        }
+    }
 }
 
 /// Where a pool's connections go.
@@ -123,6 +145,11 @@ pub struct PoolState {
     pub errors: u64,
     /// The last such failure.
     pub last_error: Option<String>,
+    /// Blocking calls waiting for a connection now.
+    pub waiting: usize,
+    /// Times the server was marked down, and found up again by a call.
+    pub went_down: u64,
+    pub came_back: u64,
 }
 
 impl Pool {
@@ -173,7 +200,7 @@ impl Pool {
             username: settings.username().map(str::to_owned).or_else(|| username.map(str::to_owned)),
             password: settings.password().map(str::to_owned).or_else(|| password.map(str::to_owned)),
             db: db.unwrap_or_else(|| settings.db()),
-            state: Mutex::new(State { idle: Vec::new(), open: 0 }),
+            state: Mutex::new(State { idle: Vec::new(), open: 0, waiting: 0 }),
             returned: Condvar::new(),
             health: Mutex::new(Health::default()),
             slots: Slots::new(config.max_connections.min(ASYNC_CONNECTIONS)),
@@ -296,10 +323,7 @@ impl Pool {
 
     /// An async exchange completed: the server is fine.
     pub(crate) fn mark_up(&self) {
-        let mut h = self.health.lock();
-        if h.down_until.is_some() {
-            h.down_until = None;
-        }
+        self.health.lock().mark_up();
     }
 
     /// The deadline of a call that starts now.
@@ -354,7 +378,7 @@ impl Pool {
             }
         }
         if opens_retry_window(e) && !self.config.retry_timeout.is_zero() {
-            h.down_until = Some(Instant::now() + self.config.retry_timeout);
+            h.mark_down(Instant::now() + self.config.retry_timeout);
         }
         drop(h);
         self.drop_idle();
@@ -401,7 +425,9 @@ impl Pool {
                     format!("redis {}: all {} connections busy", self.name, self.config.max_connections),
                 ));
             }
+            state.waiting += 1;
             self.returned.wait_for(&mut state, (deadline - now).min(SLICE));
+            state.waiting -= 1;
             // The signal check takes the GIL: never while holding the pool's lock.
             MutexGuard::unlocked(&mut state, check_interrupt)?;
         }
@@ -520,10 +546,7 @@ impl Pool {
         conn.trim();
         self.state.lock().idle.push(conn);
         self.returned.notify_one();
-        let mut h = self.health.lock();
-        if h.down_until.is_some() {
-            h.down_until = None;
-        }
+        self.health.lock().mark_up();
     }
 
     /// A loaned connection was dropped (it failed): free its slot.
@@ -568,9 +591,9 @@ impl Pool {
 
     /// Counts and health, for `servers()`.
     pub fn state(&self) -> PoolState {
-        let (idle, open) = {
+        let (idle, open, waiting) = {
             let state = self.state.lock();
-            (state.idle.len(), state.open)
+            (state.idle.len(), state.open, state.waiting)
         };
         let h = self.health.lock();
         let address = match &self.target {
@@ -587,6 +610,9 @@ impl Pool {
             up: h.down_until.is_none_or(|until| until <= Instant::now()),
             errors: h.errors,
             last_error: h.last_error.clone(),
+            waiting,
+            went_down: h.went_down,
+            came_back: h.came_back,
         }
     }
 }

@@ -347,6 +347,8 @@ impl PyMemcachedClient {
             d.set_item("last_error", s.last_error)?;
             d.set_item("idle_connections", s.idle)?;
             d.set_item("async_connections", s.async_connections)?;
+            d.set_item("went_down", s.went_down)?;
+            d.set_item("came_back", s.came_back)?;
             out.append(d)?;
         }
         Ok(out)

@@ -336,6 +336,9 @@ impl PyRedisClient {
             d.set_item("idle_connections", state.idle)?;
             d.set_item("open_connections", state.open)?;
             d.set_item("async_connections", pool.slots().open())?;
+            d.set_item("waiting", state.waiting)?;
+            d.set_item("went_down", state.went_down)?;
+            d.set_item("came_back", state.came_back)?;
             if let Some((sentinel, _)) = pool.sentinel() {
                 d.set_item("service", sentinel.service())?;
                 d.set_item("master", sentinel.known_master().map(|a| a.to_string()))?;
