@@ -10,6 +10,7 @@ hits are timed one call in 16 (a clock read costs a tenth of such a hit), and co
 
 from __future__ import annotations
 
+import re
 import weakref
 from typing import Any, TypedDict
 
@@ -124,7 +125,13 @@ def alias_of(backend: Any, location: Any, params: dict[str, Any]) -> tuple[str, 
                 return alias, True
         except ImportError:
             continue
-    return f"{cls.__name__}({location})", False
+    return f"{cls.__name__}({_without_secrets(location)})", False
+
+
+def _without_secrets(location: Any) -> str:
+    """A LOCATION as a label: a URL's user and password left out (metrics are exported)."""
+    places = location if isinstance(location, (list, tuple)) else [location]
+    return ",".join(re.sub(r"//[^@/]*@", "//", str(place)) for place in places)
 
 
 def metrics_enabled(options: dict[str, Any]) -> bool:
