@@ -322,3 +322,16 @@ def test_a_backend_made_by_hand_is_named_without_its_password(servers):
     cache = make_redis(f"redis://:not-a-secret@127.0.0.1:{port}/0")
     alias = cache.stats()["alias"]  # (no call: this server has no password to check it)
     assert "not-a-secret" not in alias and f"127.0.0.1:{port}" in alias
+
+
+def test_the_project_wide_switch_turns_metrics_off_and_options_win(servers):
+    with override_settings(RUSTCACHE_METRICS=False):
+        off = make_redis(servers["redis"].location)
+        on = make_redis(servers["redis"].location, OPTIONS={"METRICS": True})
+        off.get("k")
+        on.get("k")
+    assert off.stats()["calls"] == {} and off.stats()["metrics_enabled"] is False
+    assert on.stats()["calls"] == {"get": {"miss": 1}}
+    after = make_lru()  # the switch is read again once the setting is restored
+    after.get("k")
+    assert after.stats()["calls"] == {"get": {"miss": 1}}

@@ -134,18 +134,46 @@ def _without_secrets(location: Any) -> str:
     return ",".join(re.sub(r"//[^@/]*@", "//", str(place)) for place in places)
 
 
+_UNSET = object()
+_global_switch: Any = _UNSET
+
+
+def _project_default() -> bool:
+    """``RUSTCACHE_METRICS`` (default on), read once and again after a settings change."""
+    global _global_switch
+    if _global_switch is _UNSET:
+        from django.conf import settings
+
+        try:
+            _global_switch = bool(getattr(settings, "RUSTCACHE_METRICS", True)) if settings.configured else True
+        except Exception:
+            _global_switch = True
+    return bool(_global_switch)
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    global _global_switch
+    if setting == "RUSTCACHE_METRICS":
+        _global_switch = _UNSET
+
+
 def metrics_enabled(options: dict[str, Any]) -> bool:
     """``OPTIONS["METRICS"]`` (default on), under the project-wide ``RUSTCACHE_METRICS``."""
-    from django.conf import settings
-
-    try:
-        default = bool(getattr(settings, "RUSTCACHE_METRICS", True)) if settings.configured else True
-    except Exception:
-        default = True
-    value = options.get("METRICS", default)
+    value = options.get("METRICS")
+    if value is None:
+        return _project_default()
     if isinstance(value, str):
         return value.strip().lower() not in {"0", "false", "no", "off"}
     return bool(value)
+
+
+def _listen() -> None:
+    from django.core.signals import setting_changed
+
+    setting_changed.connect(_settings_changed, dispatch_uid="django_rustcache.metrics")
+
+
+_listen()
 
 
 _backends: weakref.WeakSet[Any] = weakref.WeakSet()
