@@ -216,7 +216,9 @@ struct State<S: Server> {
 }
 
 struct Waiting<S: Server> {
-    future: Py<PyAny>,
+    /// Held weakly, as the usual way holds its futures: a loop closed with the call out must
+    /// not be kept alive by the connection (the future holds its loop) until another loop asks.
+    future: Py<PyWeakrefReference>,
     deadline: Instant,
     call: S::Call,
 }
@@ -294,6 +296,8 @@ impl<S: Server> LoopConn<S> {
         call: S::Call,
     ) -> PyResult<Result<Bound<'py, PyAny>, S::Call>> {
         let future = event_loop.call_method0(intern!(py, "create_future"))?;
+        // (Made before the lock: making it may run the garbage collector.)
+        let Ok(weak) = PyWeakrefReference::new(&future).map(Bound::unbind) else { return Ok(Err(call)) };
         let mut state = self.state.lock();
         let server = state.server.clone();
         if !server.is_up() {
@@ -310,7 +314,7 @@ impl<S: Server> LoopConn<S> {
             return Ok(Err(call));
         }
         let deadline = Instant::now() + timeout;
-        state.waiting = Some(Waiting { future: future.clone().unbind(), deadline, call });
+        state.waiting = Some(Waiting { future: weak, deadline, call });
         let arm = state.watchdog.is_none();
         if arm {
             state.watchdog = Some(deadline);
@@ -487,17 +491,18 @@ fn close<S: Server>(py: Python<'_>, closing: Option<Closing<S>>) {
 
 /// Settle the waiting call's future with its reply (or failure), unless it was cancelled.
 fn settle<S: Server>(py: Python<'_>, server: &S, waiting: Waiting<S>, reply: Result<S::Reply, Error>) {
-    let future = waiting.future.bind(py);
+    // A future nobody holds any more (its loop closed, its caller gone) wants no answer.
+    let Some(future) = waiting.future.bind(py).upgrade() else { return };
     if future.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
         return;
     }
-    server.settle(py, future, waiting.call, reply);
+    server.settle(py, &future, waiting.call, reply);
 }
 
 /// Send the waiting call the usual way; its future is settled from there.
 fn retry<S: Server>(py: Python<'_>, server: &S, waiting: Waiting<S>) {
-    let future = waiting.future.bind(py);
-    match promise_for(py, future) {
+    let Some(future) = waiting.future.bind(py).upgrade() else { return };
+    match promise_for(py, &future) {
         Ok(promise) => server.retry(waiting.call, promise),
         Err(e) => {
             let _ = future.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
