@@ -132,8 +132,14 @@ def test_a_refused_key_a_silent_server_and_a_dead_one_are_counted_by_kind():
             refused.get("k")
     finally:
         silent.close()
+    with pytest.raises(TypeError, match="pickle"):
+        cache.add("k", threading.Lock())  # a value that cannot be stored: nothing is sent
     s = cache.stats()
-    assert s["calls"] == {"get": {"error_invalid_key": 1}, "set": {"error_timeout": 1, "error_server_down": 1}}
+    assert s["calls"] == {
+        "get": {"error_invalid_key": 1},
+        "set": {"error_timeout": 1, "error_server_down": 1},
+        "add": {"error": 1},
+    }
     assert s["failures"] == 2  # a refused key is not the server's failure
     assert refused.stats()["calls"] == {"get": {"error_connection": 1}}
 

@@ -64,9 +64,8 @@ class CacheStats(TypedDict):
     """The near cache's (hits, misses, invalidations, flushes, entries, bytes), when on."""
 
 
-_FAILURES = frozenset(
-    {"error_timeout", "error_connection", "error_server_down", "error_server", "error_protocol", "error"}
-)
+# The server's or the connection's failures (not a refused key, nor a value that cannot be stored).
+_FAILURES = frozenset({"error_timeout", "error_connection", "error_server_down", "error_server", "error_protocol"})
 
 
 def stats_shape(

@@ -28,7 +28,10 @@ impl PyMemcachedClient {
         delete_on_refusal: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let recording = self.metrics.begin(method);
-        let encoded = self.codec.encode(py, value)?;
+        let encoded = self
+            .codec
+            .encode(py, value)
+            .inspect_err(|_| self.metrics.record(method, Outcome::Error, Started::default()))?;
         recording.metrics().bytes(key.len() + encoded.1.len(), 0);
         let (future, promise) = promise(py)?;
         let (client, codec) = (self.client.clone(), self.codec.clone());

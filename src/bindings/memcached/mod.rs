@@ -71,7 +71,8 @@ impl PyMemcachedClient {
         exptime: i64,
         delete_on_refusal: bool,
     ) -> PyResult<bool> {
-        let encoded = self.codec.encode(py, value)?;
+        let encoded =
+            self.codec.encode(py, value).inspect_err(|_| self.metrics.record(method, Outcome::Error, started))?;
         let sent = key.len() + encoded.1.len();
         let (client, codec) = (&self.client, &self.codec);
         let stored = py.detach(|| -> Result<Stored, crate::error::Error> {

@@ -326,7 +326,7 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let recording = self.metrics.begin(Method::Set);
         let key = self.key_for(py, Method::Set, prefix, version, key)?;
-        let encoded = self.codec.encode(py, value)?;
+        let encoded = self.encode_for(py, Method::Set, value)?;
         let (future, promise) = promise(py)?;
         let client = self.client.clone();
         if timeout == Some(0) {
@@ -359,7 +359,7 @@ impl PyRedisClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let recording = self.metrics.begin(Method::Add);
         let key = self.key_for(py, Method::Add, prefix, version, key)?;
-        let encoded = self.codec.encode(py, value)?;
+        let encoded = self.encode_for(py, Method::Add, value)?;
         let (runner, codec) = (Async(self.client.clone()), self.codec.clone());
         spawn(py, async move {
             let added = match finish_async(codec, encoded).await {

@@ -443,6 +443,11 @@ impl PyRedisClient {
         }
     }
 
+    /// `value` encoded for `method`; a value that cannot be (unpicklable) counted as its error.
+    fn encode_for(&self, py: Python<'_>, method: Method, value: &Bound<'_, PyAny>) -> PyResult<Encoded> {
+        self.codec.encode(py, value).inspect_err(|_| self.metrics.record(method, Outcome::Error, Started::default()))
+    }
+
     /// A multi-key read of `asked` keys found `found`: its outcome, keys and bytes recorded.
     fn count_many(&self, started: Started, asked: usize, found: usize, sent: usize, received: usize) {
         self.metrics.record(Method::GetMany, Outcome::found(found > 0), started);

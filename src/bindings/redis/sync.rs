@@ -253,7 +253,7 @@ impl PyRedisClient {
         let started = self.metrics.start();
         let key = self.key_for(py, Method::Set, prefix, version, key)?;
         let (client, codec) = (&self.client, &self.codec);
-        let encoded = codec.encode(py, value)?;
+        let encoded = self.encode_for(py, Method::Set, value)?;
         let mut sent = key.len();
         let done = py.detach(|| {
             if timeout == Some(0) {
@@ -282,7 +282,7 @@ impl PyRedisClient {
         let started = self.metrics.start();
         let key = self.key_for(py, Method::Add, prefix, version, key)?;
         let (client, codec) = (&self.client, &self.codec);
-        let encoded = codec.encode(py, value)?;
+        let encoded = self.encode_for(py, Method::Add, value)?;
         let added = py.detach(|| {
             let value = codec.finish(encoded)?;
             finish(calls::add(&Blocking(client), key, value, timeout, timeout == Some(0)))
