@@ -326,8 +326,9 @@ def test_calls_waiting_for_a_connection_are_a_gauge(servers):
 def test_a_backend_made_by_hand_is_named_without_its_password(servers):
     port = servers["redis"].port
     cache = make_redis(f"redis://:not-a-secret@127.0.0.1:{port}/0")
-    alias = cache.stats()["alias"]  # (no call: this server has no password to check it)
-    assert "not-a-secret" not in alias and f"127.0.0.1:{port}" in alias
+    stats = cache.stats()  # (no call: this server has no password to check it)
+    assert "not-a-secret" not in stats["alias"] and f"127.0.0.1:{port}" in stats["alias"]
+    assert stats["location"] == [f"redis://:***@127.0.0.1:{port}/0"]
 
 
 def test_the_project_wide_switch_turns_metrics_off_and_options_win(servers):

@@ -37,6 +37,7 @@ class CacheStats(TypedDict):
     """The alias in ``settings.CACHES`` (a backend made by hand: its class and LOCATION)."""
     backend: str
     location: Any
+    """LOCATION as given, a URL's password replaced by ``***``."""
     metrics_enabled: bool
     since: float
     """Unix time the counts start from (the first call, or the last ``reset_stats()``)."""
@@ -81,7 +82,7 @@ def stats_shape(
     return CacheStats(
         alias=metrics["alias"],
         backend=metrics["backend"],
-        location=location,
+        location=_redacted(location),
         metrics_enabled=metrics["enabled"],
         since=metrics["since"],
         hits=metrics["keys_found"],
@@ -125,6 +126,13 @@ def alias_of(backend: Any, location: Any, params: dict[str, Any]) -> tuple[str, 
         except ImportError:
             continue
     return f"{cls.__name__}({_without_secrets(location)})", False
+
+
+def _redacted(location: Any) -> Any:
+    """LOCATION as given, a URL's password replaced by ``***`` (stats are shown and logged)."""
+    if isinstance(location, (list, tuple)):
+        return [_redacted(place) for place in location]
+    return re.sub(r"(//[^:@/]*:)[^@/]*@", r"\1***@", location) if isinstance(location, str) else location
 
 
 def _without_secrets(location: Any) -> str:
