@@ -53,9 +53,102 @@ pub fn make_default(out: &mut String, prefix: &str, version: &str, key: &str) {
     out.push_str(key);
 }
 
+/// Whether `text` matches a glob `pattern` as redis's MATCH reads one: `*` any run, `?` any
+/// one character, `[abc]`, `[a-z]` and `[^a]` a class, `\\` escaping the next character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    // Where to resume after the last `*`: the pattern after it, and the text it has taken.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi + 1, ti));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(pi + 1),
+            Some('[') => class_match(&p, pi + 1, t[ti]),
+            Some('\\') if pi + 1 < p.len() => (p[pi + 1] == t[ti]).then_some(pi + 2),
+            Some(&c) => (c == t[ti]).then_some(pi + 1),
+            None => None,
+        };
+        if let Some(next) = step {
+            pi = next;
+            ti += 1;
+        } else if let Some((after, taken)) = star {
+            pi = after;
+            ti = taken + 1;
+            star = Some((after, taken + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Whether `c` is in the class that starts at `p[at]` (after its `[`); where the pattern goes on.
+fn class_match(p: &[char], mut at: usize, c: char) -> Option<usize> {
+    let negated = p.get(at) == Some(&'^');
+    if negated {
+        at += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    loop {
+        match p.get(at) {
+            None => return None, // an unclosed class matches nothing
+            Some(']') if !first => break,
+            Some('\\') if at + 1 < p.len() => {
+                found |= p[at + 1] == c;
+                at += 2;
+            }
+            Some(&lo) if p.get(at + 1) == Some(&'-') && p.get(at + 2).is_some_and(|&hi| hi != ']') => {
+                let hi = p[at + 2];
+                found |= (lo.min(hi)..=lo.max(hi)).contains(&c);
+                at += 3;
+            }
+            Some(&x) => {
+                found |= x == c;
+                at += 1;
+            }
+        }
+        first = false;
+    }
+    (found != negated).then_some(at + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_matches_as_redis_match_does() {
+        for (pattern, text, expected) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            (":1:user*", ":1:user:42", true),
+            (":1:user*", ":2:user:42", false),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h*llo", "heeeello", true),
+            ("h*llo", "hello!", false),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*a*b*", "xxaxxbxx", true),
+            ("*a*b", "xxbxxa", false),
+            ("[", "[", false),
+            ("clé*", "clé:1", true),
+        ] {
+            assert_eq!(glob_match(pattern, text), expected, "{pattern} ~ {text}");
+        }
+    }
 
     #[test]
     fn default_key_format() {

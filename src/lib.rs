@@ -32,7 +32,7 @@ mod _core {
     use crate::bindings::redis::{PyHashRing, PyRedisClient, cluster_key_slot};
 
     #[pymodule_export]
-    use crate::bindings::keys::check_key;
+    use crate::bindings::keys::{check_key, glob_match};
 
     #[pymodule_export]
     use crate::bindings::metrics::{metrics_labels, metrics_snapshots, reset_all_metrics};

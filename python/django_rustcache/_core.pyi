@@ -188,6 +188,14 @@ class LruStore:
         """The expiry (seconds since the epoch; None: never) of the live entry under a made key.
         KeyError when there is none."""
 
+    def entries(
+        self, pattern: str = "*", skip: int = 0, limit: int = 100
+    ) -> tuple[list[tuple[str, float | None, Any]], int]:
+        """The live entries whose made key matches a glob ``pattern`` (redis's MATCH rules), most
+        recently used first and not promoted: ``skip`` passed over, then at most ``limit`` as
+        (made key, expiry or None, stored value); and how many matched in all. The values are as
+        stored (pickled bytes when the store keeps pickles): nothing is unpickled."""
+
     def purge_expired(self) -> int:
         """Remove every expired entry now; returns how many entries are left."""
 
@@ -602,6 +610,10 @@ class RedisClient:
         node: int | None = None,
         op: str | None = None,
     ) -> asyncio.Future[Any]: ...
+
+def glob_match(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches a glob ``pattern`` as redis's MATCH reads one (``*``, ``?``,
+    ``[a-z]``, ``[^a]``, ``\\`` escaping)."""
 
 def metrics_snapshots() -> list[dict[str, Any]]:
     """Every alias's metrics alive in this process (each as ``metrics()`` gives it)."""

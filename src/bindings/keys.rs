@@ -13,6 +13,13 @@ use crate::keys::{self, KeyProblems, MEMCACHE_MAX_KEY_LENGTH};
 static CACHE_KEY_WARNING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static INVALID_CACHE_KEY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// Whether `text` matches a glob `pattern` as redis's MATCH reads one (`*`, `?`, `[a-z]`,
+/// `[^a]`, `\\` escaping).
+#[pyfunction]
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    keys::glob_match(pattern, text)
+}
+
 /// What to do about a key memcached would refuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnInvalid {

@@ -465,6 +465,26 @@ impl PyLruStore {
         found.ok_or_else(|| PyKeyError::new_err(key.to_owned()))
     }
 
+    /// The live entries whose made key matches a glob `pattern` (redis's MATCH rules), most
+    /// recently used first and not promoted: `skip` passed over, then at most `limit` as
+    /// (made key, expiry or None, stored value); and how many matched in all. The values are
+    /// as stored (pickled bytes when the store keeps pickles): nothing is unpickled.
+    #[pyo3(signature = (pattern="*", skip=0, limit=100))]
+    fn entries<'py>(
+        &self,
+        py: Python<'py>,
+        pattern: &str,
+        skip: usize,
+        limit: usize,
+    ) -> PyResult<(Bound<'py, PyList>, usize)> {
+        let store = self.lock(py);
+        let (found, matched) = store.scan(now(), |key| crate::keys::glob_match(pattern, key), skip, limit);
+        let held: Vec<(String, Option<f64>, Py<PyAny>)> =
+            found.into_iter().map(|(key, entry)| (key.to_owned(), entry.expires, entry.value.clone_ref(py))).collect();
+        drop(store);
+        Ok((PyList::new(py, held)?, matched))
+    }
+
     /// Remove every expired entry now; returns how many entries are left.
     fn purge_expired(&self, py: Python<'_>) -> usize {
         let mut garbage = Vec::new();

@@ -328,6 +328,28 @@ impl<V> LruStore<V> {
         }
     }
 
+    /// The live entries whose key `matches`, most recently used first, without promoting
+    /// them: `skip` of them passed over, then at most `limit`; and how many matched in all.
+    pub fn scan(
+        &self,
+        now: f64,
+        matches: impl Fn(&str) -> bool,
+        skip: usize,
+        limit: usize,
+    ) -> (Vec<(&str, &Entry<V>)>, usize) {
+        let mut found = Vec::new();
+        let mut matched = 0;
+        for (key, entry) in &self.map {
+            if entry.alive(now) && matches(key) {
+                if matched >= skip && found.len() < limit {
+                    found.push((key.as_str(), entry));
+                }
+                matched += 1;
+            }
+        }
+        (found, matched)
+    }
+
     /// Remove every expired entry.
     pub fn purge_expired(&mut self, now: f64, garbage: &mut Vec<V>) {
         let dead: Vec<String> = self.map.iter().filter(|(_, e)| !e.alive(now)).map(|(k, _)| k.clone()).collect();
@@ -343,6 +365,29 @@ impl<V> LruStore<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scan_lists_live_matching_entries_most_recent_first_without_promoting() {
+        let mut s: LruStore<i32> = LruStore::new();
+        let mut g = Vec::new();
+        for (k, expiry) in [
+            ("a1", Expiry::Never),
+            ("b1", Expiry::Never),
+            ("a2", Expiry::At(0.5)),
+            ("a3", Expiry::Never),
+            ("a4", Expiry::Never),
+        ] {
+            s.set(k.to_owned(), 1, expiry, 0.0, 100, 3, &mut g);
+        }
+        let (found, matched) = s.scan(1.0, |k| k.starts_with('a'), 1, 10);
+        assert_eq!(found.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["a3", "a1"]);
+        assert_eq!(matched, 3);
+        let (found, _) = s.scan(1.0, |_| true, 0, 2);
+        assert_eq!(found.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["a4", "a3"]);
+        // Scanning did not promote: "a1" is still the least recently used.
+        let (found, _) = s.scan(1.0, |_| true, 3, 10);
+        assert_eq!(found.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["a1"]);
+    }
 
     const BIG: i64 = 1_000_000;
 

@@ -299,9 +299,9 @@ def _execute(
         read.found = found = _lookup(read, conn.alias, key_text, tables, compiler.col_count)
     if found is not None and type(found[1]) is list:
         read.hit = True
-        _stats.count("read.hit")
+        _stats.read("hit", sql, params, conn.alias, compiler.query.model)
         return []
-    _stats.count("read.miss" if found is not None else "read.bypass")
+    _stats.read("miss" if found is not None else "bypass", sql, params, conn.alias, compiler.query.model)
     # Run the SQL already compiled, as Django would.
     compiler.as_sql = lambda *args, **kwargs: (sql, params)
     try:
@@ -409,15 +409,19 @@ def _raw_execute(query: Any, read: _Read, model: Any) -> None:
     params = tuple(params) if isinstance(params, (list, tuple)) else params
     key_text = repr(("raw", conn.alias, query.sql, params, getattr(conn, "timezone_name", None)))
     tables = _engine.tables_in(query.sql) | _engine.model_tables(model)
-    found = None if " at 0x" in key_text or _volatile(query.sql) else _lookup(read, conn.alias, key_text, tables)
+    looked = not (" at 0x" in key_text or _volatile(query.sql))
+    found = _lookup(read, conn.alias, key_text, tables) if looked else None
     if found is not None and type(found[1]) is list:
         if _raw_shape(found[1]):
             description, stored = found[1]
             read.hit = True
+            _stats.read("hit", query.sql, params, conn.alias, model)
             query.cursor = _StoredCursor(description, stored)
             return None
         _engine.warn("ORM cache: a stored result could not be read, using the database (not a raw result)")
         found = (found[0], _PRESENT)
+    if looked:
+        _stats.read("miss" if found is not None else "bypass", query.sql, params, conn.alias, model)
     RawQuery._execute_query(query)  # type: ignore[attr-defined]  # Django's; django-stubs omits it
     if found is None:
         return None

@@ -35,6 +35,7 @@ from django.db.models.query import ModelIterable, RawQuerySet
 from django.utils import encoding
 
 from django_rustcache.orm import _engine, _stored, config
+from django_rustcache.orm import stats as _stats
 from django_rustcache.orm._cache import (
     _PRESENT,
     _armed,
@@ -193,6 +194,7 @@ class CachingModelIterable(_ModelIterable):
             read.found = (found[0], _PRESENT)
             return None
         read.hit = True
+        _stats.read("hit", None, None, conn.alias, model, query)
         return built
 
     def _register(self, objects: list[Any], query_key: str) -> None:

@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["count", "reset_stats", "stats", "write_path"]
+__all__ = ["count", "read", "recorder", "reset_stats", "stats", "write_path"]
+
+# Told of each read of this context (the debug toolbar's panel sets it for a request):
+# (outcome, sql, params, database alias, model label).
+recorder: ContextVar[Callable[[str, str, Any, str, str], None] | None] = ContextVar(
+    "django_rustcache_orm_recorder", default=None
+)
 
 _lock = threading.Lock()
 _counts: Counter[str] = Counter()
@@ -27,6 +35,21 @@ def count(name: str, n: int = 1) -> None:
     """Add `n` to counter `name` (``read.hit``, ``store``, ``write.update``, ...)."""
     with _lock:
         _counts[name] += n
+
+
+def read(outcome: str, sql: str | None, params: Any, db: str, model: Any, query: Any = None) -> None:
+    """Count a read (``hit``, ``miss`` or ``bypass``) and tell this context's recorder (a hit
+    found by the query's structure has no SQL yet: it is compiled from ``query`` only then)."""
+    count("read." + outcome)
+    told = recorder.get()
+    if told is None:
+        return
+    if sql is None and query is not None:
+        try:
+            sql, params = type(query).get_compiler(query, using=db).as_sql()
+        except Exception as exc:  # (shown in its place)
+            sql, params = f"(not compiled: {exc!r})", ()
+    told(outcome, sql or "", params, db, model._meta.label if model is not None else "")
 
 
 def write_path(verb: str | None) -> str:

@@ -1,0 +1,41 @@
+"""Pages that make a known sequence of cache calls (the tests check the panel shows each)."""
+
+from django.core.cache import caches
+from django.http import HttpResponse
+
+from browser_tests.site.shop.models import Book
+
+PAGE = "<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p></body></html>"
+
+
+def calls(request):
+    lru, redis, memcached = caches["default"], caches["redis"], caches["memcached"]
+    lru.set("greeting", "hello")
+    lru.get("greeting")
+    lru.get("absent", "fallback")
+    redis.set("<script>alert(1)</script>", 1)
+    redis.get_many(["<script>alert(1)</script>", "nothing-here"])
+    redis.get_or_set("made", lambda: 42)
+    memcached.add("counter", 1)
+    memcached.incr("counter")
+    memcached.delete("counter")
+    try:
+        memcached.incr("counter")
+    except ValueError:
+        pass
+    return HttpResponse(PAGE.format(title="calls", body="done"))
+
+
+async def async_calls(request):
+    redis = caches["redis"]
+    await redis.aset("async-key", "value")
+    await redis.aget("async-key")
+    await redis.aget("async-absent")
+    await caches["memcached"].ahas_key("async-absent")
+    return HttpResponse(PAGE.format(title="async calls", body="done"))
+
+
+def books(request):
+    titles = [b.title for b in Book.objects.filter(title__startswith="B").order_by("title")]
+    titles += [b.title for b in Book.objects.filter(title__startswith="B").order_by("title")]
+    return HttpResponse(PAGE.format(title="books", body=", ".join(titles)))

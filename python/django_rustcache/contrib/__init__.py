@@ -1,0 +1,1 @@
+"""Optional Django apps that come with django-rustcache."""
