@@ -1,6 +1,6 @@
-"""Sessions: lint, rust, tests, django (5.2 on 3.11, 6.1 on 3.12), bench, demo.
+"""Sessions: lint, rust, tests, django (5.2 on 3.11, 6.1 on 3.12), browser, bench, demo.
 
-``nox`` alone runs lint, rust, tests and django: the whole test suite that CI runs.
+``nox`` alone runs lint, rust, tests, django and browser: the whole test suite that CI runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-nox.options.sessions = ["lint", "rust", "tests", "django"]
+nox.options.sessions = ["lint", "rust", "tests", "django", "browser"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 # A session whose interpreter is missing fails the run (nox's default outside CI is to skip it
@@ -74,15 +74,22 @@ SERVERS = {
 
 def ensure_servers(session: nox.Session) -> None:
     """Install the servers the tests run (as root, with apt-get), or say exactly what to install."""
-    missing = sorted({pkg for exe, pkg in SERVERS.items() if shutil.which(exe) is None})
+    ensure_debian_packages(session, SERVERS, "the tests start real servers")
+
+
+def ensure_debian_packages(session: nox.Session, packages: dict[str, str], why: str, recommends: bool = False) -> None:
+    """Install Debian packages (program -> package) a session needs, as root with apt-get, or
+    say exactly what to install."""
+    missing = sorted({pkg for exe, pkg in packages.items() if shutil.which(exe) is None})
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        session.error(f"the tests start real servers; install them first: sudo apt-get install -y {' '.join(missing)}")
+        session.error(f"{why}; install them first: sudo apt-get install -y {' '.join(missing)}")
     session.log(f"installing {', '.join(missing)} with apt-get")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, external=True, env=env)
+    lean = () if recommends else ("--no-install-recommends",)
+    session.run("apt-get", "install", "-y", "-qq", *lean, *missing, external=True, env=env)
 
 
 def install_package(session: nox.Session, *extras: str, release: bool = False) -> None:
@@ -157,6 +164,22 @@ def django(session: nox.Session, django: str) -> None:
     session.run("python", "django_tests/run.py", *session.posargs)
     session.run("python", "orm_tests/run.py")
     session.run("python", "orm_tests/django_orm.py")
+
+
+@nox.session(python=PY311)
+def browser(session: nox.Session) -> None:
+    """The debug toolbar's panel and the caches' admin page in headless Chromium (Debian's
+    ``chromium``, driven by Playwright's Python package: no browser download), against the
+    test site served by ``runserver`` with real redis and memcached servers. Screenshots are
+    kept in browser_tests/artifacts/."""
+    ensure_servers(session)
+    # (with its recommended packages: the fonts pages are drawn with)
+    ensure_debian_packages(
+        session, {"chromium": "chromium"}, "the browser tests drive Debian's Chromium", recommends=True
+    )
+    install_package(session, "test")
+    session.install("Django~=5.2.0", "django-debug-toolbar>=6", "playwright>=1.50")
+    session.run("pytest", "browser_tests", "-p", "no:cacheprovider", *session.posargs)
 
 
 @nox.session(python=PY311)

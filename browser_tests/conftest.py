@@ -137,6 +137,8 @@ def page(browser):
 
 
 def login(page, site, user: str) -> None:
+    # The debug toolbar folded away (as its "Hide" leaves it), so the admin's pages are seen whole.
+    page.context.add_init_script("localStorage.setItem('djdt.show', 'false')")
     page.goto(site.url + "/admin/login/?next=/admin/")
     page.fill("#id_username", user)
     page.fill("#id_password", "pw")

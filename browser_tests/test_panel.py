@@ -34,6 +34,7 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
         ("default", "set", "'greeting'", "stored"),
         ("default", "get", "'greeting'", "hit"),
         ("default", "get", "'absent'", "miss"),
+        ("redis", "delete_many", "'made'", "ok"),
         ("redis", "set", "'<script>alert(1)</script>'", "stored"),
         ("redis", "get_many", "'<script>alert(1)</script>', 'nothing-here'", "1 of 2 hit"),
         ("redis", "get_or_set", "'made'", "miss (set)"),
@@ -47,7 +48,7 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
     totals = {r[0]: r for r in rows(panel, "djdt-rustcache-totals")}
     # alias, backend, calls, hits, misses, errors
     assert totals["default"][2:6] == ["3", "1", "1", "0"]
-    assert totals["redis"][2:6] == ["3", "1", "2", "0"]
+    assert totals["redis"][2:6] == ["4", "1", "2", "0"]
     assert totals["memcached"][2:6] == ["4", "0", "1", "0"]
     assert totals["redis"][1] == "django_rustcache.redis.RedisCache"
     # The hostile key is text on the page, never markup: no script ran, no element was made.
@@ -55,7 +56,7 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
     assert panel.locator("script").count() == 0
     assert "<script>alert(1)</script>" in panel.inner_text()
     nav = page.locator("#djdt-CachePanel").inner_text()
-    assert re.search(r"10 calls in [\d.]+ms", nav), nav
+    assert re.search(r"11 calls in [\d.]+ms", nav), nav
     shot(page, "panel-calls")
 
 

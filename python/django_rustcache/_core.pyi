@@ -32,6 +32,7 @@ __all__ = [
     "__version__",
     "check_key",
     "cluster_key_slot",
+    "glob_match",
     "metrics_labels",
     "metrics_snapshots",
     "reset_all_metrics",

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from debug_toolbar.panels import Panel
 from django.conf import settings
@@ -298,7 +298,7 @@ def _patch(cache: Any, alias: str) -> None:
     cache.__dict__[_PATCHED] = True
 
 
-class CachePanel(Panel):
+class CachePanel(Panel):  # type: ignore[misc]  # (the toolbar has no type hints)
     """Every cache call of the request (sync and async), totals per alias, and the ORM query
     cache's reads with their SQL."""
 
@@ -349,7 +349,7 @@ class CachePanel(Panel):
 
     def enable_instrumentation(self) -> None:
         for alias in caches:
-            if hasattr(caches._connections, alias):
+            if hasattr(cast(Any, caches)._connections, alias):
                 _patch(caches[alias], alias)
         self._tokens.append((_current.set(self), _orm_stats.recorder.set(self._record_orm)))
 

@@ -338,16 +338,16 @@ impl<V> LruStore<V> {
         limit: usize,
     ) -> (Vec<(&str, &Entry<V>)>, usize) {
         let mut found = Vec::new();
-        let mut matched = 0;
+        let mut total = 0;
         for (key, entry) in &self.map {
             if entry.alive(now) && matches(key) {
-                if matched >= skip && found.len() < limit {
+                if total >= skip && found.len() < limit {
                     found.push((key.as_str(), entry));
                 }
-                matched += 1;
+                total += 1;
             }
         }
-        (found, matched)
+        (found, total)
     }
 
     /// Remove every expired entry.

@@ -37,6 +37,14 @@ def _key(token: str) -> bytes:
         raise Http404("no such key") from None
 
 
+def _where(stats: Any) -> str:
+    """Where a cache's data is: its servers, or this process (the LRU, by its LOCATION)."""
+    location = stats["location"]
+    if stats["servers"] or not isinstance(location, str):
+        return ", ".join(map(str, location or ()))
+    return f"this process ({location})" if location else "this process"
+
+
 def _ours(cache: Any) -> bool:
     return callable(getattr(cache, "stats", None)) and type(cache).__module__.startswith("django_rustcache.")
 
@@ -55,7 +63,7 @@ class CacheAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             path("<str:alias>/", wrap(self.alias_view), name="rustcache_admin_alias"),
             path("<str:alias>/keys/", wrap(self.keys_view), name="rustcache_admin_keys"),
             path("<str:alias>/key/", wrap(self.key_view), name="rustcache_admin_key"),
-            path("<str:alias>/delete/", wrap(require_POST(self.delete_view)), name="rustcache_admin_delete"),
+            path("<str:alias>/delete/", wrap(require_POST(self.delete_keys_view)), name="rustcache_admin_delete"),
             path("", wrap(self.changelist_view), name="rustcache_admin_cache_changelist"),
         ]
 
@@ -85,14 +93,14 @@ class CacheAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         rows = []
         for alias in settings.CACHES:
-            cache = caches[alias]
+            cache: Any = caches[alias]
             row: dict[str, Any] = {"alias": alias, "backend": f"{type(cache).__module__}.{type(cache).__qualname__}"}
             if _ours(cache):
                 stats = cache.stats()
                 looked = stats["hits"] + stats["misses"]
                 row.update(
                     ours=True,
-                    location=stats["location"],
+                    location=_where(stats),
                     servers=stats["servers"],
                     up=sum(1 for s in stats["servers"] if s.get("up")),
                     hit_ratio=stats["hits"] / looked if looked else None,
@@ -123,6 +131,7 @@ class CacheAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             f"Cache “{alias}”",
             alias=alias,
             stats=stats,
+            where=_where(stats),
             calls=calls,
             hit_ratio=stats["hits"] / looked if looked else None,
             methods=methods,
@@ -171,12 +180,15 @@ class CacheAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             raise Http404(str(exc)) from None
         except ValueError as exc:
             raise Http404(str(exc)) from None
+        except Exception as exc:  # (a server down or silent: said on the keys page)
+            messages.error(request, f"{type(exc).__name__}: {exc}")
+            return HttpResponseRedirect(reverse("admin:rustcache_admin_keys", args=[alias]))
         if details is None:
             raise Http404("no such key (it may have expired or been deleted)")
         context = self._context(request, f"Key in “{alias}”", alias=alias, d=details, token=_token(key))
         return TemplateResponse(request, "rustcache_admin/key.html", context)
 
-    def delete_view(self, request: HttpRequest, alias: str) -> HttpResponse:
+    def delete_keys_view(self, request: HttpRequest, alias: str) -> HttpResponse:
         cache = self._cache(alias)
         if not self.has_delete_permission(request):
             raise PermissionDenied

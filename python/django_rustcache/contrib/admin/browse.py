@@ -115,24 +115,33 @@ class RedisBrowser(Browser):
         return self.client.execute(*args, write=False, idempotent=True, node=node)
 
     def page(self, pattern: str, cursor: str) -> tuple[list[Row], str | None, str]:
+        # The cursor: node, SCAN cursor, and how many of that SCAN's batch were shown already
+        # (a page ends at PAGE keys, within a batch if it must).
         nodes = self.client.nodes()
-        at, _, scan = cursor.partition(":")
-        index = int(at) if at.isdigit() else 0
-        scan = scan or "0"
+        parts = cursor.split(":")
+        index, scan, skip = (
+            (int(parts[0]), parts[1], int(parts[2])) if len(parts) == 3 and parts[0].isdigit() else (0, "0", 0)
+        )
         keys: list[bytes] = []
         deadline = time.monotonic() + DEADLINE
         following: str | None = None
         while index < len(nodes):
-            scan, batch = self._run("SCAN", scan, "MATCH", pattern, "COUNT", 500, node=nodes[index])
-            scan = scan.decode() if isinstance(scan, bytes) else str(scan)
-            keys.extend(batch)
-            if scan == "0":
-                index, scan = index + 1, "0"
-            if len(keys) >= PAGE or time.monotonic() > deadline:
-                following = f"{index}:{scan}" if index < len(nodes) else None
+            answer, batch = self._run("SCAN", scan, "MATCH", pattern, "COUNT", 500, node=nodes[index])
+            batch = batch[skip:]
+            room = PAGE - len(keys)
+            if len(batch) > room:
+                keys.extend(batch[:room])
+                following = f"{index}:{scan}:{skip + room}"
                 break
-        rows = [self._row(k) for k in keys]
-        return rows, following, f"SCAN MATCH over {len(nodes)} node(s)"
+            keys.extend(batch)
+            skip = 0
+            scan = answer.decode() if isinstance(answer, bytes) else str(answer)
+            if scan == "0":
+                index += 1
+            if index < len(nodes) and (len(keys) >= PAGE or time.monotonic() > deadline):
+                following = f"{index}:{scan}:0"
+                break
+        return [self._row(k) for k in keys], following, f"SCAN MATCH over {len(nodes)} node(s)"
 
     def _row(self, key: bytes) -> Row:
         kind = self._run("TYPE", key)
@@ -271,18 +280,50 @@ class MemcachedBrowser(Browser):
     def details(self, key: bytes) -> Details | None:
         self._check(key)
         for address in self.addresses:
-            answer = self._ask(address, b"mg " + key + b" s t f v\r\n", (b"EN\r\n", b"\r\n\r\n"))
-            if answer.startswith(b"VA "):
-                head, _, rest = answer.partition(b"\r\n")
-                parts = head.split(b" ")
-                size = int(parts[1])
-                flags = {p[:1]: p[1:].decode() for p in parts[2:]}
-                ttl = int(flags.get(b"t", "-1"))
-                d = Details(Row(key, f"item (flags {flags.get(b'f', '0')})", None if ttl < 0 else float(ttl), size))
-                d.length = size
-                d.format, d.preview = describe(rest[:size])
-                return d
+            found = self._meta_get(address, key)
+            if found is None:
+                continue
+            head, data = found
+            size = int(head[1])
+            flags = {p[:1]: p[1:].decode("ascii", "replace") for p in head[2:]}
+            ttl = _int(flags.get(b"t")) or -1
+            d = Details(Row(key, f"item (flags {flags.get(b'f', '0')})", None if ttl < 0 else float(ttl), size))
+            d.length = size
+            d.format, d.preview = describe(data)
+            return d
         return None
+
+    def _meta_get(self, address: str, key: bytes) -> tuple[list[bytes], bytes] | None:
+        """``mg`` (memcached 1.6+): the reply's head words and the value's first MiB; None on a
+        miss. The length the server gives is read up to that bound only."""
+        deadline = time.monotonic() + DEADLINE
+        with self._connect(address) as sock:
+            sock.sendall(b"mg " + key + b" s t f v\r\n")
+            buf = bytearray()
+
+            def more() -> None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{address} did not answer in {DEADLINE:.0f} s")
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError(f"{address} closed the connection")
+                buf.extend(chunk)
+
+            while b"\r\n" not in buf:
+                if len(buf) > 4096:
+                    raise Unlistable(f"{address} sent a head line longer than 4 KiB")
+                more()
+            line = bytes(buf[: buf.index(b"\r\n")])
+            if line.startswith(b"EN"):
+                return None
+            head = line.split(b" ")
+            if head[0] != b"VA" or len(head) < 2 or not head[1].isdigit():
+                raise Unlistable(f"{address} does not answer mg (it said {line[:80]!r})")
+            start = len(line) + 2
+            need = start + min(int(head[1]), 1 << 20)
+            while len(buf) < need:
+                more()
+            return head, bytes(buf[start:need])
 
     def delete(self, keys: list[bytes]) -> int:
         gone = 0
@@ -320,10 +361,10 @@ class LruBrowser(Browser):
         skip = int(cursor) if cursor.isdigit() else 0
         found, matched = self.store.entries(pattern, skip, PAGE)
         now = time.time()
-        rows = [
-            Row(key.encode(), *self._kind_size(value), ttl=None if at is None else max(0.0, at - now))
-            for key, at, value in found
-        ]
+        rows = []
+        for key, at, value in found:
+            kind, size = self._kind_size(value)
+            rows.append(Row(key.encode(), kind, None if at is None else max(0.0, at - now), size))
         following = str(skip + PAGE) if skip + PAGE < matched else None
         return rows, following, f"this process's store, most recently used first: {matched} matched"
 
@@ -334,7 +375,7 @@ class LruBrowser(Browser):
 
     def details(self, key: bytes) -> Details | None:
         text = key.decode()
-        found, matched = self.store.entries(_escape_glob(text), 0, 1)
+        found, _ = self.store.entries(_escape_glob(text), 0, 1)
         if not found:
             return None
         _, at, value = found[0]

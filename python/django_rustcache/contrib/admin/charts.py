@@ -59,7 +59,8 @@ def line(
     ]
     last = points[-1][1]
     body.append(
-        f'<text x="{W - RIGHT}" y="{TOP + 12}" text-anchor="end" font-size="12" fill="#417690">now {escape(fmt(last))}</text>'
+        f'<text x="{W - RIGHT}" y="{TOP + 12}" text-anchor="end" font-size="12" fill="#417690">'
+        f"now {escape(fmt(last))}</text>"
     )
     return _frame(title, "".join(body))
 
@@ -92,11 +93,13 @@ def histogram(title: str, buckets: list[tuple[float, int]]) -> SafeString:
         h = n / most * plot_h
         x = LEFT + i * width
         body.append(
-            f'<rect x="{x + 1:.1f}" y="{TOP + plot_h - h:.1f}" width="{max(width - 2, 1):.1f}" height="{h:.1f}" fill="#79aec8">'
+            f'<rect x="{x + 1:.1f}" y="{TOP + plot_h - h:.1f}" width="{max(width - 2, 1):.1f}" '
+            f'height="{h:.1f}" fill="#79aec8">'
             f"<title>{escape(f'≤ {seconds(upper)}: {n} calls')}</title></rect>"
         )
         if i % label_every == 0:
             body.append(
-                f'<text x="{x + width / 2:.1f}" y="{H - 8}" text-anchor="middle" font-size="10">{escape("≤" + seconds(upper))}</text>'
+                f'<text x="{x + width / 2:.1f}" y="{H - 8}" text-anchor="middle" font-size="10">'
+                f"{escape('≤' + seconds(upper))}</text>"
             )
     return _frame(title, "".join(body))

@@ -5,6 +5,8 @@ page view, the last ``RUSTCACHE_ADMIN_SAMPLES`` (360: an hour) kept. Each proces
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import threading
 import time
@@ -65,10 +67,8 @@ def start() -> None:
 def _run() -> None:
     while True:
         time.sleep(_interval())
-        try:
+        with contextlib.suppress(Exception):  # (the next interval tries again)
             sample()
-        except Exception:  # (the next interval tries again)
-            pass
 
 
 def series(alias: str) -> dict[str, list[tuple[float, float]]]:
@@ -78,7 +78,7 @@ def series(alias: str) -> dict[str, list[tuple[float, float]]]:
     with _lock:
         points = list(_samples.get(alias, ()))
     out: dict[str, list[tuple[float, float]]] = {"hit_ratio": [], "ops": [], "errors": []}
-    for (t0, f0, m0, c0, e0), (t1, f1, m1, c1, e1) in zip(points, points[1:], strict=False):
+    for (t0, f0, m0, c0, e0), (t1, f1, m1, c1, e1) in itertools.pairwise(points):
         df, dm, dc, de, dt = f1 - f0, m1 - m0, c1 - c0, e1 - e0, t1 - t0
         if min(df, dm, dc, de) < 0 or dt <= 0:
             continue
