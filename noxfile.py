@@ -170,15 +170,15 @@ def django(session: nox.Session, django: str) -> None:
 def browser(session: nox.Session) -> None:
     """The debug toolbar's panel and the caches' admin page in headless Chromium (Debian's
     ``chromium``, driven by Playwright's Python package: no browser download), against the
-    test site served by ``runserver`` with real redis and memcached servers. Screenshots are
-    kept in browser_tests/artifacts/."""
+    test site served by ``runserver`` and by uvicorn (ASGI), with real redis and memcached
+    servers. Screenshots are kept in browser_tests/artifacts/."""
     ensure_servers(session)
     # (with its recommended packages: the fonts pages are drawn with)
     ensure_debian_packages(
         session, {"chromium": "chromium"}, "the browser tests drive Debian's Chromium", recommends=True
     )
     install_package(session, "test")
-    session.install("Django~=5.2.0", "django-debug-toolbar>=6", "playwright>=1.50")
+    session.install("Django~=5.2.0", "django-debug-toolbar>=6", "playwright>=1.50", "uvicorn>=0.30")
     session.run("pytest", "browser_tests", "-p", "no:cacheprovider", *session.posargs)
 
 

@@ -5,6 +5,7 @@ Chromium (Debian's ``chromium``) driven by Playwright. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -86,33 +87,36 @@ def site(servers):
     s = Site(f"http://127.0.0.1:{port}", env)
     s.manage("migrate", "--run-syncdb", "-v", "0")
     s.manage("shell", "-c", USERS)
-    log = open(os.path.join(folder, "runserver.log"), "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "browser_tests/site/manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(s.url + "/admin/login/", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(Path(folder, "runserver.log").read_text()) from None
-                time.sleep(0.2)
-        yield s
+        with serving(s, "runserver", "browser_tests/site/manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"):
+            yield s
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(site: Site, name: str, *args: str):
+    """The site served by a server process (stopped by PID afterwards), once it answers."""
+    log_path = Path(site.env["RC_SITE_DIR"], f"{name}.log")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=site.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(site.url + "/admin/login/", timeout=2).read()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(log_path.read_text()) from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 @pytest.fixture(scope="session")
@@ -151,3 +155,12 @@ def shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def asgi_site(site):
+    """The same site (and database) served by uvicorn: async views run on its event loop."""
+    port = free_port()
+    s = Site(f"http://127.0.0.1:{port}", site.env)
+    with serving(s, "uvicorn", "-m", "uvicorn", "browser_tests.site.asgi:application", "--port", str(port)):
+        yield s

@@ -8,6 +8,14 @@ import re
 
 from browser_tests.conftest import shot
 
+# The calls of /async-calls/: alias, method, outcome.
+ASYNC_CALLS = [
+    ("redis", "aset (async)", "stored"),
+    ("redis", "aget (async)", "hit"),
+    ("redis", "aget (async)", "miss"),
+    ("memcached", "ahas_key (async)", "miss"),
+]
+
 
 def open_panel(page, site, path: str):
     dialogs: list[str] = []
@@ -63,12 +71,7 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
 def test_native_async_calls_are_recorded_when_they_complete(page, site):
     panel, _ = open_panel(page, site, "/async-calls/")
     calls = rows(panel, "djdt-rustcache-calls")
-    assert [(c[2], c[3], c[5]) for c in calls] == [
-        ("redis", "aset (async)", "stored"),
-        ("redis", "aget (async)", "hit"),
-        ("redis", "aget (async)", "miss"),
-        ("memcached", "ahas_key (async)", "miss"),
-    ]
+    assert [(c[2], c[3], c[5]) for c in calls] == ASYNC_CALLS
     # Each timed for what the awaited call took: a positive time.
     assert all(float(c[1]) > 0 for c in calls)
 

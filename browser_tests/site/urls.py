@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("calls/", views.calls),
     path("async-calls/", views.async_calls),
+    path("tagged/", views.tagged),
     path("books/", views.books),
     *debug_toolbar_urls(),
 ]

@@ -1,5 +1,6 @@
 """Pages that make a known sequence of cache calls (the tests check the panel shows each)."""
 
+import asyncio
 import contextlib
 
 from django.core.cache import caches
@@ -25,6 +26,19 @@ def calls(request):
     with contextlib.suppress(ValueError):
         memcached.incr("counter")
     return HttpResponse(PAGE.format(title="calls", body="done"))
+
+
+async def tagged(request):
+    """Calls named after the request's tag, with a pause between them, so that requests served
+    at once on one event loop interleave."""
+    tag = request.GET["tag"]
+    redis = caches["redis"]
+    await redis.aset(f"tag:{tag}:1", tag)
+    await asyncio.sleep(0.2)
+    await redis.aget(f"tag:{tag}:1")
+    await asyncio.sleep(0.2)
+    await redis.adelete(f"tag:{tag}:1")
+    return HttpResponse(PAGE.format(title=f"tagged {tag}", body="done"))
 
 
 async def async_calls(request):

@@ -225,51 +225,61 @@ class MemcachedBrowser(Browser):
             raise
         return sock
 
-    def _ask(self, address: str, command: bytes, until: tuple[bytes, ...]) -> bytes:
-        """The server's whole answer to one command (up to a line in `until`), bounded."""
+    def _ask(self, address: str, command: bytes, until: tuple[bytes, ...], bound: int = 4096) -> tuple[bytes, bool]:
+        """The server's answer to one command, up to an ending in `until`, and whether it came
+        whole: the answer is cut at `bound` bytes. One deadline for the whole exchange."""
         deadline = time.monotonic() + DEADLINE
         with self._connect(address) as sock:
             sock.sendall(command)
             got = bytearray()
             while not any(got.endswith(end) for end in until):
-                if len(got) > MAX_DUMP_BYTES or time.monotonic() > deadline:
-                    break
-                chunk = sock.recv(1 << 16)
+                if len(got) >= bound:
+                    return bytes(got[:bound]), False
+                chunk = _recv(sock, deadline, address)
                 if not chunk:
-                    break
+                    raise ConnectionError(f"{address} closed the connection mid-answer")
                 got += chunk
-            return bytes(got)
+            return bytes(got), True
 
-    def _dump(self) -> list[tuple[bytes, dict[str, str]]]:
+    def _dump(self) -> tuple[list[tuple[bytes, dict[str, str]]], bool]:
+        """Every server's keys and their metadata, and whether every dump came whole."""
         found = []
+        whole = True
         for address in self.addresses:
             try:
-                answer = self._ask(address, b"lru_crawler metadump all\r\n", (b"END\r\n", b"ERROR\r\n"))
+                answer, complete = self._ask(
+                    address, b"lru_crawler metadump all\r\n", (b"END\r\n", b"ERROR\r\n"), MAX_DUMP_BYTES
+                )
             except OSError as exc:
                 raise Unlistable(f"{address}: {exc}") from None
             if not answer.startswith(b"key=") and not answer.startswith(b"END"):
-                first = answer.split(b"\r\n", 1)[0].decode("ascii", "replace")
+                first = answer.split(b"\r\n", 1)[0][:80].decode("ascii", "replace")
                 raise Unlistable(f"{address} does not list its keys (it answered {first!r})")
+            if not complete:
+                whole = False
+                answer = answer[: answer.rfind(b"\n") + 1]  # (the cut line is dropped)
             for line in answer.split(b"\n"):
                 if not line.startswith(b"key="):
                     continue
-                fields = dict(
-                    part.split("=", 1) for part in line.strip().decode("ascii", "replace").split(" ") if "=" in part
-                )
+                text = line.strip().decode("ascii", "replace")
+                fields = dict(part.split("=", 1) for part in text.split(" ") if "=" in part)
                 found.append((unquote_to_bytes(fields.pop("key")), fields))
-        return found
+        return found, whole
 
     def page(self, pattern: str, cursor: str) -> tuple[list[Row], str | None, str]:
         skip = int(cursor) if cursor.isdigit() else 0
         now = time.time()
+        dump, whole = self._dump()
         matched = [
             Row(key, "item", _expiry(fields.get("exp"), now), _int(fields.get("size")))
-            for key, fields in self._dump()
+            for key, fields in dump
             if _core.glob_match(pattern, key.decode("utf-8", "surrogateescape"))
         ]
         rows = matched[skip : skip + PAGE]
         following = str(skip + PAGE) if skip + PAGE < len(matched) else None
-        return rows, following, f"lru_crawler metadump on {len(self.addresses)} server(s): {len(matched)} matched"
+        cut = "" if whole else f" (a dump was cut at {MAX_DUMP_BYTES >> 20} MiB: not every key is listed)"
+        note = f"lru_crawler metadump on {len(self.addresses)} server(s): {len(matched)} matched{cut}"
+        return rows, following, note
 
     @staticmethod
     def _check(key: bytes) -> None:
@@ -302,9 +312,7 @@ class MemcachedBrowser(Browser):
             buf = bytearray()
 
             def more() -> None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{address} did not answer in {DEADLINE:.0f} s")
-                chunk = sock.recv(1 << 16)
+                chunk = _recv(sock, deadline, address)
                 if not chunk:
                     raise ConnectionError(f"{address} closed the connection")
                 buf.extend(chunk)
@@ -331,10 +339,22 @@ class MemcachedBrowser(Browser):
             self._check(key)
         for key in keys:
             for address in self.addresses:
-                if self._ask(address, b"delete " + key + b"\r\n", (b"\r\n",)).startswith(b"DELETED"):
+                if self._ask(address, b"delete " + key + b"\r\n", (b"\r\n",))[0].startswith(b"DELETED"):
                     gone += 1
                     break
         return gone
+
+
+def _recv(sock: socket.socket, deadline: float, address: str) -> bytes:
+    """One read, within what is left of the call's deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{address} did not answer within {DEADLINE:g} s")
+    sock.settimeout(left)
+    try:
+        return sock.recv(1 << 16)
+    except TimeoutError:
+        raise TimeoutError(f"{address} did not answer within {DEADLINE:g} s") from None
 
 
 def _expiry(exp: str | None, now: float) -> float | None:
