@@ -54,7 +54,8 @@ def test_the_overview_lists_every_alias_with_its_servers(page, site):
     rows = {
         r.locator("th").inner_text(): r.locator("td").all_inner_texts() for r in page.locator("#aliases tbody tr").all()
     }
-    assert set(rows) == {"default", "redis", "memcached"}
+    assert set(rows) == {"default", "redis", "memcached", "locmem"}
+    assert rows["locmem"][1] == "Not a django-rustcache backend: no metrics."
     assert rows["redis"][0] == "django_rustcache.redis.RedisCache"
     assert rows["redis"][2] == "1 / 1"
     assert rows["memcached"][2] == "1 / 1"

@@ -50,6 +50,8 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
         ("memcached", "incr", "'counter'", "ok"),
         ("memcached", "delete", "'counter'", "ok"),
         ("memcached", "incr", "'counter'", "miss (ValueError)"),
+        ("locmem", "set", "'plain'", "stored"),
+        ("locmem", "get_many", "'plain', 'other'", "1 of 2 hit"),
     ]
     # Where each call was made: the view's own line.
     assert all("views.py" in c[6] and "in calls" in c[6] for c in calls)
@@ -58,13 +60,14 @@ def test_every_sync_call_is_listed_with_its_outcome(page, site):
     assert totals["default"][2:6] == ["3", "1", "1", "0"]
     assert totals["redis"][2:6] == ["4", "1", "2", "0"]
     assert totals["memcached"][2:6] == ["4", "0", "1", "0"]
+    assert totals["locmem"][1:6] == ["django.core.cache.backends.locmem.LocMemCache", "2", "1", "1", "0"]
     assert totals["redis"][1] == "django_rustcache.redis.RedisCache"
     # The hostile key is text on the page, never markup: no script ran, no element was made.
     assert dialogs == []
     assert panel.locator("script").count() == 0
     assert "<script>alert(1)</script>" in panel.inner_text()
     nav = page.locator("#djdt-CachePanel").inner_text()
-    assert re.search(r"11 calls in [\d.]+ms", nav), nav
+    assert re.search(r"13 calls in [\d.]+ms", nav), nav
     shot(page, "panel-calls")
 
 

@@ -238,3 +238,26 @@ def test_the_redis_browser_pages_without_losing_or_repeating_keys(redis_server):
     assert d.row.type == "string" and d.format == "integer" and d.preview == "7"
     assert b.delete([cache.make_key("page:007").encode()]) == 1
     assert cache.get("page:007") is None
+
+
+def test_the_redis_browser_covers_every_primary_of_a_cluster(redis_cluster):
+    from django_rustcache.redis import RedisClusterCache
+
+    cache = RedisClusterCache(redis_cluster.location, {"KEY_PREFIX": "admin-browse"})
+    cache.set_many({f"n{i}": i for i in range(70)})
+    b = browse.browser_for(cache)
+    assert len(cache._shared.nodes()) == 3
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        rows, following, note = b.page("admin-browse:*", cursor)
+        seen += [r.text for r in rows]
+        if following is None:
+            break
+        cursor = following
+    assert "over 3 node(s)" in note
+    assert sorted(seen) == sorted(cache.make_key(f"n{i}") for i in range(70))
+    # Keys on several nodes deleted in one call (split by node).
+    doomed = [cache.make_key(f"n{i}").encode() for i in range(10)]
+    assert b.delete(doomed) == 10
+    assert cache.get_many([f"n{i}" for i in range(12)]) == {"n10": 10, "n11": 11}

@@ -25,6 +25,8 @@ def calls(request):
     memcached.delete("counter")
     with contextlib.suppress(ValueError):
         memcached.incr("counter")
+    caches["locmem"].set("plain", 1)
+    caches["locmem"].get_many(iter(["plain", "other"]))
     return HttpResponse(PAGE.format(title="calls", body="done"))
 
 

@@ -175,13 +175,18 @@ def _keys_of(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list
 class _Call:
     """How one call is made and what its outcome was."""
 
-    __slots__ = ("args", "default", "kwargs", "method", "outcome", "sentinel_at")
+    __slots__ = ("args", "default", "kwargs", "method", "outcome")
 
     def __init__(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.method = method
         self.outcome = ""
         self.default: Any = None
-        self.sentinel_at: int | str | None = None
+        if method in _MANY_KEYS:
+            # Keys given as an iterator are read once, here: the call gets them as a list.
+            if args and not isinstance(args[0], (list, tuple)):
+                args = (list(args[0]), *args[1:])
+            elif "keys" in kwargs and not isinstance(kwargs["keys"], (list, tuple)):
+                kwargs = {**kwargs, "keys": list(kwargs["keys"])}
         if method == "get":
             # A private default tells a miss from a stored value equal to the caller's default.
             if len(args) >= 2:
