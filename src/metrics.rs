@@ -473,6 +473,12 @@ pub fn for_alias(alias: &str, backend: &str, named: bool) -> Arc<Metrics> {
     made
 }
 
+/// Metrics of no alias, never listed: a shared client's own, before a backend views it under
+/// its alias (`with_metrics`).
+pub fn unlisted(backend: &str) -> Arc<Metrics> {
+    Arc::new(Metrics::new("", backend))
+}
+
 /// Every alias's metrics alive now, named ones first, in the order they were made.
 pub fn all() -> Vec<Arc<Metrics>> {
     let registry = REGISTRY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

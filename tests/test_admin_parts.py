@@ -113,7 +113,7 @@ def test_the_lru_listing_is_most_recent_first_and_never_promotes(mode):
         cache.set(key, key.upper())
     cache.set("gone", 1, timeout=0.01)
     time.sleep(0.03)
-    store = cache._shared
+    store = cache._cache
 
     def order() -> list[str]:
         found, matched = store.entries("*", 0, 10)
@@ -234,6 +234,8 @@ def test_the_redis_browser_pages_without_losing_or_repeating_keys(redis_server):
         cursor = following
     assert sorted(seen) == sorted(cache.make_key(f"page:{i:03}") for i in range(123))
     assert pages == 3
+    # The browser's calls are the alias's: no other set of metrics appears for them.
+    assert all(snap["alias"] for snap in _core.metrics_snapshots())
     d = b.details(cache.make_key("page:007").encode())
     assert d.row.type == "string" and d.format == "integer" and d.preview == "7"
     assert b.delete([cache.make_key("page:007").encode()]) == 1
@@ -246,7 +248,7 @@ def test_the_redis_browser_covers_every_primary_of_a_cluster(redis_cluster):
     cache = RedisClusterCache(redis_cluster.location, {"KEY_PREFIX": "admin-browse"})
     cache.set_many({f"n{i}": i for i in range(70)})
     b = browse.browser_for(cache)
-    assert len(cache._shared.nodes()) == 3
+    assert len(cache._cache.nodes()) == 3
     seen: list[str] = []
     cursor = ""
     while True:

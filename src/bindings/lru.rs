@@ -138,7 +138,7 @@ impl PyLruStore {
     #[new]
     #[pyo3(signature = (pickle_protocol=None))]
     fn new(pickle_protocol: Option<i32>) -> Self {
-        let metrics = metrics::for_alias("", "django_rustcache.lru.LRUObjectCache", false);
+        let metrics = metrics::unlisted("django_rustcache.lru.LRUObjectCache");
         Self { inner: Arc::new(Mutex::new(Store::new())), pickle_protocol, metrics }
     }
 

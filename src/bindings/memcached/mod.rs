@@ -257,7 +257,7 @@ impl PyMemcachedClient {
             codec: Arc::new(MemcachedCodec { pickle_protocol, min_compress_len, compress_level }),
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
             loop_conns: Arc::default(),
-            metrics: metrics::for_alias("", "django_rustcache.memcached.MemcachedCache", false),
+            metrics: metrics::unlisted("django_rustcache.memcached.MemcachedCache"),
         })
     }
 

@@ -275,7 +275,7 @@ impl PyRedisClient {
             client: Arc::new(Client::with_near(topology, near)),
             codec: Arc::new(codec),
             loop_conns: Arc::default(),
-            metrics: metrics::for_alias("", "django_rustcache.redis.RedisCache", false),
+            metrics: metrics::unlisted("django_rustcache.redis.RedisCache"),
         })
     }
 

@@ -425,11 +425,12 @@ def browser_for(cache: Any) -> Browser:
     from django_rustcache.memcached import MemcachedCache
     from django_rustcache.redis import RedisCache
 
+    # The alias's own client: the browser's calls are counted as the alias's (``execute``).
     if isinstance(cache, LRUObjectCache):
-        return LruBrowser(cache._shared)
+        return LruBrowser(cache._cache)
     if isinstance(cache, RedisCache):
-        return RedisBrowser(cache._shared)
+        return RedisBrowser(cache._cache)
     if isinstance(cache, MemcachedCache):
-        servers = [s["address"] for s in cache._shared.servers() if not s.get("removed")]
+        servers = [s["address"] for s in cache._cache.servers() if not s.get("removed")]
         return MemcachedBrowser(servers, bool(getattr(cache._settings, "username", None)))
     raise Unlistable(f"{type(cache).__qualname__} is not a django-rustcache backend: its keys cannot be listed here")
