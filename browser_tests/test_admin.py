@@ -195,3 +195,8 @@ def test_the_lru_key_browser_lists_this_process_store(page, site):
     assert "str" in page.locator("#keys tbody tr").inner_text()
     page.click("#keys a")
     assert page.inner_text("#value") == "'hello'"
+
+
+def test_the_app_ships_every_migration_it_needs(site):
+    # A site's makemigrations must never write a migration into the installed package.
+    assert "No changes detected" in site.manage("makemigrations", "rustcache_admin", "--check", "--dry-run")
