@@ -166,19 +166,21 @@ def django(session: nox.Session, django: str) -> None:
     session.run("python", "orm_tests/django_orm.py")
 
 
-@nox.session(python=PY311)
-def browser(session: nox.Session) -> None:
+@nox.session
+@nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
+def browser(session: nox.Session, django: str) -> None:
     """The debug toolbar's panel and the caches' admin page in headless Chromium (Debian's
     ``chromium``, driven by Playwright's Python package: no browser download), against the
     test site served by ``runserver`` and by uvicorn (ASGI), with real redis and memcached
     servers. Screenshots are kept in browser_tests/artifacts/."""
+    require_python(session, "3.12" if django == "6.1" else "3.11")
     ensure_servers(session)
     # (with its recommended packages: the fonts pages are drawn with)
     ensure_debian_packages(
         session, {"chromium": "chromium"}, "the browser tests drive Debian's Chromium", recommends=True
     )
     install_package(session, "test")
-    session.install("Django~=5.2.0", "django-debug-toolbar>=6", "playwright>=1.50", "uvicorn>=0.30")
+    session.install(f"Django~={django}.0", "django-debug-toolbar>=6", "playwright>=1.50", "uvicorn>=0.30")
     session.run("pytest", "browser_tests", "-p", "no:cacheprovider", *session.posargs)
 
 

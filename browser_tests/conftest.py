@@ -146,8 +146,14 @@ def login(page, site, user: str) -> None:
     page.goto(site.url + "/admin/login/?next=/admin/")
     page.fill("#id_username", user)
     page.fill("#id_password", "pw")
-    page.click("input[type=submit]")
-    page.wait_for_load_state()
+    follow(page, "input[type=submit]")
+
+
+def follow(page, selector: str) -> None:
+    """Click what leads to another page, and wait until that page has loaded (reading the
+    page before it has would read the one clicked on)."""
+    with page.expect_navigation():
+        page.click(selector)
 
 
 def shot(page, name: str) -> Path:

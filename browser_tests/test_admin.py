@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_tests.conftest import login, shot
+from browser_tests.conftest import follow, login, shot
 
 BASE = "/admin/rustcache_admin/cache/"
 
@@ -50,7 +50,7 @@ def test_staff_without_the_permission_is_refused(page, site):
 def test_the_overview_lists_every_alias_with_its_servers(page, site):
     login(page, site, "admin")
     page.goto(site.url + "/admin/")
-    page.click("a[href='/admin/rustcache_admin/cache/']")
+    follow(page, "a[href='/admin/rustcache_admin/cache/']")
     rows = {
         r.locator("th").inner_text(): r.locator("td").all_inner_texts() for r in page.locator("#aliases tbody tr").all()
     }
@@ -94,16 +94,16 @@ def test_the_redis_key_browser_pages_with_scan_and_escapes_keys(page, site, seed
     page.goto(site.url + "/calls/")  # stores the key <script>alert(1)</script>
     page.goto(site.url + BASE + "redis/keys/")
     page.fill("#pattern", "*browse:*")
-    page.click("#search input[type=submit]")
+    follow(page, "#search input[type=submit]")
     first = page.locator("#keys tbody tr").all_inner_texts()
     assert page.locator("#next-page").count() == 1
-    page.click("#next-page")
+    follow(page, "#next-page")
     second = page.locator("#keys tbody tr").all_inner_texts()
     keys = {line.split("\t")[1].strip() if "\t" in line else line for line in first + second}
     assert len(first) + len(second) == 60
     assert len(keys) == 60
     page.fill("#pattern", "*<script>*")
-    page.click("#search input[type=submit]")
+    follow(page, "#search input[type=submit]")
     row = page.locator("#keys tbody tr")
     assert row.count() == 1
     assert row.locator("code.key").inner_text() == ":1:<script>alert(1)</script>"
@@ -127,12 +127,12 @@ def test_a_key_page_describes_its_value_and_never_unpickles_it(page, site, serve
     )
     login(page, site, "admin")
     page.goto(site.url + BASE + "redis/keys/?pattern=:1:evil")
-    page.click("#keys a")
+    follow(page, "#keys a")
     assert page.inner_text("#format").startswith("pickle, protocol")
     assert "not unpickled" in page.inner_text("#format")
     assert not marker.exists()
     page.goto(site.url + BASE + "redis/keys/?pattern=:1:browse:07")
-    page.click("#keys a")
+    follow(page, "#keys a")
     assert page.inner_text("#format") == "integer"
     assert page.inner_text("#value") == "7"
 
@@ -165,7 +165,7 @@ def test_deleting_keys_needs_the_permission_and_the_csrf_token(page, site, seede
     boxes = page.locator("#keys input[type=checkbox]")
     boxes.nth(0).check()
     boxes.nth(1).check()
-    page.click("#delete-selected")
+    follow(page, "#delete-selected")
     assert "Deleted 2 of 2 key(s)." in page.locator(".messagelist").inner_text()
     assert page.locator("#keys tbody tr").count() == 8
 
@@ -176,9 +176,9 @@ def test_the_memcached_key_browser_lists_with_metadump(page, site, seeded):
     keys = sorted(page.locator("#keys code.key").all_inner_texts())
     assert keys == [f":1:mc:{i}" for i in range(5)], page.locator("#content-main").inner_text()
     assert "metadump" in page.locator(".note").last.inner_text()
-    page.click("#keys a >> text=:1:mc:3")
+    follow(page, "#keys a >> text=:1:mc:3")
     assert page.locator("#format").count() == 1
-    page.click("#delete-key")
+    follow(page, "#delete-key")
     assert "Deleted 1 of 1 key(s)." in page.locator(".messagelist").inner_text()
     page.goto(site.url + BASE + "memcached/keys/?pattern=:1:mc:*")
     assert sorted(page.locator("#keys code.key").all_inner_texts()) == [f":1:mc:{i}" for i in (0, 1, 2, 4)]
@@ -193,7 +193,7 @@ def test_the_lru_key_browser_lists_this_process_store(page, site):
         "#content-main"
     ).inner_text()
     assert "str" in page.locator("#keys tbody tr").inner_text()
-    page.click("#keys a")
+    follow(page, "#keys a")
     assert page.inner_text("#value") == "'hello'"
 
 
