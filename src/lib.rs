@@ -1,5 +1,5 @@
 //! django-rustcache's native core. The pure modules (`error`, `keys`, `codec`, `compress`,
-//! `lru`, `net`, `memcached`, `redis`) hold no pyo3 code; `bindings` is the only place Python
+//! `lru`, `net`, `memcached`, `redis`, `sign`) hold no pyo3 code; `bindings` is the only place Python
 //! types appear.
 
 pub mod bindings;
@@ -12,6 +12,7 @@ pub mod memcached;
 pub mod metrics;
 pub mod net;
 pub mod redis;
+pub mod sign;
 
 use pyo3::prelude::*;
 

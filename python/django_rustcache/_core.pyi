@@ -248,6 +248,9 @@ class MemcachedClient:
         password: str | None = None,
         view_of: MemcachedClient | None = None,
         metrics_for: tuple[str, str, bool, bool] | None = None,
+        sign_secrets: list[bytes] | None = None,
+        sign_writes: bool = False,
+        sign_accept_unsigned: bool = False,
     ) -> MemcachedClient: ...
     def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
         """The same client (the same Python class), its calls recorded in ``alias``'s metrics: with ``named`` (an alias
@@ -336,6 +339,9 @@ class MemcachedClient:
         """Each server's health: address, up, removed, errors, last_error, idle_connections,
         async_connections."""
 
+    def refused_values(self) -> int:
+        """Values refused since the client was made: signed values whose tag did not verify,
+        and (with signing on, outside migrate mode) values without one."""
     def client_stats(self) -> dict[str, int]:
         """Client-side counters since the client was made: hits, misses, sets, failures."""
 
@@ -441,6 +447,9 @@ class RedisClient:
         near_max_bytes: int | None = None,
         near_prefix: bytes | None = None,
         near_max_staleness: float | None = None,
+        sign_secrets: list[bytes] | None = None,
+        sign_writes: bool = False,
+        sign_accept_unsigned: bool = False,
     ) -> RedisClient:
         """An unknown keyword is a TypeError. ``near_max_entries`` with ``near_max_bytes`` turn
         the near cache on: ``get`` and ``has_key`` answered from a process-local copy of what
@@ -507,6 +516,9 @@ class RedisClient:
         """Each server's pool: address, up, errors, last_error, idle_connections, open_connections,
         async_connections (the multiplexed connections of the async calls)."""
 
+    def refused_values(self) -> int:
+        """Values refused since the client was made: signed values whose tag did not verify,
+        and (with signing on, outside migrate mode) values without one."""
     def client_stats(self) -> dict[str, int]:
         """Client-side counters: hits, misses, sets, failures."""
     def loop_stats(self) -> dict[str, int]:

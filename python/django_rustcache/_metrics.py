@@ -63,6 +63,9 @@ class CacheStats(TypedDict):
     """The in-process store's own counters (size, max_size, evictions, expirations, pickled)."""
     near_cache: dict[str, Any] | None
     """The near cache's (hits, misses, invalidations, flushes, entries, bytes), when on."""
+    refused_values: int
+    """Values read as misses because their signature did not verify (OPTIONS["SIGN"]), since
+    the client was made."""
 
 
 # The server's or the connection's failures (not a refused key, nor a value that cannot be stored).
@@ -76,6 +79,7 @@ def stats_shape(
     servers: list[dict[str, Any]],
     store: dict[str, Any] | None = None,
     near_cache: dict[str, Any] | None = None,
+    refused_values: int = 0,
 ) -> CacheStats:
     """The one ``stats()`` shape, from a core's metrics and the backend's own parts."""
     calls: dict[str, dict[str, int]] = metrics["calls"]
@@ -96,6 +100,7 @@ def stats_shape(
         servers=servers,
         store=store,
         near_cache=near_cache,
+        refused_values=refused_values,
     )
 
 

@@ -74,7 +74,8 @@ def _truthy(value: Any) -> bool:
 class LRUObjectCache(NativeKeys, BaseCache):
     """In-process LRU cache; the store, key making and key checks are in Rust."""
 
-    known_options = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY", "PICKLE", "PICKLE_PROTOCOL", "METRICS"})
+    # SIGN: accepted, changes nothing (the values never leave the process: see _signing).
+    known_options = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY", "PICKLE", "PICKLE_PROTOCOL", "METRICS", "SIGN"})
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
         super().__init__(params)

@@ -37,6 +37,7 @@ from django_rustcache._network import (
     setting_seconds,
     split_location,
 )
+from django_rustcache._signing import sign_settings
 from django_rustcache.checks import UnknownOption, nearest_hint
 
 __all__ = ["MemcachedCache", "PyLibMCCache", "parse_server"]
@@ -90,8 +91,9 @@ ACCEPTED_BEHAVIORS = frozenset(NO_EFFECT_BEHAVIORS)
 # Top-level OPTIONS of Django's PyLibMCCache and PyMemcacheCache, and our own.
 OPTIONS = frozenset(
     {
-        # Ours: whether this cache's calls are counted (see the README's Metrics).
+        # Ours: whether this cache's calls are counted (see the README's Metrics); signed values.
         "METRICS",
+        "SIGN",
         "binary",
         "username",
         "password",
@@ -165,6 +167,11 @@ class MemcachedSettings:
     username: str | None
     password: str | None
     binary: bool
+    # OPTIONS["SIGN"]: the secrets values are checked with, whether writes are signed, and
+    # whether values without a tag are read (see _signing).
+    sign_secrets: tuple[bytes, ...] | None = None
+    sign_writes: bool = False
+    sign_accept_unsigned: bool = True
 
 
 def _env(*names: str) -> str | None:
@@ -266,6 +273,7 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
         protocol = o.get("pickle_protocol", o.get("PICKLE_PROTOCOL", b.get("pickle_protocol", -1)))
         if protocol is None or int(protocol) < 0:
             protocol = pickle.HIGHEST_PROTOCOL
+        sign_secrets, sign_writes, sign_accept_unsigned = sign_settings(o)
         username, password = self._credentials()
         if bool(username) != bool(password):
             raise ImproperlyConfigured("memcached SASL authentication needs both a username and a password")
@@ -299,6 +307,9 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
             username=username or None,
             password=password or None,
             binary=setting_flag(o.get("binary", False), "OPTIONS['binary']"),
+            sign_secrets=sign_secrets,
+            sign_writes=sign_writes,
+            sign_accept_unsigned=sign_accept_unsigned,
         )
 
     def _make_client(self, s: MemcachedSettings) -> MemcachedClient:
@@ -321,6 +332,9 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
             binary=s.binary,
             username=s.username,
             password=s.password,
+            sign_secrets=None if s.sign_secrets is None else list(s.sign_secrets),
+            sign_writes=s.sign_writes,
+            sign_accept_unsigned=s.sign_accept_unsigned,
         )
 
     @property

@@ -97,6 +97,12 @@ pub struct RedisArgs {
     pub near_prefix: Option<Vec<u8>>,
     /// Seconds: age-bounded copies instead of tracking.
     pub near_max_staleness: Option<f64>,
+    /// Signed values: the secrets (the current one first) values are checked with; None: none.
+    pub sign_secrets: Option<Vec<Vec<u8>>>,
+    /// Values written are signed (`SIGN` True or `"migrate"`).
+    pub sign_writes: bool,
+    /// Read values without a tag too (`SIGN: "migrate"`, or off).
+    pub sign_accept_unsigned: bool,
 }
 
 /// The value of `name` in `options`, if given (and not None).
@@ -153,6 +159,9 @@ impl RedisArgs {
             near_max_bytes: item(o, "near_max_bytes")?,
             near_prefix: item(o, "near_prefix")?,
             near_max_staleness: item(o, "near_max_staleness")?,
+            sign_secrets: item(o, "sign_secrets")?,
+            sign_writes: item(o, "sign_writes")?.unwrap_or(false),
+            sign_accept_unsigned: item(o, "sign_accept_unsigned")?.unwrap_or(false),
         })
     }
 }
@@ -187,4 +196,7 @@ const FIELDS: &[&str] = &[
     "near_max_bytes",
     "near_prefix",
     "near_max_staleness",
+    "sign_secrets",
+    "sign_writes",
+    "sign_accept_unsigned",
 ];

@@ -4,6 +4,8 @@
 //! of commands as given become Python values here too.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -15,6 +17,7 @@ use super::aio::{OFF_IO_FROM, off_loop};
 use crate::codec;
 use crate::compress::{self, Compressor};
 use crate::memcached::client::Item;
+use crate::sign::{self, Opened, Signer};
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -27,6 +30,73 @@ pub fn pickle_dumps<'py>(py: Python<'py>, value: &Bound<'py, PyAny>, protocol: i
 /// `pickle.loads(data)`.
 pub fn pickle_loads<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     PICKLE_LOADS.import(py, "pickle", "loads")?.call1((data,))
+}
+
+/// Signed values (OPTIONS `SIGN`): every value but an int stored as digits is written with a
+/// tag; one read without a tag that verifies is a miss, never decoded (in `migrate` mode an
+/// untagged value is still read, so a cache written before signing stays warm).
+pub struct Signing {
+    signer: Signer,
+    /// Values written are signed (`SIGN` on or `migrate`); without, only read ones are checked
+    /// (a site that turned `SIGN` off still reads what it signed, and never decodes a forgery).
+    writes: bool,
+    accept_unsigned: bool,
+    /// Values refused since the client was made.
+    pub rejected: AtomicU64,
+    /// When a refusal was last logged (Unix seconds): at most once a minute.
+    logged_at: AtomicU64,
+}
+
+impl Signing {
+    pub fn new(secrets: Option<Vec<Vec<u8>>>, writes: bool, accept_unsigned: bool) -> PyResult<Option<Self>> {
+        let Some(secrets) = secrets else { return Ok(None) };
+        let signer = Signer::new(&secrets)
+            .ok_or_else(|| PyValueError::new_err("signing needs a secret (SECRET_KEY is empty)"))?;
+        let (rejected, logged_at) = (AtomicU64::new(0), AtomicU64::new(0));
+        Ok(Some(Self { signer, writes, accept_unsigned: accept_unsigned || !writes, rejected, logged_at }))
+    }
+
+    /// `data` as it is stored: signed when writes are.
+    pub fn seal(&self, context: &[u8], data: Vec<u8>) -> Vec<u8> {
+        if self.writes { self.signer.sign(context, &data) } else { data }
+    }
+
+    /// The bytes under a valid tag; untagged bytes when `untagged_ok` (digits) or in migrate
+    /// mode; else None, counted and logged.
+    pub fn open(&self, context: &[u8], data: Vec<u8>, untagged_ok: impl FnOnce(&[u8]) -> bool) -> Option<Vec<u8>> {
+        match self.signer.open(context, data) {
+            Opened::Signed(data) => return Some(data),
+            Opened::Unsigned(data) if self.accept_unsigned || untagged_ok(&data) => return Some(data),
+            Opened::Unsigned(_) | Opened::Forged => {}
+        }
+        let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let last = self.logged_at.load(Ordering::Relaxed);
+        if now >= last + 60 && self.logged_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            Python::attach(|py| log_rejected(py, n));
+        }
+        None
+    }
+}
+
+/// One warning on the `django_rustcache.signing` logger (a burst of refusals is said once).
+fn log_rejected(py: Python<'_>, total: u64) {
+    let said = py.import("logging").and_then(|logging| {
+        logging.call_method1("getLogger", ("django_rustcache.signing",))?.call_method1(
+            "warning",
+            (
+                "a cached value was refused: its signature is missing or does not verify (it was \
+                 written by another client, tampered with, or signed with another SECRET_KEY); \
+                 read as a miss, never decoded (%d refused so far by this client; said at most \
+                 once a minute)",
+                total,
+            ),
+        )
+    });
+    if let Err(e) = said {
+        e.write_unraisable(py, None);
+    }
 }
 
 /// A value on its way to the server: serialized while attached, compressed (if it may be) once
@@ -47,6 +117,7 @@ pub struct RedisCodec {
     /// Inflate values whose header names a compression format: whenever a compressor is set, and
     /// with pickle (whose output never starts like a compressed stream).
     pub inflate: bool,
+    pub signing: Option<Signing>,
 }
 
 impl RedisCodec {
@@ -86,17 +157,36 @@ impl RedisCodec {
         Ok(Encoded { data, compressible: true })
     }
 
-    /// The bytes to store (detached: compression runs without the GIL).
+    /// The bytes to store (detached: compression and signing run without the GIL). An int as
+    /// digits is neither compressed nor signed (INCR needs its digits).
     pub fn finish(&self, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
-        match &self.compressor {
-            Some(c) if value.compressible => c.compress(value.data),
-            _ => Ok(value.data),
-        }
+        let data = match &self.compressor {
+            Some(c) if value.compressible => c.compress(value.data)?,
+            _ => value.data,
+        };
+        Ok(match &self.signing {
+            Some(signing) if value.compressible => signing.seal(b"", data),
+            _ => data,
+        })
     }
 
-    /// Stored bytes inflated if they are compressed (detached).
-    pub fn unpack(&self, data: Vec<u8>) -> Vec<u8> {
-        if self.inflate { compress::decompress(&data).unwrap_or(data) } else { data }
+    /// Stored bytes, their signature checked (with `SIGN`) and inflated if compressed
+    /// (detached); None for a value refused (a miss).
+    pub fn unpack(&self, data: Vec<u8>) -> Option<Vec<u8>> {
+        let data = match &self.signing {
+            Some(signing) => signing.open(b"", data, |d| self.ints_as_digits && sign::is_digits(d))?,
+            // (signed, and no secret to check it with: never decoded)
+            None if data.starts_with(sign::MAGIC) => return None,
+            None => data,
+        };
+        Some(if self.inflate { compress::decompress(&data).unwrap_or(data) } else { data })
+    }
+
+    /// Whether `finish` has work to do beyond handing the bytes over.
+    fn transforms(&self, value: &Encoded) -> bool {
+        value.compressible
+            && (self.signing.as_ref().is_some_and(|s| s.writes)
+                || self.compressor.as_ref().is_some_and(|c| value.data.len() >= c.min_length))
     }
 
     /// django-redis's decode: `int(data)` if that works (Django's `RedisSerializer.loads` too),
@@ -157,9 +247,7 @@ pub fn finished(
     values: Vec<Encoded>,
     go: impl FnOnce(Result<Vec<Vec<u8>>, crate::error::Error>) + Send + 'static,
 ) {
-    let compresses =
-        |v: &Encoded| codec.compressor.as_ref().is_some_and(|c| v.compressible && v.data.len() >= c.min_length);
-    if !values.iter().any(compresses) {
+    if !values.iter().any(|v| codec.transforms(v)) {
         return go(Ok(values.into_iter().map(|v| v.data).collect()));
     }
     let large = values.iter().map(|v| v.data.len()).sum::<usize>() >= OFF_IO_FROM;
@@ -176,15 +264,14 @@ pub fn unpacked(
 ) {
     let large = codec.inflate && values.iter().flatten().map(Vec::len).sum::<usize>() >= OFF_IO_FROM;
     let codec = codec.clone();
-    let work = move || go(values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect());
+    let work = move || go(values.into_iter().map(|v| v.and_then(|data| codec.unpack(data))).collect());
     if large { off_loop(true, work) } else { work() }
 }
 
 /// The bytes to store for one value, from a task: compressed (where it is to be) on a blocking
 /// thread when large.
 pub async fn finish_async(codec: Arc<RedisCodec>, value: Encoded) -> Result<Vec<u8>, crate::error::Error> {
-    let compresses = codec.compressor.as_ref().is_some_and(|c| value.compressible && value.data.len() >= c.min_length);
-    if !compresses || value.data.len() < OFF_IO_FROM {
+    if !codec.transforms(&value) || value.data.len() < OFF_IO_FROM {
         return codec.finish(value);
     }
     tokio::task::spawn_blocking(move || codec.finish(value))
@@ -197,6 +284,7 @@ pub struct MemcachedCodec {
     pub pickle_protocol: i32,
     pub min_compress_len: usize,
     pub compress_level: u32,
+    pub signing: Option<Signing>,
 }
 
 impl MemcachedCodec {
@@ -248,13 +336,41 @@ impl MemcachedCodec {
     }
 }
 
-/// Compress for the wire (runs detached).
+/// Compress, then sign, for the wire (runs detached). The tag covers the flags too: a signed
+/// value given another type flag does not verify. An int as digits is not signed (the server's
+/// incr needs them).
 pub fn pack(codec: &MemcachedCodec, (flags, data): (u32, Vec<u8>)) -> (u32, Vec<u8>) {
     let (data, flags) = codec::maybe_compress(data, flags, codec.min_compress_len, codec.compress_level);
-    (flags, data)
+    match &codec.signing {
+        Some(signing) if !is_int_flag(flags) => (flags, signing.seal(&flags.to_be_bytes(), data)),
+        _ => (flags, data),
+    }
 }
 
-pub fn unpack(item: Item) -> Result<(u32, Vec<u8>), crate::error::Error> {
-    let (data, flags) = codec::inflate_if_needed(item.data, item.flags)?;
-    Ok((flags, data))
+fn is_int_flag(flags: u32) -> bool {
+    matches!(flags & codec::TYPE_MASK, codec::FLAG_INTEGER | codec::FLAG_LONG)
+}
+
+/// An item read: its signature checked (with `SIGN`; None when refused, a miss), then
+/// inflated if compressed (detached).
+pub fn unpack(codec: &MemcachedCodec, item: Item) -> Result<Option<(u32, Vec<u8>)>, crate::error::Error> {
+    let Item { flags, data, .. } = item;
+    let data = match &codec.signing {
+        Some(signing) => {
+            let Some(data) = signing.open(&flags.to_be_bytes(), data, |d| is_int_flag(flags) && sign::is_digits(d))
+            else {
+                return Ok(None);
+            };
+            data
+        }
+        None if data.starts_with(sign::MAGIC) => return Ok(None),
+        None => data,
+    };
+    let (data, flags) = codec::inflate_if_needed(data, flags)?;
+    Ok(Some((flags, data)))
+}
+
+/// `unpack` of an item, if one was found.
+pub fn unpack_found(codec: &MemcachedCodec, item: Option<Item>) -> Result<Option<(u32, Vec<u8>)>, crate::error::Error> {
+    item.map_or(Ok(None), |item| unpack(codec, item))
 }

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._core import RedisClient
 from django_rustcache._network import setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._signing import sign_settings
 from django_rustcache.redis.sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache.redis.sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
 from django_rustcache.redis.serializers import FORMAT_OPTIONS, load_class, value_format
@@ -35,7 +36,7 @@ OPTIONS = frozenset(
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME", "CLUSTER", "read_from_replicas",
-        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS", "NEAR_CACHE",
+        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS", "NEAR_CACHE", "SIGN",
     }
 ) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
@@ -155,6 +156,11 @@ class RedisSettings:
     # With Redis Sentinel: the sentinels (``servers`` is then the data nodes' one URL).
     sentinel: SentinelSettings | None = None
     near_cache: NearCacheSettings | None = None
+    # OPTIONS["SIGN"]: the secrets values are checked with, whether writes are signed, and
+    # whether values without a tag are read (see _signing).
+    sign_secrets: tuple[bytes, ...] | None = None
+    sign_writes: bool = False
+    sign_accept_unsigned: bool = True
 
 
 # OPTIONS["NEAR_CACHE"]'s keys, and the defaults of the bounds.
@@ -356,6 +362,7 @@ class RedisOptions:
                 raise ImproperlyConfigured("a Redis Cluster is sharded by its slots: remove the sharding CLIENT_CLASS")
             if db:
                 raise ImproperlyConfigured(f"a Redis Cluster has only db 0, not OPTIONS['DB'] = {db!r}")
+        signing = sign_settings(o)
         return RedisSettings(
             servers=tuple(with_db(location_url(s), db) for s in servers),
             sentinel=None if sentinel is None else sentinel[1],
@@ -383,6 +390,9 @@ class RedisOptions:
             value_format=repr(sorted((k, repr(v)) for k, v in o.items() if k in FORMAT_OPTIONS)),
             tls_options=tls_option_items(o),
             near_cache=near_cache_settings(o.get("NEAR_CACHE"), self._near_prefix()),
+            sign_secrets=signing[0],
+            sign_writes=signing[1],
+            sign_accept_unsigned=signing[2],
         )
 
     def _near_prefix(self) -> bytes | None:
@@ -439,5 +449,8 @@ class RedisOptions:
             **fmt.client_kwargs(),
             **(s.sentinel.client_kwargs() if s.sentinel else {}),
             **(s.near_cache.client_kwargs() if s.near_cache else {}),
+            sign_secrets=None if s.sign_secrets is None else list(s.sign_secrets),
+            sign_writes=s.sign_writes,
+            sign_accept_unsigned=s.sign_accept_unsigned,
             **extra,
         )

@@ -60,7 +60,7 @@ impl PyMemcachedClient {
             let large = encoded.1.len() >= OFF_IO_FROM;
             off_loop(large, move || go(pack(&codec, encoded)));
         } else {
-            go(encoded);
+            go(pack(&codec, encoded));
         }
         Ok(future)
     }
@@ -79,7 +79,7 @@ impl PyMemcachedClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let recording = self.metrics.begin(Method::Get);
         let key = self.key_for(py, Method::Get, recording.started(), prefix, version, key)?;
-        let call = GetCall { key, default: default.map(Bound::unbind), recording };
+        let call = GetCall { key, default: default.map(Bound::unbind), recording, codec: self.codec.clone() };
         // One call at a time on this loop: read on the loop's own thread (see `on_loop`).
         let call = match try_get(&self.loop_conns, py, &self.client, call)? {
             Ok(future) => return Ok(future),
@@ -133,7 +133,7 @@ impl PyMemcachedClient {
         let sent = made.iter().map(String::len).sum::<usize>();
         let (future, promise) = promise(py)?;
         let on_failure = on_failure.map(Bound::unbind);
-        let metrics = self.metrics.clone();
+        let (metrics, codec) = (self.metrics.clone(), self.codec.clone());
         let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
         self.client.get_many_then(
             &refs,
@@ -148,7 +148,7 @@ impl PyMemcachedClient {
                     metrics.bytes(sent, items.iter().flatten().map(|i| i.data.len()).sum());
                 }
                 match found {
-                    Ok((items, errors)) => unpacked(items, move |items| {
+                    Ok((items, errors)) => unpacked(codec, items, move |items| {
                         promise.keep(items.map(|items| {
                             Box::new(move |py: Python<'_>| {
                                 report_partial(

@@ -17,7 +17,7 @@ use crate::bindings::args::seconds;
 use crate::bindings::errors::ServerDown;
 use crate::bindings::keys::{OnInvalid, make_key_checked};
 use crate::bindings::stats::client_stats;
-use crate::bindings::values::{MemcachedCodec, pack};
+use crate::bindings::values::{MemcachedCodec, Signing, pack};
 use crate::memcached::client::{Client, Config, ServerSpec, Stored};
 use crate::memcached::conn::{Address, Timeouts};
 use crate::memcached::protocol::Store;
@@ -160,9 +160,10 @@ impl PyMemcachedClient {
         servers=None, *, distribution="modula", hash="default", connect_timeout=1.0, send_timeout=3.0,
         receive_timeout=3.0, retry_timeout=2.0, window_on_any_failure=false, remove_failed=0, dead_timeout=10.0, max_idle=32,
         min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false,
-        username=None, password=None, view_of=None, metrics_for=None
+        username=None, password=None, view_of=None, metrics_for=None, sign_secrets=None, sign_writes=false,
+        sign_accept_unsigned=false
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
         py: Python<'_>,
         servers: Option<Vec<(String, u16, u32)>>,
@@ -185,6 +186,9 @@ impl PyMemcachedClient {
         password: Option<String>,
         view_of: Option<PyRef<'_, Self>>,
         metrics_for: Option<(String, String, bool, bool)>,
+        sign_secrets: Option<Vec<Vec<u8>>>,
+        sign_writes: bool,
+        sign_accept_unsigned: bool,
     ) -> PyResult<Self> {
         if let Some(of) = view_of {
             let metrics = match metrics_for {
@@ -254,7 +258,12 @@ impl PyMemcachedClient {
         let pickle_protocol = pickle_protocol.filter(|p| *p >= 0).unwrap_or(5);
         Ok(Self {
             client: Arc::new(Client::new(config)?),
-            codec: Arc::new(MemcachedCodec { pickle_protocol, min_compress_len, compress_level }),
+            codec: Arc::new(MemcachedCodec {
+                pickle_protocol,
+                min_compress_len,
+                compress_level,
+                signing: Signing::new(sign_secrets, sign_writes, sign_accept_unsigned)?,
+            }),
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
             loop_conns: Arc::default(),
             metrics: metrics::unlisted("django_rustcache.memcached.MemcachedCache"),
@@ -356,6 +365,12 @@ impl PyMemcachedClient {
     }
 
     /// Client-side counters: hits, misses, sets, failures.
+    /// Values refused since the client was made: signed values whose tag did not verify, and
+    /// (with signing on, outside migrate mode) values without one.
+    fn refused_values(&self) -> u64 {
+        self.codec.signing.as_ref().map_or(0, |s| s.rejected.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         client_stats(py, self.client.client_stats())
     }

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 
 use crate::bindings::aio::{Make, OFF_IO_FROM, Promise, off_loop, promise_for, running_loop};
 use crate::bindings::on_loop::{LoopConns, LoopSocket, Server, resolve};
-use crate::bindings::values::{MemcachedCodec, unpack};
+use crate::bindings::values::{MemcachedCodec, unpack_found};
 use crate::codec;
 use crate::error::Error;
 use crate::memcached::client::{Client, Item};
@@ -25,6 +25,7 @@ pub(super) struct GetCall {
     pub key: String,
     pub default: Option<Py<PyAny>>,
     pub recording: Recording,
+    pub codec: Arc<MemcachedCodec>,
 }
 
 /// One server of a client, as its loop connection sees it.
@@ -115,17 +116,18 @@ impl Server for MemcachedServer {
 
     fn settle(&self, py: Python<'_>, future: &Bound<'_, PyAny>, call: GetCall, reply: Result<Vec<Frame>, Error>) {
         let found = reply.and_then(|frames| self.client.read_get(self.si, frames));
-        let GetCall { key, default, recording } = call;
+        let GetCall { key, default, recording, codec } = call;
         counted(recording, key.len(), &found);
         let result = match found {
             Ok(Some(item)) if inflates_off_loop(&[Some(&item)]) => match promise_for(py, future) {
-                Ok(promise) => return keep_item(Some(item), default, promise),
+                Ok(promise) => return keep_item(codec, Some(item), default, promise),
                 Err(e) => Err(e),
             },
-            Ok(Some(item)) => unpack(item)
-                .map_err(PyErr::from)
-                .and_then(|(flags, data)| MemcachedCodec::decode(py, flags, &data).map(Bound::unbind)),
-            Ok(None) => Ok(default.unwrap_or_else(|| py.None())),
+            Ok(item) => match unpack_found(&codec, item) {
+                Ok(Some((flags, data))) => MemcachedCodec::decode(py, flags, &data).map(Bound::unbind),
+                Ok(None) => Ok(default.unwrap_or_else(|| py.None())),
+                Err(e) => Err(PyErr::from(e)),
+            },
             Err(e) => Err(PyErr::from(e)),
         };
         resolve(py, future, result);
@@ -145,17 +147,18 @@ pub(super) fn inflates_off_loop(items: &[Option<&Item>]) -> bool {
 /// Items inflated where compressed, then `go` with them (the caller is on an I/O thread:
 /// large compressed values go to a blocking thread).
 pub(super) fn unpacked(
+    codec: Arc<MemcachedCodec>,
     items: Vec<Option<Item>>,
     go: impl FnOnce(Result<Vec<Option<(u32, Vec<u8>)>>, Error>) + Send + 'static,
 ) {
     let large = inflates_off_loop(&items.iter().map(Option::as_ref).collect::<Vec<_>>());
-    let work = move || go(items.into_iter().map(|item| item.map(unpack).transpose()).collect());
+    let work = move || go(items.into_iter().map(|item| unpack_found(&codec, item)).collect());
     if large { off_loop(true, work) } else { work() }
 }
 
 /// Settle `promise` with a `get`'s item (inflated first where compressed) or `default`.
-fn keep_item(item: Option<Item>, default: Option<Py<PyAny>>, promise: Promise) {
-    unpacked(vec![item], move |items| {
+fn keep_item(codec: Arc<MemcachedCodec>, item: Option<Item>, default: Option<Py<PyAny>>, promise: Promise) {
+    unpacked(codec, vec![item], move |items| {
         let item = items.map(|mut items| items.pop().flatten());
         promise.keep(item.map(|item| {
             Box::new(move |py: Python<'_>| match item {
@@ -168,14 +171,14 @@ fn keep_item(item: Option<Item>, default: Option<Py<PyAny>>, promise: Promise) {
 
 /// A `get` the usual way: the answer settles `promise`.
 pub(super) fn start_get(client: &Arc<Client>, call: GetCall, promise: Promise) {
-    let GetCall { key, default, recording } = call;
+    let GetCall { key, default, recording, codec } = call;
     let sent = key.len();
     client.get_then(
         key.as_bytes(),
         Box::new(move |found| {
             counted(recording, sent, &found);
             match found {
-                Ok(item) => keep_item(item, default, promise),
+                Ok(item) => keep_item(codec, item, default, promise),
                 Err(e) => promise.keep(Err(e)),
             }
         }),

@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::types::{PyDict, PyList};
 
 use super::{PyMemcachedClient, report_partial};
-use crate::bindings::values::{MemcachedCodec, pack, unpack};
+use crate::bindings::values::{MemcachedCodec, pack, unpack_found};
 use crate::memcached::client::Stored;
 use crate::memcached::protocol::Store;
 use crate::metrics::{Method, Outcome};
@@ -25,8 +25,8 @@ impl PyMemcachedClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let started = self.metrics.start();
         let key = self.key_for(py, Method::Get, started, prefix, version, key)?;
-        let client = &self.client;
-        let found = py.detach(|| client.get(key.as_bytes())?.map(unpack).transpose());
+        let (client, codec) = (&self.client, &self.codec);
+        let found = py.detach(|| unpack_found(codec, client.get(key.as_bytes())?));
         self.metrics.record_result(Method::Get, started, &found, |f| Outcome::found(f.is_some()));
         if let Ok(f) = &found {
             self.metrics.bytes(key.len(), f.as_ref().map_or(0, |(_, d)| d.len()));
@@ -74,11 +74,11 @@ impl PyMemcachedClient {
             made.push(self.key_for(py, Method::GetMany, started, prefix, version, &key)?);
             originals.push(key);
         }
-        let client = &self.client;
+        let (client, codec) = (&self.client, &self.codec);
         let found = py.detach(|| -> Result<_, crate::error::Error> {
             let refs: Vec<&[u8]> = made.iter().map(String::as_bytes).collect();
             let (items, errors) = client.get_many(&refs)?;
-            let items = items.into_iter().map(|item| item.map(unpack).transpose()).collect::<Result<Vec<_>, _>>()?;
+            let items = items.into_iter().map(|item| unpack_found(codec, item)).collect::<Result<Vec<_>, _>>()?;
             Ok((items, errors))
         });
         self.metrics.record_result(Method::GetMany, started, &found, |(items, errors)| match errors.first() {

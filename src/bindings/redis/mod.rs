@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use super::args::{RedisArgs, TlsArgs, seconds, tls_settings};
 use super::keys::make_key;
 use super::stats::client_stats;
-use super::values::{Encoded, RedisCodec};
+use super::values::{Encoded, RedisCodec, Signing};
 use crate::compress::{Compressor, Format};
 use crate::metrics::{self, Method, Metrics, Outcome, Started};
 use crate::net::{Address, Tls, TlsSettings};
@@ -82,6 +82,7 @@ fn codec(a: &mut RedisArgs) -> PyResult<RedisCodec> {
         serializer,
         ints_as_digits: a.ints_as_digits.unwrap_or(true),
         compressor,
+        signing: Signing::new(a.sign_secrets.take(), a.sign_writes, a.sign_accept_unsigned)?,
     })
 }
 
@@ -216,6 +217,9 @@ impl RedisArgs {
             near_max_bytes: None,
             near_prefix: None,
             near_max_staleness: None,
+            sign_secrets: None,
+            sign_writes: false,
+            sign_accept_unsigned: false,
         }
     }
 }
@@ -301,8 +305,12 @@ impl PyRedisClient {
     /// Decode stored bytes as ``get`` does (inflated if compressed, then deserialized).
     fn loads<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyAny>> {
         let codec = &self.codec;
-        let data = py.detach(|| codec.unpack(data));
-        codec.decode(py, &data)
+        match py.detach(|| codec.unpack(data)) {
+            Some(data) => codec.decode(py, &data),
+            None => {
+                Err(PyValueError::new_err("a stored value was refused: its signature is missing or does not verify"))
+            }
+        }
     }
 
     /// Encode a value as ``set`` stores it (serialized, then compressed if configured); with
@@ -350,6 +358,12 @@ impl PyRedisClient {
     }
 
     /// Client-side counters: hits, misses, sets, failures.
+    /// Values refused since the client was made: signed values whose tag did not verify, and
+    /// (with signing on, outside migrate mode) values without one.
+    fn refused_values(&self) -> u64 {
+        self.codec.signing.as_ref().map_or(0, |s| s.rejected.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn client_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         client_stats(py, self.client.client_stats())
     }

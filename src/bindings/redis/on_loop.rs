@@ -144,11 +144,14 @@ impl Server for RedisServer {
             Ok(Some(data)) if codec.inflate && data.len() >= OFF_IO_FROM => {
                 // A large compressed value is inflated off the loop, as the usual way does.
                 match promise_for(py, future) {
-                    Ok(promise) => return keep_value(codec, data, promise),
+                    Ok(promise) => return keep_value(codec, data, default, promise),
                     Err(e) => Err(e),
                 }
             }
-            Ok(Some(data)) => codec.decode(py, &codec.unpack(data)).map(Bound::unbind),
+            Ok(Some(data)) => match codec.unpack(data) {
+                Some(data) => codec.decode(py, &data).map(Bound::unbind),
+                None => Ok(default.unwrap_or_else(|| py.None())),
+            },
             Ok(None) => Ok(default.unwrap_or_else(|| py.None())),
             Err(e) => Err(PyErr::from(e)),
         };
@@ -169,7 +172,7 @@ pub(super) fn start_get(client: &Arc<Client>, codec: &Arc<RedisCodec>, call: Get
         Box::new(move |found| {
             counted(recording, sent, &found.as_ref().map(Option::as_ref).map_err(Clone::clone));
             match found {
-                Ok(Some(data)) => keep_value(&codec, data, promise),
+                Ok(Some(data)) => keep_value(&codec, data, default, promise),
                 Ok(None) => {
                     promise.keep(Ok(Box::new(move |py: Python<'_>| Ok(default.unwrap_or_else(|| py.None())))));
                 }
@@ -181,11 +184,15 @@ pub(super) fn start_get(client: &Arc<Client>, codec: &Arc<RedisCodec>, call: Get
 
 /// Settle `promise` with a stored value: inflated where compressed (a large one off the loop
 /// and off the I/O threads), unpickled on the loop's thread.
-pub(super) fn keep_value(codec: &Arc<RedisCodec>, data: Vec<u8>, promise: Promise) {
+pub(super) fn keep_value(codec: &Arc<RedisCodec>, data: Vec<u8>, default: Option<Py<PyAny>>, promise: Promise) {
     let codec = codec.clone();
     unpacked(&codec.clone(), vec![Some(data)], move |mut values| {
-        let data = values.pop().flatten().unwrap_or_default();
-        promise.keep(Ok(Box::new(move |py: Python<'_>| codec.decode(py, &data).map(Bound::unbind))));
+        let data = values.pop().flatten();
+        promise.keep(Ok(Box::new(move |py: Python<'_>| match data {
+            Some(data) => codec.decode(py, &data).map(Bound::unbind),
+            // (refused: its signature did not verify)
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        })));
     });
 }
 

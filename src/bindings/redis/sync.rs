@@ -43,7 +43,7 @@ pub(super) fn near_fill(
     let read = GetFresh(key);
     match client.run(&read) {
         Ok((value, ttl)) => {
-            let value = value.map(|data| codec.unpack(data));
+            let value = value.and_then(|data| codec.unpack(data));
             near.fill(&read.0, ticket, value.as_deref(), ttl);
             Ok(value)
         }
@@ -87,7 +87,7 @@ pub(super) fn near_fill_many(
             .zip(tickets)
             .zip(found)
             .map(|((key, ticket), (value, ttl))| {
-                let value = value.map(|data| codec.unpack(data));
+                let value = value.and_then(|data| codec.unpack(data));
                 near.fill(key, ticket, value.as_deref(), ttl);
                 value
             })
@@ -152,7 +152,7 @@ impl PyRedisClient {
                 Found::Absent => Ok(None),
                 Found::Unknown => py.detach(|| near_fill(client, codec, near, key)),
             },
-            None => py.detach(|| client.run(&Get(key)).map(|found| found.map(|data| codec.unpack(data)))),
+            None => py.detach(|| client.run(&Get(key)).map(|found| found.and_then(|data| codec.unpack(data)))),
         };
         self.metrics.record_result(Method::Get, started, &found, |f| Outcome::found(f.is_some()));
         let found = found?;
@@ -224,7 +224,7 @@ impl PyRedisClient {
         let values = py.detach(|| {
             client
                 .run(&GetMany(made))
-                .map(|values| values.into_iter().map(|v| v.map(|data| codec.unpack(data))).collect::<Vec<_>>())
+                .map(|values| values.into_iter().map(|v| v.and_then(|data| codec.unpack(data))).collect::<Vec<_>>())
         });
         if let Err(e) = &values {
             self.metrics.record(Method::GetMany, Outcome::of_error(e), started);
