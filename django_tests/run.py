@@ -57,6 +57,13 @@ VARIANTS = {
         "RUSTCACHE_REDIS": "tcp",
         "RUSTCACHE_REDIS_OPTIONS": '{"COMPRESSOR": "django_redis.compressors.zlib.ZlibCompressor"}',
     },
+    # Signed values (OPTIONS["SIGN"]): every value but digits carries a tag, checked on read.
+    "redis-signed": {"RUSTCACHE_SUITE": "redis", "RUSTCACHE_REDIS": "tcp", "RUSTCACHE_REDIS_OPTIONS": '{"SIGN": true}'},
+    "memcached-signed": {
+        "RUSTCACHE_SUITE": "memcached",
+        "RUSTCACHE_MEMCACHED": "tcp",
+        "RUSTCACHE_MEMCACHED_OPTIONS": '{"SIGN": true}',
+    },
     "redis-sharded": {
         "RUSTCACHE_SUITE": "redis",
         "RUSTCACHE_REDIS": "shards",

@@ -28,7 +28,17 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import MemcachedServer, RedisServer  # noqa: E402
 
-OURS = ["lru", "locmem", "memcached", "redis", "redis-near", "filebased", "database"]
+OURS = [
+    "lru",
+    "locmem",
+    "memcached",
+    "redis",
+    "redis-near",
+    "memcached-signed",
+    "redis-signed",
+    "filebased",
+    "database",
+]
 # Cache Machine's examples/cache_machine settings modules (its run_tests.py list).
 CACHE_MACHINE = [
     "locmem_settings",
@@ -71,7 +81,7 @@ def main() -> int:
                 else:
                     env["RUSTCACHE_ORM_CACHE"] = name
                     locations = {"memcached": memcached.location, "redis": redis.location}
-                    env["RUSTCACHE_ORM_LOCATION"] = locations.get(name.removesuffix("-near"), "")
+                    env["RUSTCACHE_ORM_LOCATION"] = locations.get(name.split("-")[0], "")
                     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
                     labels = args.tests or ["orm_tests.testapp"]
                     cmd = [sys.executable, "-m", "django", "test", *labels, "--settings=orm_tests.settings"]

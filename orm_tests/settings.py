@@ -1,7 +1,8 @@
 """Settings for the ORM query cache tests (run by orm_tests/run.py, one cache backend per run).
 
-RUSTCACHE_ORM_CACHE picks the cache: lru, locmem, memcached, redis, redis-near (the network ones need
-RUSTCACHE_ORM_LOCATION, a live server's LOCATION). RUSTCACHE_ORM_DB_DIR holds the SQLite files.
+RUSTCACHE_ORM_CACHE picks the cache: lru, locmem, memcached, redis, redis-near, memcached-signed,
+redis-signed (the network ones need RUSTCACHE_ORM_LOCATION, a live server's LOCATION).
+RUSTCACHE_ORM_DB_DIR holds the SQLite files.
 """
 
 import os
@@ -22,6 +23,13 @@ BACKENDS = {
         "LOCATION": LOCATION,
         "OPTIONS": {"NEAR_CACHE": {"MAX_ENTRIES": 10_000, "MAX_BYTES": 16 * 2**20}},
     },
+    # Signed values (OPTIONS["SIGN"]): the ORM cache's entries and generations signed.
+    "memcached-signed": {
+        "BACKEND": "django_rustcache.memcached.MemcachedCache",
+        "LOCATION": LOCATION,
+        "OPTIONS": {"SIGN": True},
+    },
+    "redis-signed": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": LOCATION, "OPTIONS": {"SIGN": True}},
     "django-memcached": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": LOCATION},
     "django-redis": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": LOCATION},
     "filebased": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": f"{DB_DIR}/filecache"},

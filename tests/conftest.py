@@ -13,6 +13,8 @@ if not settings.configured:
         INSTALLED_APPS=["django_rustcache"],
         CACHES={"default": {"BACKEND": "django_rustcache.lru.LRUObjectCache", "LOCATION": "tests-default"}},
         USE_TZ=True,
+        # (signed values are keyed from it; with it, every network client checks signed values)
+        SECRET_KEY="tests-secret-key",
     )
     django.setup()
 
