@@ -1,6 +1,8 @@
 //! Django's default cache key (`"{prefix}:{version}:{key}"`) and memcached's key rules, which
 //! Django checks on every backend (`memcache_key_warnings`).
 
+use std::fmt::Write as _;
+
 /// Memcached refuses keys longer than this many characters (Django counts characters).
 pub const MEMCACHE_MAX_KEY_LENGTH: usize = 250;
 
@@ -41,6 +43,27 @@ pub fn wire_ok(key: &[u8], allow_empty: bool) -> bool {
     (allow_empty || !key.is_empty())
         && key.len() <= MEMCACHED_MAX_KEY_BYTES
         && !key.iter().any(|&b| b <= 0x20 || b == 0x7f)
+}
+
+/// The stable form a key memcached would refuse takes with `KEY_HASHING`: its first 150 bytes
+/// (cut at a character boundary) with spaces and control characters made `_`, then `#` and the
+/// SHA-256 of the whole key in hex: at most 215 bytes, readable where the key was, and two keys
+/// differing anywhere get different forms.
+pub fn digest_form(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut cut = key.len().min(150);
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head: String = key[..cut].chars().map(|c| if c <= ' ' || c == '\u{7f}' { '_' } else { c }).collect();
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(head.len() + 65);
+    out.push_str(&head);
+    out.push('#');
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Append Django's default key, `"{prefix}:{version}:{key}"`, to `out`.
@@ -122,6 +145,22 @@ fn class_match(p: &[char], mut at: usize, c: char) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_forms_are_stable_short_and_valid_on_the_wire() {
+        let long = "k".repeat(400);
+        let spaced = "user name\twith\r\nbreaks";
+        let unicode = "é".repeat(200);
+        for key in [long.as_str(), spaced, unicode.as_str()] {
+            let form = digest_form(key);
+            assert!(wire_ok(form.as_bytes(), false), "{form}");
+            assert!(form.len() <= 215);
+            assert_eq!(form, digest_form(key));
+        }
+        assert_eq!(&digest_form(spaced)[..23], "user_name_with__breaks#");
+        assert_ne!(digest_form("a b"), digest_form("a_b"));
+        assert_ne!(digest_form(&long), digest_form(&"k".repeat(401)));
+    }
 
     #[test]
     fn glob_matches_as_redis_match_does() {

@@ -251,6 +251,7 @@ class MemcachedClient:
         sign_secrets: list[bytes] | None = None,
         sign_writes: bool = False,
         sign_accept_unsigned: bool = False,
+        key_hashing: bool = False,
     ) -> MemcachedClient: ...
     def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
         """The same client (the same Python class), its calls recorded in ``alias``'s metrics: with ``named`` (an alias

@@ -94,6 +94,7 @@ OPTIONS = frozenset(
         # Ours: whether this cache's calls are counted (see the README's Metrics); signed values.
         "METRICS",
         "SIGN",
+        "KEY_HASHING",
         "binary",
         "username",
         "password",
@@ -172,6 +173,8 @@ class MemcachedSettings:
     sign_secrets: tuple[bytes, ...] | None = None
     sign_writes: bool = False
     sign_accept_unsigned: bool = True
+    # OPTIONS["KEY_HASHING"]: a key memcached would refuse takes a digest form instead.
+    key_hashing: bool = False
 
 
 def _env(*names: str) -> str | None:
@@ -310,6 +313,7 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
             sign_secrets=sign_secrets,
             sign_writes=sign_writes,
             sign_accept_unsigned=sign_accept_unsigned,
+            key_hashing=setting_flag(o.get("KEY_HASHING", False), "OPTIONS['KEY_HASHING']"),
         )
 
     def _make_client(self, s: MemcachedSettings) -> MemcachedClient:
@@ -335,6 +339,7 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
             sign_secrets=None if s.sign_secrets is None else list(s.sign_secrets),
             sign_writes=s.sign_writes,
             sign_accept_unsigned=s.sign_accept_unsigned,
+            key_hashing=s.key_hashing,
         )
 
     @property
@@ -346,6 +351,10 @@ class MemcachedCache(NativeAsync[MemcachedClient], NetworkCache[MemcachedClient]
         return [s.removeprefix("unix:") if isinstance(s, str) else s for s in self._servers]
 
     def validate_key(self, key: str) -> None:
+        """Django's memcached rule (InvalidCacheKey); with OPTIONS["KEY_HASHING"], a key the
+        server would refuse is accepted: the core stores it under its digest form."""
+        if getattr(self._settings, "key_hashing", False):
+            return
         check_key(key, raise_error=True)
 
     def get_backend_timeout(self, timeout: Any = DEFAULT_TIMEOUT) -> int:

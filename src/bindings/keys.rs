@@ -27,6 +27,8 @@ pub enum OnInvalid {
     Warn,
     /// Raise `InvalidCacheKey`, as Django's memcached backends do.
     Raise,
+    /// Use the key's digest form instead (memcached's `KEY_HASHING`).
+    Hash,
 }
 
 /// Append `obj` as Django's `"%s" % obj` would render it (bytes as `b'...'`, as Django's
@@ -94,13 +96,14 @@ pub fn make_key_checked(
     }
     let mut problems = keys::check(&out);
     // Memcached counts bytes where Django counts characters: refuse what the server would.
-    if on_invalid == OnInvalid::Raise && out.len() > MEMCACHE_MAX_KEY_LENGTH {
+    if on_invalid != OnInvalid::Warn && out.len() > MEMCACHE_MAX_KEY_LENGTH {
         problems.too_long = true;
     }
     if !problems.is_ok() {
         match on_invalid {
             OnInvalid::Warn => warn_invalid(py, &out, problems)?,
             OnInvalid::Raise => return Err(invalid_key_error(py, &out, problems)),
+            OnInvalid::Hash => return Ok(keys::digest_form(&out)),
         }
     }
     Ok(out)

@@ -34,16 +34,19 @@ pub struct PyMemcachedClient {
     loop_conns: Arc<on_loop::MemcachedLoopConns>,
     /// The calls' metrics: this view's alias's (see `with_metrics`).
     metrics: Arc<Metrics>,
+    /// OPTIONS `KEY_HASHING`: a key memcached would refuse takes its digest form.
+    key_hashing: bool,
 }
 
 impl PyMemcachedClient {
     fn key(
+        &self,
         py: Python<'_>,
         prefix: &Bound<'_, PyAny>,
         version: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<String> {
-        make_key_checked(py, prefix, version, key, OnInvalid::Raise)
+        make_key_checked(py, prefix, version, key, if self.key_hashing { OnInvalid::Hash } else { OnInvalid::Raise })
     }
 
     /// `key`, a key refused counted as `method`'s outcome.
@@ -56,7 +59,7 @@ impl PyMemcachedClient {
         version: &Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<String> {
-        Self::key(py, prefix, version, key).inspect_err(|_| self.metrics.record(method, Outcome::InvalidKey, started))
+        self.key(py, prefix, version, key).inspect_err(|_| self.metrics.record(method, Outcome::InvalidKey, started))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -117,7 +120,7 @@ impl PyMemcachedClient {
         };
         for item in items.iter() {
             let (k, v) = item.extract::<(Bound<'py, PyAny>, Bound<'py, PyAny>)>()?;
-            let made = Self::key(py, &prefix, &version, &k)?;
+            let made = self.key(py, &prefix, &version, &k)?;
             entries.push((made, self.codec.encode(py, &v)?));
             originals.push(k.unbind());
         }
@@ -161,7 +164,7 @@ impl PyMemcachedClient {
         receive_timeout=3.0, retry_timeout=2.0, window_on_any_failure=false, remove_failed=0, dead_timeout=10.0, max_idle=32,
         min_compress_len=0, compress_level=6, pickle_protocol=None, behaviors=None, binary=false,
         username=None, password=None, view_of=None, metrics_for=None, sign_secrets=None, sign_writes=false,
-        sign_accept_unsigned=false
+        sign_accept_unsigned=false, key_hashing=false
     ))]
     #[allow(clippy::too_many_arguments, clippy::fn_params_excessive_bools)]
     fn new(
@@ -189,6 +192,7 @@ impl PyMemcachedClient {
         sign_secrets: Option<Vec<Vec<u8>>>,
         sign_writes: bool,
         sign_accept_unsigned: bool,
+        key_hashing: bool,
     ) -> PyResult<Self> {
         if let Some(of) = view_of {
             let metrics = match metrics_for {
@@ -205,6 +209,7 @@ impl PyMemcachedClient {
                 behaviors: of.behaviors.clone_ref(py),
                 loop_conns: of.loop_conns.clone(),
                 metrics,
+                key_hashing: of.key_hashing,
             });
         }
         let Some(servers) = servers else { return Err(PyValueError::new_err("no servers given")) };
@@ -267,6 +272,7 @@ impl PyMemcachedClient {
             behaviors: behaviors.map_or_else(|| PyDict::new(py).unbind(), Bound::unbind),
             loop_conns: Arc::default(),
             metrics: metrics::unlisted("django_rustcache.memcached.MemcachedCache"),
+            key_hashing,
         })
     }
 
