@@ -125,6 +125,10 @@ class NativeAsync(Generic[AsyncClientT]):
     # own sync one: here they are made of the native calls.
 
     async def aget_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any:
+        if getattr(self, "_stampede", None) is not None:
+            from django_rustcache._stampede import Stampede
+
+            return await Stampede.aget_or_set(self, key, default, timeout, version)  # type: ignore[arg-type]
         missing = self._missing_key
         value = await self.aget(key, missing, version=version)
         if value is not missing:

@@ -22,6 +22,7 @@ from django_rustcache import _compat, _core, _exporters, _metrics, opentelemetry
 from django_rustcache._core import CacheError
 from django_rustcache._failures import FailurePolicy, answers
 from django_rustcache._keys import NativeKeys
+from django_rustcache._stampede import Stampede
 
 # --- settings: each a clear ImproperlyConfigured naming the setting ---------------------------
 
@@ -39,6 +40,22 @@ def setting_flag(value: Any, name: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ImproperlyConfigured(f"{name} must be True or False (or 'true'/'false', 'yes'/'no'), not {value!r}")
+
+
+def option_dict(given: Any, name: str, keys: frozenset[str]) -> dict[str, Any] | None:
+    """An option given as a dict of ``keys`` (True: {}, every default; None or False: None).
+    Another type, or a key it does not take, is an ImproperlyConfigured naming it."""
+    if given is None or given is False:
+        return None
+    if given is True:
+        return {}
+    if not isinstance(given, dict):
+        raise ImproperlyConfigured(f"OPTIONS['{name}'] must be a dict (or True), not {type(given).__name__}")
+    unknown = sorted(set(given) - keys)
+    if unknown:
+        takes = ", ".join(sorted(keys))
+        raise ImproperlyConfigured(f"OPTIONS['{name}'] has no {', '.join(map(repr, unknown))} (it takes {takes})")
+    return given
 
 
 def setting_seconds(value: Any, name: str, *, zero: bool = False) -> float:
@@ -162,7 +179,7 @@ class NetworkClient(Protocol):
 ClientT = TypeVar("ClientT", bound=NetworkClient)
 
 
-class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
+class NetworkCache(NativeKeys, FailurePolicy, Stampede, BaseCache, Generic[ClientT]):
     """Django's cache API over a network client. Subclasses say how settings are read
     (``_configure``), how a client is made (``_make_client``), how timeouts convert, and the
     names of the client's multi-key methods."""
@@ -184,6 +201,7 @@ class NetworkCache(NativeKeys, FailurePolicy, BaseCache, Generic[ClientT]):
         self._options = dict(params.get("OPTIONS") or {})
         self._servers = split_location(server)
         try:
+            self._read_stampede(self._options)
             self._settings = self._configure()
         except (ImproperlyConfigured, TypeError, ValueError) as e:
             self._config_error = e if isinstance(e, ImproperlyConfigured) else ImproperlyConfigured(str(e))

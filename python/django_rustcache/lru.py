@@ -17,6 +17,7 @@ from django_rustcache import _exporters, _metrics
 from django_rustcache import checks as _checks  # noqa: F401  (registers the option check)
 from django_rustcache._core import LruStore, check_key
 from django_rustcache._keys import NativeKeys
+from django_rustcache._stampede import Stampede
 
 __all__ = ["LRUObjectCache"]
 
@@ -71,15 +72,18 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-class LRUObjectCache(NativeKeys, BaseCache):
+class LRUObjectCache(NativeKeys, Stampede, BaseCache):
     """In-process LRU cache; the store, key making and key checks are in Rust."""
 
     # SIGN: accepted, changes nothing (the values never leave the process: see _signing).
-    known_options = frozenset({"MAX_ENTRIES", "CULL_FREQUENCY", "PICKLE", "PICKLE_PROTOCOL", "METRICS", "SIGN"})
+    known_options = frozenset(
+        {"MAX_ENTRIES", "CULL_FREQUENCY", "PICKLE", "PICKLE_PROTOCOL", "METRICS", "SIGN", "STAMPEDE"}
+    )
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
         super().__init__(params)
         self._options = params.get("OPTIONS") or {}
+        self._read_stampede(self._options)
         protocol: int | None = None
         if _truthy(self._options.get("PICKLE", False)):
             protocol = int(self._options.get("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL))
@@ -260,6 +264,9 @@ class LRUObjectCache(NativeKeys, BaseCache):
         self.delete_many(keys, version)
 
     async def aget_or_set(self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None) -> Any:
+        if self._stampede is not None:
+            # (its waits must not block the loop: tasks wait on the loop)
+            return await Stampede.aget_or_set(self, key, default, timeout, version)
         return self.get_or_set(key, default, timeout, version)
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> Any:

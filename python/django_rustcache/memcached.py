@@ -95,6 +95,7 @@ OPTIONS = frozenset(
         "METRICS",
         "SIGN",
         "KEY_HASHING",
+        "STAMPEDE",
         "binary",
         "username",
         "password",

@@ -16,7 +16,7 @@ from django.core.cache.backends.base import BaseCache, default_key_func
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._core import RedisClient
-from django_rustcache._network import setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._network import option_dict, setting_count, setting_flag, setting_port, setting_seconds
 from django_rustcache._signing import sign_settings
 from django_rustcache.redis.sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache.redis.sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
@@ -36,7 +36,7 @@ OPTIONS = frozenset(
         "max_connections", "MAX_CONNECTIONS", "CONNECTION_POOL_KWARGS",
         "pickle_version", "PICKLE_VERSION", "IGNORE_EXCEPTIONS", "ignore_exc", "MASTER_CACHE",
         "RETRY_TIMEOUT", "retry_timeout", "client_name", "CLIENT_NAME", "CLUSTER", "read_from_replicas",
-        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS", "NEAR_CACHE", "SIGN",
+        "CLIENT_CLASS", "REDIS_CLIENT_KWARGS", "CONNECTION_POOL_CLASS_KWARGS", "NEAR_CACHE", "SIGN", "STAMPEDE",
     }
 ) | FORMAT_OPTIONS | TLS_NAMES | SENTINEL_OPTIONS  # fmt: skip
 # Options that name the predecessors' own machinery, or tune redis-py's connections (Django's
@@ -192,16 +192,9 @@ def near_cache_settings(given: Any, prefix: bytes | None) -> NearCacheSettings |
     """OPTIONS["NEAR_CACHE"] read: a dict of MAX_ENTRIES, MAX_BYTES and MAX_STALENESS (True: the
     defaults; None or False: none). ``prefix``: what every key of the cache starts with (None
     when a key function of the site's own makes them)."""
-    if given is None or given is False:
+    given = option_dict(given, "NEAR_CACHE", NEAR_CACHE_KEYS)
+    if given is None:
         return None
-    if given is True:
-        given = {}
-    if not isinstance(given, dict):
-        raise ImproperlyConfigured(f"OPTIONS['NEAR_CACHE'] must be a dict (or True), not {type(given).__name__}")
-    unknown = sorted(set(given) - NEAR_CACHE_KEYS)
-    if unknown:
-        takes = ", ".join(sorted(NEAR_CACHE_KEYS))
-        raise ImproperlyConfigured(f"OPTIONS['NEAR_CACHE'] has no {', '.join(map(repr, unknown))} (it takes {takes})")
     entries = given.get("MAX_ENTRIES", NEAR_CACHE_DEFAULTS["MAX_ENTRIES"])
     size = given.get("MAX_BYTES", NEAR_CACHE_DEFAULTS["MAX_BYTES"])
     staleness = given.get("MAX_STALENESS")
