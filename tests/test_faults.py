@@ -307,7 +307,7 @@ def test_manage_py_check_lists_the_problems_of_every_cache():
         "mc2": {"BACKEND": "django_rustcache.memcached.MemcachedCache", "LOCATION": "127.0.0.1:1",
                 "OPTIONS": {"behaviors": {"ketma": True}}},
         "rd": {"BACKEND": "django_rustcache.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1",
-               "OPTIONS": {"CLIENT_CLASS": "django_redis.client.HerdClient"}},
+               "OPTIONS": {"CLIENT_CLASS": "myproject.cache.CustomClient"}},
         "lru": {"BACKEND": "django_rustcache.lru.LRUObjectCache", "OPTIONS": {"MAX_ENTRIE": 5}},
     }  # fmt: skip
     with override_settings(CACHES=caches), pytest.raises(SystemCheckError) as raised:

@@ -84,9 +84,9 @@ def test_predecessor_client_classes(redis_server, caplog):
             },
         )
     assert "'PARSER_CLASS'" in caplog.text and "ignored" in caplog.text
-    # HerdClient stores another format: refused, not silently changed. (ShardClient is honoured:
-    # tests/test_redis_shards.py.)
-    cache = make_redis(redis_server.location, OPTIONS={"CLIENT_CLASS": "django_redis.client.HerdClient"})
+    # A client class of the site's own would change the format or the routing: refused, not
+    # silently changed. (HerdClient and ShardClient are honoured: below, tests/test_redis_shards.py.)
+    cache = make_redis(redis_server.location, OPTIONS={"CLIENT_CLASS": "myproject.cache.CustomClient"})
     with pytest.raises(ImproperlyConfigured, match="CLIENT_CLASS"):
         cache.set("k", 1)
 
@@ -366,3 +366,33 @@ def test_aget_or_set_keeps_the_same_herd_semantics(redis_server):
     asyncio.run(main())
     assert calls == ["v1", "v3", "new"]
     assert cache.get("plain") == "new"
+
+
+def test_herd_client_reads_and_writes_django_redis_herd_format(redis_server):
+    """A site on django-redis's HerdClient switches BACKEND and keeps its values and behaviour:
+    each reads what the other wrote; past its timeout a value is a miss to a few callers (they
+    recompute) and the old value to the rest."""
+    import time
+
+    from django_redis.cache import RedisCache as DjangoRedisCache
+
+    options = {"CLIENT_CLASS": "django_redis.client.HerdClient"}  # (CACHE_HERD_TIMEOUT: 60)
+    theirs = DjangoRedisCache(redis_server.location, {"KEY_PREFIX": "herd", "OPTIONS": options})
+    ours = make_redis(redis_server.location, KEY_PREFIX="herd", OPTIONS=options)
+    theirs.set("a", {"from": "django-redis"}, 30)
+    assert ours.get("a") == {"from": "django-redis"}
+    ours.set("b", ["from", "us"], 30)
+    assert theirs.get("b") == ["from", "us"]
+    assert ours.get_many(["a", "b"]) == {"a": {"from": "django-redis"}, "b": ["from", "us"]}
+    # Stored as the herd tuple, kept CACHE_HERD_TIMEOUT longer than its timeout.
+    assert 80 < raw_client(redis_server).ttl(ours.make_key("b")) <= 90
+    with pytest.raises(NotImplementedError):
+        ours.incr("a")
+    # Past its timeout: the herd's "some recompute, the rest read the old value".
+    ours.set("c", "old", 1)
+    time.sleep(2.1)
+    reads = [ours.get("c") for _ in range(200)]
+    assert reads.count(None) and reads.count("old"), reads
+    # A value without a timeout is stored as it is.
+    ours.set("d", 5, None)
+    assert theirs.get("d") == 5 and ours.get("d") == 5

@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_rustcache._core import RedisClient
 from django_rustcache._network import option_dict, setting_count, setting_flag, setting_port, setting_seconds
 from django_rustcache._signing import sign_settings
+from django_rustcache.redis.herd import HERD_CLIENTS, install_herd
 from django_rustcache.redis.sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache.redis.sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
 from django_rustcache.redis.serializers import FORMAT_OPTIONS, load_class, value_format
@@ -254,8 +255,9 @@ REDIS_PY_CLASSES = frozenset(
 # django-redis's ShardClient (or ours by name): the LOCATION list is shards, placed by its ring.
 SHARD_CLIENTS = frozenset({"django_redis.client.ShardClient", "django_redis.client.sharded.ShardClient"})
 
-# CLIENT_CLASS values whose behaviour is ours already; any other client class changes the data
-# format or the topology (django-redis's HerdClient, ShardClient, SentinelClient).
+# CLIENT_CLASS values whose behaviour is ours already; django-redis's HerdClient, ShardClient and
+# SentinelClient are honoured too (redis/herd.py, the ring, sentinel.py); any other client class
+# would change the data format or the topology: refused.
 DEFAULT_CLIENTS = frozenset({"django_redis.client.DefaultClient", "django_redis.client.default.DefaultClient"})
 
 
@@ -316,7 +318,9 @@ class RedisOptions:
         nothing to do here (a note in the log); a client class with another data format or
         topology is an error rather than a silent change."""
         client_class = self._options.get("CLIENT_CLASS")
-        if client_class is not None and client_class not in DEFAULT_CLIENTS | SHARD_CLIENTS | SENTINEL_CLIENTS:
+        if client_class in HERD_CLIENTS:
+            install_herd(self)
+        elif client_class is not None and client_class not in DEFAULT_CLIENTS | SHARD_CLIENTS | SENTINEL_CLIENTS:
             raise ImproperlyConfigured(
                 f"OPTIONS['CLIENT_CLASS'] = {client_class!r} is not supported by django-rustcache's RedisCache: "
                 "it would change how values are stored or routed. Remove it to use the default client."
