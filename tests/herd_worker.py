@@ -4,7 +4,9 @@ Prints a JSON line: the values got, the slowest caller's wait, the errors.
 
     python tests/herd_worker.py '<CACHES["default"] as JSON>' <key> <start (unix time)> <log file> [die]
 
-With ``die`` the computation kills its process half way (a lease holder that dies)."""
+With ``die`` the computation kills its process half way (a lease holder that dies). For the
+benchmark (bench/herd.py): HERD_TASKS (64) and HERD_THREADS (16) callers, and HERD_KWARGS (JSON)
+passed to get_or_set (django-redis-cache's lock_timeout...)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def compute() -> str:
     return f"value from {os.getpid()}"
 
 
+KWARGS = json.loads(os.environ.get("HERD_KWARGS", "{}"))
 results: list[tuple[str, float]] = []
 errors: list[str] = []
 lock = threading.Lock()
@@ -70,17 +73,19 @@ async def task_caller() -> None:
 
 async def tasks() -> None:
     await asyncio.sleep(max(0.0, start - time.time()))
-    await asyncio.gather(*(task_caller() for _ in range(64)))
+    await asyncio.gather(*(task_caller() for _ in range(int(os.environ.get("HERD_TASKS", 64)))))
 
 
-threads = [threading.Thread(target=thread_caller) for _ in range(16)]
+threads = [threading.Thread(target=thread_caller) for _ in range(int(os.environ.get("HERD_THREADS", 16)))]
 for t in threads:
     t.start()
 asyncio.run(tasks())
 for t in threads:
     t.join()
-print(
-    json.dumps(
-        {"values": [v for v, _ in results], "slowest": max((w for _, w in results), default=0), "errors": errors}
-    )
-)
+report = {
+    "values": [v for v, _ in results],
+    "waits": [w for _, w in results],
+    "slowest": max((w for _, w in results), default=0),
+    "errors": errors,
+}
+print(json.dumps(report))
