@@ -42,22 +42,6 @@ def setting_flag(value: Any, name: str) -> bool:
     raise ImproperlyConfigured(f"{name} must be True or False (or 'true'/'false', 'yes'/'no'), not {value!r}")
 
 
-def option_dict(given: Any, name: str, keys: frozenset[str]) -> dict[str, Any] | None:
-    """An option given as a dict of ``keys`` (True: {}, every default; None or False: None).
-    Another type, or a key it does not take, is an ImproperlyConfigured naming it."""
-    if given is None or given is False:
-        return None
-    if given is True:
-        return {}
-    if not isinstance(given, dict):
-        raise ImproperlyConfigured(f"OPTIONS['{name}'] must be a dict (or True), not {type(given).__name__}")
-    unknown = sorted(set(given) - keys)
-    if unknown:
-        takes = ", ".join(sorted(keys))
-        raise ImproperlyConfigured(f"OPTIONS['{name}'] has no {', '.join(map(repr, unknown))} (it takes {takes})")
-    return given
-
-
 def setting_seconds(value: Any, name: str, *, zero: bool = False) -> float:
     """A duration in seconds: a positive number (calls are always bounded, so 0 and None, which
     would mean 'fail at once' or 'wait forever', are refused), or with ``zero`` also 0."""

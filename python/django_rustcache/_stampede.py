@@ -38,6 +38,8 @@ from typing import Any
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.exceptions import ImproperlyConfigured
 
+from django_rustcache._settings import option_dict
+
 __all__ = ["Stampede", "StampedeSettings", "stampede_settings"]
 
 _KEYS = frozenset({"LEASE", "WAIT", "STALE", "EARLY"})
@@ -53,8 +55,6 @@ class StampedeSettings:
 
 def stampede_settings(given: Any) -> StampedeSettings | None:
     """OPTIONS["STAMPEDE"] read: a dict of LEASE, WAIT, STALE, EARLY (True: the defaults)."""
-    from django_rustcache._network import option_dict  # (_network mixes this module's class in)
-
     given = option_dict(given, "STAMPEDE", _KEYS)
     if given is None:
         return None

@@ -16,7 +16,8 @@ from django.core.cache.backends.base import BaseCache, default_key_func
 from django.core.exceptions import ImproperlyConfigured
 
 from django_rustcache._core import RedisClient
-from django_rustcache._network import option_dict, setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._network import setting_count, setting_flag, setting_port, setting_seconds
+from django_rustcache._settings import option_dict
 from django_rustcache._signing import sign_settings
 from django_rustcache.redis.herd import HERD_CLIENTS, install_herd
 from django_rustcache.redis.sentinel import OPTIONS as SENTINEL_OPTIONS
