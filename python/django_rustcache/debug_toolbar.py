@@ -254,42 +254,56 @@ def _wrap(cache: Any, alias: str, name: str) -> None:
         panel = _current.get()
         if panel is None or _inside.get():
             return original(*args, **kwargs)
-        call = _Call(method, args, kwargs)
-        where = _caller()
+        timing = _Timing(panel, alias, backend, name, _Call(method, args, kwargs))
         token = _inside.set(True)
-        start = time.perf_counter()
         try:
-            value = original(*call.args, **call.kwargs)
+            value = original(*timing.call.args, **timing.call.kwargs)
         except BaseException as exc:
-            call.failed(exc)
-            panel._record(alias, backend, name, call, time.perf_counter() - start, where)
+            timing.failed(exc)
             raise
         finally:
             _inside.reset(token)
         if name != method and inspect.isawaitable(value):
-            return _completed(panel, alias, backend, name, call, value, start, where)
-        value = call.result(value)
-        panel._record(alias, backend, name, call, time.perf_counter() - start, where)
-        return value
+            return _completed(timing, value)
+        return timing.done(value)
 
     setattr(cache, name, recorded)
 
 
-async def _completed(
-    panel: CachePanel, alias: str, backend: str, name: str, call: _Call, pending: Any, start: float, where: str
-) -> Any:
+class _Timing:
+    """One recorded call on its way: where it was made, when it began; recorded when it ends."""
+
+    __slots__ = ("alias", "backend", "call", "name", "panel", "start", "where")
+
+    def __init__(self, panel: CachePanel, alias: str, backend: str, name: str, call: _Call) -> None:
+        self.panel, self.alias, self.backend, self.name, self.call = panel, alias, backend, name, call
+        self.where = _caller()
+        self.start = time.perf_counter()
+
+    def _record(self) -> None:
+        seconds = time.perf_counter() - self.start
+        self.panel._record(self.alias, self.backend, self.name, self.call, seconds, self.where)
+
+    def failed(self, exc: BaseException) -> None:
+        self.call.failed(exc)
+        self._record()
+
+    def done(self, value: Any) -> Any:
+        value = self.call.result(value)
+        self._record()
+        return value
+
+
+async def _completed(timing: _Timing, pending: Any) -> Any:
     token = _inside.set(True)
     try:
         value = await pending
     except BaseException as exc:
-        call.failed(exc)
-        panel._record(alias, backend, name, call, time.perf_counter() - start, where)
+        timing.failed(exc)
         raise
     finally:
         _inside.reset(token)
-    value = call.result(value)
-    panel._record(alias, backend, name, call, time.perf_counter() - start, where)
-    return value
+    return timing.done(value)
 
 
 def _patch(cache: Any, alias: str) -> None:
