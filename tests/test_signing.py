@@ -261,6 +261,14 @@ def test_signing_without_a_secret_key_is_refused(redis_server, memcached_server)
             make_memcached(memcached_server.location, OPTIONS={"SIGN": True}).get("k")
 
 
+def test_without_a_secret_key_a_cache_that_does_not_sign_works(redis_server, memcached_server):
+    # Django's own backends need no SECRET_KEY (a script configuring only CACHES): neither do ours.
+    with override_settings(SECRET_KEY=""):
+        for cache in (make_redis(redis_server.location), make_memcached(memcached_server.location)):
+            cache.set("no-secret", {"v": 1})
+            assert cache.get("no-secret") == {"v": 1}
+
+
 def test_the_lru_accepts_the_option_and_keeps_its_values_in_the_process():
     cache = make_lru("pickled", OPTIONS={"SIGN": True})
     cache.set("k", {"v": 1})

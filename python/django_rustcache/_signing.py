@@ -35,7 +35,12 @@ def sign_settings(options: dict[str, Any]) -> tuple[tuple[bytes, ...] | None, bo
         writes, accept_unsigned = True, True
     else:
         raise ImproperlyConfigured(f"OPTIONS['SIGN'] = {given!r}: it takes True, False or 'migrate'")
-    secret = getattr(settings, "SECRET_KEY", None)
+    try:
+        secret = settings.SECRET_KEY
+    except ImproperlyConfigured:
+        # Django raises on reading an empty SECRET_KEY; a site without one (a script configuring
+        # only CACHES) must still get its cache, as with Django's own backends.
+        secret = None
     if not secret:
         if writes:
             raise ImproperlyConfigured("OPTIONS['SIGN'] signs values with SECRET_KEY, which is empty")
