@@ -74,6 +74,28 @@ def test_a_bytes_key_lands_where_djangos_memcached_backends_put_it(memcached_ser
     assert memcached_server.raw(b"get warm:1:b'abc'\r\n").startswith(b"VALUE warm:1:b'abc' ")
 
 
+def test_values_cross_between_djangos_pymemcache_backend_and_ours_both_ways(memcached_server):
+    # A site switching from PyMemcacheCache with one server keeps its values: pymemcache's
+    # serde flags (bytes 0, pickle 1, int 2, text 16) read here, and ours read there.
+    pytest.importorskip("pymemcache")
+    from django.core.cache.backends.memcached import PyMemcacheCache
+
+    theirs = PyMemcacheCache(memcached_server.location, {"KEY_PREFIX": "pm"})
+    ours = make_memcached(memcached_server.location, KEY_PREFIX="pm")
+    values = {"int": 42, "big": 2**70, "text": "h\u00e9llo", "bytes": b"\x00\x01", "dict": {"a": [1]}, "bool": True}
+    try:
+        for key, value in values.items():
+            theirs.set(f"t-{key}", value)
+            ours.set(f"o-{key}", value)
+        for key, value in values.items():
+            for got in (ours.get(f"t-{key}"), theirs.get(f"o-{key}")):
+                assert got == value and type(got) is type(value), (key, got)
+        theirs.set("n", 5)
+        assert ours.incr("n") == 6 and theirs.get("n") == 6
+    finally:
+        theirs.close()
+
+
 # --- the predecessors' options: honoured, or accepted with a warning saying why --------------
 
 
@@ -269,6 +291,25 @@ def test_get_redis_connection_is_redis_py_on_the_caches_server_and_db(unix):
                 pool.disconnect()
     finally:
         server.close()
+
+
+def test_django_redis_own_get_redis_connection_works_on_our_cache(redis_server):
+    # A site that keeps `from django_redis import get_redis_connection` (django-redis is still
+    # installed while it switches) gets a client on the cache's server, not NotImplementedError.
+    django_redis = pytest.importorskip("django_redis")
+    from django.core.cache import caches
+
+    from django_rustcache.redis import get_redis_connection
+
+    with _settings_with("dr", "django_rustcache.redis.RedisCache", redis_server.location, OPTIONS={"DB": 4}):
+        r = django_redis.get_redis_connection("dr")
+        assert r is get_redis_connection("dr")
+        caches["dr"].set("seen", 7)
+        assert r.get(caches["dr"].make_key("seen")) == b"7"
+        assert r.client_info()["db"] == 4
+        client, index = caches["dr"].client.get_client(write=True, show_index=True)
+        assert client is r and index == 0
+        r.connection_pool.disconnect()
 
 
 def test_get_redis_connection_reads_from_a_replica_when_asked(redis_server):

@@ -20,6 +20,7 @@ from django_rustcache._network import NetworkCache
 from django_rustcache.redis.collections import RedisCollections
 from django_rustcache.redis.extension import RedisExtension
 from django_rustcache.redis.options import RedisOptions, logger
+from django_rustcache.redis.raw import DjangoRedisClient
 
 
 class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, NetworkCache[RedisClient], RedisCollections):
@@ -35,6 +36,13 @@ class RedisCache(RedisExtension, NativeAsync[RedisClient], RedisOptions, Network
         stats = super().stats()
         stats["near_cache"] = self._cache.near_stats()
         return stats
+
+    @property
+    def client(self) -> DjangoRedisClient:
+        """django-redis's ``cache.client``, for its ``get_client(write)``: what
+        ``django_redis.get_redis_connection()`` calls, so a site keeping that import gets the raw
+        client ``django_rustcache.redis.get_redis_connection()`` gives."""
+        return DjangoRedisClient(self)
 
     def reset_stats(self) -> None:
         """Zero this alias's counts and the near cache's (what it holds stays)."""

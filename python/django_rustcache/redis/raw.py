@@ -58,7 +58,7 @@ def _connection_kwargs(url: str, s: Any) -> dict[str, Any]:
 def get_redis_connection(alias: str = "default", write: bool = True) -> Any:
     """A redis-py client on the server a call of ``caches[alias]`` would use: the leader for a
     write, a replica (when LOCATION lists some) for a read; for Sentinel the master the sentinels
-    name now (or a replica), for a Redis Cluster a ``RedisCluster``. Clients are kept per alias,
+    name now (or a replica), for a Redis Cluster a ``RedisCluster``. Clients are kept per settings,
     role and process, so their pools are shared as django-redis's are. A sharded cache has a
     server per key: ask ``cache.get_shard(key)`` instead (django-redis's ShardClient has none
     either)."""
@@ -69,16 +69,36 @@ def get_redis_connection(alias: str = "default", write: bool = True) -> Any:
     cache = caches[alias]
     if not isinstance(cache, RedisCache):
         raise NotImplementedError(f"caches[{alias!r}] ({type(cache).__name__}) is not a django-rustcache redis cache")
+    return raw_client(cache, write)
+
+
+def raw_client(cache: Any, write: bool = True) -> Any:
+    """The redis-py client of ``get_redis_connection`` for a cache instance: one per settings,
+    role and process (Django's per-thread instances of an alias share it)."""
     redis = _redis_py()
     if cache._config_error is not None:
         raise cache._config_error
     s = cache._settings
-    key = (alias, s, write, os.getpid())
+    key = (s, write, os.getpid())
     with _lock:
         client = _made.get(key)
         if client is None:
             client = _made[key] = _make(redis, cache, s, write)
     return client
+
+
+class DjangoRedisClient:
+    """What django-redis sites reach through ``cache.client``: ``get_client(write)``, the raw
+    client that django-redis's own ``django_redis.get_redis_connection()`` asks for, so a site
+    that keeps that import keeps working."""
+
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    def get_client(self, write: bool = True, tried: Any = None, show_index: bool = False) -> Any:
+        client = raw_client(self._cache, write)
+        # (django-redis's index is the server's place in LOCATION: 0, the leader, for writes)
+        return (client, 0) if show_index else client
 
 
 def _make(redis: Any, cache: Any, s: Any, write: bool) -> Any:
