@@ -1,6 +1,7 @@
-"""Sessions: lint, rust, tests, django (5.2 on 3.11, 6.1 on 3.12), browser, bench, demo.
+"""Sessions: lint, rust, tests, django (5.2 on 3.11, 6.0 on 3.13 from the built wheel, 6.1 on
+3.12), browser, docs, bench, demo.
 
-``nox`` alone runs lint, rust, tests, django and browser: the whole test suite that CI runs.
+``nox`` alone runs lint, rust, docs, tests, django and browser: the whole test suite that CI runs.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import glob
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).resolve().parent
-nox.options.sessions = ["lint", "rust", "tests", "django", "browser"]
+nox.options.sessions = ["lint", "rust", "docs", "tests", "django", "browser"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 # A session whose interpreter is missing fails the run (nox's default outside CI is to skip it
@@ -58,8 +60,13 @@ def require_python(session: nox.Session, version: str) -> None:
         )
 
 
-# (python, Django) pairs: Django 6.1 needs Python 3.12+.
-DJANGO_MATRIX = [(PY311, "5.2"), (PY312 or "3.12", "6.1")]
+# (python, Django) pairs: Django 6.0 and 6.1 need Python 3.12+. Django 6.0 runs against the
+# release wheel, installed where no Rust toolchain is (see django_from_wheel).
+DJANGO_MATRIX = [(PY311, "5.2"), (PY313 or "3.13", "6.0"), (PY312 or "3.12", "6.1")]
+DJANGO_PYTHON = {"5.2": "3.11", "6.0": "3.13", "6.1": "3.12"}
+# What the Django suites need beside Django (tblib: Django's parallel runner sends failures'
+# tracebacks between processes).
+DJANGO_SUITE_DEPS = ("jinja2>=3", "dj-database-url>=2", "redis>=5", "django-redis>=5.4", "tblib>=3")
 
 
 # Server binaries the tests start themselves, and the Debian packages that bring them.
@@ -149,31 +156,101 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
+@nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.0", "6.1"])
 def django(session: nox.Session, django: str) -> None:
     """Django's own cache test suite against our backends, both storage modes; then the ORM query
     cache's tests and Cache Machine's own suite (orm_tests/run.py); then Django's own ORM test
-    apps with every model's queryset caching (orm_tests/django_orm.py)."""
-    require_python(session, "3.12" if django == "6.1" else "3.11")
+    apps with every model's queryset caching (orm_tests/django_orm.py). On Django 6.0 all of it
+    runs against the release wheel (see ``django_from_wheel``)."""
+    require_python(session, DJANGO_PYTHON[django])
     ensure_servers(session)
+    if django == "6.0":
+        django_from_wheel(session, django)
+        return
     install_package(session)
-    session.install(f"Django~={django}.0")
-    # tblib: Django's parallel test runner sends failures' tracebacks between processes.
-    session.install("jinja2>=3", "dj-database-url>=2", "redis>=5", "django-redis>=5.4", "tblib>=3")
+    session.install(f"Django~={django}.0", *DJANGO_SUITE_DEPS)
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     session.run("python", "django_tests/run.py", *session.posargs)
     session.run("python", "orm_tests/run.py")
     session.run("python", "orm_tests/django_orm.py")
 
 
+def build_dist(session: nox.Session) -> tuple[Path, Path]:
+    """The release wheel and the sdist, built by maturin into dist/ and checked by twine: the
+    wheel for CPython's stable ABI (cp311-abi3: one wheel for 3.11 and later; bench/abi3_cost.py
+    measured what that costs), the sdist with everything a source build needs."""
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("maturin>=1.16,<2", "twine>=6")
+    session.run("maturin", "build", "--release", "--sdist", "--out", str(dist), env=BUILD_ENV)
+    wheels, sdists = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
+    if len(wheels) != 1 or len(sdists) != 1:
+        session.error(f"expected one wheel and one sdist in dist/, found {[p.name for p in dist.iterdir()]}")
+    wheel, sdist = wheels[0], sdists[0]
+    if "-cp311-abi3-" not in wheel.name:
+        session.error(f"the wheel is not the stable-ABI one (cp311-abi3): {wheel.name}")
+    session.run("twine", "check", "--strict", str(wheel), str(sdist))
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[-1] for name in tar.getnames()}
+    needed = {"Cargo.toml", "Cargo.lock", "pyproject.toml", "LICENSE", "src/lib.rs", "python/django_rustcache/lru.py"}
+    if missing := sorted(needed - names):
+        session.error(f"the sdist lacks {missing}")
+    session.log(f"built {wheel.name} and {sdist.name}")
+    return wheel, sdist
+
+
+def without_rust() -> dict[str, str]:
+    """An environment with no Rust toolchain: PATH without any directory holding cargo or rustc,
+    and CARGO_HOME / RUSTUP_HOME pointing nowhere, so a source build could not happen."""
+    keep = [
+        d for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not any(os.path.exists(os.path.join(d, exe)) for exe in ("cargo", "rustc", "rustup"))
+    ]  # fmt: skip
+    return {"PATH": os.pathsep.join(keep), "CARGO_HOME": "/nonexistent", "RUSTUP_HOME": "/nonexistent"}
+
+
+# Run in the wheel's venv, with the environment the suites get (nox's PATH additions included).
+WHEEL_CHECK = """
+import shutil, sys
+import django
+import django_rustcache._core as core
+found = [exe for exe in ("cargo", "rustc") if shutil.which(exe)]
+if found:
+    sys.exit(f"{found} on PATH: the wheel is to be tested where no Rust toolchain is")
+if "/site-packages/" not in core.__file__:
+    sys.exit(f"{core.__file__} is not the installed wheel's")
+print("Django", django.get_version(), "with", core.__file__, "and no Rust toolchain on PATH")
+"""
+
+
+def django_from_wheel(session: nox.Session, django: str) -> None:
+    """Build the wheel and sdist, then install the wheel (never the source) into a fresh venv
+    where no Rust toolchain can be found, and run Django's cache suite, the ORM runs and Django's
+    own ORM apps there."""
+    wheel, _ = build_dist(session)
+    venv = ROOT / ".nox" / "wheel-without-rust"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("python", "-m", "venv", str(venv))
+    python = str(venv / "bin" / "python")
+    env = without_rust()
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env["PATH"]])
+    # --only-binary: pip may not fall back to building anything from source.
+    pip = [python, "-m", "pip", "install", "-q", "--only-binary", "django-rustcache"]
+    session.run(*pip, str(wheel), f"Django~={django}.0", *DJANGO_SUITE_DEPS, env=env, external=True)
+    session.run(python, "-c", WHEEL_CHECK, env=env, external=True)
+    session.run(python, "django_tests/run.py", *session.posargs, env=env, external=True)
+    session.run(python, "orm_tests/run.py", env=env, external=True)
+    session.run(python, "orm_tests/django_orm.py", env=env, external=True)
+
+
 @nox.session
-@nox.parametrize("python,django", DJANGO_MATRIX, ids=["5.2", "6.1"])
+@nox.parametrize("python,django", [DJANGO_MATRIX[0], DJANGO_MATRIX[2]], ids=["5.2", "6.1"])
 def browser(session: nox.Session, django: str) -> None:
     """The debug toolbar's panel and the caches' admin page in headless Chromium (Debian's
     ``chromium``, driven by Playwright's Python package: no browser download), against the
     test site served by ``runserver`` and by uvicorn (ASGI), with real redis and memcached
     servers. Screenshots are kept in browser_tests/artifacts/."""
-    require_python(session, "3.12" if django == "6.1" else "3.11")
+    require_python(session, DJANGO_PYTHON[django])
     ensure_servers(session)
     # (with its recommended packages: the fonts pages are drawn with)
     ensure_debian_packages(
@@ -185,17 +262,42 @@ def browser(session: nox.Session, django: str) -> None:
 
 
 @nox.session(python=PY311)
+def docs(session: nox.Session) -> None:
+    """The documentation site: the benchmark charts drawn from bench/results/*.json (SVG, into
+    docs/bench/), ``mkdocs build --strict`` into site/ (a broken link, anchor or missing page
+    fails it), then every page reviewed in headless Chromium (browser_tests/test_docs_site.py,
+    screenshots in browser_tests/artifacts/docs/). ``nox -s docs -- --build-only`` stops after
+    the build (no Chromium needed)."""
+    session.install("mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "matplotlib>=3.8")
+    session.run("python", "bench/charts.py")
+    session.run("mkdocs", "build", "--strict", env={"NO_MKDOCS_2_WARNING": "1"})
+    session.log(f"the site is in {ROOT / 'site'}: open site/index.html")
+    if "--build-only" in session.posargs:
+        return
+    ensure_debian_packages(
+        session, {"chromium": "chromium"}, "the docs pages are reviewed in Debian's Chromium", recommends=True
+    )
+    session.install("pytest>=8", "pytest-timeout>=2.3", "playwright>=1.50")
+    session.run("pytest", "browser_tests/test_docs_site.py", "-p", "no:cacheprovider", "-q")
+
+
+@nox.session(python=PY311)
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmark against the peers (release build)."""
+    """Side-by-side benchmark against the peers (release build); the results as JSON in
+    bench/results/ and the docs' charts drawn from them (bench/charts.py, into docs/bench/)."""
     ensure_servers(session)
     install_package(session, "bench", release=True)
     # django-redis-cache for the sharded suite (without its redis<4 pin; it runs on redis-py 8).
     session.install("--no-deps", "django-redis-cache>=3")
-    session.run("python", "bench/run.py", *session.posargs)
-    session.run("python", "bench/async_run.py")
+    # The runs the docs' charts are drawn from write their JSON into bench/results/.
+    session.run("python", "bench/run.py", "--json", "bench/results/run-one.json", *session.posargs)
+    session.run("python", "bench/async_run.py", "--json", "bench/results/async.json")
+    session.run("python", "bench/near_zipf.py", "--json", "bench/results/near.json")
     session.run("python", "bench/orm.py")
     ensure_postgres(session)
     session.run("python", "bench/orm.py", "--db", "postgresql")
+    session.install("matplotlib>=3.8")
+    session.run("python", "bench/charts.py")
 
 
 def ensure_postgres(session: nox.Session) -> None:

@@ -173,6 +173,7 @@ def main() -> int:
     parser.add_argument("--placement", choices=["one", "split"], default="one")
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="also write the results here (bench/record.py's format, for bench/charts.py)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.latency_rounds = 1, 0.3, 3
@@ -262,6 +263,23 @@ def main() -> int:
         f"{args.rounds} interleaved rounds of {args.seconds}s per backend and N; latency: {args.latency_rounds} "
         f"rounds of 2,000 calls. Placement: {placement.describe()}."
     )
+    if args.json:
+        from record import write
+
+        data = {
+            family: {
+                "ours": next(b.label for b in chosen if b.ours and b.family == family),
+                "backends": [b.label for b in chosen if b.family == family],
+                "ops_per_second": {
+                    b.label: {str(n): statistics.median(ops[(b.label, n)]) for n in CONCURRENCY}
+                    for b in chosen
+                    if b.family == family
+                },
+                "one_call_us": {n: statistics.median(v) for n, v in (lat if family == "redis" else lat_mc).items()},
+            }
+            for family in ("redis", "memcached")
+        }
+        write(args.json, "async", placement.describe(), data, rounds=args.rounds, seconds=args.seconds)
     return 0
 
 

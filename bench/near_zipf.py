@@ -71,6 +71,7 @@ def main() -> int:
     parser.add_argument("--reads", type=int, default=1_000_000)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--cpu", type=int, default=0, help="the CPU the reader, the writer and redis share")
+    parser.add_argument("--json", help="also write the results here (bench/record.py's format, for bench/charts.py)")
     args = parser.parse_args()
     setup()
     from tests.servers import RedisServer
@@ -119,6 +120,15 @@ def main() -> int:
         print(f"get with the near cache: {near_us:.2f} us/read (mean, writer running)")
         print(f"get without it: {plain_us:.2f} us/read (mean, {len(sample):,} reads, writer stopped)")
         print(f"stale reads: {stale}")
+        if args.json:
+            from record import write
+
+            data = {
+                "keys": args.keys, "reads": args.reads, "writes": writes, "stale_reads": stale,
+                "local_hit_ratio": stats["hits"] / max(1, stats["hits"] + stats["misses"]),
+                "invalidations": stats["invalidations"], "near_us": near_us, "plain_us": plain_us,
+            }  # fmt: skip
+            write(args.json, "near", f"reader, writer and redis pinned to CPU {cpu}", data)
         return 1 if stale else 0
     finally:
         server.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import statistics
@@ -883,7 +882,7 @@ def main() -> int:
     parser.add_argument("--thread-rounds", type=int, default=5)
     parser.add_argument("--thread-seconds", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
-    parser.add_argument("--json", help="also write the raw samples here")
+    parser.add_argument("--json", help="also write the samples here (bench/record.py's format, for bench/charts.py)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
         "--placement",
@@ -906,6 +905,7 @@ def main() -> int:
     django.setup()
 
     all_misses, raw = [], {}
+    order: dict[str, dict[str, Any]] = {}
     for suite in suites:
         try:
             samples, cpu = run_suite(suite, args.rounds, args.thread_rounds, args.thread_seconds)
@@ -913,6 +913,10 @@ def main() -> int:
             for cleanup in suite.cleanup:
                 cleanup()
         raw[suite.name] = samples
+        order[suite.name] = {
+            "backends": [b.label for b in suite.backends] + list(suite.floors),
+            "ours": next(b.label for b in suite.backends if b.ours),
+        }
         lines, misses = report(suite, samples, cpu, placement.server_cpu == placement.client_cpu)
         all_misses += misses
         print("\n".join(lines), flush=True)
@@ -923,8 +927,10 @@ def main() -> int:
         print("Throughput targets are checked with --placement split only (one CPU has no parallelism to win).")
     print("Targets missed: " + ("; ".join(all_misses) if all_misses else "none"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(raw, f, indent=1)
+        from record import write
+
+        data = {name: {**order[name], "samples": samples} for name, samples in raw.items()}
+        write(args.json, "run", placement.describe(), data, rounds=args.rounds, thread_seconds=args.thread_seconds)
     return 1 if (args.check and all_misses) else 0
 
 
