@@ -242,6 +242,7 @@ def test_the_redis_browser_pages_without_losing_or_repeating_keys(redis_server):
     assert cache.get("page:007") is None
 
 
+@pytest.mark.topology
 def test_the_redis_browser_covers_every_primary_of_a_cluster(redis_cluster):
     from django_rustcache.redis import RedisClusterCache
 

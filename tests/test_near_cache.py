@@ -619,6 +619,7 @@ def test_with_replicas_fills_read_the_leader_never_a_lagging_replica():
         behind.close()
 
 
+@pytest.mark.topology
 def test_a_sentinel_failover_empties_the_store():
     from tests.servers import SentinelGroup
 

@@ -21,6 +21,9 @@ from django_rustcache._core import cluster_key_slot as key_slot
 from django_rustcache.redis import RedisCache, RedisClusterCache
 from tests.servers import raw_command, wait_until
 
+# Redis Cluster / Sentinel topologies: the Rust core's subject, not the interpreter's (run on 3.11).
+pytestmark = pytest.mark.topology
+
 _prefixes = itertools.count()
 
 

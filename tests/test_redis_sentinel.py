@@ -22,6 +22,9 @@ from django_rustcache._core import CacheError, ServerDown
 from django_rustcache.redis import RedisCache
 from tests.servers import SentinelGroup, raw_command, wait_until
 
+# Redis Cluster / Sentinel topologies: the Rust core's subject, not the interpreter's (run on 3.11).
+pytestmark = pytest.mark.topology
+
 _names = itertools.count()
 
 
