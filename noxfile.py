@@ -179,17 +179,23 @@ def django(session: nox.Session, django: str) -> None:
 def build_dist(session: nox.Session) -> tuple[Path, Path]:
     """The release wheel and the sdist, built by maturin into dist/ and checked by twine: the
     wheel for CPython's stable ABI (cp311-abi3: one wheel for 3.11 and later; bench/abi3_cost.py
-    measured what that costs), the sdist with everything a source build needs."""
+    measured what that costs), linked by zig against glibc 2.17 (manylinux2014: it installs on
+    every Linux distribution still supported, not only on those as new as this machine), the
+    sdist with everything a source build needs."""
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
-    session.install("maturin>=1.16,<2", "twine>=6")
-    session.run("maturin", "build", "--release", "--sdist", "--out", str(dist), env=BUILD_ENV)
+    # ziglang: zig's linker and the old glibc's symbols it links against, from PyPI.
+    session.install("maturin>=1.16,<2", "twine>=6", "ziglang>=0.13")
+    session.run(
+        "maturin", "build", "--release", "--sdist", "--zig", "--compatibility", "manylinux_2_17",
+        "--out", str(dist), env=BUILD_ENV,
+    )  # fmt: skip
     wheels, sdists = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
     if len(wheels) != 1 or len(sdists) != 1:
         session.error(f"expected one wheel and one sdist in dist/, found {[p.name for p in dist.iterdir()]}")
     wheel, sdist = wheels[0], sdists[0]
-    if "-cp311-abi3-" not in wheel.name:
-        session.error(f"the wheel is not the stable-ABI one (cp311-abi3): {wheel.name}")
+    if "-cp311-abi3-" not in wheel.name or "manylinux_2_17_x86_64" not in wheel.name:
+        session.error(f"the wheel is not the stable-ABI manylinux2014 one (cp311-abi3, manylinux_2_17): {wheel.name}")
     session.run("twine", "check", "--strict", str(wheel), str(sdist))
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[-1] for name in tar.getnames()}
