@@ -89,8 +89,15 @@ def test_each_page_loads_whole_in_chromium(name, docs_url, page):
 def test_the_search_finds_an_option(docs_url, page):
     page.goto(docs_url + "index.html")
     page.click("label.md-search__icon, .md-search__input", timeout=5_000)
-    page.fill("input.md-search__input", "SOCKET_CONNECT_TIMEOUT")
+    # The index is loaded by a worker; a query typed before it is ready is not run again, so
+    # wait until the search says it is ready ("Type to start searching").
+    page.wait_for_function(
+        "() => { const m = document.querySelector('.md-search-result__meta');"
+        " return m && m.textContent.trim() !== '' && !/Initializing/i.test(m.textContent); }",
+        timeout=30_000,
+    )
+    page.type("input.md-search__input", "SOCKET_CONNECT_TIMEOUT")
     results = page.locator(".md-search-result__item")
-    results.first.wait_for(timeout=10_000)
+    results.first.wait_for(timeout=15_000)
     assert results.count() >= 1
     assert "options" in " ".join(results.locator("a").evaluate_all("links => links.map(a => a.href)"))
