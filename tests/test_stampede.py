@@ -160,6 +160,109 @@ def test_a_computation_that_raises_is_seen_by_its_waiters_and_the_next_call_comp
     assert cache.get_or_set("k", lambda: "second try", 60) == "second try"
 
 
+@pytest.fixture(params=["lru", "memcached", "redis"])
+def quick(request):
+    """A cache whose WAIT is half a second."""
+    options = {"STAMPEDE": {"LEASE": 5, "WAIT": 0.5}}
+    if request.param == "lru":
+        return make_lru("object", OPTIONS=options)
+    if request.param == "memcached":
+        return make_memcached(request.getfixturevalue("memcached_server").location, OPTIONS=options)
+    return make_redis(request.getfixturevalue("redis_server").location, OPTIONS=options)
+
+
+def run_together(*calls) -> None:
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_a_dead_lease_holder_costs_one_computation_shared_by_threads_and_event_loops(quick):
+    # Another process took the lease and died: every caller here waits WAIT, then one computes
+    # for the whole process (its threads, and the tasks of its two event loops), not one each.
+    assert quick.add("k:lease", "a dead process's token", 30)
+    computed, got = [], []
+
+    def compute():
+        computed.append(1)
+        time.sleep(0.2)
+        return "v"
+
+    def loop():
+        async def go():
+            return await asyncio.gather(*(quick.aget_or_set("k", compute, 60) for _ in range(8)))
+
+        got.extend(asyncio.run(go()))
+
+    run_together(*[lambda: got.append(quick.get_or_set("k", compute, 60))] * 6, loop, loop)
+    assert computed == [1] and got == ["v"] * 22
+
+
+def test_callers_wait_for_their_process_computer_past_wait(quick):
+    # The computation takes longer than WAIT: the process's other callers take its result.
+    computed, got = [], []
+
+    def compute():
+        computed.append(1)
+        time.sleep(1.2)
+        return "v"
+
+    def loop():
+        async def go():
+            return await asyncio.gather(*(quick.aget_or_set("k", compute, 60) for _ in range(8)))
+
+        got.extend(asyncio.run(go()))
+
+    run_together(*[lambda: got.append(quick.get_or_set("k", compute, 60))] * 6, loop)
+    assert computed == [1] and got == ["v"] * 14
+
+
+def test_a_computation_asking_for_its_own_key_does_not_wait_for_itself(quick):
+    def outer():
+        began = time.monotonic()
+        inner = quick.get_or_set("k", lambda: "inner", 60)
+        return inner, time.monotonic() - began
+
+    value, waited = quick.get_or_set("k", outer, 60)
+    # Waiting for itself would last WAIT + LEASE (5.5 s) before computing.
+    assert value == "inner" and waited < 2.0
+
+    async def aouter():
+        began = time.monotonic()
+        inner = await quick.aget_or_set("k2", lambda: "inner", 60)
+        return inner, time.monotonic() - began
+
+    value, waited = asyncio.run(quick.aget_or_set("k2", aouter, 60))
+    assert value == "inner" and waited < 2.0
+
+
+def test_a_cancelled_computer_leaves_its_waiters_to_compute_once(quick):
+    computed = []
+
+    async def never():
+        await asyncio.sleep(30)
+
+    def quickly():
+        computed.append(1)
+        return "v"
+
+    async def go():
+        leader = asyncio.ensure_future(quick.aget_or_set("k", never, 60))
+        await asyncio.sleep(0.1)
+        waiters = [asyncio.ensure_future(quick.aget_or_set("k", quickly, 60)) for _ in range(4)]
+        await asyncio.sleep(0.1)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return await asyncio.gather(*waiters)
+
+    assert asyncio.run(go()) == ["v"] * 4
+    assert computed == [1]
+    assert quick.get("k") == "v"
+
+
 def test_a_stale_value_is_served_while_one_caller_recomputes(cache):
     cache.get_or_set("k", lambda: "old", 1)
     time.sleep(1.1)

@@ -3,14 +3,16 @@
 Django's ``get_or_set`` is get, compute, add: when a hot key expires, every worker computes it at
 once. With ``"STAMPEDE": {"LEASE": 10, "WAIT": 5, "STALE": 0, "EARLY": 0}``:
 
-- **One computer per key.** In a process, the callers of one key line up behind one (threads
-  behind a thread, tasks of an event loop behind a task) and take its result. Across processes,
+- **One computer per key.** In a process, the callers of one key line up behind one and take its
+  result (threads and the tasks of every event loop behind the same one). Across processes,
   that one takes a lease on the server (``add`` of ``<key>:lease`` for ``LEASE`` seconds: redis
   ``SET NX``, memcached ``add``) before computing; the others poll for the value.
-- **Bounded waits.** Nobody waits more than ``WAIT`` seconds: a caller still without a value
-  then computes it itself (a lease holder that died is not waited for past that; at most one
-  computation per process follows). A computer that raises releases the lease at once: its
-  process's waiters get the same exception, other processes' waiters take the lease and compute.
+- **Bounded waits.** No process waits more than ``WAIT`` seconds for another: its computer then
+  computes the value itself (a lease holder that died is not waited for past that; at most one
+  computation per process follows), and its other callers take that result (past ``WAIT +
+  LEASE`` they compute themselves: a computation is expected to end within its lease). A
+  computer that raises releases the lease at once: its process's waiters get the same
+  exception, other processes' waiters take the lease and compute.
 - **Stale while recomputed** (``STALE`` seconds): values are kept that much past their timeout;
   once a value is past its timeout, the one caller that takes the lease recomputes it while every
   other caller gets the previous value at once. Never past ``timeout + STALE``.
@@ -26,13 +28,13 @@ same round trip (``get_many``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
 import random
 import threading
 import time
-import weakref
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -72,22 +74,71 @@ def stampede_settings(given: Any) -> StampedeSettings | None:
 
 
 class _Flight:
-    """One computation of one key in this process, and those waiting for it."""
+    """One computation of one key in this process, and those waiting for it: threads and the
+    tasks of any event loop wait for the same one (its leader's thread, and task if async)."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("abandoned", "done", "error", "task", "thread", "value", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, thread: int, task: Any) -> None:
         self.done = threading.Event()
         self.value: Any = None
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
+        self.abandoned = False  # the leader was cancelled or interrupted: a follower leads anew
+        self.thread, self.task = thread, task
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def blocks(self, thread: int, task: Any) -> bool:
+        """Whether waiting here would wait for oneself: a get_or_set of this key called inside
+        its own computation (on the leader's thread when the leader is sync, or in its task)."""
+        return self.thread == thread and (self.task is None or self.task is task)
+
+    async def wait_async(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        with _flights_lock:
+            if self.done.is_set():
+                return True
+            self.waiters.append((loop, waiter))
+        try:
+            await asyncio.wait_for(waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with _flights_lock:
+                if (loop, waiter) in self.waiters:
+                    self.waiters.remove((loop, waiter))
+
+
+def _join(scope: tuple[Any, ...], thread: int, task: Any) -> tuple[_Flight, bool]:
+    """The process's flight for a key, and whether the caller leads it (a new one)."""
+    with _flights_lock:
+        flight = _flights.get(scope)
+        if flight is not None:
+            return flight, False
+        flight = _flights[scope] = _Flight(thread, task)
+        return flight, True
+
+
+def _land(scope: tuple[Any, ...], flight: _Flight) -> None:
+    """The leader is done (its outcome set): later callers start afresh, waiters wake."""
+    with _flights_lock:
+        if _flights.get(scope) is flight:
+            del _flights[scope]
+        flight.done.set()
+        waiters, flight.waiters = flight.waiters, []
+    for loop, waiter in waiters:
+        with contextlib.suppress(RuntimeError):  # a closed loop: its waiter went with it
+            loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 _flights_lock = threading.Lock()
 _flights: dict[tuple[Any, ...], _Flight] = {}
-# An event loop's flights (tasks wait on futures of their own loop).
-_loop_flights: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Future[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
 _MISSING = object()
 
 
@@ -155,29 +206,31 @@ class Stampede:
 
     def _single_flight(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
         scope = self._scope(key, version)
-        with _flights_lock:
-            flight = _flights.get(scope)
-            leader = flight is None
+        thread = threading.get_ident()
+        while True:
+            flight, leader = _join(scope, thread, None)
             if leader:
-                flight = _flights[scope] = _Flight()
-        assert flight is not None
-        if not leader:
-            if flight.done.wait(s.wait):
-                if flight.error is not None:
-                    raise flight.error
-                return flight.value
-            # The process's computer took longer than WAIT: compute here (bounded wait).
-            return self._compute_and_store(key, default, timeout, version, s)
+                break
+            # The process's computer waits at most WAIT for another process, then computes (a
+            # computation is expected within LEASE): past both, compute here.
+            if flight.blocks(thread, None) or not flight.done.wait(s.wait + s.lease):
+                return self._compute_and_store(key, default, timeout, version, s)
+            if flight.abandoned:
+                continue
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
         try:
             flight.value = self._across_processes(key, default, timeout, version, s)
             return flight.value
-        except BaseException as e:
+        except Exception as e:
             flight.error = e
             raise
+        except BaseException:
+            flight.abandoned = True
+            raise
         finally:
-            with _flights_lock:
-                _flights.pop(scope, None)
-            flight.done.set()
+            _land(scope, flight)
 
     def _across_processes(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
         backend: Any = self
@@ -266,30 +319,30 @@ class Stampede:
         return await self._asingle_flight(key, default, timeout, version, s)
 
     async def _asingle_flight(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
-        loop = asyncio.get_running_loop()
-        flights = _loop_flights.setdefault(loop, {})
         scope = self._scope(key, version)
-        flight = flights.get(scope)
-        if flight is not None:
-            try:
-                return await asyncio.wait_for(asyncio.shield(flight), s.wait)
-            except TimeoutError:
+        thread, task = threading.get_ident(), asyncio.current_task()
+        while True:
+            flight, leader = _join(scope, thread, task)
+            if leader:
+                break
+            if flight.blocks(thread, task) or not await flight.wait_async(s.wait + s.lease):
                 return await self._acompute_and_store(key, default, timeout, version, s)
-        flight = flights[scope] = loop.create_future()
+            if flight.abandoned:
+                continue
+            if flight.error is not None:
+                raise flight.error
+            return flight.value
         try:
-            value = await self._aacross_processes(key, default, timeout, version, s)
-        except BaseException as e:
-            if not flight.done():
-                flight.set_exception(e)
-                flight.exception()  # (retrieved: no "never retrieved" warning when nobody waits)
+            flight.value = await self._aacross_processes(key, default, timeout, version, s)
+            return flight.value
+        except Exception as e:
+            flight.error = e
             raise
-        else:
-            if not flight.done():
-                flight.set_result(value)
-            return value
+        except BaseException:
+            flight.abandoned = True
+            raise
         finally:
-            if flights.get(scope) is flight:
-                del flights[scope]
+            _land(scope, flight)
 
     async def _aacross_processes(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
         backend: Any = self
