@@ -35,6 +35,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
@@ -92,6 +93,11 @@ class _Flight:
         its own computation (on the leader's thread when the leader is sync, or in its task)."""
         return self.thread == thread and (self.task is None or self.task is task)
 
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
     async def wait_async(self, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -118,6 +124,22 @@ def _join(scope: tuple[Any, ...], thread: int, task: Any) -> tuple[_Flight, bool
             return flight, False
         flight = _flights[scope] = _Flight(thread, task)
         return flight, True
+
+
+@contextlib.contextmanager
+def _leading(scope: tuple[Any, ...], flight: _Flight) -> Iterator[None]:
+    """The leader's computation: its error for the waiters, or abandoned if it was cancelled or
+    interrupted; landed either way."""
+    try:
+        yield
+    except Exception as e:
+        flight.error = e
+        raise
+    except BaseException:
+        flight.abandoned = True
+        raise
+    finally:
+        _land(scope, flight)
 
 
 def _land(scope: tuple[Any, ...], flight: _Flight) -> None:
@@ -217,20 +239,10 @@ class Stampede:
                 return self._compute_and_store(key, default, timeout, version, s)
             if flight.abandoned:
                 continue
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
+            return flight.outcome()
+        with _leading(scope, flight):
             flight.value = self._across_processes(key, default, timeout, version, s)
             return flight.value
-        except Exception as e:
-            flight.error = e
-            raise
-        except BaseException:
-            flight.abandoned = True
-            raise
-        finally:
-            _land(scope, flight)
 
     def _across_processes(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
         backend: Any = self
@@ -329,20 +341,10 @@ class Stampede:
                 return await self._acompute_and_store(key, default, timeout, version, s)
             if flight.abandoned:
                 continue
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
+            return flight.outcome()
+        with _leading(scope, flight):
             flight.value = await self._aacross_processes(key, default, timeout, version, s)
             return flight.value
-        except Exception as e:
-            flight.error = e
-            raise
-        except BaseException:
-            flight.abandoned = True
-            raise
-        finally:
-            _land(scope, flight)
 
     async def _aacross_processes(self, key: Any, default: Any, timeout: Any, version: Any, s: StampedeSettings) -> Any:
         backend: Any = self
