@@ -312,6 +312,27 @@ def test_writes_go_to_the_leader_and_reads_are_spread_over_replicas():
         named = make_redis([replicas[0].location, leader.location], OPTIONS={"MASTER_CACHE": leader.location})
         assert named._servers[0] == leader.location
         named.set("x", 1)
+        # django-redis-cache's calls for its redis-py clients: the master takes the writes, any
+        # server may answer a read, each client is on the cache's db.
+        pytest.importorskip("redis")
+        from django_rustcache.redis_cache import RedisCache as DjangoRedisCacheCache
+
+        theirs = DjangoRedisCacheCache(
+            [replicas[0].location, leader.location], {"OPTIONS": {"MASTER_CACHE": leader.location, "DB": 3}}
+        )
+        master = theirs.get_master_client()
+        assert master is theirs.master_client is theirs.get_client(theirs.make_key("x"), write=True)
+        assert master.role()[0] == b"master" and master.client_info()["db"] == 3
+        assert list(theirs.clients) == [("127.0.0.1", leader.port, 3, ""), ("127.0.0.1", replicas[0].port, 3, "")]
+        assert theirs.client_list == list(theirs.clients.values())
+        read_from = {
+            theirs.get_client(theirs.make_key("x")).connection_pool.connection_kwargs["port"] for _ in range(40)
+        }
+        assert read_from == {leader.port, replicas[0].port}
+        theirs.set("seen", 5)
+        assert master.get(theirs.make_key("seen")) == b"5"
+        for client in theirs.client_list:
+            client.connection_pool.disconnect()
     finally:
         for s in (leader, *replicas):
             s.close()

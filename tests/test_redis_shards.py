@@ -139,6 +139,34 @@ def test_keys_are_spread_and_found_on_their_servers(shards):
     assert not any(c.dbsize() for c in clients)
 
 
+def test_django_redis_cache_clients_are_its_servers(shards):
+    # django-redis-cache's own ways to a redis-py client: its clients by (host, port, db, unix
+    # socket), the master client, and get_client(made key) giving the key's shard.
+    pytest.importorskip("redis")
+    cache = make_sharded(shards, KEY_PREFIX="clients")
+    clients = cache.clients
+    assert list(clients) == [
+        ("127.0.0.1", shards[0].port, 1, None),
+        ("127.0.0.1", shards[1].port, 4, ""),
+        (None, None, 1, shards[2].socket_path),
+    ]
+    assert cache.client_list == list(clients.values())
+    assert cache.master_client is cache.get_master_client() is cache.client_list[0]
+    data = {f"k{i}": i for i in range(60)}
+    cache.set_many(data)
+    used = set()
+    for key in data:
+        made = cache.make_key(key)
+        client = cache.get_client(made)
+        assert client is cache.get_client(made, write=True) and client.exists(made), key
+        used.add(id(client))
+    assert len(used) == 3
+    assert clients[("127.0.0.1", shards[1].port, 4, "")].client_info()["db"] == 4
+    cache.clear()
+    for client in cache.client_list:
+        client.connection_pool.disconnect()
+
+
 def test_herd_and_locks_on_their_servers(shards):
     cache = make_sharded(shards, KEY_PREFIX="herd")
     calls = []
@@ -193,7 +221,20 @@ def test_django_redis_shard_client_site(shards):
     cache.set_many({"{cart7}:a": 1, "{cart7}:b": 2})
     assert clients[ring.get_node("cart7")].exists(cache.make_key("{cart7}:a"), cache.make_key("{cart7}:b")) == 2
     assert cache.delete_pattern("k1*") == len([k for k in data if k.startswith("k1")])
+    # ShardClient's ways to a key's server: get_server(made key), get_server_name; no get_client().
+    for key in ("k2", "k3", "{cart7}:a"):
+        made = cache.make_key(key)
+        assert cache.client.get_server_name(made) == ring.get_node(made)
+        assert cache.client.get_server(made) is clients_of(cache)[ring.get_node(made)]
+        assert cache.client.get_server(made).exists(made)
+    with pytest.raises(NotImplementedError):
+        cache.client.get_client()
     assert cache.clear() is True
+
+
+def clients_of(cache):
+    return {cache.client.get_server_name(cache.make_key(f"probe{i}")): cache.client.get_server(
+        cache.make_key(f"probe{i}")) for i in range(50)}  # fmt: skip
 
 
 def test_multi_key_calls_have_every_shard_working_at_once():

@@ -16,6 +16,7 @@ django-redis-cache accepted) where django-redis-cache answers differently from D
 
 from __future__ import annotations
 
+import random
 from contextlib import suppress
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlparse
@@ -25,6 +26,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django_rustcache._core import CacheError, RedisClient
 from django_rustcache.redis.backend import RedisCache as _RedisCache
 from django_rustcache.redis.lock import Lock
+from django_rustcache.redis.raw import server_client, shard_of
 
 __all__ = ["RedisCache", "ShardedRedisCache", "django_redis_cache_node"]
 
@@ -66,6 +68,40 @@ class RedisCache(_RedisCache):
     """RedisCache with django-redis-cache's return values and defaults."""
 
     default_db: ClassVar[int | None] = 1
+
+    def _configure(self) -> Any:
+        settings = super()._configure()
+        db = self._options.get("db", self._options.get("DB", self.default_db))
+        db = 1 if db is None else int(db)
+        # Each server as django-redis-cache names it (its clients' keys, its hash ring's nodes).
+        self._nodes = [django_redis_cache_node(s, db) for s in self._servers]
+        return settings
+
+    # --- django-redis-cache's ways to its redis-py clients (redis-py: the redis-py extra) ---
+
+    @property
+    def clients(self) -> dict[tuple[Any, ...], Any]:
+        """A redis-py client per server, by django-redis-cache's name for it: ``(host, port, db,
+        unix socket path)``."""
+        return {node: server_client(self, i) for i, node in enumerate(self._nodes)}
+
+    @property
+    def client_list(self) -> list[Any]:
+        return list(self.clients.values())
+
+    def get_master_client(self) -> Any:
+        """The server that takes the writes (OPTIONS MASTER_CACHE, or the first in LOCATION)."""
+        return server_client(self, 0)
+
+    @property
+    def master_client(self) -> Any:
+        return self.get_master_client()
+
+    def get_client(self, key: Any, write: bool = False) -> Any:
+        """The server a made key is written to (the master), or read from (any of them)."""
+        if write:
+            return self.get_master_client()
+        return server_client(self, random.randrange(len(self._nodes)))
 
     def set(  # type: ignore[override]
         self,
@@ -242,12 +278,9 @@ class ShardedRedisCache(RedisCache):
     ``delete_pattern``, ``iter_keys``, ``keys``, ``reinsert_keys`` and ``clear(version=)`` visit
     every server."""
 
-    def _configure(self) -> Any:
-        settings = super()._configure()
-        db = self._options.get("db", self._options.get("DB", self.default_db))
-        db = 1 if db is None else int(db)
-        self._nodes = [django_redis_cache_node(s, db) for s in self._servers]
-        return settings
+    def get_client(self, key: Any, write: bool = False) -> Any:
+        """The server that holds a made key (its shard), for writes and reads alike."""
+        return server_client(self, shard_of(self, str(key)))
 
     def _make_client(self, s: Any) -> RedisClient:
         # Placed by django-redis-cache's ring over its own names of the servers.

@@ -425,10 +425,14 @@ class RedisOptions:
         if self._sharded and len(s.servers) > 1:
             # django-redis's ring names the servers as it does: LOCATION split at "," (not
             # stripped), or the list as written.
-            raw = self._init_args[0]
-            names = raw.split(",") if isinstance(raw, str) else [str(x) for x in raw]
-            return self._make_one(s, topology="sharded", ring="django-redis", ring_names=names)
+            return self._make_one(s, topology="sharded", ring="django-redis", ring_names=self._server_names())
         return self._make_one(s)
+
+    def _server_names(self) -> list[str]:
+        """The servers as LOCATION names them: split at "," (not stripped), or the list as
+        written (django-redis's hash ring names its nodes so)."""
+        raw = self._init_args[0]
+        return raw.split(",") if isinstance(raw, str) else [str(x) for x in raw]
 
     def _make_one(self, s: RedisSettings, **extra: Any) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)

@@ -60,8 +60,8 @@ def get_redis_connection(alias: str = "default", write: bool = True) -> Any:
     write, a replica (when LOCATION lists some) for a read; for Sentinel the master the sentinels
     name now (or a replica), for a Redis Cluster a ``RedisCluster``. Clients are kept per settings,
     role and process, so their pools are shared as django-redis's are. A sharded cache has a
-    server per key: ask ``cache.get_shard(key)`` instead (django-redis's ShardClient has none
-    either)."""
+    server per key, so none (as django-redis's ShardClient): ``cache.client.get_server(made_key)``
+    gives the key's, as there (``cache.get_client(made_key)`` on django-redis-cache's classes)."""
     from django.core.cache import caches
 
     from django_rustcache.redis.backend import RedisCache
@@ -87,10 +87,39 @@ def raw_client(cache: Any, write: bool = True) -> Any:
     return client
 
 
+def server_client(cache: Any, index: int) -> Any:
+    """A redis-py client on one of a cache's servers (its place in LOCATION, the leader first),
+    for the predecessors' calls that name a server: one per settings, server and process."""
+    redis = _redis_py()
+    if cache._config_error is not None:
+        raise cache._config_error
+    s = cache._settings
+    if cache._cluster or s.sentinel is not None:
+        raise NotImplementedError(
+            "a Redis Cluster or a Sentinel service names no fixed server: use get_redis_connection()"
+        )
+    key = (s, "server", index, os.getpid())
+    with _lock:
+        client = _made.get(key)
+        if client is None:
+            client = _made[key] = redis.Redis(
+                max_connections=s.max_connections, **_connection_kwargs(s.servers[index], s)
+            )
+    return client
+
+
+def shard_of(cache: Any, made_key: str) -> int:
+    """The place in LOCATION of the server that holds a made key (its shard; 0 unsharded)."""
+    if cache._cluster:
+        raise NotImplementedError("a Redis Cluster routes each key by its slot: use get_redis_connection()")
+    return int(cache._cache.node_of(made_key))
+
+
 class DjangoRedisClient:
     """What django-redis sites reach through ``cache.client``: ``get_client(write)``, the raw
     client that django-redis's own ``django_redis.get_redis_connection()`` asks for, so a site
-    that keeps that import keeps working."""
+    that keeps that import keeps working; with a sharding CLIENT_CLASS, ShardClient's
+    ``get_server(key)`` and ``get_server_name(key)`` for a made key."""
 
     def __init__(self, cache: Any) -> None:
         self._cache = cache
@@ -99,6 +128,14 @@ class DjangoRedisClient:
         client = raw_client(self._cache, write)
         # (django-redis's index is the server's place in LOCATION: 0, the leader, for writes)
         return (client, 0) if show_index else client
+
+    def get_server(self, key: Any) -> Any:
+        return server_client(self._cache, shard_of(self._cache, str(key)))
+
+    def get_server_name(self, key: Any) -> str:
+        """The LOCATION entry of the server that holds a made key, as written there."""
+        cache = self._cache
+        return str(cache._server_names()[shard_of(cache, str(key))])
 
 
 def _make(redis: Any, cache: Any, s: Any, write: bool) -> Any:
