@@ -17,7 +17,7 @@ from django_rustcache import CacheError
 from django_rustcache._core import ServerDown
 from tests.conftest import make_memcached
 from tests.load import hammer_through_restarts
-from tests.servers import MemcachedServer, SilentServer
+from tests.servers import MemcachedServer, SilentServer, free_port
 
 THIRTY_DAYS = 60 * 60 * 24 * 30
 
@@ -353,6 +353,38 @@ def test_pylibmc_finds_our_keys_on_the_same_servers_and_reads_our_values(memcach
     ours.set("ourflag", True)
     assert theirs.get(ours.make_key("ourflag")) is True
     assert ours.incr("i") == 8 and theirs.get(ours.make_key("i")) == 8
+
+
+def test_get_stats_is_pylibmcs(memcached_server, memcached_unix_server):
+    # Sites on Django's PyLibMCCache read server stats with cache._cache.get_stats(): a list of
+    # (b"host:port (index)", {name: bytes}) in server order, a unix socket named "path:0".
+    cache = make_memcached([memcached_server.location, memcached_unix_server.location], backend="PyLibMCCache")
+    cache.set("seen", 1)
+    for key in ("seen", "seen", "missing"):
+        cache.get(key)
+    stats = cache._cache.get_stats()
+    assert [name for name, _ in stats] == [
+        f"127.0.0.1:{memcached_server.port} (0)".encode(),
+        f"{memcached_unix_server.socket_path}:0 (1)".encode(),
+    ]
+    together = {name: sum(int(s[name]) for _, s in stats) for name in ("get_hits", "get_misses", "cmd_get")}
+    assert together["get_hits"] >= 2 and together["get_misses"] >= 1 and together["cmd_get"] >= 3
+    assert all(isinstance(v, bytes) for _, s in stats for v in s.values())
+    assert float(stats[0][1]["uptime"]) >= 0 and stats[0][1]["pid"].isdigit()
+
+
+def test_get_stats_answers_as_pylibmc_itself(memcached_server):
+    pylibmc = pytest.importorskip("pylibmc", reason="pylibmc is not installable on this interpreter")
+    theirs = pylibmc.Client([memcached_server.location]).get_stats()
+    ours = make_memcached(memcached_server.location, backend="PyLibMCCache")._cache.get_stats()
+    assert [name for name, _ in ours] == [name for name, _ in theirs]
+    assert set(theirs[0][1]) <= set(ours[0][1])
+
+
+def test_get_stats_of_a_dead_server_raises():
+    cache = make_memcached(f"127.0.0.1:{free_port()}", backend="PyLibMCCache")
+    with pytest.raises(ServerDown):
+        cache._cache.get_stats()
 
 
 # --- failures ---------------------------------------------------------------------------------

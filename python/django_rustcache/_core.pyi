@@ -336,6 +336,10 @@ class MemcachedClient:
     def server_stats(self) -> dict[str, dict[str, str] | None]:
         """Each server's ``stats`` (None when it failed)."""
 
+    def get_stats(self) -> list[tuple[bytes, dict[str, bytes]]]:
+        """pylibmc's ``get_stats()``: ``[(b"host:port (i)", {stat: b"value"}), ...]`` in server
+        order (a unix socket is ``path:0``); a server that fails raises ``ServerDown``."""
+
     def servers(self) -> list[dict[str, Any]]:
         """Each server's health: address, up, removed, errors, last_error, idle_connections,
         async_connections."""

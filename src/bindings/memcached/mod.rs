@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyList};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList};
 
 use crate::bindings::args::seconds;
 use crate::bindings::errors::ServerDown;
@@ -351,6 +351,23 @@ impl PyMemcachedClient {
         Ok(out)
     }
 
+    /// pylibmc's `get_stats()`: `[(b"host:port (i)", {stat: b"value"}), ...]` in server order
+    /// (a unix socket is `path:0`, as libmemcached names it); a server that fails raises.
+    fn get_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let client = &self.client;
+        let stats = py.detach(|| client.stats())?;
+        let out = PyList::empty(py);
+        for (index, (addr, pairs)) in stats.into_iter().enumerate() {
+            let d = PyDict::new(py);
+            for (k, v) in pairs? {
+                d.set_item(k, PyBytes::new(py, v.as_bytes()))?;
+            }
+            let name = pylibmc_server_name(&addr);
+            out.append((PyBytes::new(py, format!("{name} ({index})").as_bytes()), d))?;
+        }
+        Ok(out)
+    }
+
     /// Each server's health: address, up, removed, errors, last_error, idle connections.
     fn servers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
@@ -390,5 +407,17 @@ impl PyMemcachedClient {
     /// Which configured server (index) a made key goes to.
     fn server_index(&self, key: &str) -> PyResult<usize> {
         self.client.route(key.as_bytes()).map_err(|e| ServerDown::new_err(e.to_string()))
+    }
+}
+
+/// A server as libmemcached names it in pylibmc's `get_stats()`: `host:port`, a unix socket
+/// `path:0`, an IPv6 host without its brackets.
+fn pylibmc_server_name(addr: &str) -> String {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        return format!("{path}:0");
+    }
+    match addr.strip_prefix('[').and_then(|rest| rest.split_once("]:")) {
+        Some((host, port)) => format!("{host}:{port}"),
+        None => addr.to_string(),
     }
 }
