@@ -91,6 +91,8 @@ def test_spans_are_asked_for_and_follow_the_database_conventions(spans, redis_se
         assert redis_cache.get("k") == 1
         assert asyncio.run(redis_cache.aget("k")) == 1
         assert 0 < redis_cache.ttl("k") <= 300  # the default timeout
+        # Django's way to a raw client passes the tracing proxy (no span: no command was sent).
+        assert redis_cache._cache.get_client(write=True).get(redis_cache.make_key("k")) == b"1"
         memcached_cache.set("k", 1)
         assert asyncio.run(memcached_cache.aget("k")) == 1
         down = make_redis("redis://127.0.0.1:1")  # nothing listens on port 1
@@ -124,4 +126,6 @@ def test_without_the_setting_calls_make_no_span(spans, redis_server):
     cache.set("k", 1)
     cache.get("k")
     assert spans.get_finished_spans() == ()
-    assert type(cache._cache).__name__ == "RedisClient"
+    from django_rustcache._core import RedisClient
+
+    assert isinstance(cache._cache, RedisClient)  # the client itself, no tracing proxy

@@ -4,6 +4,7 @@ checked against real servers and, where they are installed, the predecessors the
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 
 import pytest
@@ -312,8 +313,36 @@ def test_django_redis_own_get_redis_connection_works_on_our_cache(redis_server):
         r.connection_pool.disconnect()
 
 
+def test_djangos_own_way_to_a_raw_client_works_on_our_cache(redis_server):
+    # Sites on Django's RedisCache reach redis-py with cache._cache.get_client(key=None, *,
+    # write=False) (pattern deletes, rate limiters, SCAN); after the switch it must still answer.
+    pytest.importorskip("redis")
+    from django.core.cache import caches
+
+    from django_rustcache.redis import get_redis_connection
+
+    with _settings_with("dj", "django_rustcache.redis.RedisCache", redis_server.location, OPTIONS={"DB": 6}):
+        cache = caches["dj"]
+        r = cache._cache.get_client()
+        assert cache._cache.get_client("any key") is r and cache._cache.get_client(None) is r
+        assert cache._cache.get_client(write=True) is get_redis_connection("dj")
+        cache.set("n", 41)
+        assert r.incr(cache.make_key("n")) == 42 and cache.get("n") == 42
+        assert r.client_info()["db"] == 6
+        assert sorted(r.scan_iter(match=cache.make_key("n"))) == [cache.make_key("n").encode()]
+        # Another thread's instance of the alias answers too.
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(caches["dj"]._cache.get_client(write=True)))
+        t.start()
+        t.join()
+        assert seen == [get_redis_connection("dj")]
+        r.connection_pool.disconnect()
+
+
 def test_get_redis_connection_reads_from_a_replica_when_asked(redis_server):
     pytest.importorskip("redis")
+    from django.core.cache import caches
+
     from django_rustcache.redis import get_redis_connection
     from tests.servers import RedisServer
 
@@ -324,6 +353,9 @@ def test_get_redis_connection_reads_from_a_replica_when_asked(redis_server):
             assert leader.connection_pool.connection_kwargs["port"] == redis_server.port
             assert reader.connection_pool.connection_kwargs["port"] == replica.port
             assert reader.role()[0] == b"slave"
+            # Django's RedisCacheClient.get_client reads from a replica too, and writes to the leader.
+            assert caches["rr"]._cache.get_client() is reader
+            assert caches["rr"]._cache.get_client(write=True) is leader
             for c in (leader, reader):
                 c.connection_pool.disconnect()
     finally:

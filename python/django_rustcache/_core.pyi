@@ -421,8 +421,10 @@ class RedisClient:
 
     def __new__(
         cls,
-        servers: list[str],
+        servers: list[str] | None = None,
         *,
+        view_of: RedisClient | None = None,
+        metrics_for: tuple[str, str, bool, bool] | None = None,
         db: int | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -460,7 +462,8 @@ class RedisClient:
         the near cache on: ``get`` and ``has_key`` answered from a process-local copy of what
         ``get`` read, which the server keeps coherent by invalidation pushes for the keys under
         ``near_prefix`` (every key when None), or, with ``near_max_staleness`` (seconds), copies
-        served for at most that long."""
+        served for at most that long. With ``view_of``, a view of that client (see
+        ``with_metrics``): the rest is not read."""
     def get(self, prefix: str | None, version: Any, key: Any, default: Any = None) -> Any:
         """GET: the value, or ``default``."""
 
@@ -530,8 +533,9 @@ class RedisClient:
         """The calls read on an event loop's own thread (one ``aget`` at a time) since the
         client was made (``calls``), and the loops' connections open now (``connections``)."""
     def with_metrics(self, alias: str, backend: str, named: bool, enabled: bool) -> Self:
-        """The same client, its calls recorded in ``alias``'s metrics: with ``named`` (an alias
-        of ``settings.CACHES``) those every view of that alias shares, else this view's own."""
+        """The same client (the same Python class), its calls recorded in ``alias``'s metrics:
+        with ``named`` (an alias of ``settings.CACHES``) those every view of that alias shares,
+        else this view's own."""
     def metrics(self) -> dict[str, Any]:
         """This view's alias's metrics: alias, backend, enabled, since, calls (method ->
         outcome -> n), keys_found, keys_missed, bytes_sent, bytes_received, latency (method ->

@@ -218,6 +218,9 @@ class NetworkCache(NativeKeys, FailurePolicy, Stampede, BaseCache, Generic[Clien
         alias, named = _metrics.alias_of(self, server, params)
         path = f"{type(self).__module__}.{type(self).__qualname__}"
         view = self._shared.with_metrics(alias, path, named, _metrics.metrics_enabled(self._options))
+        if hasattr(view, "_backend"):
+            # A view that answers for its cache (redis's get_client) knows it, weakly.
+            view._backend = weakref.ref(self)
         view = opentelemetry.traced(view, self._system_name, self._servers)
         _metrics.track(self)
         _exporters.ensure_exported()

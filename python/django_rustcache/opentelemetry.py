@@ -189,6 +189,7 @@ _LOCAL = frozenset(
         "loads",
         "dumps",
         "disconnect_all",
+        "get_client",
     }
 )
 

@@ -13,6 +13,22 @@ fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// A view of a client made by the client's own class (so a Python subclass's methods stay on
+/// its views), its calls counted in `alias`'s metrics: the class's constructor takes `view_of`
+/// and `metrics_for`.
+pub fn view_with_metrics<'py>(
+    client: &Bound<'py, PyAny>,
+    alias: String,
+    backend: String,
+    named: bool,
+    enabled: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kwargs = PyDict::new(client.py());
+    kwargs.set_item("view_of", client)?;
+    kwargs.set_item("metrics_for", (alias, backend, named, enabled))?;
+    client.get_type().call((), Some(&kwargs))
+}
+
 /// One alias's metrics: `alias`, `backend`, `enabled`, `since` (a Unix time), `calls`
 /// (method -> outcome -> calls), `keys_found`, `keys_missed`, `bytes_sent`, `bytes_received`,
 /// and `latency` (method -> `count`, `sum_seconds`, `p50_seconds`, `p99_seconds`, `buckets`: a

@@ -20,6 +20,7 @@ from django_rustcache._network import setting_count, setting_flag, setting_port,
 from django_rustcache._settings import option_dict
 from django_rustcache._signing import sign_settings
 from django_rustcache.redis.herd import HERD_CLIENTS, install_herd
+from django_rustcache.redis.raw import Client
 from django_rustcache.redis.sentinel import OPTIONS as SENTINEL_OPTIONS
 from django_rustcache.redis.sentinel import SENTINEL_CLIENTS, SENTINEL_POOLS, SentinelSettings, sentinel_settings
 from django_rustcache.redis.serializers import FORMAT_OPTIONS, load_class, value_format
@@ -437,7 +438,7 @@ class RedisOptions:
     def _make_one(self, s: RedisSettings, **extra: Any) -> RedisClient:
         fmt = value_format(self._options, 5 if s.pickle_protocol is None else s.pickle_protocol)
         urls, tls = zip(*(tls_split(url, s.tls_options) for url in s.servers), strict=True)
-        return RedisClient(
+        return Client(
             list(urls),
             tls=list(tls) if any(tls) else [],
             username=s.username,

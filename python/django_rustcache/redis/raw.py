@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from django_rustcache._core import RedisClient
 from django_rustcache.redis.tls import ALL_NAMES as TLS_NAMES
 from django_rustcache.redis.tls import TLS_SCHEMES
 
@@ -113,6 +115,23 @@ def shard_of(cache: Any, made_key: str) -> int:
     if cache._cluster:
         raise NotImplementedError("a Redis Cluster routes each key by its slot: use get_redis_connection()")
     return int(cache._cache.node_of(made_key))
+
+
+class Client(RedisClient):
+    """The client class our redis caches make. A cache's view of it (``cache._cache``) also
+    answers Django's ``RedisCacheClient.get_client(key=None, *, write=False)``, which sites on
+    Django's RedisCache call for a raw redis-py client (``cache._cache.get_client()``)."""
+
+    # The cache this view belongs to (set by the cache, held weakly: the cache holds the view).
+    _backend: weakref.ref[Any] | None = None
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        """A redis-py client: the leader for a write, else a replica when LOCATION lists some
+        (as ``get_redis_connection(alias, write)``); ``key`` is not used, as in Django."""
+        backend = None if self._backend is None else self._backend()
+        if backend is None:
+            raise NotImplementedError("get_client() answers on a cache's own client: cache._cache.get_client()")
+        return raw_client(backend, write)
 
 
 class DjangoRedisClient:

@@ -286,11 +286,7 @@ impl PyMemcachedClient {
         named: bool,
         enabled: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("view_of", slf)?;
-        kwargs.set_item("metrics_for", (alias, backend, named, enabled))?;
-        slf.get_type().call((), Some(&kwargs))
+        crate::bindings::metrics::view_with_metrics(slf.as_any(), alias, backend, named, enabled)
     }
 
     /// This view's alias's metrics (see `bindings::metrics::snapshot` for the shape).

@@ -250,6 +250,29 @@ impl PyHashRing {
     }
 }
 
+/// With `view_of` in the options: a view of that client (its connections, health, near cache
+/// and codec), its calls counted in `metrics_for`'s alias (see `with_metrics`).
+fn view_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<Option<PyRedisClient>> {
+    let Some(options) = options else { return Ok(None) };
+    let Some(of) = options.get_item("view_of")? else { return Ok(None) };
+    let of: PyRef<'_, PyRedisClient> = of.extract()?;
+    let metrics = match options.get_item("metrics_for")? {
+        Some(given) => {
+            let (alias, backend, named, enabled): (String, String, bool, bool) = given.extract()?;
+            let m = metrics::for_alias(&alias, &backend, named);
+            m.set_enabled(enabled);
+            m
+        }
+        None => of.metrics.clone(),
+    };
+    Ok(Some(PyRedisClient {
+        client: of.client.clone(),
+        codec: of.codec.clone(),
+        loop_conns: of.loop_conns.clone(),
+        metrics,
+    }))
+}
+
 /// The near cache the options ask for (`near_max_entries` and `near_max_bytes` turn it on).
 fn near(a: &RedisArgs) -> PyResult<Option<Near>> {
     let (Some(max_entries), Some(max_bytes)) = (a.near_max_entries, a.near_max_bytes) else {
@@ -268,9 +291,14 @@ fn near(a: &RedisArgs) -> PyResult<Option<Near>> {
 #[pymethods]
 impl PyRedisClient {
     /// `servers`: URLs (``redis://``, ``unix://``); the options are keywords (see `_core.pyi`).
+    /// With `view_of` (see `with_metrics`), a view of that client: the rest is not read.
     #[new]
-    #[pyo3(signature = (servers, **options))]
-    fn new(servers: Vec<String>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+    #[pyo3(signature = (servers=None, **options))]
+    fn new(servers: Option<Vec<String>>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        if let Some(view) = view_from(options)? {
+            return Ok(view);
+        }
+        let Some(servers) = servers else { return Err(PyValueError::new_err("no servers given")) };
         let mut args = RedisArgs::parse(options)?;
         let codec = codec(&mut args)?;
         let topology = topology(&servers, &args)?;
@@ -286,10 +314,15 @@ impl PyRedisClient {
     /// The same client (its connections, servers' health, near cache and counters), its calls
     /// recorded in `alias`'s metrics (`named`: an alias of `settings.CACHES`, whose metrics
     /// every view of that alias shares; else this view's own).
-    fn with_metrics(&self, alias: &str, backend: &str, named: bool, enabled: bool) -> Self {
-        let metrics = metrics::for_alias(alias, backend, named);
-        metrics.set_enabled(enabled);
-        Self { client: self.client.clone(), codec: self.codec.clone(), loop_conns: self.loop_conns.clone(), metrics }
+    /// Made by the instance's own class, so a Python subclass's methods stay on its views.
+    fn with_metrics<'py>(
+        slf: &Bound<'py, Self>,
+        alias: String,
+        backend: String,
+        named: bool,
+        enabled: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::bindings::metrics::view_with_metrics(slf.as_any(), alias, backend, named, enabled)
     }
 
     /// This view's alias's metrics (see `bindings::metrics::snapshot` for the shape).
