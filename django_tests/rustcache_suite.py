@@ -232,7 +232,6 @@ REDIS_CLIENT_INTERNALS = {
     "test_cache_client_class": "asserts cache._class is Django's RedisCacheClient",
     "test_get_connection_pool_index": "calls RedisCacheClient._get_connection_pool_index (redis-py pools)",
     "test_get_connection_pool": "asserts a redis-py ConnectionPool",
-    "test_get_client": "asserts a redis-py Redis client",
     "test_serializer_dumps": "reads RedisCacheClient._serializer (ours serializes in Rust, in the same format)",
     "test_redis_pool_options": "reads redis-py pool connection_kwargs",
     "test_client_driver_info": "reads redis-py's CLIENT SETINFO lib-name",
@@ -264,7 +263,9 @@ if SUITE == "redis":
             sharded = REDIS_PARAMS["OPTIONS"].get("CLIENT_CLASS") == "django_redis.client.ShardClient"
             clustered = bool(REDIS_PARAMS["OPTIONS"].get("CLUSTER"))
             # One client type for every topology.
-            self.assertEqual(type(cache._cache).__name__, "RedisClient")
+            from django_rustcache._core import RedisClient
+
+            self.assertIsInstance(cache._cache, RedisClient)
             self.assertIs(cache._cache.cluster, clustered)
             if clustered:
                 # Keys went to every primary, by slot.
@@ -280,6 +281,23 @@ if SUITE == "redis":
                 (server,) = cache.stats()["servers"]
                 self.assertEqual(server["service"], "rustcache")
                 self.assertIsNotNone(server["master"])
+
+        def test_get_client(self):
+            """Django's own test: ``cache._cache.get_client()`` is a redis-py ``Redis`` (a Redis
+            Cluster's is a ``RedisCluster``; a sharded cache has none, as django-redis's)."""
+            from django.core.cache import caches
+
+            import redis
+
+            self.lib = redis
+            options = REDIS_PARAMS["OPTIONS"]
+            if options.get("CLIENT_CLASS") == "django_redis.client.ShardClient":
+                with self.assertRaises(NotImplementedError):
+                    caches["default"]._cache.get_client()
+            elif options.get("CLUSTER"):
+                self.assertIsInstance(caches["default"]._cache.get_client(), redis.cluster.RedisCluster)
+            else:
+                django_tests.RedisCacheTests.test_get_client(self)
 
     for _name, _reason in REDIS_CLIENT_INTERNALS.items():
         if hasattr(django_tests.RedisCacheTests, _name):
